@@ -1,0 +1,104 @@
+"""Operator settings and the instance-type catalog, loaded from a mounted YAML file.
+
+The Helm chart renders this file into a ConfigMap; `berth operator --settings FILE`,
+`berth render --settings FILE` and `berth up --settings FILE` read it. Without a file the
+defaults below apply.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .api import ResourceRequirements
+
+DEFAULT_CPU_IMAGE = "ghcr.io/berth-dev/berth-serving:0.1.0"
+DEFAULT_GPU_IMAGE = "ghcr.io/berth-dev/berth-serving-gpu:0.1.0"
+
+
+class SettingsModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class InstanceType(SettingsModel):
+    """Hardware for one replica: what a variant's instanceType names."""
+
+    accelerator: Literal["nvidia"] | None = None
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def default_catalog() -> dict[str, InstanceType]:
+    def cpu(cores: str, memory: str) -> InstanceType:
+        quantities: dict[str, int | str] = {"cpu": cores, "memory": memory}
+        return InstanceType(resources=ResourceRequirements(requests=quantities, limits=dict(quantities)))
+
+    return {
+        "cpu-small": cpu("1", "2Gi"),
+        "cpu-large": cpu("4", "8Gi"),
+        "gpu-small": InstanceType(
+            accelerator="nvidia",
+            resources=ResourceRequirements(requests={"cpu": "2", "memory": "8Gi"}, limits={"nvidia.com/gpu": 1}),
+            tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        ),
+    }
+
+
+class GatewayRef(SettingsModel):
+    """The Gateway that Endpoint HTTPRoutes attach to."""
+
+    name: str = "berth"
+    namespace: str = "berth-system"
+    section_name: str | None = Field(default=None, alias="sectionName")
+
+
+class Routing(SettingsModel):
+    mode: Literal["gateway", "ingress", "none"] = "gateway"
+    gateway: GatewayRef = Field(default_factory=GatewayRef)
+    ingress_class_name: str = Field(default="nginx", alias="ingressClassName")
+    # Base of status.url: http://GATEWAY/endpoints/NAMESPACE/NAME/invocations
+    public_url: str = Field(default="http://localhost", alias="publicUrl")
+
+
+class Images(SettingsModel):
+    cpu: str = DEFAULT_CPU_IMAGE
+    gpu: str = DEFAULT_GPU_IMAGE
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(default="IfNotPresent", alias="pullPolicy")
+
+
+class Rollback(SettingsModel):
+    # Optional Prometheus to read the new fleet's metrics from; empty = scrape pods directly.
+    prometheus_url: str = Field(default="", alias="prometheusUrl")
+
+
+class Settings(SettingsModel):
+    routing: Routing = Field(default_factory=Routing)
+    images: Images = Field(default_factory=Images)
+    instance_types: dict[str, InstanceType] = Field(default_factory=default_catalog, alias="instanceTypes")
+    namespaces: list[str] = Field(default_factory=list, description="Watched namespaces; empty = all.")
+    rollback: Rollback = Field(default_factory=Rollback)
+
+
+class SettingsError(ValueError):
+    """The settings file is missing or invalid; the message says which field and why."""
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Settings from a YAML file, or the defaults when path is None."""
+    if path is None:
+        return Settings()
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"cannot read settings {path}: {exc}") from exc
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings {path}: {problems}") from exc

@@ -1,0 +1,75 @@
+"""How a `berth serve` process is configured: flags, and the same settings as BERTH_* env.
+
+The operator configures serving pods through environment variables, and local mode
+starts `berth serve` processes the same way, so the names live here, in one place,
+and nothing else spells them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_PORT = 8080
+DEFAULT_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+DEFAULT_TIMEOUT_SECONDS = 60.0
+# Where the storage-initializer puts the model inside a serving pod.
+MODEL_MOUNT_PATH = "/mnt/models"
+
+# Environment variable for each `berth serve` option (option name -> variable).
+ENV = {
+    "model_uri": "BERTH_MODEL_URI",
+    "host": "BERTH_HOST",
+    "port": "BERTH_PORT",
+    "variant": "BERTH_VARIANT",
+    "model_name": "BERTH_MODEL_NAME",
+    "max_batch_size": "BERTH_MAX_BATCH_SIZE",
+    "max_batch_delay_ms": "BERTH_MAX_BATCH_DELAY_MS",
+    "max_payload_bytes": "BERTH_MAX_PAYLOAD_BYTES",
+    "timeout_seconds": "BERTH_TIMEOUT_SECONDS",
+    "intra_op_threads": "BERTH_INTRA_OP_THREADS",
+    "graph_optimization_level": "BERTH_GRAPH_OPTIMIZATION_LEVEL",
+    "providers": "BERTH_PROVIDERS",
+    "max_queue_size": "BERTH_MAX_QUEUE_SIZE",
+    "sha256": "BERTH_SHA256",
+    "log_level": "BERTH_LOG_LEVEL",
+    "access_log": "BERTH_ACCESS_LOG",
+}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `berth serve` needs; `to_env()` is how pods and local mode pass it on."""
+
+    model_uri: str
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    variant: str = ""
+    model_name: str = ""
+    max_batch_size: int = 32
+    max_batch_delay_ms: float = 2.0
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    intra_op_threads: int = 0
+    graph_optimization_level: str = "all"
+    providers: tuple[str, ...] = field(default_factory=tuple)
+    max_queue_size: int = 1024
+    log_level: str = "info"
+    access_log: bool = False
+
+    def to_env(self) -> dict[str, str]:
+        """BERTH_* variables for every setting that differs from the default."""
+        defaults = ServeConfig(model_uri=self.model_uri)
+        env = {ENV["model_uri"]: self.model_uri}
+        for name, var in ENV.items():
+            if name in ("model_uri", "sha256"):
+                continue
+            value = getattr(self, name)
+            if value == getattr(defaults, name):
+                continue
+            if isinstance(value, tuple):
+                env[var] = ",".join(value)
+            elif isinstance(value, bool):
+                env[var] = "true" if value else "false"
+            else:
+                env[var] = str(value)
+        return env
