@@ -8,15 +8,15 @@ from typing import Any
 
 import click
 
-# command name -> "module:attribute" of a click.Command
+# command name -> ("module:attribute" of a click.Command, one-line help for `berth --help`)
 COMMANDS = {
-    "serve": "berth_serving.cli:serve",
-    "fetch-model": "berth_serving.cli:fetch_model",
-    "crds": "berth_operator.crdgen:crds_command",
-    "render": "berth_operator.render:render_command",
-    "operator": "berth_operator.runner:operator_command",
-    "up": "berth_operator.local.cli:up_command",
-    "invoke": "berth_operator.invoke:invoke_command",
+    "serve": ("berth_serving.cli:serve", "Serve an ONNX model over HTTP (the runtime of every pod)."),
+    "fetch-model": ("berth_serving.cli:fetch_model", "Download a model into a directory (the init container)."),
+    "crds": ("berth_operator.crdgen:crds_command", "Print the CustomResourceDefinitions."),
+    "render": ("berth_operator.render:render_command", "Print the objects the operator would create."),
+    "operator": ("berth_operator.runner:operator_command", "Run the Kubernetes operator."),
+    "up": ("berth_operator.local.cli:up_command", "Serve manifests on this machine (local mode)."),
+    "invoke": ("berth_operator.invoke:invoke_command", "Send a request to an endpoint."),
 }
 
 
@@ -25,12 +25,16 @@ class LazyGroup(click.Group):
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
+        if cmd_name not in COMMANDS:
             return None
-        module_name, attribute = target.split(":")
+        module_name, attribute = COMMANDS[cmd_name][0].split(":")
         command: Any = getattr(importlib.import_module(module_name), attribute)
         return command  # type: ignore[no-any-return]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Static help text: listing the commands must not import kopf, ONNX Runtime or FastAPI.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, text) for name, (_, text) in sorted(COMMANDS.items())])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
