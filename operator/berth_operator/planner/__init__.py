@@ -1,0 +1,5 @@
+"""The pure planner: (specs, observed state) -> desired objects, status and next rollout step."""
+
+from .types import Event, FleetMetrics, Manifest, ObjectRef, Observed, Plan, PlanInput
+
+__all__ = ["Event", "FleetMetrics", "Manifest", "ObjectRef", "Observed", "Plan", "PlanInput"]

@@ -1,0 +1,82 @@
+"""The planner's inputs and outputs. Plain data: the planner is a pure function of these.
+
+    plan_endpoint(PlanInput) -> Plan
+
+The operator (kopf), `berth render` and local mode (`berth up`) all build a PlanInput
+from what they see, call the planner, and carry out the Plan in their own way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from ..api import Endpoint, EndpointConfig, EndpointStatus, Model
+from ..settings import Settings
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    api_version: str
+    kind: str
+    name: str
+    namespace: str
+
+    @classmethod
+    def of(cls, obj: Manifest) -> ObjectRef:
+        meta = obj["metadata"]
+        return cls(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace", "default"))
+
+
+@dataclass(frozen=True)
+class FleetMetrics:
+    """What the new fleet's own /metrics said, summed over its pods (cumulative since start)."""
+
+    requests: float = 0.0
+    errors_5xx: float = 0.0
+    p99_latency_ms: float | None = None
+
+    @property
+    def error_rate_percent(self) -> float:
+        return 100.0 * self.errors_5xx / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What exists now. Children are the objects labelled berth.dev/endpoint=NAME."""
+
+    now: datetime
+    children: list[Manifest] = field(default_factory=list)
+    pods: list[Manifest] = field(default_factory=list)
+    # Per EndpointConfig name: metrics of that config's fleet (filled during rollouts).
+    metrics: dict[str, FleetMetrics] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    endpoint: Endpoint
+    # EndpointConfigs and Models of the endpoint's namespace that the planner may need
+    # (the serving config, a pending one); a missing name is reported in the status.
+    configs: dict[str, EndpointConfig]
+    models: dict[str, Model]
+    settings: Settings
+    observed: Observed
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    objects: list[Manifest]  # every child that should exist, complete (create or patch to this)
+    delete: list[ObjectRef]  # observed children that must go
+    status: EndpointStatus  # the Endpoint status to write
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None  # seconds until a timed step is due (bake, termination wait)
