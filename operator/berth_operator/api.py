@@ -33,7 +33,9 @@ MSG_CONFIG_IMMUTABLE = (
     "EndpointConfig spec is immutable: create a new EndpointConfig and point the Endpoint at it"
 )
 MSG_AUTOSCALING_BOUNDS = "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"
-MSG_AUTOSCALING_TARGET = "autoscaling needs exactly one of targetInvocationsPerReplica or targetCPUUtilization"
+MSG_AUTOSCALING_TARGET = (
+    "autoscaling needs exactly one of targetInvocationsPerReplica or targetCPUUtilization"
+)
 MSG_OVERRIDE_NAMES_UNIQUE = "variantOverrides: variantName must be unique"
 
 
@@ -83,25 +85,31 @@ class ObjectMeta(BaseModel):
 
 
 class LocalObjectReference(ApiModel):
-    name: str = Field(description="Name of an object in the same namespace.", min_length=1)
+    """A reference to an object in the same namespace."""
+
+    name: str = Field(description="Name of an object in the same namespace.", min_length=1, max_length=253)
 
 
 class ResourceRequirements(ApiModel):
     """Container requests and limits (quantities such as "500m", "2Gi" or 1)."""
 
-    requests: dict[str, int | str] = Field(default_factory=dict, description="Minimum resources.")
-    limits: dict[str, int | str] = Field(default_factory=dict, description="Maximum resources.")
+    requests: dict[str, int | str] = Field(
+        default_factory=dict, max_length=16, description="Minimum resources."
+    )
+    limits: dict[str, int | str] = Field(
+        default_factory=dict, max_length=16, description="Maximum resources."
+    )
 
 
 class EnvVar(ApiModel):
     """A container environment variable (core/v1 EnvVar)."""
 
-    model_config = ConfigDict(extra="allow")  # valueFrom and friends pass through unchanged
-
-    name: str = Field(min_length=1, description="Variable name.")
-    value: str | None = Field(default=None, description="Literal value.")
+    name: str = Field(min_length=1, max_length=256, description="Variable name.")
+    value: str | None = Field(default=None, max_length=32768, description="Literal value.")
     value_from: dict[str, Any] | None = Field(
-        default=None, description="Source for the value (secretKeyRef, configMapKeyRef, fieldRef...)."
+        default=None,
+        max_length=1,
+        description="Source for the value (secretKeyRef, configMapKeyRef, fieldRef...); passed through unchanged.",
     )
 
 
@@ -118,7 +126,10 @@ class RuntimeSettings(ApiModel):
         default=2, ge=0, le=1000, description="Longest wait for more requests before running a batch."
     )
     intra_op_threads: int = Field(
-        default=0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 derives them from the CPU limit."
+        default=0,
+        ge=0,
+        le=256,
+        description="ONNX Runtime intra-op threads; 0 derives them from the CPU limit.",
     )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
         default="all", description="ONNX Runtime graph optimization level."
@@ -137,17 +148,27 @@ class ModelSpec(ApiModel):
         ),
     )
     sha256: str | None = Field(
-        default=None, pattern=SHA256_HEX, description="Expected SHA-256 of the downloaded file; a mismatch fails the load."
+        default=None,
+        pattern=SHA256_HEX,
+        max_length=64,
+        description="Expected SHA-256 of the downloaded file; a mismatch fails the load.",
     )
     image: str | None = Field(
-        default=None, description="Bring-your-own serving image honouring Berth's serving contract."
+        default=None,
+        max_length=1024,
+        description="Bring-your-own serving image honouring Berth's serving contract.",
     )
-    env: list[EnvVar] = Field(default_factory=list, description="Extra environment for the serving container.")
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=64, description="Extra environment for the serving container."
+    )
     credentials_secret_ref: LocalObjectReference | None = Field(
-        default=None, description="Secret with storage credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY...)."
+        default=None,
+        description="Secret with storage credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY...).",
     )
     service_account_name: str | None = Field(
-        default=None, description="Service account of the serving pods (IRSA / workload identity)."
+        default=None,
+        max_length=253,
+        description="Service account of the serving pods (IRSA / workload identity).",
     )
     runtime: RuntimeSettings = Field(
         default_factory=RuntimeSettings, description="Tuning of the built-in ONNX Runtime server."
@@ -159,6 +180,8 @@ class ModelSpec(ApiModel):
 
 
 class ModelStatus(ApiModel):
+    """What the operator observed about the Model (written by the operator)."""
+
     observed_generation: int | None = Field(default=None, description="Last metadata.generation seen.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready.")
 
@@ -172,10 +195,16 @@ class Autoscaling(ApiModel):
     min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
     max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
     target_invocations_per_replica: int | None = Field(
-        default=None, ge=1, description="Requests per second per replica (Pods metric berth_invocations_per_second)."
+        default=None,
+        ge=1,
+        description="Requests per second per replica (Pods metric berth_invocations_per_second).",
     )
     target_cpu_utilization: int | None = Field(
-        default=None, ge=1, le=100, alias="targetCPUUtilization", description="Average CPU utilization in percent."
+        default=None,
+        ge=1,
+        le=100,
+        alias="targetCPUUtilization",
+        description="Average CPU utilization in percent.",
     )
     scale_in_cooldown_seconds: int = Field(
         default=300, ge=0, le=3600, description="Scale-down stabilization window in seconds."
@@ -185,7 +214,10 @@ class Autoscaling(ApiModel):
     )
 
     x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [
-        {"rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas", "message": MSG_AUTOSCALING_BOUNDS},
+        {
+            "rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+            "message": MSG_AUTOSCALING_BOUNDS,
+        },
         {
             "rule": "has(self.targetInvocationsPerReplica) != has(self.targetCPUUtilization)",
             "message": MSG_AUTOSCALING_TARGET,
@@ -204,7 +236,9 @@ class Autoscaling(ApiModel):
 class ProductionVariant(ApiModel):
     """One fleet behind the endpoint: a model on some hardware with a share of the traffic."""
 
-    variant_name: str = Field(pattern=DNS_LABEL, max_length=63, description="Unique name of the variant (DNS label).")
+    variant_name: str = Field(
+        pattern=DNS_LABEL, max_length=63, description="Unique name of the variant (DNS label)."
+    )
     model_name: str = Field(
         pattern=DNS_SUBDOMAIN, max_length=253, description="A Model in the same namespace."
     )
@@ -261,14 +295,20 @@ class EndpointConfigSpec(ApiModel):
 
 
 class EndpointConfigStatus(ApiModel):
+    """What the operator observed about the EndpointConfig (written by the operator)."""
+
     observed_generation: int | None = Field(default=None, description="Last metadata.generation seen.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready: every referenced Model exists.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready: every referenced Model exists."
+    )
 
 
 # --------------------------------------------------------------------------- Endpoint
 
 
 class CapacitySize(ApiModel):
+    """A share of the traffic."""
+
     type: Literal["Percent"] = Field(default="Percent", description="Unit of value: Percent of traffic.")
     value: int = Field(ge=1, le=100, description="Traffic share in percent.")
 
@@ -291,12 +331,19 @@ class TrafficRouting(ApiModel):
 
 
 class BlueGreen(ApiModel):
-    traffic_routing: TrafficRouting = Field(default_factory=TrafficRouting, description="Traffic shifting policy.")
+    """Blue/green rollout: the new fleet starts beside the old one and takes over its traffic."""
+
+    traffic_routing: TrafficRouting = Field(
+        default_factory=TrafficRouting, description="Traffic shifting policy."
+    )
     termination_wait_seconds: int = Field(
         default=30, ge=0, le=3600, description="Keep the old fleet this long after the full shift."
     )
     maximum_execution_timeout_seconds: int = Field(
-        default=1800, ge=60, le=28800, description="Roll back when the new fleet is not serving within this time."
+        default=1800,
+        ge=60,
+        le=28800,
+        description="Roll back when the new fleet is not serving within this time.",
     )
 
 
@@ -306,11 +353,17 @@ class AutoRollback(ApiModel):
     max_error_rate_percent: float = Field(
         default=5, ge=0, le=100, description="Largest share of 5xx answers from the new fleet, in percent."
     )
-    max_p99_latency_ms: float = Field(default=0, ge=0, description="Largest p99 model latency in ms; 0 = not checked.")
+    max_p99_latency_ms: float = Field(
+        default=0, ge=0, description="Largest p99 model latency in ms; 0 = not checked."
+    )
 
 
 class DeploymentConfig(ApiModel):
-    blue_green: BlueGreen = Field(default_factory=BlueGreen, description="Blue/green rollout of a config change.")
+    """How a change of endpointConfigName is rolled out."""
+
+    blue_green: BlueGreen = Field(
+        default_factory=BlueGreen, description="Blue/green rollout of a config change."
+    )
     auto_rollback: AutoRollback | None = Field(
         default=None, description="Roll back automatically when the new fleet misbehaves during a bake."
     )
@@ -319,7 +372,9 @@ class DeploymentConfig(ApiModel):
 class VariantOverride(ApiModel):
     """Weights and capacity changed in place, without a new fleet."""
 
-    variant_name: str = Field(pattern=DNS_LABEL, max_length=63, description="A production variant of the config.")
+    variant_name: str = Field(
+        pattern=DNS_LABEL, max_length=63, description="A production variant of the config."
+    )
     desired_weight: float | None = Field(default=None, ge=0, le=1_000_000, description="New traffic weight.")
     desired_instance_count: int | None = Field(default=None, ge=1, le=1000, description="New replica count.")
 
@@ -359,6 +414,8 @@ Phase = Literal["Creating", "InService", "Updating", "RollingBack", "Failed", "D
 
 
 class VariantStatus(ApiModel):
+    """Traffic and replicas of one variant."""
+
     variant_name: str = Field(description="Variant name.")
     model_name: str = Field(description="Model served by the variant.")
     current_weight: float = Field(default=0, description="Weight the route carries now.")
@@ -375,9 +432,12 @@ class RolloutStatus(ApiModel):
     step: int = Field(default=0, ge=0, description="Traffic step reached (0 = new fleet not yet serving).")
     started_at: str = Field(description="When the rollout started (RFC 3339).")
     step_started_at: str | None = Field(default=None, description="When the current step started (RFC 3339).")
-    traffic_shifted_percent: int = Field(default=0, ge=0, le=100, description="Share of traffic on the new config.")
+    traffic_shifted_percent: int = Field(
+        default=0, ge=0, le=100, description="Share of traffic on the new config."
+    )
     state: Literal["Provisioning", "Baking", "Terminating"] = Field(
-        default="Provisioning", description="Provisioning the new fleet, Baking a step, or Terminating the old fleet."
+        default="Provisioning",
+        description="Provisioning the new fleet, Baking a step, or Terminating the old fleet.",
     )
     retained_instance_counts: dict[str, int] = Field(
         default_factory=dict, description="Replicas the old fleet had per variant name, kept by the new one."
@@ -385,14 +445,20 @@ class RolloutStatus(ApiModel):
 
 
 class EndpointStatus(ApiModel):
+    """What the Endpoint serves now and how its rollout goes (written by the operator)."""
+
     observed_generation: int | None = Field(default=None, description="Last metadata.generation seen.")
-    phase: Phase | None = Field(default=None, description="Creating, InService, Updating, RollingBack, Failed or Deleting.")
+    phase: Phase | None = Field(
+        default=None, description="Creating, InService, Updating, RollingBack, Failed or Deleting."
+    )
     url: str | None = Field(default=None, description="Where to send requests.")
     endpoint_config_name: str | None = Field(default=None, description="The config now serving.")
     pending_endpoint_config_name: str | None = Field(default=None, description="The config being rolled out.")
     production_variants: list[VariantStatus] = Field(default_factory=list, description="Per-variant state.")
     rollout: RolloutStatus | None = Field(default=None, description="Rollout in progress, if any.")
-    failure_reason: str | None = Field(default=None, description="Why the endpoint or its last rollout failed.")
+    failure_reason: str | None = Field(
+        default=None, description="Why the endpoint or its last rollout failed."
+    )
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing and Degraded.")
 
 
@@ -429,6 +495,8 @@ class Resource(ApiModel):
 
 
 class Model(Resource):
+    """A model to serve: where its file is and how to run it. Spec is immutable."""
+
     KIND: ClassVar[str] = "Model"
     PLURAL: ClassVar[str] = "models"
     SHORT_NAME: ClassVar[str] = "bm"
@@ -438,6 +506,8 @@ class Model(Resource):
 
 
 class EndpointConfig(Resource):
+    """Production variants: which Models, on what hardware, with what traffic weight. Spec is immutable."""
+
     KIND: ClassVar[str] = "EndpointConfig"
     PLURAL: ClassVar[str] = "endpointconfigs"
     SHORT_NAME: ClassVar[str] = "bec"
@@ -447,6 +517,8 @@ class EndpointConfig(Resource):
 
 
 class Endpoint(Resource):
+    """A stable URL that serves one EndpointConfig at a time and moves between configs without downtime."""
+
     KIND: ClassVar[str] = "Endpoint"
     PLURAL: ClassVar[str] = "endpoints"
     SHORT_NAME: ClassVar[str] = "bep"
