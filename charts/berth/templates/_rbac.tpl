@@ -1,0 +1,65 @@
+{{/*
+What the operator does in a watched namespace. Verbs are exact: kopf lists and watches,
+patches status and finalizers with merge/JSON patches, and the operator creates, patches
+and deletes the children it owns. The route kind follows settings.routing.mode.
+*/}}
+{{- define "berth.rules.namespaced" -}}
+# Berth's own resources: watched, finalizers and annotations patched by kopf.
+- apiGroups: ["berth.dev"]
+  resources: ["models", "endpointconfigs", "endpoints"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["berth.dev"]
+  resources: ["models/status", "endpointconfigs/status", "endpoints/status"]
+  verbs: ["get", "patch"]
+# Children carry ownerReferences with blockOwnerDeletion to their Endpoint; clusters with the
+# OwnerReferencesPermissionEnforcement admission plugin require this.
+- apiGroups: ["berth.dev"]
+  resources: ["endpoints/finalizers"]
+  verbs: ["update"]
+# The fleets of each Endpoint.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+{{- if eq .Values.settings.routing.mode "gateway" }}
+# Routing (settings.routing.mode gateway): one weighted HTTPRoute per Endpoint.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+{{- else if eq .Values.settings.routing.mode "ingress" }}
+# Routing (settings.routing.mode ingress): ingress-nginx canary Ingresses.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+{{- end }}
+# Pod failures (image pull, crash loop, unschedulable) and pod IPs for the rollback checks.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Events about the Berth objects, posted by the operator and by kopf.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
+
+{{/* Cluster-scoped reads kopf makes to follow namespaces and CRDs. */}}
+{{- define "berth.rules.discovery" -}}
+# kopf: follow namespaces appearing and going, and CRDs being installed or upgraded.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- end -}}

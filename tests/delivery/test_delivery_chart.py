@@ -1,0 +1,281 @@
+"""The Helm chart renders, lints and produces valid, least-privilege objects for every value set."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+from delivery_support import (
+    CHART_DIR,
+    NAMESPACE,
+    VALUE_SETS,
+    Manifest,
+    by_kind,
+    grants,
+    objects,
+    one,
+    operator_args,
+    rbac_rules,
+    render,
+    validate,
+)
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def renders(chart: helm.Chart) -> dict[str, list[Manifest]]:
+    return {name: objects(render(chart, values)) for name, values in VALUE_SETS.items()}
+
+
+def test_chart_metadata(chart: helm.Chart) -> None:
+    meta = chart.metadata
+    assert (meta["apiVersion"], meta["name"], meta["version"], meta["appVersion"]) == ("v2", "berth", "0.1.0", "0.1.0")
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_lint_is_clean(name: str) -> None:
+    report = helm.lint(CHART_DIR, VALUE_SETS[name], strict=True, namespace=NAMESPACE)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_every_object_is_valid(renders: dict[str, list[Manifest]], name: str) -> None:
+    objs = renders[name]
+    assert {"Deployment", "ConfigMap", "ServiceAccount"} <= {obj["kind"] for obj in objs}
+    for obj in objs:
+        try:
+            validate(obj)
+        except Exception as exc:
+            raise AssertionError(f"{obj['kind']}/{obj['metadata']['name']} ({name}): {exc}") from exc
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_no_rbac_wildcards(renders: dict[str, list[Manifest]], name: str) -> None:
+    rules = rbac_rules(renders[name])
+    assert rules
+    for rule in rules:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], rule
+            assert all("*" not in entry for entry in rule[field]), rule
+        assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+
+
+OWNED = ("create", "get", "list", "watch", "patch", "delete")
+
+
+def expected_grants(route: tuple[str, str]) -> set[tuple[str, str, str]]:
+    """What the operator needs in a namespace it watches, and nothing more."""
+    want = {("berth.dev", plural, verb) for plural in ("models", "endpointconfigs", "endpoints") for verb in
+            ("get", "list", "watch", "patch")}
+    want |= {("berth.dev", f"{plural}/status", verb) for plural in ("models", "endpointconfigs", "endpoints")
+             for verb in ("get", "patch")}
+    want.add(("berth.dev", "endpoints/finalizers", "update"))
+    for group, plural in (("apps", "deployments"), ("", "services"), ("autoscaling", "horizontalpodautoscalers"),
+                          ("policy", "poddisruptionbudgets"), route):
+        want |= {(group, plural, verb) for verb in OWNED}
+    want |= {("", "pods", verb) for verb in ("get", "list", "watch")}
+    want |= {(group, "events", verb) for group in ("", "events.k8s.io") for verb in ("create", "patch")}
+    return want
+
+
+DISCOVERY = {("", "namespaces", "list"), ("", "namespaces", "watch"),
+             ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+             ("apiextensions.k8s.io", "customresourcedefinitions", "watch")}
+HTTPROUTES = ("gateway.networking.k8s.io", "httproutes")
+INGRESSES = ("networking.k8s.io", "ingresses")
+
+
+def test_cluster_wide_rbac_is_exact(renders: dict[str, list[Manifest]]) -> None:
+    objs = renders["default"]
+    assert not by_kind(objs, "Role")
+    role = one(objs, "ClusterRole")
+    peering = {("kopf.dev", "clusterkopfpeerings", verb) for verb in ("get", "list", "watch", "patch")}
+    assert grants(role["rules"]) == expected_grants(HTTPROUTES) | DISCOVERY | peering
+    binding = one(objs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": one(objs, "ServiceAccount")["metadata"]["name"], "namespace": NAMESPACE}
+    ]
+
+
+def test_ingress_mode_grants_ingresses_not_routes(renders: dict[str, list[Manifest]]) -> None:
+    granted = grants(one(renders["ingress-two-replicas"], "ClusterRole")["rules"])
+    assert expected_grants(INGRESSES) <= granted
+    assert not {g for g in granted if g[1] == "httproutes"}
+
+
+def test_namespaced_install_uses_roles_per_namespace(renders: dict[str, list[Manifest]]) -> None:
+    objs = renders["namespaced"]
+    roles = by_kind(objs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    peering = {("kopf.dev", "kopfpeerings", verb) for verb in ("get", "list", "watch", "patch")}
+    for role in roles:
+        assert grants(role["rules"]) == expected_grants(HTTPROUTES) | peering
+    bindings = by_kind(objs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)
+    # The only cluster-scoped grant is kopf's read-only discovery.
+    assert grants(one(objs, "ClusterRole")["rules"]) == DISCOVERY
+    args = operator_args(objs)
+    assert args[args.index("--namespace") :].count("--namespace") == 2
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == ["team-a", "team-b"]
+    peerings = by_kind(objs, "KopfPeering")
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+    assert not by_kind(objs, "ClusterKopfPeering")
+
+
+def test_namespaced_install_without_discovery(chart: helm.Chart) -> None:
+    objs = objects(render(chart, {"watchNamespaces": ["team-a"], "rbac": {"clusterDiscovery": False}}))
+    assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding")
+
+
+def test_operator_deployment_defaults(renders: dict[str, list[Manifest]]) -> None:
+    objs = renders["default"]
+    deployment = one(objs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "ghcr.io/berth-dev/berth-operator:0.1.0"
+    assert operator_args(objs) == [
+        "berth", "operator", "--settings", "/etc/berth/settings.yaml", "--liveness-port", "8080",
+        "--peering", "berth",
+    ]  # fmt: skip
+    assert deployment["spec"]["replicas"] == 1
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    # The settings file is mounted where --settings points.
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/etc/berth")
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == one(objs, "ConfigMap")["metadata"]["name"]
+    assert pod["serviceAccountName"] == one(objs, "ServiceAccount")["metadata"]["name"]
+    peering = one(objs, "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == "berth"
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_restricted_security_context(renders: dict[str, list[Manifest]], name: str) -> None:
+    pod = one(renders[name], "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod["containers"]:
+        ctx = container["securityContext"]
+        assert ctx["runAsNonRoot"] is True
+        assert ctx["readOnlyRootFilesystem"] is True
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"] == {"drop": ["ALL"]}
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "hostNetwork" not in pod and "hostPID" not in pod
+
+
+def test_two_replicas_peer_and_spread(renders: dict[str, list[Manifest]]) -> None:
+    objs = renders["ingress-two-replicas"]
+    deployment = one(objs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    args = operator_args(objs)
+    assert "--standalone" not in args and args[args.index("--peering") + 1] == "berth"
+    assert one(objs, "ClusterKopfPeering")["metadata"]["name"] == "berth"
+    assert one(objs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    affinity = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert affinity["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"] == (
+        "kubernetes.io/hostname"
+    )
+
+
+def test_standalone_only_with_one_replica_and_no_peering(renders: dict[str, list[Manifest]], chart: helm.Chart) -> None:
+    objs = renders["custom-instance-types"]
+    args = operator_args(objs)
+    assert "--standalone" in args and "--peering" not in args
+    assert not by_kind(objs, "ClusterKopfPeering") and not by_kind(objs, "KopfPeering")
+    assert one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example.com/berth-operator:dev"
+    )
+    with pytest.raises(helm.HelmRenderError, match="needs peering.enabled=true"):
+        render(chart, {"replicas": 2, "peering": {"enabled": False}})
+
+
+def test_optional_objects(renders: dict[str, list[Manifest]]) -> None:
+    default_kinds = {obj["kind"] for obj in renders["default"]}
+    assert not default_kinds & {"Gateway", "ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget"}
+
+    objs = renders["monitoring-netpol-gateway"]
+    gateway = one(objs, "Gateway")
+    assert (gateway["metadata"]["name"], gateway["metadata"]["namespace"]) == ("inference", "gateways")
+    assert gateway["spec"]["gatewayClassName"] == "eg"
+    assert gateway["spec"]["listeners"][0]["name"] == "web"  # the settings' sectionName
+    assert gateway["spec"]["listeners"][0]["port"] == 8080
+
+    monitor = one(objs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+    policy = one(objs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == one(objs, "Deployment")["spec"]["selector"]["matchLabels"]
+    egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert {53, 443, 6443, 8080, 9090} <= egress_ports
+    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [8080]
+
+
+def test_settings_change_restarts_the_operator(chart: helm.Chart) -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        deployment = one(objects(render(chart, values)), "Deployment")
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/settings"])
+
+    assert checksum({}) == checksum({"replicas": 1})
+    assert checksum({}) != checksum({"settings": {"routing": {"publicUrl": "https://ml.example.com"}}})
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"settings": {"routing": {"mode": "mesh"}}}, "/settings/routing/mode"),
+        ({"replicaCount": 2}, "replicaCount"),
+        ({"settings": {"instanceTypes": {"cpu-small": {"accelerator": "amd"}}}}, "accelerator"),
+        ({"settings": {"instanceTypes": {"huge": {"gpus": 8}}}}, "gpus"),
+        ({"settings": {"namespaces": ["a"]}}, "namespaces"),
+        ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
+        ({"replicas": 0}, "replicas"),
+    ],
+)
+def test_schema_rejects_bad_values(chart: helm.Chart, values: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=complaint):
+        chart.validate_schema(values)
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, values)
+
+
+def test_values_file_is_documented() -> None:
+    """Every value has a `# --` comment, on itself or on the map that holds it."""
+    key_line = re.compile(r"^(\s*)([A-Za-z][\w.-]*):(.*)$")
+    lines = (CHART_DIR / "values.yaml").read_text().splitlines()
+    documented_indents: list[int] = []  # indents of documented maps enclosing the current line
+    undocumented = []
+    for index, line in enumerate(lines):
+        match = key_line.match(line)
+        if not match:
+            continue
+        indent, key, rest = len(match[1]), match[2], match[3].strip()
+        documented_indents = [i for i in documented_indents if i < indent]
+        comments = []
+        for above in reversed(lines[:index]):
+            if not above.lstrip().startswith("#"):
+                break
+            comments.append(above.strip())
+        has_doc = any(c.startswith("# --") for c in comments)
+        is_map = rest == "" or rest.startswith("#")
+        if has_doc and is_map:
+            documented_indents.append(indent)
+        elif not has_doc and not is_map and not documented_indents:
+            undocumented.append(key)
+    assert undocumented == []
