@@ -24,7 +24,9 @@ VALUE_SETS: dict[str, Manifest] = {
     "namespaced": {"watchNamespaces": ["team-a", "team-b"], "replicas": 2},
     "ingress-two-replicas": {
         "replicas": 2,
-        "settings": {"routing": {"mode": "ingress", "ingressClassName": "nginx", "publicUrl": "https://ml.example.com"}},
+        "settings": {
+            "routing": {"mode": "ingress", "ingressClassName": "nginx", "publicUrl": "https://ml.example.com"}
+        },
     },
     "monitoring-netpol-gateway": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
@@ -44,7 +46,10 @@ VALUE_SETS: dict[str, Manifest] = {
                 "cpu-small": None,
                 "gpu-small": None,
                 "kind-tiny": {
-                    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+                    "resources": {
+                        "requests": {"cpu": "100m", "memory": "256Mi"},
+                        "limits": {"memory": "512Mi"},
+                    },
                     "nodeSelector": {"berth.dev/inference": "true"},
                 },
                 "a100": {
@@ -136,7 +141,14 @@ def check_service_monitor(obj: Manifest) -> None:
     """Basic shape of a monitoring.coreos.com/v1 ServiceMonitor."""
     assert obj["apiVersion"] == "monitoring.coreos.com/v1"
     spec = obj["spec"]
-    assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "targetLabels", "jobLabel", "podTargetLabels"}
+    assert set(spec) <= {
+        "selector",
+        "namespaceSelector",
+        "endpoints",
+        "targetLabels",
+        "jobLabel",
+        "podTargetLabels",
+    }
     assert spec["selector"]["matchLabels"], "an empty selector would scrape every Service"
     assert set(spec["namespaceSelector"]) <= {"any", "matchNames"}
     for endpoint in spec["endpoints"]:

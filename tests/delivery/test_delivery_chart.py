@@ -8,7 +8,6 @@ from typing import Any
 
 import helm_python as helm
 import pytest
-import yaml
 from delivery_support import (
     CHART_DIR,
     NAMESPACE,
@@ -38,7 +37,12 @@ def renders(chart: helm.Chart) -> dict[str, list[Manifest]]:
 
 def test_chart_metadata(chart: helm.Chart) -> None:
     meta = chart.metadata
-    assert (meta["apiVersion"], meta["name"], meta["version"], meta["appVersion"]) == ("v2", "berth", "0.1.0", "0.1.0")
+    assert (meta["apiVersion"], meta["name"], meta["version"], meta["appVersion"]) == (
+        "v2",
+        "berth",
+        "0.1.0",
+        "0.1.0",
+    )
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -75,22 +79,36 @@ OWNED = ("create", "get", "list", "watch", "patch", "delete")
 
 def expected_grants(route: tuple[str, str]) -> set[tuple[str, str, str]]:
     """What the operator needs in a namespace it watches, and nothing more."""
-    want = {("berth.dev", plural, verb) for plural in ("models", "endpointconfigs", "endpoints") for verb in
-            ("get", "list", "watch", "patch")}
-    want |= {("berth.dev", f"{plural}/status", verb) for plural in ("models", "endpointconfigs", "endpoints")
-             for verb in ("get", "patch")}
+    want = {
+        ("berth.dev", plural, verb)
+        for plural in ("models", "endpointconfigs", "endpoints")
+        for verb in ("get", "list", "watch", "patch")
+    }
+    want |= {
+        ("berth.dev", f"{plural}/status", verb)
+        for plural in ("models", "endpointconfigs", "endpoints")
+        for verb in ("get", "patch")
+    }
     want.add(("berth.dev", "endpoints/finalizers", "update"))
-    for group, plural in (("apps", "deployments"), ("", "services"), ("autoscaling", "horizontalpodautoscalers"),
-                          ("policy", "poddisruptionbudgets"), route):
+    for group, plural in (
+        ("apps", "deployments"),
+        ("", "services"),
+        ("autoscaling", "horizontalpodautoscalers"),
+        ("policy", "poddisruptionbudgets"),
+        route,
+    ):
         want |= {(group, plural, verb) for verb in OWNED}
     want |= {("", "pods", verb) for verb in ("get", "list", "watch")}
     want |= {(group, "events", verb) for group in ("", "events.k8s.io") for verb in ("create", "patch")}
     return want
 
 
-DISCOVERY = {("", "namespaces", "list"), ("", "namespaces", "watch"),
-             ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
-             ("apiextensions.k8s.io", "customresourcedefinitions", "watch")}
+DISCOVERY = {
+    ("", "namespaces", "list"),
+    ("", "namespaces", "watch"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+}
 HTTPROUTES = ("gateway.networking.k8s.io", "httproutes")
 INGRESSES = ("networking.k8s.io", "ingresses")
 
@@ -104,7 +122,11 @@ def test_cluster_wide_rbac_is_exact(renders: dict[str, list[Manifest]]) -> None:
     binding = one(objs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": one(objs, "ServiceAccount")["metadata"]["name"], "namespace": NAMESPACE}
+        {
+            "kind": "ServiceAccount",
+            "name": one(objs, "ServiceAccount")["metadata"]["name"],
+            "namespace": NAMESPACE,
+        }
     ]
 
 
@@ -187,12 +209,14 @@ def test_two_replicas_peer_and_spread(renders: dict[str, list[Manifest]]) -> Non
     assert one(objs, "ClusterKopfPeering")["metadata"]["name"] == "berth"
     assert one(objs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
     affinity = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
-    assert affinity["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"] == (
-        "kubernetes.io/hostname"
-    )
+    assert affinity["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"][
+        "topologyKey"
+    ] == ("kubernetes.io/hostname")
 
 
-def test_standalone_only_with_one_replica_and_no_peering(renders: dict[str, list[Manifest]], chart: helm.Chart) -> None:
+def test_standalone_only_with_one_replica_and_no_peering(
+    renders: dict[str, list[Manifest]], chart: helm.Chart
+) -> None:
     objs = renders["custom-instance-types"]
     args = operator_args(objs)
     assert "--standalone" in args and "--peering" not in args
@@ -200,7 +224,7 @@ def test_standalone_only_with_one_replica_and_no_peering(renders: dict[str, list
     assert one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] == (
         "registry.example.com/berth-operator:dev"
     )
-    with pytest.raises(helm.HelmRenderError, match="needs peering.enabled=true"):
+    with pytest.raises(helm.HelmRenderError, match=r"needs peering\.enabled=true"):
         render(chart, {"replicas": 2, "peering": {"enabled": False}})
 
 
@@ -221,7 +245,10 @@ def test_optional_objects(renders: dict[str, list[Manifest]]) -> None:
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 
     policy = one(objs, "NetworkPolicy")
-    assert policy["spec"]["podSelector"]["matchLabels"] == one(objs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"]
+        == one(objs, "Deployment")["spec"]["selector"]["matchLabels"]
+    )
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert {53, 443, 6443, 8080, 9090} <= egress_ports
     assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [8080]

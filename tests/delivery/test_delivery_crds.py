@@ -14,7 +14,9 @@ KOPF_PEERING = "kopf-peering.yaml"
 def test_chart_crds_equal_the_generated_ones() -> None:
     """`make crds` writes crds/; the chart's copy must be byte for byte the same (copy it over)."""
     generated = {path.name: path.read_bytes() for path in TOP_LEVEL_CRDS.glob("*.yaml")}
-    shipped = {path.name: path.read_bytes() for path in CHART_CRDS.glob("*.yaml") if path.name != KOPF_PEERING}
+    shipped = {
+        path.name: path.read_bytes() for path in CHART_CRDS.glob("*.yaml") if path.name != KOPF_PEERING
+    }
     assert generated, "crds/ is empty: run `make crds`"
     assert sorted(shipped) == sorted(generated), "copy crds/*.yaml into charts/berth/crds/"
     stale = [name for name in generated if shipped[name] != generated[name]]
