@@ -444,6 +444,14 @@ class RolloutStatus(ApiModel):
     )
 
 
+class RollbackRecord(ApiModel):
+    """The last automatic rollback; that config is not tried again until spec.endpointConfigName changes."""
+
+    endpoint_config_name: str = Field(description="Config that was rolled back.")
+    reason: str = Field(description="Why it was rolled back.")
+    time: str = Field(description="When it was rolled back (RFC 3339).")
+
+
 class EndpointStatus(ApiModel):
     """What the Endpoint serves now and how its rollout goes (written by the operator)."""
 
@@ -455,9 +463,15 @@ class EndpointStatus(ApiModel):
     endpoint_config_name: str | None = Field(default=None, description="The config now serving.")
     pending_endpoint_config_name: str | None = Field(default=None, description="The config being rolled out.")
     production_variants: list[VariantStatus] = Field(default_factory=list, description="Per-variant state.")
+    pending_production_variants: list[VariantStatus] = Field(
+        default_factory=list, description="Per-variant state of the config being rolled out."
+    )
     rollout: RolloutStatus | None = Field(default=None, description="Rollout in progress, if any.")
     failure_reason: str | None = Field(
         default=None, description="Why the endpoint or its last rollout failed."
+    )
+    last_rollback: RollbackRecord | None = Field(
+        default=None, description="The last automatic rollback, if any."
     )
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing and Degraded.")
 
