@@ -1,0 +1,230 @@
+"""`berth up`: serve Model, EndpointConfig and Endpoint manifests on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..settings import SettingsError, load_settings
+from .source import Resources, SourceError, immutability_errors, load_resources
+
+log = logging.getLogger("berth.up")
+REFRESH_TTY = 0.5
+REFRESH_PLAIN = 0.2
+
+
+class _Recent(logging.Handler):
+    """Keeps the last log lines for the footer of the live table."""
+
+    def __init__(self, lines: collections.deque[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def _bind(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on 127.0.0.1:{port}: {exc.strerror} (try --port)") from exc
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+def _run_dir(explicit: str | None) -> Path:
+    from .modelcache import cache_root
+
+    if explicit:
+        path = Path(explicit)
+    else:
+        path = cache_root() / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    (path / "logs").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@click.command("up")
+@click.option(
+    "-f",
+    "--filename",
+    "paths",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True),
+    help="Manifest file or directory (repeatable).",
+)
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Router port on 127.0.0.1."
+)
+@click.option(
+    "--settings",
+    "settings_path",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="BERTH_SETTINGS",
+    help="Operator settings (instance types, images); routing is always local.",
+)
+@click.option(
+    "--watch/--no-watch", default=True, show_default=True, help="Apply edits of the manifests live."
+)
+@click.option("--logs", is_flag=True, help="Stream the replicas' logs (prefixed) instead of the live table.")
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    help="Where replica logs go (default: a new dir in the cache).",
+)
+def up_command(
+    paths: Sequence[str], port: int, settings_path: str | None, watch: bool, logs: bool, run_dir: str | None
+) -> None:
+    """Serve manifests on this machine: the planner of the operator, local processes, a local router.
+
+    Send requests to http://127.0.0.1:PORT/endpoints/NAMESPACE/NAME/invocations (or `berth invoke NAME`).
+    Ctrl-C stops everything.
+    """
+    try:
+        resources = load_resources(paths)
+        settings = load_settings(settings_path)
+    except (SourceError, SettingsError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    sock = _bind(port)
+    tty = sys.stdout.isatty() and not logs
+    recent: collections.deque[str] = collections.deque(maxlen=8)
+    handler: logging.Handler = _Recent(recent) if tty else logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+    import uvloop
+
+    code = uvloop.run(
+        _serve(resources, settings, sock, list(paths), watch, logs, tty, recent, _run_dir(run_dir))
+    )
+    sys.exit(code)
+
+
+async def _serve(
+    resources: Resources,
+    settings: Any,
+    sock: socket.socket,
+    paths: list[str],
+    watch: bool,
+    logs: bool,
+    tty: bool,
+    recent: collections.deque[str],
+    run_dir: Path,
+) -> int:
+    from .engine import Engine, local_settings
+    from .modelcache import ModelCache, cache_root
+    from .router import QuietServer, Router
+
+    port = sock.getsockname()[1]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def echo(name: str, line: str) -> None:
+        print(f"[{name}] {line}", flush=True)
+
+    def on_event(endpoint: Any, event: Any) -> None:
+        log.info("%s/%s: %s: %s", endpoint.namespace, endpoint.name, event.reason, event.message)
+
+    router = Router()
+    engine = Engine(
+        local_settings(settings, port),
+        ModelCache(cache_root()),
+        run_dir,
+        router,
+        echo=echo if logs else None,
+        on_event=on_event,
+    )
+    router.status = engine.snapshot
+    server = QuietServer(router, "127.0.0.1", port)
+    server_task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    log.info("berth up: router on http://127.0.0.1:%d, replica logs in %s", port, run_dir / "logs")
+    engine.load(resources)
+    tasks = [
+        asyncio.ensure_future(engine.run(stop)),
+        asyncio.ensure_future(_report(engine, tty, recent, port)),
+    ]
+    if watch:
+        tasks.append(asyncio.ensure_future(_watch(paths, engine, stop)))
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([stopper, server_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    log.info("berth up: stopping every replica")
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await engine.shutdown()
+    server.stop()
+    with contextlib.suppress(Exception):
+        await server_task
+    if tty:
+        print(flush=True)
+    log.info("berth up: stopped")
+    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+    for task in failed:
+        log.error("berth up: %s", task.exception())
+    return 1 if failed else 0
+
+
+async def _report(engine: Any, tty: bool, recent: collections.deque[str], port: int) -> None:
+    from . import display
+
+    footer_hint = f"Requests: http://127.0.0.1:{port}/endpoints/NAMESPACE/NAME/invocations  (Ctrl-C stops)"
+    printed: dict[str, str] = {}
+    while True:
+        snapshot = engine.snapshot()
+        if tty:
+            footer = "\n".join([*recent, "", footer_hint])
+            sys.stdout.write(display.screen(snapshot, footer))
+            sys.stdout.flush()
+        else:
+            current = {**display.summary_lines(snapshot), **display.replica_lines(snapshot)}
+            for key, line in current.items():
+                if printed.get(key) != line:
+                    log.info("%s", line)
+            printed = current
+        await asyncio.sleep(REFRESH_TTY if tty else REFRESH_PLAIN)
+
+
+async def _watch(paths: list[str], engine: Any, stop: asyncio.Event) -> None:
+    """Reload on every edit; an invalid edit is reported and the last good manifests keep serving."""
+    import watchfiles
+
+    def relevant(_: Any, path: str) -> bool:
+        return path.endswith((".yaml", ".yml"))
+
+    async for _changes in watchfiles.awatch(
+        *paths, stop_event=stop, watch_filter=relevant, debounce=200, step=50
+    ):
+        try:
+            resources = load_resources(paths)
+        except SourceError as exc:
+            log.error("manifests not applied: %s", exc)
+            continue
+        errors = immutability_errors(engine.resources, resources)
+        if errors:
+            log.error("manifests not applied: %s", "; ".join(errors))
+            continue
+        log.info("manifests changed: applying")
+        engine.load(resources)

@@ -1,0 +1,94 @@
+"""What `berth up` shows: a live table on a terminal, plain log lines otherwise. Pure text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLUMNS = ("ENDPOINT", "PHASE", "CONFIG", "VARIANTS", "URL")
+
+
+def variants_cell(status: dict[str, Any]) -> str:
+    variants = status.get("productionVariants", [])
+    total = sum(float(v.get("currentWeight", 0)) for v in variants)
+    parts = []
+    for v in variants:
+        share = 100.0 * float(v.get("currentWeight", 0)) / total if total else 0.0
+        ready = f"{v.get('readyInstanceCount', 0)}/{v.get('desiredInstanceCount', 0)}"
+        parts.append(f"{v['variantName']} {share:.0f}% {ready}")
+    return ", ".join(parts) or "-"
+
+
+def config_cell(status: dict[str, Any]) -> str:
+    config = status.get("endpointConfigName") or "-"
+    pending = status.get("pendingEndpointConfigName")
+    return f"{config} -> {pending}" if pending else config
+
+
+def rows(snapshot: dict[str, Any]) -> list[tuple[str, ...]]:
+    result: list[tuple[str, ...]] = []
+    for ep in snapshot.get("endpoints", []):
+        status = ep.get("status", {})
+        result.append(
+            (
+                f"{ep['namespace']}/{ep['name']}",
+                status.get("phase") or "Pending",
+                config_cell(status),
+                variants_cell(status),
+                status.get("url") or "-",
+            )
+        )
+    return result
+
+
+def table(snapshot: dict[str, Any]) -> str:
+    lines = [COLUMNS, *rows(snapshot)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def details(snapshot: dict[str, Any]) -> str:
+    """Replicas that are not simply running, and failure reasons, under the table."""
+    lines = []
+    for ep in snapshot.get("endpoints", []):
+        reason = ep.get("status", {}).get("failureReason")
+        if reason:
+            lines.append(f"{ep['namespace']}/{ep['name']}: {reason}")
+        for replica in ep.get("replicas", []):
+            restarts = replica.get("restarts", 0)
+            if replica.get("state") != "Running" or restarts:
+                note = f" (restarts {restarts})" if restarts else ""
+                error = f": {replica['lastError']}" if replica.get("lastError") else ""
+                lines.append(f"  {replica['name']} {replica.get('state')}{note}{error}")
+    return "\n".join(lines)
+
+
+def screen(snapshot: dict[str, Any], footer: str) -> str:
+    """A full terminal frame: home, clear, the table, details, footer."""
+    body = table(snapshot)
+    extra = details(snapshot)
+    return "\x1b[H\x1b[2J" + body + ("\n\n" + extra if extra else "") + "\n\n" + footer + "\n"
+
+
+def summary_lines(snapshot: dict[str, Any]) -> dict[str, str]:
+    """One log line per endpoint, keyed by endpoint, printed whenever it changes."""
+    lines = {}
+    for ep, row in zip(snapshot.get("endpoints", []), rows(snapshot), strict=True):
+        key = f"{ep['namespace']}/{ep['name']}"
+        line = f"endpoint {row[0]}: {row[1]} config={row[2]} variants=[{row[3]}] url={row[4]}"
+        reason = ep.get("status", {}).get("failureReason")
+        lines[key] = line + (f" reason={reason}" if reason else "")
+    return lines
+
+
+def replica_lines(snapshot: dict[str, Any]) -> dict[str, str]:
+    lines = {}
+    for ep in snapshot.get("endpoints", []):
+        for replica in ep.get("replicas", []):
+            error = f" error={replica['lastError']}" if replica.get("lastError") else ""
+            lines[replica["name"]] = (
+                f"replica {replica['name']}: {replica.get('state')} ready={replica.get('ready', False)}"
+                f" restarts={replica.get('restarts', 0)}{error}"
+            )
+    return lines

@@ -1,0 +1,442 @@
+"""The local control loop: the operator's reconcile, with processes instead of a cluster.
+
+For every Endpoint: observe (children as applied, Deployments and Pods synthesized from
+the fleets, the new fleet's metrics during a rollout), call the same pure planner, then
+carry out the Plan: the HTTPRoute goes to the router, Deployments become fleets of local
+`berth serve` processes, deletions drain before they stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from berth_serving.config import ENV
+
+from ..api import Endpoint, EndpointStatus
+from ..planner import labels
+from ..planner.types import Event, FleetMetrics, Manifest, ObjectRef, Observed, PlanInput
+from ..settings import Settings
+from .fleet import Fleet, FleetSpec
+from .metrics import fleet_metrics
+from .modelcache import ModelCache
+from .observe import observed_deployment, observed_pods
+from .router import Router, Upstream
+from .source import Resources
+
+log = logging.getLogger("berth.up")
+
+Key = tuple[str, str]  # (namespace, name)
+ObjectKey = tuple[str, str, str, str]  # (apiVersion, kind, namespace, name)
+# Serving settings that belong to the pod, not to a local process.
+NOT_LOCAL = frozenset({ENV["host"], ENV["port"], ENV["model_uri"], ENV["sha256"]})
+TICK_SECONDS = 1.0
+MIN_TICK_SECONDS = 0.05
+
+
+def object_key(obj: Manifest) -> ObjectKey:
+    meta = obj["metadata"]
+    return (obj["apiVersion"], obj["kind"], meta.get("namespace", "default"), meta["name"])
+
+
+def ref_key(ref: ObjectRef) -> ObjectKey:
+    return (ref.api_version, ref.kind, ref.namespace, ref.name)
+
+
+def local_settings(settings: Settings, port: int) -> Settings:
+    """The user's settings, routed through the local router (a Gateway API HTTPRoute)."""
+    routing = settings.routing.model_copy(
+        update={"mode": "gateway", "public_url": f"http://127.0.0.1:{port}"}
+    )
+    return settings.model_copy(update={"routing": routing})
+
+
+def container_env(deployment: Manifest) -> tuple[dict[str, str], list[str]]:
+    """Literal env of the serving container, minus what only means something in a pod;
+    and the names that could not be carried over (valueFrom)."""
+    pod = deployment["spec"]["template"]["spec"]
+    containers = pod.get("containers", [])
+    server = next((c for c in containers if c.get("name") == "server"), containers[0] if containers else {})
+    env: dict[str, str] = {}
+    skipped: list[str] = []
+    for var in server.get("env", []):
+        if var["name"] in NOT_LOCAL:
+            continue
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+        else:
+            skipped.append(var["name"])
+    return env, skipped
+
+
+def model_source(deployment: Manifest, models: Mapping[Key, Any]) -> tuple[str, str | None]:
+    """(modelUri, sha256) the Deployment's storage-initializer would fetch."""
+    namespace = deployment["metadata"].get("namespace", "default")
+    model_name = deployment["spec"]["template"]["metadata"].get("labels", {}).get(labels.MODEL)
+    for (ns, name), model in models.items():
+        if ns == namespace and labels.label_value(name) == model_name:
+            return model.spec.model_uri, model.spec.sha256
+    for init in deployment["spec"]["template"]["spec"].get("initContainers", []):
+        args = list(init.get("args", []))
+        if "fetch-model" in args:
+            rest = args[args.index("fetch-model") + 1 :]
+            sha = rest[rest.index("--sha256") + 1] if "--sha256" in rest else None
+            return rest[0], sha
+    raise ValueError(f"Deployment {deployment['metadata']['name']}: no model to fetch")
+
+
+def desired_replicas(deployment: Manifest, applied: Mapping[ObjectKey, Manifest]) -> int:
+    if "replicas" in deployment["spec"]:
+        return int(deployment["spec"]["replicas"])
+    name = deployment["metadata"]["name"]
+    for obj in applied.values():  # autoscaled: an HPA owns the count; start at its minimum
+        if obj["kind"] == "HorizontalPodAutoscaler" and obj["spec"]["scaleTargetRef"]["name"] == name:
+            return int(obj["spec"].get("minReplicas", 1))
+    return 1
+
+
+def selects(selector: Mapping[str, str], labels_: Mapping[str, str]) -> bool:
+    return all(labels_.get(k) == v for k, v in selector.items())
+
+
+@dataclass
+class EndpointState:
+    endpoint: Endpoint
+    status: EndpointStatus | None = None
+    due: float | None = None  # loop time when the planner asked to be called again
+    events: list[Event] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        cache: ModelCache,
+        run_dir: Path,
+        router: Router,
+        echo: Callable[[str, str], None] | None = None,
+        on_event: Callable[[Endpoint, Event], None] | None = None,
+    ) -> None:
+        from ..planner import plan_endpoint
+
+        self._plan = plan_endpoint
+        self.settings = settings
+        self.cache = cache
+        self.run_dir = run_dir
+        self.router = router
+        self.resources = Resources()
+        self.endpoints: dict[Key, EndpointState] = {}
+        self.applied: dict[ObjectKey, Manifest] = {}
+        self.fleets: dict[Key, Fleet] = {}
+        self.wake = asyncio.Event()
+        self._echo = echo
+        self._on_event = on_event
+        self._draining: set[asyncio.Task[None]] = set()
+        self._warned_env: set[str] = set()
+        self._base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._scrape: aiohttp.ClientSession | None = None
+
+    # ------------------------------------------------------------------ inputs
+
+    def load(self, resources: Resources) -> None:
+        """New manifests: keep each Endpoint's status; bump generation on a spec change."""
+        states: dict[Key, EndpointState] = {}
+        for key, endpoint in resources.endpoints.items():
+            previous = self.endpoints.get(key)
+            generation = 1
+            if previous is not None:
+                generation = previous.endpoint.metadata.generation or 1
+                if previous.endpoint.spec != endpoint.spec:
+                    generation += 1
+            meta = endpoint.metadata.model_copy(update={"generation": generation})
+            states[key] = EndpointState(
+                endpoint=endpoint.model_copy(update={"metadata": meta}),
+                status=previous.status if previous else None,
+            )
+        self.resources = resources
+        self.endpoints = states
+        self.wake.set()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            self.wake.clear()
+            await self.reconcile_all()
+            dues = [s.due for s in self.endpoints.values() if s.due is not None]
+            timeout = TICK_SECONDS
+            if dues:
+                timeout = max(MIN_TICK_SECONDS, min(timeout, min(dues) - loop.time()))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wait_any(self.wake, stop), timeout=timeout)
+
+    @staticmethod
+    async def _wait_any(*events: asyncio.Event) -> None:
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def reconcile_all(self) -> None:
+        live = set(self.endpoints)
+        for key, state in sorted(self.endpoints.items()):
+            await self.reconcile(key, state)
+        gone = {
+            (obj_key[2], obj["metadata"].get("labels", {}).get(labels.ENDPOINT, ""))
+            for obj_key, obj in self.applied.items()
+        }
+        for namespace, endpoint_label in gone:
+            if not any(
+                ns == namespace and labels.endpoint_label(name) == endpoint_label for ns, name in live
+            ):
+                self._delete_children(namespace, endpoint_label)
+
+    async def reconcile(self, key: Key, state: EndpointState) -> None:
+        namespace, name = key
+        endpoint = state.endpoint.model_copy(update={"status": state.status})
+        children = self._children(namespace, labels.endpoint_label(name))
+        observed = Observed(
+            now=datetime.now(UTC),
+            children=[self._observed(obj) for obj in children],
+            pods=[pod for obj in children if obj["kind"] == "Deployment" for pod in self._pods(obj)],
+            metrics=await self._metrics(namespace, name, state.status),
+        )
+        plan = self._plan(
+            PlanInput(
+                endpoint=endpoint,
+                configs={n: c for (ns, n), c in self.resources.configs.items() if ns == namespace},
+                models={n: m for (ns, n), m in self.resources.models.items() if ns == namespace},
+                settings=self.settings,
+                observed=observed,
+            )
+        )
+        for obj in plan.objects:
+            self.applied[object_key(obj)] = obj
+        deleted = [self.applied.pop(ref_key(ref)) for ref in plan.delete if ref_key(ref) in self.applied]
+        self._sync_fleets()
+        self._sync_routes()
+        for obj in deleted:
+            if obj["kind"] == "Deployment":
+                self._stop_fleet((namespace, obj["metadata"]["name"]))
+        state.status = plan.status
+        loop = asyncio.get_running_loop()
+        state.due = loop.time() + plan.requeue_after if plan.requeue_after is not None else None
+        for event in plan.events:
+            state.events = [*state.events[-19:], event]
+            if self._on_event is not None:
+                self._on_event(endpoint, event)
+
+    # ------------------------------------------------------------------ observation
+
+    def _children(self, namespace: str, endpoint_label: str) -> list[Manifest]:
+        return [
+            obj
+            for (_, _, ns, _), obj in sorted(self.applied.items())
+            if ns == namespace and obj["metadata"].get("labels", {}).get(labels.ENDPOINT) == endpoint_label
+        ]
+
+    def _observed(self, obj: Manifest) -> Manifest:
+        if obj["kind"] == "Deployment":
+            fleet = self.fleets.get((obj["metadata"].get("namespace", "default"), obj["metadata"]["name"]))
+            if fleet is not None:
+                return observed_deployment(obj, fleet)
+        return obj
+
+    def _pods(self, deployment: Manifest) -> list[Manifest]:
+        fleet = self.fleets.get(
+            (deployment["metadata"].get("namespace", "default"), deployment["metadata"]["name"])
+        )
+        return observed_pods(fleet) if fleet is not None else []
+
+    async def _metrics(
+        self, namespace: str, name: str, status: EndpointStatus | None
+    ) -> dict[str, FleetMetrics]:
+        """During a bake, the new fleet's own /metrics, as the operator scrapes them."""
+        rollout = status.rollout if status is not None else None
+        if rollout is None or rollout.state != "Baking":
+            return {}
+        target = labels.label_value(rollout.target_endpoint_config_name)
+        endpoint_label = labels.endpoint_label(name)
+        upstreams = [
+            replica.upstream
+            for (ns, _), fleet in self.fleets.items()
+            if ns == namespace
+            and fleet.spec.labels.get(labels.ENDPOINT) == endpoint_label
+            and fleet.spec.labels.get(labels.ENDPOINT_CONFIG) == target
+            for replica in fleet.routable()
+            if replica.upstream is not None
+        ]
+        if self._scrape is None:
+            self._scrape = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+        texts = await asyncio.gather(*(self._fetch_text(u.base_url + "/metrics") for u in upstreams))
+        return {rollout.target_endpoint_config_name: fleet_metrics(t for t in texts if t)}
+
+    async def _fetch_text(self, url: str) -> str:
+        assert self._scrape is not None
+        try:
+            async with self._scrape.get(url) as response:
+                return await response.text() if response.status == 200 else ""
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return ""
+
+    # ------------------------------------------------------------------ carrying out
+
+    def _sync_fleets(self) -> None:
+        for (_, kind, namespace, name), obj in self.applied.items():
+            if kind != "Deployment":
+                continue
+            spec = self._fleet_spec(obj)
+            if spec is None:
+                continue
+            fleet = self.fleets.get((namespace, name))
+            if fleet is None:
+                fleet = Fleet(spec, self.cache, self.run_dir, self._base_env, self.changed, self._echo)
+                self.fleets[(namespace, name)] = fleet
+                fleet.start()
+            else:
+                fleet.update(spec)
+
+    def _fleet_spec(self, deployment: Manifest) -> FleetSpec | None:
+        meta = deployment["metadata"]
+        try:
+            uri, sha256 = model_source(deployment, self.resources.models)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return None
+        env, skipped = container_env(deployment)
+        for var in skipped:
+            if var not in self._warned_env:
+                self._warned_env.add(var)
+                log.warning("env %s uses valueFrom: not available in local mode, left out", var)
+        pod = deployment["spec"]["template"]
+        return FleetSpec(
+            namespace=meta.get("namespace", "default"),
+            name=meta["name"],
+            labels=dict(pod["metadata"].get("labels", {})),
+            replicas=desired_replicas(deployment, self.applied),
+            model_uri=uri,
+            sha256=sha256,
+            env=env,
+            grace_seconds=float(pod["spec"].get("terminationGracePeriodSeconds", 30)),
+        )
+
+    def _stop_fleet(self, key: Key) -> None:
+        fleet = self.fleets.pop(key, None)
+        if fleet is None:
+            return
+        self._sync_pools()  # off the route before anything is stopped
+        task = asyncio.get_running_loop().create_task(fleet.stop())
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    def _delete_children(self, namespace: str, endpoint_label: str) -> None:
+        doomed = [
+            k
+            for k, obj in self.applied.items()
+            if k[2] == namespace and obj["metadata"].get("labels", {}).get(labels.ENDPOINT) == endpoint_label
+        ]
+        for key in doomed:
+            obj = self.applied.pop(key)
+            if obj["kind"] == "Deployment":
+                self._stop_fleet((namespace, obj["metadata"]["name"]))
+        self._sync_routes()
+
+    def _sync_routes(self) -> None:
+        self.router.set_routes([obj for obj in self.applied.values() if obj["kind"] == "HTTPRoute"])
+        self._sync_pools()
+
+    def _sync_pools(self) -> None:
+        pools: dict[Key, list[Upstream]] = {}
+        for (_, kind, namespace, name), obj in self.applied.items():
+            if kind != "Service":
+                continue
+            selector = obj["spec"].get("selector", {})
+            pools[(namespace, name)] = [
+                replica.upstream
+                for (ns, _), fleet in sorted(self.fleets.items())
+                if ns == namespace and selector and selects(selector, fleet.spec.labels)
+                for replica in fleet.routable()
+                if replica.upstream is not None
+            ]
+        self.router.set_pools(pools)
+
+    def changed(self) -> None:
+        """A replica or fleet changed state: route at once, plan soon."""
+        self._sync_pools()
+        self.wake.set()
+
+    async def shutdown(self) -> None:
+        """Stop every fleet (each drains first) and wait for them all."""
+        fleets = list(self.fleets.values())
+        self.fleets.clear()
+        self._sync_pools()
+        await asyncio.gather(*(f.stop() for f in fleets), *self._draining, return_exceptions=True)
+        if self._scrape is not None:
+            await self._scrape.close()
+
+    # ------------------------------------------------------------------ reporting
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the status table and /_berth/status show."""
+        endpoints = []
+        for (namespace, name), state in sorted(self.endpoints.items()):
+            status = state.status.to_wire() if state.status else {}
+            label = labels.endpoint_label(name)
+            replicas = []
+            for (ns, deployment), fleet in sorted(self.fleets.items()):
+                if ns != namespace or fleet.spec.labels.get(labels.ENDPOINT) != label:
+                    continue
+                for replica in fleet.replicas:
+                    replicas.append(
+                        {
+                            "name": replica.name,
+                            "deployment": deployment,
+                            "variant": fleet.spec.labels.get(labels.VARIANT, ""),
+                            "config": fleet.spec.labels.get(labels.ENDPOINT_CONFIG, ""),
+                            "state": replica.state,
+                            "ready": replica.ready,
+                            "restarts": replica.restarts,
+                            "lastError": replica.last_error,
+                            "pid": replica.pid,
+                            "port": replica.upstream.port if replica.upstream else None,
+                        }
+                    )
+                if fleet.fetch_state == "Failed":
+                    replicas.append(
+                        {
+                            "name": f"{deployment} (fetch)",
+                            "deployment": deployment,
+                            "state": "FetchFailed",
+                            "lastError": fleet.fetch_error,
+                        }
+                    )
+            endpoints.append(
+                {
+                    "namespace": namespace,
+                    "name": name,
+                    "status": status,
+                    "replicas": replicas,
+                    "events": [
+                        {"type": e.type, "reason": e.reason, "message": e.message} for e in state.events
+                    ],
+                }
+            )
+        return {
+            "endpoints": endpoints,
+            "router": {
+                "mirrorsSent": self.router.mirrors_sent,
+                "mirrorsDropped": self.router.mirrors_dropped,
+            },
+            "runDir": str(self.run_dir),
+        }

@@ -1,0 +1,189 @@
+"""A fleet: the local processes behind one planned Deployment.
+
+Level-triggered like a ReplicaSet controller: fetch the model (the storage-initializer's
+job in a pod), keep `replicas` processes of the current template running, and when the
+template changes start the new processes first and stop the old ones once the new are
+ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import orjson
+
+from .modelcache import ModelCache
+from .replica import Replica, ReplicaSpec
+
+FetchState = Literal["Fetching", "Fetched", "Failed"]
+FETCH_MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    namespace: str
+    name: str  # the Deployment's name
+    labels: Mapping[str, str]  # the pod template's labels
+    replicas: int
+    model_uri: str
+    sha256: str | None
+    env: Mapping[str, str] = field(default_factory=dict)
+    grace_seconds: float = 30.0
+
+    @property
+    def template_hash(self) -> str:
+        material = orjson.dumps(
+            [self.model_uri, self.sha256, sorted(self.env.items()), sorted(self.labels.items())]
+        )
+        return hashlib.sha256(material).hexdigest()[:8]
+
+
+class Fleet:
+    def __init__(
+        self,
+        spec: FleetSpec,
+        cache: ModelCache,
+        run_dir: Path,
+        base_env: Mapping[str, str],
+        on_change: Callable[[], None],
+        echo: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.generation = 1
+        self.replicas: list[Replica] = []
+        self.fetch_state: FetchState = "Fetching"
+        self.fetch_error = ""
+        self.fetch_failures = 0
+        self.model_path: Path | None = None
+        self._fetched_hash = ""
+        self._cache = cache
+        self._run_dir = run_dir
+        self._base_env = base_env
+        self._on_change = on_change
+        self._echo = echo
+        self._dirty = asyncio.Event()
+        self._stopping = False
+        self._retry_at = 0.0
+        self._next_index = 0
+        self._stops: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        self._dirty.set()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"fleet {self.spec.name}")
+
+    def update(self, spec: FleetSpec) -> None:
+        if spec == self.spec:
+            return
+        if spec.template_hash != self.spec.template_hash:
+            self.fetch_state, self.fetch_error, self.fetch_failures = "Fetching", "", 0
+        self.spec = spec
+        self.generation += 1
+        self._dirty.set()
+
+    async def stop(self) -> None:
+        """Drain and stop every replica (route first, then SIGTERM)."""
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.gather(*(r.stop() for r in self.replicas), *self._stops)
+        self._on_change()
+
+    # ------------------------------------------------------------------ views
+
+    def current(self) -> list[Replica]:
+        """Replicas of the current template that are not being stopped."""
+        tag = self.spec.template_hash
+        return [r for r in self.replicas if r.spec.template == tag and r.state != "Terminating"]
+
+    def routable(self) -> list[Replica]:
+        return [r for r in self.replicas if r.ready and r.state not in ("Terminating", "Stopped")]
+
+    # ------------------------------------------------------------------ reconcile loop
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._reconcile()
+
+    def _changed(self) -> None:
+        self._dirty.set()
+        self._on_change()
+
+    async def _reconcile(self) -> None:
+        spec = self.spec
+        tag = spec.template_hash
+        if self._fetched_hash != tag:
+            if not await self._fetch(spec):
+                return
+            self._fetched_hash = tag
+        current = self.current()
+        for _ in range(spec.replicas - len(current)):
+            self._start_replica(spec)
+        for extra in sorted(current, key=lambda r: r.name)[spec.replicas :]:
+            self._stop_replica(extra)
+        # Old template: stop once the new one is fully ready (surge first, like maxUnavailable 0).
+        ready_new = sum(1 for r in self.current() if r.ready)
+        old = [r for r in self.replicas if r not in self.current() and r.state != "Terminating"]
+        if old and ready_new >= spec.replicas:
+            for replica in old:
+                self._stop_replica(replica)
+
+    async def _fetch(self, spec: FleetSpec) -> bool:
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self.fetch_state = "Fetching"
+        try:
+            self.model_path = await self._cache.get(spec.model_uri, spec.sha256)
+        except Exception as exc:  # any fetch error is reported, as the init container would
+            self.fetch_state = "Failed"
+            self.fetch_error = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            self.fetch_failures += 1
+            self._retry_at = time.monotonic() + min(FETCH_MAX_BACKOFF, 2.0 ** min(self.fetch_failures, 5))
+            self._on_change()
+            self._dirty.set()  # try again after the backoff
+            return False
+        self.fetch_state, self.fetch_error = "Fetched", ""
+        self._on_change()
+        return True
+
+    def _start_replica(self, spec: FleetSpec) -> None:
+        assert self.model_path is not None
+        name = f"{spec.name}-{spec.template_hash}-{self._next_index}"
+        self._next_index += 1
+        env = {**self._base_env, **spec.env}
+        replica_spec = ReplicaSpec(
+            name=name,
+            model_path=self.model_path,
+            env=env,
+            log_path=self._run_dir / "logs" / f"{name}.log",
+            grace_seconds=spec.grace_seconds,
+            template=spec.template_hash,
+        )
+        replica = Replica(replica_spec, on_change=self._changed, echo=self._echo)
+        self.replicas.append(replica)
+        replica.start()
+
+    def _stop_replica(self, replica: Replica) -> None:
+        async def stop_and_forget() -> None:
+            await replica.stop()
+            if replica in self.replicas:
+                self.replicas.remove(replica)
+            self._changed()
+
+        task = asyncio.get_running_loop().create_task(stop_and_forget())
+        self._stops.add(task)
+        task.add_done_callback(self._stops.discard)

@@ -1,0 +1,130 @@
+"""What the planner observes in local mode: Deployments and Pods synthesized from fleets.
+
+The shapes are the ones kubelet and the Deployment controller would report, so the
+planner reads local processes exactly as it reads a cluster: readyReplicas from /ping,
+a crashed replica as a CrashLoopBackOff waiting state with its last stderr line, a failed
+model fetch as a terminated storage-initializer with the error as its message.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+from .fleet import Fleet
+from .replica import Replica
+
+Manifest = dict[str, Any]
+
+SERVER_CONTAINER = "server"
+INIT_CONTAINER = "storage-initializer"
+
+
+def _time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def observed_deployment(applied: Manifest, fleet: Fleet) -> Manifest:
+    current = fleet.current()
+    ready = sum(1 for r in current if r.ready)
+    deployment = copy.deepcopy(applied)
+    deployment["metadata"]["generation"] = fleet.generation
+    deployment["status"] = {
+        "observedGeneration": fleet.generation,
+        "replicas": len([r for r in fleet.replicas if r.state != "Stopped"]),
+        "updatedReplicas": len(current),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "unavailableReplicas": max(0, fleet.spec.replicas - ready),
+    }
+    return deployment
+
+
+def _pod(fleet: Fleet, name: str, phase: str, ready: bool) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": fleet.spec.namespace, "labels": dict(fleet.spec.labels)},
+        "status": {
+            "phase": phase,
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": "True" if ready else "False"},
+            ],
+        },
+    }
+
+
+def _replica_pod(fleet: Fleet, replica: Replica) -> Manifest:
+    pod = _pod(fleet, replica.name, "Running" if replica.pid else "Pending", replica.ready)
+    container: dict[str, Any] = {
+        "name": SERVER_CONTAINER,
+        "ready": replica.ready,
+        "restartCount": replica.restarts,
+    }
+    if replica.state == "CrashLoopBackOff":
+        container["state"] = {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off restarting failed container {SERVER_CONTAINER}: {replica.last_error}",
+            }
+        }
+    elif replica.pid:
+        container["state"] = {"running": {"startedAt": _time(replica.started_at)}}
+    else:
+        container["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    if replica.restarts:
+        container["lastState"] = {
+            "terminated": {
+                "exitCode": replica.last_exit_code if replica.last_exit_code is not None else 1,
+                "reason": "Error",
+                "message": replica.last_error,
+            }
+        }
+    pod["status"]["initContainerStatuses"] = [
+        {
+            "name": INIT_CONTAINER,
+            "ready": True,
+            "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+        }
+    ]
+    pod["status"]["containerStatuses"] = [container]
+    return pod
+
+
+def _initializing_pods(fleet: Fleet) -> list[Manifest]:
+    """Pods whose storage-initializer is still fetching, or failed to."""
+    pods = []
+    for index in range(fleet.spec.replicas):
+        pod = _pod(fleet, f"{fleet.spec.name}-{fleet.spec.template_hash}-init{index}", "Pending", False)
+        if fleet.fetch_state == "Failed":
+            init: dict[str, Any] = {
+                "name": INIT_CONTAINER,
+                "ready": False,
+                "restartCount": max(0, fleet.fetch_failures - 1),
+                "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": fleet.fetch_error}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": fleet.fetch_error}},
+            }
+        else:
+            init = {"name": INIT_CONTAINER, "ready": False, "restartCount": 0, "state": {"running": {}}}
+        pod["status"]["initContainerStatuses"] = [init]
+        pod["status"]["containerStatuses"] = [
+            {
+                "name": SERVER_CONTAINER,
+                "ready": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "PodInitializing"}},
+            }
+        ]
+        pods.append(pod)
+    return pods
+
+
+def observed_pods(fleet: Fleet) -> list[Manifest]:
+    live = [r for r in fleet.replicas if r.state not in ("Terminating", "Stopped")]
+    pods = [_replica_pod(fleet, r) for r in sorted(live, key=lambda r: r.name)]
+    if fleet.fetch_state != "Fetched" and len(fleet.current()) < fleet.spec.replicas:
+        pods += _initializing_pods(fleet)
+    return pods

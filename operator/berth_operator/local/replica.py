@@ -1,0 +1,219 @@
+"""One local replica: a `berth serve` process, kept alive with backoff, probed on /ping.
+
+A replica owns its process and its log; the fleet decides when it starts and stops.
+Stopping drains: the replica leaves the route first (ready turns False and the owner is
+told), waits for its in-flight requests, then gets SIGTERM (the server drains as well).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+import aiohttp
+import orjson
+
+from . import procs
+from .router import Upstream
+
+State = Literal["Starting", "Running", "CrashLoopBackOff", "Terminating", "Stopped"]
+
+INITIAL_BACKOFF = 0.5
+MAX_BACKOFF = 10.0
+STABLE_AFTER = 30.0  # seconds up before the backoff resets
+PROBE_STARTING = 0.05
+PROBE_RUNNING = 0.5
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    name: str  # like a pod name: <deployment>-<index>
+    model_path: Path
+    env: Mapping[str, str]
+    log_path: Path
+    grace_seconds: float = 30.0
+    template: str = ""  # hash of the fleet template this replica was started from
+
+    def argv(self, port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "berth_serving",
+            "serve",
+            str(self.model_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+
+
+def message_of(line: str) -> str:
+    """The readable part of a log line (the serving runtime logs JSON lines)."""
+    line = line.strip()
+    if line.startswith("{"):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            record = orjson.loads(line)
+            if isinstance(record, dict):
+                for key in ("message", "msg", "event", "error"):
+                    if isinstance(record.get(key), str):
+                        return str(record[key])
+    return line
+
+
+class Replica:
+    def __init__(
+        self,
+        spec: ReplicaSpec,
+        on_change: Callable[[], None],
+        echo: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.state: State = "Starting"
+        self.ready = False
+        self.restarts = 0
+        self.last_exit_code: int | None = None
+        self.last_error = ""
+        self.started_at = time.time()
+        self.upstream: Upstream | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self._on_change = on_change
+        self._echo = echo
+        self._stopping = False
+        self._stderr_tail: deque[str] = deque(maxlen=20)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process and self.process.returncode is None else None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"replica {self.name}")
+
+    async def stop(self) -> None:
+        """Off the route, wait for in-flight requests, SIGTERM, wait for the exit."""
+        if self._stopping:
+            if self._task:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(self._task)
+            return
+        self._stopping = True
+        self.state = "Terminating"
+        self._set_ready(False)
+        deadline = time.monotonic() + self.spec.grace_seconds
+        while self.upstream and self.upstream.inflight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self.process is not None:
+            await procs.terminate(self.process, max(0.5, deadline - time.monotonic()))
+        if self._task:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=2)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        self.state = "Stopped"
+        self._on_change()
+
+    # ------------------------------------------------------------------ internals
+
+    def _set_ready(self, ready: bool) -> None:
+        if ready != self.ready:
+            self.ready = ready
+            self._on_change()
+
+    async def _run(self) -> None:
+        backoff = INITIAL_BACKOFF
+        self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spec.log_path, "a", buffering=1) as log:
+            while not self._stopping:
+                port = procs.free_port()
+                self.upstream = Upstream("127.0.0.1", port, name=self.name)
+                env = dict(self.spec.env)
+                self.state = "Starting"
+                self.started_at = time.time()
+                log.write(f"--- berth up: starting {self.name} on port {port}\n")
+                try:
+                    self.process = await procs.spawn(self.spec.argv(port), env)
+                except OSError as exc:
+                    self.last_error = f"cannot start: {exc}"
+                    code = -1
+                else:
+                    self._on_change()
+                    code = await self._supervise(self.process, log)
+                self._set_ready(False)
+                if self._stopping:
+                    break
+                self.restarts += 1
+                self.last_exit_code = code
+                tail = [message_of(line) for line in self._stderr_tail if line.strip()]
+                self.last_error = tail[-1] if tail else f"exited with code {code}"
+                self.state = "CrashLoopBackOff"
+                log.write(f"--- berth up: {self.name} exited with code {code}; restart in {backoff:.1f}s\n")
+                self._on_change()
+                if time.time() - self.started_at > STABLE_AFTER:
+                    backoff = INITIAL_BACKOFF
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _supervise(self, process: asyncio.subprocess.Process, log: IO[str]) -> int:
+        assert process.stdout is not None and process.stderr is not None
+        self._stderr_tail.clear()
+        pumps = [
+            asyncio.ensure_future(self._pump(process.stdout, log, None)),
+            asyncio.ensure_future(self._pump(process.stderr, log, self._stderr_tail)),
+        ]
+        probe = asyncio.ensure_future(self._probe())
+        try:
+            if self._stopping:  # stop() came while the process was being spawned
+                await procs.terminate(process, self.spec.grace_seconds)
+            code = await process.wait()
+        finally:
+            if process.returncode is None:  # cancelled: never leave the process behind
+                procs.signal_group(process.pid, 9)
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+        procs.signal_group(process.pid, 9)  # leftovers of the group, if any
+        procs.forget(process.pid)
+        await asyncio.gather(*pumps, return_exceptions=True)
+        return code
+
+    async def _pump(self, stream: asyncio.StreamReader, log: IO[str], tail: deque[str] | None) -> None:
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace")
+            log.write(line)
+            if tail is not None:
+                tail.append(line)
+            if self._echo is not None:
+                self._echo(self.name, line.rstrip("\n"))
+
+    async def _probe(self) -> None:
+        assert self.upstream is not None
+        url = self.upstream.base_url + "/ping"
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                ok = False
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                    async with session.get(url) as response:
+                        ok = response.status == 200
+                if not self._stopping:
+                    if ok:
+                        self.state = "Running"
+                    self._set_ready(ok)
+                await asyncio.sleep(PROBE_RUNNING if self.ready else PROBE_STARTING)

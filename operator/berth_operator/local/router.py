@@ -1,0 +1,330 @@
+"""The local router: carries out the planned HTTPRoutes on one port, as a Gateway would.
+
+A raw ASGI app (no framework on the hot path) behind uvicorn with uvloop + httptools,
+forwarding over pooled keep-alive connections (aiohttp). Replicas are counted in flight
+so a fleet can be drained (taken off the route, then waited for) before it is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .routing import (
+    BackendRef,
+    Manifest,
+    Mirror,
+    RouteTable,
+    compile_routes,
+    pick_backend,
+    rewrite_path,
+    select_rule,
+)
+
+ASGIReceive = Callable[[], Awaitable[dict[str, Any]]]
+ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+
+STATUS_PATH = "/_berth/status"
+MAX_BODY_BYTES = 64 * 1024 * 1024
+MIRROR_LIMIT = 64  # mirrored requests in flight at most; beyond that copies are dropped
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+    }
+)
+
+
+@dataclass(eq=False)
+class Upstream:
+    """One replica as the router sees it."""
+
+    host: str
+    port: int
+    name: str = ""
+    inflight: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class Pool:
+    """Ready replicas of one Service, taken in turn."""
+
+    __slots__ = ("_next", "upstreams")
+
+    def __init__(self, upstreams: list[Upstream]) -> None:
+        self.upstreams = upstreams
+        self._next = 0
+
+    def take(self, avoid: Upstream | None = None) -> Upstream | None:
+        count = len(self.upstreams)
+        for _ in range(count):
+            upstream = self.upstreams[self._next % count]
+            self._next += 1
+            if upstream is not avoid or count == 1:
+                return upstream
+        return None
+
+
+def _error(code: int, message: str, **extra: Any) -> tuple[int, bytes]:
+    return code, orjson.dumps({"error": {"code": code, "message": message, **extra}})
+
+
+class Router:
+    def __init__(self, status: Callable[[], Any] | None = None, seed: int | None = None) -> None:
+        self.table = RouteTable()
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.ready_counts: dict[tuple[str, str], int] = {}
+        self.status = status or (lambda: {})
+        self.mirrors_sent = 0
+        self.mirrors_dropped = 0
+        self._rng = random.Random(seed)
+        self._session: aiohttp.ClientSession | None = None
+        self._mirror_tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ configuration
+
+    def set_routes(self, routes: list[Manifest]) -> None:
+        self.table = compile_routes(routes)
+
+    def set_pools(self, pools: Mapping[tuple[str, str], list[Upstream]]) -> None:
+        old = self.pools
+        self.pools = {
+            key: old[key] if key in old and old[key].upstreams == ups else Pool(ups)
+            for key, ups in pools.items()
+        }
+        self.ready_counts = {key: len(pool.upstreams) for key, pool in self.pools.items()}
+
+    def known_endpoints(self) -> list[str]:
+        return sorted(f"{prefix}/invocations" for prefix in self.table.prefixes if prefix)
+
+    async def start(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=300, sock_connect=5),
+                skip_auto_headers=("User-Agent",),
+            )
+
+    async def close(self) -> None:
+        for task in list(self._mirror_tasks):
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path == STATUS_PATH:
+            await _respond(send, 200, orjson.dumps(self.status(), option=orjson.OPT_NON_STR_KEYS))
+            return
+        found = self.table.lookup(path)
+        if found is None:
+            code, body = _error(404, f"no endpoint at {path}", knownEndpoints=self.known_endpoints())
+            await _respond(send, code, body)
+            return
+        prefix, rules = found
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        rule = select_rule(rules, headers)
+        if rule is None:
+            code, body = _error(404, f"no route matches {path}", knownEndpoints=self.known_endpoints())
+            await _respond(send, code, body)
+            return
+        request_body = await _read_body(receive)
+        if request_body is None:
+            await _respond(send, *_error(413, f"request body over {MAX_BODY_BYTES} bytes"))
+            return
+        target = rewrite_path(path, prefix, rule.replace_prefix)
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        forward = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
+        for mirror in rule.mirrors:
+            self._mirror(mirror, scope["method"], target, forward, request_body)
+        status, response_headers, payload = await self._forward(
+            rule.backends, scope["method"], target, forward, request_body
+        )
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _lifespan(self, receive: ASGIReceive, send: ASGISend) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ------------------------------------------------------------------ forwarding
+
+    async def _forward(
+        self,
+        backends: tuple[BackendRef, ...],
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        backend = pick_backend(backends, self.ready_counts, self._rng)
+        if backend is None:
+            names = ", ".join(b.service for b in backends) or "none"
+            code, payload = _error(503, f"no ready replica behind this endpoint (backends: {names})")
+            return code, [(b"content-type", b"application/json"), (b"retry-after", b"1")], payload
+        pool = self.pools[backend.key]
+        upstream = pool.take()
+        assert upstream is not None
+        try:
+            return await self._send(upstream, method, target, headers, body)
+        except (TimeoutError, aiohttp.ClientConnectionError):
+            # A pooled connection closed under us, or the replica just died: nothing was
+            # answered yet, so one more try on another replica (or a fresh connection).
+            retry = self._retry_upstream(backends, upstream)
+            if retry is not None:
+                with contextlib.suppress(aiohttp.ClientConnectionError, asyncio.TimeoutError):
+                    return await self._send(retry, method, target, headers, body)
+            code, payload = _error(502, f"replica {upstream.name or upstream.base_url} did not answer")
+            return code, [(b"content-type", b"application/json")], payload
+
+    def _retry_upstream(self, backends: tuple[BackendRef, ...], failed: Upstream) -> Upstream | None:
+        backend = pick_backend(backends, self.ready_counts, self._rng)
+        if backend is None:
+            return None
+        return self.pools[backend.key].take(avoid=failed)
+
+    async def _send(
+        self, upstream: Upstream, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        assert self._session is not None, "router not started"
+        upstream.inflight += 1
+        try:
+            async with self._session.request(
+                method,
+                upstream.base_url + target,
+                data=body,
+                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
+                allow_redirects=False,
+            ) as response:
+                payload = await response.read()
+                out = [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in HOP_BY_HOP]
+                out.append((b"content-length", str(len(payload)).encode()))
+                return response.status, out, payload
+        finally:
+            upstream.inflight -= 1
+
+    def _mirror(
+        self, mirror: Mirror, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        """Fire and forget: the answer never waits for the shadow, and copies beyond the
+        limit are dropped rather than queued."""
+        if mirror.percent < 100 and self._rng.random() * 100 >= mirror.percent:
+            return
+        pool = self.pools.get(mirror.backend.key)
+        upstream = pool.take() if pool else None
+        if upstream is None:
+            return
+        if len(self._mirror_tasks) >= MIRROR_LIMIT:
+            self.mirrors_dropped += 1
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._send_mirror(upstream, method, target, headers, body)
+        )
+        self._mirror_tasks.add(task)
+        task.add_done_callback(self._mirror_tasks.discard)
+
+    async def _send_mirror(
+        self, upstream: Upstream, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        try:
+            await self._send(upstream, method, target, headers, body)
+            self.mirrors_sent += 1
+        except (TimeoutError, aiohttp.ClientError):
+            self.mirrors_dropped += 1
+
+
+async def _read_body(receive: ASGIReceive) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return None
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+async def _respond(send: ASGISend, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class QuietServer:
+    """uvicorn's Server without its signal capture: `berth up` owns SIGINT/SIGTERM."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+        self.server = _Server(config)
+
+    async def serve(self, sockets: list[Any] | None = None) -> None:
+        await self.server.serve(sockets=sockets)
+
+    @property
+    def started(self) -> bool:
+        return bool(self.server.started)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
