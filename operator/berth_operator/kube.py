@@ -1,0 +1,267 @@
+"""A small asynchronous Kubernetes client on aiohttp, built from the credentials kopf logged in with.
+
+Only what the operator needs: get, list (label selector, also filtered here because some
+API emulators ignore selectors), create, merge-patch, JSON-patch, status patch, delete and
+core v1 Events. Every call is a coroutine on the operator's event loop; nothing blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import aiohttp
+
+if TYPE_CHECKING:
+    import kopf
+
+log = logging.getLogger(__name__)
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResourceKind:
+    """Where a kind lives in the API: /apis/GROUP/VERSION/[namespaces/NS/]PLURAL."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def base(self) -> str:
+        return f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
+
+    def path(
+        self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+    ) -> str:
+        parts = [self.base]
+        if self.namespaced and namespace is not None:
+            parts.append(f"namespaces/{quote(namespace, safe='')}")
+        parts.append(self.plural)
+        if name is not None:
+            parts.append(quote(name, safe=""))
+        if subresource is not None:
+            parts.append(subresource)
+        return "/".join(parts)
+
+
+RESOURCES: dict[tuple[str, str], ResourceKind] = {
+    (kind.api_version, kind.kind): kind
+    for kind in (
+        ResourceKind("berth.dev/v1alpha1", "Model", "models"),
+        ResourceKind("berth.dev/v1alpha1", "EndpointConfig", "endpointconfigs"),
+        ResourceKind("berth.dev/v1alpha1", "Endpoint", "endpoints"),
+        ResourceKind("apps/v1", "Deployment", "deployments"),
+        ResourceKind("v1", "Service", "services"),
+        ResourceKind("v1", "Pod", "pods"),
+        ResourceKind("v1", "Event", "events"),
+        ResourceKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+        ResourceKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+        ResourceKind("networking.k8s.io/v1", "Ingress", "ingresses"),
+        ResourceKind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+    )
+}
+
+
+def resource_kind(api_version: str, kind: str) -> ResourceKind:
+    try:
+        return RESOURCES[(api_version, kind)]
+    except KeyError:
+        raise ValueError(f"unknown kind {kind} ({api_version})") from None
+
+
+def kind_of(obj: Mapping[str, Any]) -> ResourceKind:
+    return resource_kind(obj["apiVersion"], obj["kind"])
+
+
+class ApiError(Exception):
+    """A non-2xx answer of the API server."""
+
+    def __init__(self, status: int, method: str, path: str, body: Any) -> None:
+        message = body.get("message") if isinstance(body, dict) else str(body)[:300]
+        super().__init__(f"{method} {path}: {status} {message}")
+        self.status = status
+        self.body = body
+
+
+def matches_labels(obj: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
+    labels = obj.get("metadata", {}).get("labels") or {}
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+class KubeClient:
+    """One aiohttp session per credentials; re-created when kopf logs in again."""
+
+    def __init__(self, info: kopf.ConnectionInfo, *, timeout: float = 30.0) -> None:
+        self.server = info.server.rstrip("/")
+        self._info = info
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            info = self._info
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=32, ssl=info.as_ssl_context()),
+                headers={**info.as_http_headers(), "User-Agent": "berth-operator"},
+                proxy=info.proxy_url,
+                trust_env=info.trust_env,
+                timeout=self._timeout,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        session = self._ensure_session()
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": content_type} if data is not None else {}
+        async with session.request(
+            method, self.server + path, data=data, params=params, headers=headers
+        ) as response:
+            text = await response.text()
+            try:
+                payload = json.loads(text) if text else None
+            except ValueError:
+                payload = text
+            if response.status >= 400:
+                raise ApiError(response.status, method, path, payload)
+            return payload
+
+    # ------------------------------------------------------------------ verbs
+
+    async def get(self, kind: ResourceKind, namespace: str, name: str) -> Manifest | None:
+        """The object, or None when it does not exist."""
+        try:
+            result: Manifest = await self.request("GET", kind.path(namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    async def list_objects(
+        self, kind: ResourceKind, namespace: str | None, labels: Mapping[str, str] | None = None
+    ) -> list[Manifest]:
+        params = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
+        result = await self.request("GET", kind.path(namespace), params=params)
+        items: list[Manifest] = result.get("items") or []
+        # Lists come without apiVersion/kind per item; the planner needs them.
+        for item in items:
+            item.setdefault("apiVersion", kind.api_version)
+            item.setdefault("kind", kind.kind)
+        return [item for item in items if not labels or matches_labels(item, labels)]
+
+    async def create(self, obj: Manifest) -> Manifest:
+        kind = kind_of(obj)
+        namespace = obj["metadata"].get("namespace")
+        result: Manifest = await self.request("POST", kind.path(namespace), body=obj)
+        return result
+
+    async def merge_patch(
+        self,
+        kind: ResourceKind,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        subresource: str | None = None,
+    ) -> Manifest:
+        result: Manifest = await self.request(
+            "PATCH",
+            kind.path(namespace, name, subresource),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+        return result
+
+    async def json_patch(
+        self,
+        kind: ResourceKind,
+        namespace: str,
+        name: str,
+        ops: list[dict[str, Any]],
+        subresource: str | None = None,
+    ) -> Manifest:
+        result: Manifest = await self.request(
+            "PATCH",
+            kind.path(namespace, name, subresource),
+            body=ops,
+            content_type="application/json-patch+json",
+        )
+        return result
+
+    async def patch_status(
+        self, kind: ResourceKind, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> Manifest:
+        return await self.merge_patch(kind, namespace, name, {"status": status}, subresource="status")
+
+    async def delete(self, kind: ResourceKind, namespace: str, name: str) -> bool:
+        """Delete (background propagation); False when it was already gone."""
+        try:
+            await self.request("DELETE", kind.path(namespace, name), body={"propagationPolicy": "Background"})
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core v1 Event about `involved`; failures are logged, never raised (events are best effort)."""
+        meta = involved["metadata"]
+        namespace = meta.get("namespace", "default")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"namespace": namespace, "name": f"{meta['name']}.{_event_suffix()}"},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta["name"],
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "berth-operator"},
+            "reportingComponent": "berth.dev/operator",
+            "reportingInstance": "berth-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "eventTime": now,
+            "action": reason,
+            "count": 1,
+        }
+        try:
+            await self.create(event)
+        except (TimeoutError, ApiError, aiohttp.ClientError) as exc:
+            log.warning("could not post event %s on %s: %s", reason, meta["name"], exc)
+
+
+_event_counter = 0
+
+
+def _event_suffix() -> str:
+    # Unique per process and time, like the API server's generated names.
+    global _event_counter
+    _event_counter += 1
+    return f"{int(datetime.now(UTC).timestamp() * 1e6):x}{_event_counter:x}"
