@@ -1,0 +1,116 @@
+"""A fleet: the variants of one EndpointConfig, resolved against Models and the catalog.
+
+Variants that cannot be built (missing Model, unknown instance type) are left out and
+named in `errors`; a missing EndpointConfig gives an empty fleet with `missing=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..api import Autoscaling, EndpointConfig, Model, ProductionVariant, VariantOverride
+from ..settings import InstanceType, Settings
+from .names import variant_object_name
+
+
+@dataclass(frozen=True)
+class VariantPlan:
+    endpoint: str
+    config: str
+    spec: ProductionVariant
+    model: Model
+    instance_type: InstanceType
+    shadow: bool
+    weight: float  # effective weight: variantOverrides.desiredWeight or initialVariantWeight
+    replicas: int  # wanted replicas; with autoscaling the HPA's minReplicas
+    autoscaling: Autoscaling | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.variant_name
+
+    @property
+    def object_name(self) -> str:
+        return variant_object_name(self.endpoint, self.config, self.name)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    config: str
+    variants: tuple[VariantPlan, ...] = ()
+    errors: tuple[str, ...] = ()
+    missing: bool = False  # the EndpointConfig does not exist (yet)
+    invalid: bool = False  # a variant names an instance type the catalog lacks: no waiting fixes it
+
+    @property
+    def production(self) -> tuple[VariantPlan, ...]:
+        return tuple(v for v in self.variants if not v.shadow)
+
+    @property
+    def shadows(self) -> tuple[VariantPlan, ...]:
+        return tuple(v for v in self.variants if v.shadow)
+
+    @property
+    def complete(self) -> bool:
+        """Every variant of the config can be built."""
+        return not self.missing and not self.errors and bool(self.production)
+
+
+def resolve_fleet(
+    endpoint: str,
+    config_name: str,
+    configs: Mapping[str, EndpointConfig],
+    models: Mapping[str, Model],
+    settings: Settings,
+    overrides: list[VariantOverride],
+    retained: Mapping[str, int] | None = None,
+) -> Fleet:
+    config = configs.get(config_name)
+    if config is None:
+        return Fleet(config_name, missing=True, errors=(f"EndpointConfig {config_name} not found",))
+    by_name = {o.variant_name: o for o in overrides}
+    variants: list[VariantPlan] = []
+    errors: list[str] = []
+    specs = [(v, False) for v in config.spec.production_variants]
+    specs += [(v, True) for v in config.spec.shadow_production_variants]
+    for spec, shadow in specs:
+        where = f"EndpointConfig {config_name}: variant {spec.variant_name}"
+        instance_type = settings.instance_types.get(spec.instance_type)
+        model = models.get(spec.model_name)
+        if model is None:
+            errors.append(f"{where}: Model {spec.model_name} not found")
+            continue
+        if instance_type is None:
+            errors.append(f'{where}: unknown instanceType "{spec.instance_type}"')
+            continue
+        override = by_name.get(spec.variant_name)
+        weight = spec.initial_variant_weight
+        if override is not None and override.desired_weight is not None and not shadow:
+            weight = override.desired_weight
+        variants.append(
+            VariantPlan(
+                endpoint=endpoint,
+                config=config_name,
+                spec=spec,
+                model=model,
+                instance_type=instance_type,
+                shadow=shadow,
+                weight=weight,
+                replicas=_replicas(spec, override, (retained or {}).get(spec.variant_name)),
+                autoscaling=spec.autoscaling,
+            )
+        )
+    invalid = any("unknown instanceType" in e for e in errors)
+    return Fleet(config_name, tuple(variants), tuple(errors), invalid=invalid)
+
+
+def _replicas(spec: ProductionVariant, override: VariantOverride | None, retained: int | None) -> int:
+    """Replicas to ask for. With autoscaling, the HPA's floor: never below what the old fleet had."""
+    if spec.autoscaling is not None:
+        floor = max(spec.autoscaling.min_replicas, retained or 0)
+        return min(floor, spec.autoscaling.max_replicas)
+    wanted = spec.initial_instance_count
+    if override is not None and override.desired_instance_count is not None:
+        wanted = override.desired_instance_count
+    return max(wanted, retained or 0)

@@ -1,0 +1,55 @@
+"""Names of the objects the planner makes: deterministic, valid, at most 63 characters.
+
+Services need DNS-1035 labels (lowercase letters, digits and '-', starting with a letter,
+at most 63 characters); label values need at most 63 characters too. Endpoint and config
+names may be DNS subdomains of up to 253 characters, so long or unusual names are cut
+and get a short hash of the full name, which keeps them unique and stable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_NAME = 63
+HASH_LENGTH = 8
+_NOT_ALLOWED = re.compile(r"[^a-z0-9-]+")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def short_hash(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:HASH_LENGTH]
+
+
+def dns_label(*parts: str) -> str:
+    """parts joined by '-' as a DNS-1035 label; cut and hashed when needed."""
+    joined = "-".join(parts)
+    cleaned = _NOT_ALLOWED.sub("-", joined.lower()).strip("-")
+    if cleaned and not cleaned[0].isalpha():
+        cleaned = "b-" + cleaned  # DNS-1035 labels start with a letter
+    if cleaned == joined and len(cleaned) <= MAX_NAME:
+        return cleaned
+    head = cleaned[: MAX_NAME - HASH_LENGTH - 1].rstrip("-")
+    return f"{head}-{short_hash(*parts)}" if head else f"b-{short_hash(*parts)}"
+
+
+def label_value(value: str) -> str:
+    """A label value naming value: itself when valid, else cut with a hash."""
+    if len(value) <= MAX_NAME and _LABEL_VALUE.match(value):
+        return value
+    head = re.sub(r"[^A-Za-z0-9_.-]+", "-", value)[: MAX_NAME - HASH_LENGTH - 1].rstrip("-_.")
+    return f"{head}-{short_hash(value)}" if head else short_hash(value)
+
+
+def variant_object_name(endpoint: str, config: str, variant: str) -> str:
+    """Deployment, Service, HPA and PDB of one variant of one config."""
+    return dns_label(endpoint, config, variant)
+
+
+def route_name(endpoint: str) -> str:
+    """The HTTPRoute (or main Ingress) of an endpoint."""
+    return dns_label(endpoint)
+
+
+def canary_ingress_name(endpoint: str) -> str:
+    return dns_label(endpoint, "canary")

@@ -1,0 +1,80 @@
+"""Reading observed objects: Deployment readiness, and whether a child already matches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .fleet import VariantPlan
+from .types import Manifest
+
+
+def find(children: Iterable[Manifest], kind: str, name: str) -> Manifest | None:
+    for child in children:
+        if child.get("kind") == kind and child.get("metadata", {}).get("name") == name:
+            return child
+    return None
+
+
+def is_subset(desired: Any, observed: Any) -> bool:
+    """True when observed has everything desired has (the API server may add defaults)."""
+    if isinstance(desired, dict):
+        return isinstance(observed, dict) and all(
+            key in observed and is_subset(value, observed[key]) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(observed, list)
+            and len(desired) == len(observed)
+            and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
+        )
+    if (
+        isinstance(desired, int | float)
+        and isinstance(observed, int | float)
+        and not isinstance(desired, bool)
+    ):
+        return float(desired) == float(observed)
+    return bool(desired == observed)
+
+
+def matches(desired: Manifest, children: Iterable[Manifest]) -> bool:
+    """An observed child with the desired spec and annotations exists."""
+    observed = find(children, desired["kind"], desired["metadata"]["name"])
+    if observed is None:
+        return False
+    annotations = desired["metadata"].get("annotations", {})
+    return is_subset(desired.get("spec", {}), observed.get("spec", {})) and is_subset(
+        annotations, observed.get("metadata", {}).get("annotations", {})
+    )
+
+
+@dataclass(frozen=True)
+class Readiness:
+    current: int  # replicas that exist
+    ready: int
+    desired: int
+    is_ready: bool
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def deployment_readiness(children: Iterable[Manifest], variant: VariantPlan) -> Readiness:
+    observed = find(children, "Deployment", variant.object_name)
+    if observed is None:
+        return Readiness(0, 0, variant.replicas, False)
+    spec = observed.get("spec", {})
+    status = observed.get("status") or {}
+    desired = variant.replicas
+    if variant.autoscaling is not None and isinstance(spec.get("replicas"), int):
+        # The HPA sets replicas between the floor we asked for and maxReplicas.
+        desired = min(max(spec["replicas"], variant.replicas), variant.autoscaling.max_replicas)
+    ready = _int(status.get("readyReplicas"))
+    updated = _int(status.get("updatedReplicas", ready))
+    generation = observed.get("metadata", {}).get("generation")
+    seen = status.get("observedGeneration")
+    current_generation = generation is None or seen is None or _int(seen) >= _int(generation)
+    is_ready = current_generation and ready >= desired and updated >= desired
+    return Readiness(_int(status.get("replicas", ready)), ready, desired, is_ready)

@@ -1,0 +1,377 @@
+"""plan_endpoint: the whole planner. Specs + observed state -> desired children, deletes, status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..api import EndpointStatus, VariantStatus
+from . import labels
+from .conditions import condition
+from .fleet import Fleet, VariantPlan, resolve_fleet
+from .names import label_value
+from .observe import Readiness, deployment_readiness, find, matches
+from .podfailures import PodFailure, pod_failures
+from .rollout import Decision, FleetState, RolloutInput, decide
+from .routing import Backend, Routing, plan_routing
+from .types import Event, Manifest, ObjectRef, Plan, PlanInput
+from .workload import variant_objects
+
+FLEET_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+ROUTE_KINDS = ("HTTPRoute", "Ingress")
+KIND_ORDER = {kind: i for i, kind in enumerate(FLEET_KINDS + ROUTE_KINDS)}
+DEFERRED_DELETE_SECONDS = 2.0  # look again soon: the route is moving off a fleet that is going
+
+
+@dataclass(frozen=True)
+class _Live:
+    """A fleet in the plan and its share of the traffic in percent."""
+
+    fleet: Fleet
+    share: int
+
+
+class _Planner:
+    def __init__(self, inp: PlanInput) -> None:
+        self.inp = inp
+        self.endpoint = inp.endpoint
+        self.previous = inp.endpoint.status or EndpointStatus()
+        self.children = [c for c in inp.observed.children if self._is_ours(c)]
+        self.endpoint_label = labels.endpoint_label(self.endpoint.name)
+        self._fleets: dict[tuple[str, tuple[tuple[str, int], ...]], Fleet] = {}
+
+    def _is_ours(self, child: Manifest) -> bool:
+        meta = child.get("metadata", {})
+        return bool(
+            meta.get("labels", {}).get(labels.ENDPOINT) == labels.endpoint_label(self.inp.endpoint.name)
+            and meta.get("namespace", self.inp.endpoint.namespace) == self.inp.endpoint.namespace
+        )
+
+    # ---------------------------------------------------------------- fleets
+
+    def fleet(self, config: str, retained: Mapping[str, int] | None = None) -> Fleet:
+        key = (config, tuple(sorted((retained or {}).items())))
+        if key not in self._fleets:
+            inp = self.inp
+            self._fleets[key] = resolve_fleet(
+                self.endpoint.name,
+                config,
+                inp.configs,
+                inp.models,
+                inp.settings,
+                self.endpoint.spec.variant_overrides,
+                retained,
+            )
+        return self._fleets[key]
+
+    def readiness(self, variant: VariantPlan) -> Readiness:
+        return deployment_readiness(self.children, variant)
+
+    def failures(self, fleets: list[Fleet]) -> list[PodFailure]:
+        models = {
+            (label_value(v.config), label_value(v.name)): v.model.name
+            for fleet in fleets
+            for v in fleet.variants
+        }
+        return pod_failures(self.inp.observed.pods, self.endpoint_label, models)
+
+    def fleet_state(self, config: str, retained: Mapping[str, int]) -> FleetState:
+        fleet = self.fleet(config, retained)
+        ready = fleet.complete and all(self.readiness(v).is_ready for v in fleet.variants)
+        fatal = tuple(f.message for f in self.failures([fleet]) if f.fatal)
+        return FleetState(ready, fatal)
+
+    def observed_replicas(self, config: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for variant in self.fleet(config).variants:
+            observed = find(self.children, "Deployment", variant.object_name)
+            replicas = (observed or {}).get("spec", {}).get("replicas")
+            if isinstance(replicas, int) and not variant.shadow:
+                counts[variant.name] = replicas
+        return dict(sorted(counts.items()))
+
+    # ---------------------------------------------------------------- traffic
+
+    def live(
+        self, serving: str | None, target: str | None, shifted: int, retained: Mapping[str, int]
+    ) -> list[_Live]:
+        fleets = []
+        if serving is not None:
+            fleets.append(_Live(self.fleet(serving), 100 - shifted if target else 100))
+        if target is not None and target != serving:
+            fleets.append(_Live(self.fleet(target, retained), shifted))
+        return fleets
+
+    def routing(self, live: list[_Live]) -> Routing:
+        backends: list[Backend] = []
+        for item in live:
+            production = item.fleet.production
+            total = sum(v.weight for v in production)
+            for v in production:
+                fraction = item.share / 100 * v.weight / total if total > 0 else 0.0
+                backends.append(Backend(v.name, v.object_name, fraction, item.share))
+            backends += [
+                Backend(v.name, v.object_name, 0.0, item.share, shadow=True) for v in item.fleet.shadows
+            ]
+        return plan_routing(self.endpoint, backends, self.inp.settings)
+
+    def route_in_place(self, routing: Routing) -> bool:
+        if routing.error is not None:
+            return False
+        if not routing.objects:
+            return self.inp.settings.routing.mode == "none"
+        return all(matches(obj, self.children) for obj in routing.objects)
+
+    # ---------------------------------------------------------------- plan
+
+    def plan(self) -> Plan:
+        inp, previous, spec = self.inp, self.previous, self.endpoint.spec
+        before = previous.rollout
+        route_before = self.routing(
+            self.live(
+                previous.endpoint_config_name,
+                before.target_endpoint_config_name if before else None,
+                before.traffic_shifted_percent if before else 0,
+                before.retained_instance_counts if before else {},
+            )
+        )
+        decision = decide(
+            RolloutInput(
+                spec_config=spec.endpoint_config_name,
+                status=previous,
+                policy=spec.deployment_config,
+                now=inp.observed.now,
+                fleet_state=self.fleet_state,
+                observed_replicas=self.observed_replicas,
+                metrics=inp.observed.metrics,
+                route_in_place=previous.endpoint_config_name is not None
+                and self.route_in_place(route_before),
+            )
+        )
+        retained = decision.rollout.retained_instance_counts if decision.rollout else {}
+        live = self.live(decision.serving, decision.target, decision.shifted, retained)
+        objects = [
+            obj
+            for item in live
+            for v in item.fleet.variants
+            for obj in variant_objects(self.endpoint, v, inp.settings)
+        ]
+        routing = self.routing(live)
+        keep_route = routing.error is not None or (
+            not routing.objects and inp.settings.routing.mode != "none"
+        )
+        objects += routing.objects
+        objects.sort(key=lambda o: (KIND_ORDER.get(o["kind"], 99), o["metadata"]["name"]))
+        delete, deferred = self.deletes(objects, live, keep_route)
+        status, events = self.status(decision, live, routing)
+        requeue = decision.requeue_after
+        if deferred:
+            requeue = DEFERRED_DELETE_SECONDS if requeue is None else min(requeue, DEFERRED_DELETE_SECONDS)
+        return Plan(objects, delete, status, [*decision.events, *events], requeue)
+
+    def deletes(
+        self, desired: list[Manifest], live: list[_Live], keep_route: bool
+    ) -> tuple[list[ObjectRef], bool]:
+        wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
+        # A config that vanished while serving: leave its fleet alone rather than cut traffic.
+        kept_configs = {label_value(item.fleet.config) for item in live if item.fleet.missing}
+        routed = self._routed_services()
+        delete: list[ObjectRef] = []
+        deferred = False
+        for child in self.children:
+            kind, meta = child.get("kind"), child.get("metadata", {})
+            if kind not in KIND_ORDER or (kind, meta.get("name")) in wanted:
+                continue
+            if kind in ROUTE_KINDS and keep_route:
+                continue
+            if kind in FLEET_KINDS and meta.get("labels", {}).get(labels.ENDPOINT_CONFIG) in kept_configs:
+                continue
+            if kind in FLEET_KINDS and meta.get("name") in routed:
+                deferred = True  # the observed route still sends to it: delete once the route has moved
+                continue
+            delete.append(ObjectRef.of({**child, "metadata": {"namespace": self.endpoint.namespace, **meta}}))
+        delete.sort(key=lambda r: (-KIND_ORDER.get(r.kind, 99), r.name))
+        return delete, deferred
+
+    def _routed_services(self) -> set[str]:
+        """Services the observed route sends traffic to."""
+        names: set[str | None] = set()
+        for child in self.children:
+            if child.get("kind") == "HTTPRoute":
+                for rule in child.get("spec", {}).get("rules", []):
+                    names.update(
+                        ref.get("name") for ref in rule.get("backendRefs", []) if ref.get("weight", 1)
+                    )
+                    for f in rule.get("filters", []):
+                        names.add(((f.get("requestMirror") or {}).get("backendRef") or {}).get("name"))
+            elif child.get("kind") == "Ingress":
+                for rule in child.get("spec", {}).get("rules", []):
+                    for path in (rule.get("http") or {}).get("paths", []):
+                        names.add(((path.get("backend") or {}).get("service") or {}).get("name"))
+        return {name for name in names if name}
+
+    # ---------------------------------------------------------------- status
+
+    def _variant_statuses(self, item: _Live, route_ok: bool) -> list[VariantStatus]:
+        previous = self.previous
+        before: dict[tuple[str | None, str], float] = {}
+        for config, variants in (
+            (previous.endpoint_config_name, previous.production_variants),
+            (previous.pending_endpoint_config_name, previous.pending_production_variants),
+        ):
+            for old in variants:
+                before[(config, old.variant_name)] = old.current_weight
+        result = []
+        for v in item.fleet.production:
+            readiness = self.readiness(v)
+            desired = round(v.weight * item.share / 100, 4)
+            current = desired if route_ok else before.get((item.fleet.config, v.name), 0.0)
+            result.append(
+                VariantStatus(
+                    variant_name=v.name,
+                    model_name=v.model.name,
+                    current_weight=current,
+                    desired_weight=desired,
+                    current_instance_count=readiness.current,
+                    desired_instance_count=readiness.desired,
+                    ready_instance_count=readiness.ready,
+                )
+            )
+        return result
+
+    def status(
+        self, decision: Decision, live: list[_Live], routing: Routing
+    ) -> tuple[EndpointStatus, list[Event]]:
+        inp, previous = self.inp, self.previous
+        now, generation = inp.observed.now, self.endpoint.metadata.generation
+        route_ok = self.route_in_place(routing)
+        serving = live[0].fleet
+        serving_ready = serving.complete and all(self.readiness(v).is_ready for v in serving.variants)
+        ready = serving_ready and route_ok
+
+        problems: list[str] = []
+        if decision.last_rollback is not None:
+            rollback = decision.last_rollback
+            problems.append(
+                f"rolled back: {rollback.reason} (EndpointConfig {rollback.endpoint_config_name})"
+            )
+        for item in live:
+            problems += item.fleet.errors
+        failures = self.failures([item.fleet for item in live])
+        problems += [f.message for f in failures]
+        if routing.error:
+            problems.append(routing.error)
+
+        if decision.rollout is not None:
+            phase = "Updating"
+        elif ready:
+            phase = "InService"
+        elif (
+            previous.phase in (None, "Creating", "Failed")
+            or previous.endpoint_config_name != decision.serving
+        ):
+            phase = "Failed" if serving.invalid else "Creating"
+        else:
+            phase = "Updating"  # it served before: scaling, or replicas lost
+
+        conditions = [
+            condition(
+                previous.conditions,
+                "Ready",
+                ready,
+                *self._ready_reason(serving, serving_ready, route_ok, routing),
+                now,
+                generation,
+            ),
+            condition(
+                previous.conditions,
+                "Progressing",
+                phase in ("Creating", "Updating"),
+                *self._progress(phase, decision),
+                now,
+                generation,
+            ),
+            condition(
+                previous.conditions,
+                "Degraded",
+                bool(problems),
+                *self._degraded_reason(decision, failures, problems),
+                now,
+                generation,
+            ),
+        ]
+        pending = live[1] if len(live) > 1 else None
+        status = EndpointStatus(
+            observed_generation=generation,
+            phase=phase,  # type: ignore[arg-type]
+            url=f"{inp.settings.routing.public_url.rstrip('/')}/endpoints/{self.endpoint.namespace}/{self.endpoint.name}/invocations",
+            endpoint_config_name=decision.serving,
+            pending_endpoint_config_name=decision.target,
+            production_variants=self._variant_statuses(live[0], route_ok),
+            pending_production_variants=self._variant_statuses(pending, route_ok) if pending else [],
+            rollout=decision.rollout,
+            failure_reason="; ".join(problems) or None,
+            last_rollback=decision.last_rollback,
+            conditions=conditions,
+        )
+        events: list[Event] = []
+        if phase == "InService" and previous.phase != "InService":
+            events.append(Event("Normal", "InService", f"serving EndpointConfig {decision.serving}"))
+        if status.failure_reason and status.failure_reason != previous.failure_reason:
+            events.append(Event("Warning", "Degraded", status.failure_reason))
+        return status, events
+
+    @staticmethod
+    def _ready_reason(
+        serving: Fleet, serving_ready: bool, route_ok: bool, routing: Routing
+    ) -> tuple[str, str]:
+        if serving.missing:
+            return "EndpointConfigNotFound", f"EndpointConfig {serving.config} not found"
+        if serving.errors:
+            reason = "InvalidVariant" if serving.invalid else "ModelNotFound"
+            return reason, "; ".join(serving.errors)
+        if not serving_ready:
+            return "VariantsNotReady", f"waiting for the replicas of EndpointConfig {serving.config}"
+        if routing.error:
+            return "RouteError", routing.error
+        if not route_ok:
+            return "RouteNotReady", "waiting for the route to carry the weights"
+        return "Serving", f"every variant of EndpointConfig {serving.config} is ready"
+
+    @staticmethod
+    def _progress(phase: str, decision: Decision) -> tuple[str, str]:
+        rollout = decision.rollout
+        if rollout is not None:
+            message = (
+                f"rolling out EndpointConfig {rollout.target_endpoint_config_name}: {rollout.state}, "
+                f"step {rollout.step}, {rollout.traffic_shifted_percent}% of traffic shifted"
+            )
+            if decision.waiting:
+                message += f"; {decision.waiting}"
+            return "RollingOut", message
+        if phase == "Creating":
+            return "Creating", f"creating EndpointConfig {decision.serving}"
+        if phase == "Updating":
+            return "Scaling", f"waiting for the replicas of EndpointConfig {decision.serving}"
+        if phase == "Failed":
+            return "Failed", "the endpoint cannot be created as specified"
+        return "Complete", f"EndpointConfig {decision.serving} serves"
+
+    @staticmethod
+    def _degraded_reason(
+        decision: Decision, failures: list[PodFailure], problems: list[str]
+    ) -> tuple[str, str]:
+        if not problems:
+            return "AsExpected", ""
+        if decision.last_rollback is not None:
+            reason = "RolledBack"
+        elif failures:
+            reason = "PodFailures"
+        else:
+            reason = "ConfigurationError"
+        return reason, "; ".join(problems)
+
+
+def plan_endpoint(inp: PlanInput) -> Plan:
+    """The objects an Endpoint should have, what must go, and its status. Pure and deterministic."""
+    return _Planner(inp).plan()

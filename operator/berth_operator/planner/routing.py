@@ -1,0 +1,237 @@
+"""The route of an Endpoint: a weighted Gateway API HTTPRoute, ingress-nginx Ingresses, or none."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from berth_serving.config import DEFAULT_PORT
+
+from ..api import Endpoint
+from ..settings import Settings
+from . import labels
+from .meta import object_meta
+from .names import canary_ingress_name, route_name
+from .types import Manifest
+
+TARGET_VARIANT_HEADER = "X-Berth-Target-Variant"
+WEIGHT_TOTAL = 1000  # readable: a backend's weight is its share in tenths of a percent
+MAX_RULES = 16  # Gateway API limits per HTTPRoute
+MAX_BACKENDS = 16
+MAX_FILTERS = 16
+INGRESS_ANNOTATION = "nginx.ingress.kubernetes.io/"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A variant's Service and its share of the endpoint's traffic."""
+
+    variant: str
+    service: str
+    fraction: float  # share of all requests, 0..1 (0 for shadows)
+    fleet_share: int  # percent of traffic on the variant's fleet
+    shadow: bool = False
+
+
+@dataclass(frozen=True)
+class Routing:
+    objects: list[Manifest]
+    weights: dict[str, int]  # service name -> weight on the default rule
+    error: str | None = None
+
+
+def apportion(fractions: Sequence[float], total: int = WEIGHT_TOTAL) -> list[int]:
+    """Integers summing to total, proportional to fractions (largest remainder, stable)."""
+    mass = sum(fractions)
+    if mass <= 0:
+        return [0 for _ in fractions]
+    exact = [f / mass * total for f in fractions]
+    result = [int(x) for x in exact]
+    order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - result[i]), i))
+    for i in order[: total - sum(result)]:
+        result[i] += 1
+    return result
+
+
+def default_weights(backends: Sequence[Backend]) -> dict[str, int]:
+    serving = [b for b in backends if not b.shadow and b.fraction > 0]
+    return dict(zip([b.service for b in serving], apportion([b.fraction for b in serving]), strict=True))
+
+
+def plan_routing(endpoint: Endpoint, backends: Sequence[Backend], settings: Settings) -> Routing:
+    weights = default_weights(backends)
+    mode = settings.routing.mode
+    if mode == "none" or not weights:
+        return Routing([], weights)
+    if mode == "ingress":
+        return _ingress_routing(endpoint, backends, weights, settings)
+    return _gateway_routing(endpoint, backends, weights, settings)
+
+
+def path_prefix(endpoint: Endpoint) -> str:
+    return f"/endpoints/{endpoint.namespace}/{endpoint.name}/"
+
+
+def _rewrite() -> dict[str, Any]:
+    """Strip /endpoints/NAMESPACE/NAME so the server sees /invocations, /ping, /v2/..."""
+    return {
+        "type": "URLRewrite",
+        "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
+    }
+
+
+def _backend_ref(service: str, weight: int) -> dict[str, Any]:
+    return {"name": service, "port": DEFAULT_PORT, "weight": weight}
+
+
+def _header_rules(backends: Sequence[Backend]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Per production variant name: the fleets that have it, weighted by fleet share."""
+    names: list[str] = []
+    for b in backends:
+        if not b.shadow and b.variant not in names:
+            names.append(b.variant)
+    rules = []
+    for name in sorted(names):
+        same = [b for b in backends if not b.shadow and b.variant == name]
+        live = [b for b in same if b.fleet_share > 0]
+        refs = [_backend_ref(b.service, b.fleet_share) for b in live] or [
+            _backend_ref(b.service, 1) for b in same
+        ]
+        rules.append((name, refs))
+    return rules
+
+
+def _mirrors(backends: Sequence[Backend]) -> list[Backend]:
+    """Shadow variants of the fleets that take traffic; one per name, from the fleet with most traffic."""
+    chosen: dict[str, Backend] = {}
+    for b in backends:
+        if (
+            b.shadow
+            and b.fleet_share > 0
+            and (b.variant not in chosen or b.fleet_share > chosen[b.variant].fleet_share)
+        ):
+            chosen[b.variant] = b
+    return [chosen[name] for name in sorted(chosen)]
+
+
+def _gateway_routing(
+    endpoint: Endpoint, backends: Sequence[Backend], weights: dict[str, int], settings: Settings
+) -> Routing:
+    prefix = path_prefix(endpoint)
+    header_rules = _header_rules(backends)
+    mirrors = _mirrors(backends)
+    too_many = (
+        len(header_rules) + 1 > MAX_RULES
+        or len(weights) > MAX_BACKENDS
+        or any(len(refs) > MAX_BACKENDS for _, refs in header_rules)
+        or len(mirrors) + 1 > MAX_FILTERS
+    )
+    if too_many:
+        return Routing(
+            [], weights, "too many variants for one HTTPRoute (Gateway API allows 16 rules and backends)"
+        )
+    rules: list[dict[str, Any]] = [
+        {
+            "matches": [
+                {
+                    "path": {"type": "PathPrefix", "value": prefix},
+                    "headers": [{"type": "Exact", "name": TARGET_VARIANT_HEADER, "value": name}],
+                }
+            ],
+            "filters": [_rewrite()],
+            "backendRefs": refs,
+        }
+        for name, refs in header_rules
+    ]
+    mirror_filters = [
+        {
+            "type": "RequestMirror",
+            "requestMirror": {"backendRef": {"name": b.service, "port": DEFAULT_PORT}, "percent": 100},
+        }
+        for b in mirrors
+    ]
+    rules.append(
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+            "filters": [_rewrite(), *mirror_filters],
+            "backendRefs": [_backend_ref(service, weight) for service, weight in weights.items()],
+        }
+    )
+    gateway = settings.routing.gateway
+    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name}
+    parent["namespace"] = gateway.namespace
+    if gateway.section_name:
+        parent["sectionName"] = gateway.section_name
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": object_meta(
+            endpoint, route_name(endpoint.name), labels.endpoint_labels(endpoint.name, "route")
+        ),
+        "spec": {"parentRefs": [parent], "rules": rules},
+    }
+    return Routing([route], weights)
+
+
+def _ingress_routing(
+    endpoint: Endpoint, backends: Sequence[Backend], weights: dict[str, int], settings: Settings
+) -> Routing:
+    if len(weights) > 2:
+        live = ", ".join(weights)
+        return Routing(
+            [],
+            weights,
+            f"routing mode ingress supports at most two live variants, found {len(weights)}: {live}",
+        )
+    by_service = {b.service: b for b in backends if not b.shadow}
+    ranked = sorted(weights, key=lambda s: -weights[s])  # stable: the heavier backend is the main one
+    main, canary = ranked[0], ranked[1:]
+    prefix = path_prefix(endpoint).rstrip("/")
+    common = {
+        INGRESS_ANNOTATION + "rewrite-target": "/$2",
+        INGRESS_ANNOTATION + "use-regex": "true",
+    }
+    mirrors = _mirrors(backends)
+
+    def ingress(name: str, service: str, annotations: dict[str, str]) -> Manifest:
+        meta = object_meta(endpoint, name, labels.endpoint_labels(endpoint.name, "route"))
+        meta["annotations"] = dict(sorted({**common, **annotations}.items()))
+        path = {
+            "path": f"{prefix}(/|$)(.*)",
+            "pathType": "ImplementationSpecific",
+            "backend": {"service": {"name": service, "port": {"name": "http"}}},
+        }
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": meta,
+            "spec": {
+                "ingressClassName": settings.routing.ingress_class_name,
+                "rules": [{"http": {"paths": [path]}}],
+            },
+        }
+
+    main_annotations: dict[str, str] = {}
+    if mirrors:  # ingress-nginx mirrors to one target only
+        target = (
+            f"http://{mirrors[0].service}.{endpoint.namespace}.svc.cluster.local:{DEFAULT_PORT}$request_uri"
+        )
+        main_annotations[INGRESS_ANNOTATION + "mirror-target"] = target
+    objects = [ingress(route_name(endpoint.name), main, main_annotations)]
+    if canary:
+        service = canary[0]
+        objects.append(
+            ingress(
+                canary_ingress_name(endpoint.name),
+                service,
+                {
+                    INGRESS_ANNOTATION + "canary": "true",
+                    INGRESS_ANNOTATION + "canary-weight": str(weights[service]),
+                    INGRESS_ANNOTATION + "canary-weight-total": str(WEIGHT_TOTAL),
+                    INGRESS_ANNOTATION + "canary-by-header": TARGET_VARIANT_HEADER,
+                    INGRESS_ANNOTATION + "canary-by-header-value": by_service[service].variant,
+                },
+            )
+        )
+    return Routing(objects, weights)

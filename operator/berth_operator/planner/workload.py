@@ -1,0 +1,301 @@
+"""Deployment, Service, HPA and PDB of one variant."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from berth_serving.config import DEFAULT_PORT, DEFAULT_TIMEOUT_SECONDS, MODEL_MOUNT_PATH, ServeConfig
+
+from ..api import Endpoint
+from ..settings import Settings
+from . import labels
+from .fleet import VariantPlan
+from .meta import object_meta
+from .types import Manifest
+
+INIT_CONTAINER = "storage-initializer"
+SERVER_CONTAINER = "server"
+PORT_NAME = "http"
+MODEL_VOLUME = "model"
+TMP_VOLUME = "tmp"
+PVC_MOUNT_ROOT = "/mnt/pvc"
+RUN_AS = 1000
+PRE_STOP_SECONDS = 5  # time for the gateway to stop sending to a terminating pod
+# Enough to finish a request that started just before SIGTERM (the server's own timeout).
+TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + int(DEFAULT_TIMEOUT_SECONDS) + 5
+GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+INVOCATIONS_METRIC = "berth_invocations_per_second"
+INIT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+
+
+def variant_objects(endpoint: Endpoint, variant: VariantPlan, settings: Settings) -> list[Manifest]:
+    objects = [deployment(endpoint, variant, settings), service(endpoint, variant)]
+    if variant.autoscaling is not None:
+        objects.append(horizontal_pod_autoscaler(endpoint, variant))
+    if variant.replicas > 1:
+        objects.append(pod_disruption_budget(endpoint, variant))
+    return objects
+
+
+def _labels(variant: VariantPlan) -> dict[str, str]:
+    return labels.variant_labels(variant.endpoint, variant.config, variant.name, variant.model.name)
+
+
+def _selector(variant: VariantPlan) -> dict[str, str]:
+    return labels.selector_labels(variant.endpoint, variant.config, variant.name)
+
+
+def _merged_resources(variant: VariantPlan) -> dict[str, Any]:
+    """The catalog's requests and limits, with the variant's overrides applied key by key."""
+    catalog = variant.instance_type.resources
+    override = variant.spec.resources
+    result: dict[str, Any] = {}
+    for part in ("requests", "limits"):
+        merged = dict(getattr(catalog, part))
+        if override is not None:
+            merged.update(getattr(override, part))
+        if merged:
+            result[part] = {key: merged[key] for key in sorted(merged)}
+    return result
+
+
+def _pvc_source(uri: str) -> tuple[str, str] | None:
+    """(claim, path inside it) of a pvc://CLAIM/PATH URI."""
+    if not uri.startswith("pvc://"):
+        return None
+    claim, _, path = uri[len("pvc://") :].partition("/")
+    return claim, path
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _image(variant: VariantPlan, settings: Settings) -> str:
+    if variant.model.spec.image:
+        return variant.model.spec.image
+    return settings.images.gpu if variant.instance_type.accelerator == "nvidia" else settings.images.cpu
+
+
+def _server_env(variant: VariantPlan) -> list[dict[str, Any]]:
+    runtime = variant.model.spec.runtime
+    config = ServeConfig(
+        model_uri=MODEL_MOUNT_PATH,
+        port=DEFAULT_PORT,
+        variant=variant.name,
+        model_name=variant.model.name,
+        max_batch_size=runtime.max_batch_size,
+        max_batch_delay_ms=runtime.max_batch_delay_ms,
+        intra_op_threads=runtime.intra_op_threads,
+        graph_optimization_level=runtime.graph_optimization_level,
+        providers=GPU_PROVIDERS if variant.instance_type.accelerator == "nvidia" else (),
+    )
+    user_env = [e.to_wire() for e in variant.model.spec.env]
+    user_names = {e["name"] for e in user_env}
+    ours = [{"name": k, "value": v} for k, v in config.to_env().items() if k not in user_names]
+    return ours + user_env
+
+
+def _init_container(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
+    spec = variant.model.spec
+    uri = spec.model_uri
+    mounts: list[dict[str, Any]] = [
+        {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT_PATH},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+    ]
+    pvc = _pvc_source(uri)
+    if pvc is not None:
+        claim, path = pvc
+        mounts.append({"name": "pvc", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+        uri = f"file://{PVC_MOUNT_ROOT}/{claim}/{path}"
+    args = ["fetch-model", uri, MODEL_MOUNT_PATH]
+    if spec.sha256:
+        args += ["--sha256", spec.sha256]
+    container: dict[str, Any] = {
+        "name": INIT_CONTAINER,
+        # Berth's own image always has `berth fetch-model`, even when the server image is BYO.
+        "image": settings.images.cpu,
+        "imagePullPolicy": settings.images.pull_policy,
+        "command": ["berth"],
+        "args": args,
+        "resources": copy.deepcopy(INIT_RESOURCES),
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+    }
+    if spec.env:
+        container["env"] = [e.to_wire() for e in spec.env]
+    if spec.credentials_secret_ref is not None:
+        container["envFrom"] = [{"secretRef": {"name": spec.credentials_secret_ref.name}}]
+    return container
+
+
+def _server_container(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": SERVER_CONTAINER,
+        "image": _image(variant, settings),
+        "imagePullPolicy": settings.images.pull_policy,
+    }
+    if not variant.model.spec.image:  # a bring-your-own image keeps its own entrypoint
+        container["command"] = ["berth"]
+        container["args"] = ["serve", MODEL_MOUNT_PATH]
+    container.update(
+        {
+            "env": _server_env(variant),
+            "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
+            "readinessProbe": {
+                "httpGet": {"path": "/ping", "port": PORT_NAME},
+                "periodSeconds": 5,
+                "timeoutSeconds": 2,
+                "failureThreshold": 2,
+            },
+            "livenessProbe": {
+                "httpGet": {"path": "/v2/health/live", "port": PORT_NAME},
+                "periodSeconds": 10,
+                "timeoutSeconds": 5,
+                "failureThreshold": 3,
+            },
+            "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
+            "resources": _merged_resources(variant),
+            "securityContext": _container_security(),
+            "volumeMounts": [
+                {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT_PATH, "readOnly": True},
+                {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            ],
+        }
+    )
+    return container
+
+
+def _pod_spec(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
+    model = variant.model.spec
+    volumes: list[dict[str, Any]] = [
+        {"name": MODEL_VOLUME, "emptyDir": {}},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+    ]
+    pvc = _pvc_source(model.model_uri)
+    if pvc is not None:
+        volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": pvc[0], "readOnly": True}})
+    spec: dict[str, Any] = {}
+    if model.service_account_name:
+        spec["serviceAccountName"] = model.service_account_name
+    spec.update(
+        {
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": RUN_AS,
+                "runAsGroup": RUN_AS,
+                "fsGroup": RUN_AS,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+            "initContainers": [_init_container(variant, settings)],
+            "containers": [_server_container(variant, settings)],
+            "volumes": volumes,
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": key,
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": _selector(variant)},
+                }
+                for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+            ],
+        }
+    )
+    if variant.instance_type.node_selector:
+        spec["nodeSelector"] = dict(sorted(variant.instance_type.node_selector.items()))
+    if variant.instance_type.tolerations:
+        spec["tolerations"] = [dict(t) for t in variant.instance_type.tolerations]
+    return spec
+
+
+def deployment(endpoint: Endpoint, variant: VariantPlan, settings: Settings) -> Manifest:
+    spec: dict[str, Any] = {}
+    if variant.autoscaling is None:  # with autoscaling the HPA owns replicas
+        spec["replicas"] = variant.replicas
+    spec.update(
+        {
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": _selector(variant)},
+            # Never below the wanted capacity while pods are replaced.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": _labels(variant)},
+                "spec": _pod_spec(variant, settings),
+            },
+        }
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_meta(endpoint, variant.object_name, _labels(variant)),
+        "spec": spec,
+    }
+
+
+def service(endpoint: Endpoint, variant: VariantPlan) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(endpoint, variant.object_name, _labels(variant)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _selector(variant),
+            "ports": [{"name": PORT_NAME, "port": DEFAULT_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+def horizontal_pod_autoscaler(endpoint: Endpoint, variant: VariantPlan) -> Manifest:
+    scaling = variant.autoscaling
+    assert scaling is not None
+    metric: dict[str, Any]
+    if scaling.target_cpu_utilization is not None:
+        metric = {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu_utilization},
+            },
+        }
+    else:
+        metric = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": INVOCATIONS_METRIC},
+                "target": {
+                    "type": "AverageValue",
+                    "averageValue": str(scaling.target_invocations_per_replica),
+                },
+            },
+        }
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": object_meta(endpoint, variant.object_name, _labels(variant)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": variant.object_name},
+            "minReplicas": variant.replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [metric],
+            "behavior": {
+                "scaleDown": {"stabilizationWindowSeconds": scaling.scale_in_cooldown_seconds},
+                "scaleUp": {"stabilizationWindowSeconds": scaling.scale_out_cooldown_seconds},
+            },
+        },
+    }
+
+
+def pod_disruption_budget(endpoint: Endpoint, variant: VariantPlan) -> Manifest:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": object_meta(endpoint, variant.object_name, _labels(variant)),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _selector(variant)}},
+    }

@@ -1,0 +1,141 @@
+"""Test helpers for the planner: resources from short dicts, and a fake cluster that applies plans.
+
+`Cluster` does what the operator and the kubelet would: it stores the planned objects
+(as the API server would, with generation bookkeeping), marks Deployments ready when told
+to, deletes what the plan deletes, and feeds the status back into the Endpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from berth_operator.api import Endpoint, EndpointConfig, Model
+from berth_operator.planner import FleetMetrics, Observed, Plan, PlanInput, plan_endpoint
+from berth_operator.settings import Settings
+
+NAMESPACE = "prod"
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def model(name: str, **spec: Any) -> Model:
+    body = {"modelUri": f"s3://models/{name}/model.onnx", **spec}
+    return Model.model_validate({"kind": "Model", "metadata": {"name": name, "namespace": NAMESPACE}, "spec": body})
+
+
+def variant(name: str, model_name: str, **fields: Any) -> dict[str, Any]:
+    return {"variantName": name, "modelName": model_name, "instanceType": "cpu-small", **fields}
+
+
+def config(name: str, *variants: dict[str, Any], shadows: tuple[dict[str, Any], ...] = ()) -> EndpointConfig:
+    spec: dict[str, Any] = {"productionVariants": list(variants)}
+    if shadows:
+        spec["shadowProductionVariants"] = list(shadows)
+    return EndpointConfig.model_validate(
+        {"kind": "EndpointConfig", "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
+    )
+
+
+def endpoint(config_name: str, name: str = "fraud", uid: str | None = "uid-1", **spec: Any) -> Endpoint:
+    meta: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "generation": 1}
+    if uid:
+        meta["uid"] = uid
+    return Endpoint.model_validate(
+        {"kind": "Endpoint", "metadata": meta, "spec": {"endpointConfigName": config_name, **spec}}
+    )
+
+
+def with_spec(ep: Endpoint, **changes: Any) -> Endpoint:
+    """The endpoint after a spec edit: generation bumped, status kept."""
+    wire = ep.model_dump(by_alias=True, exclude_none=True, mode="json")
+    wire["spec"].update(changes)
+    wire["metadata"]["generation"] = (ep.metadata.generation or 0) + 1
+    return Endpoint.model_validate(wire)
+
+
+@dataclass
+class Cluster:
+    """The objects of one namespace, changed only through plans (and the kubelet helpers)."""
+
+    endpoint: Endpoint
+    configs: dict[str, EndpointConfig]
+    models: dict[str, Model]
+    settings: Settings = field(default_factory=Settings)
+    now: datetime = EPOCH
+    objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, FleetMetrics] = field(default_factory=dict)
+    auto_ready: bool = True  # Deployments become ready as soon as they are applied
+    not_ready: set[str] = field(default_factory=set)  # Deployment names that never get ready
+
+    def observed(self) -> Observed:
+        return Observed(
+            now=self.now,
+            children=[copy.deepcopy(o) for _, o in sorted(self.objects.items())],
+            pods=copy.deepcopy(self.pods),
+            metrics=dict(self.metrics),
+        )
+
+    def plan(self) -> Plan:
+        return plan_endpoint(PlanInput(self.endpoint, self.configs, self.models, self.settings, self.observed()))
+
+    def apply(self, plan: Plan) -> None:
+        for obj in plan.objects:
+            key = (obj["kind"], obj["metadata"]["name"])
+            old = self.objects.get(key)
+            stored = copy.deepcopy(obj)
+            generation = 1
+            if old is not None:
+                generation = old["metadata"]["generation"] + (old.get("spec") != obj.get("spec"))
+                stored["status"] = old.get("status", {})
+            stored["metadata"]["generation"] = generation
+            self.objects[key] = stored
+        for ref in plan.delete:
+            self.objects.pop((ref.kind, ref.name), None)
+        wire = self.endpoint.model_dump(by_alias=True, exclude_none=True, mode="json")
+        wire["status"] = plan.status.to_wire()
+        self.endpoint = Endpoint.model_validate(wire)
+        if self.auto_ready:
+            self.make_ready()
+
+    def make_ready(self) -> None:
+        """The kubelet: every Deployment gets its replicas ready (an HPA keeps what it has)."""
+        for (kind, name), obj in self.objects.items():
+            if kind != "Deployment" or name in self.not_ready:
+                continue
+            spec = obj["spec"]
+            replicas = spec.get("replicas", spec.setdefault("replicas", 1))
+            obj["status"] = {
+                "observedGeneration": obj["metadata"]["generation"],
+                "replicas": replicas,
+                "readyReplicas": replicas,
+                "updatedReplicas": replicas,
+            }
+
+    def step(self) -> Plan:
+        """One reconcile: plan, then carry the plan out."""
+        plan = self.plan()
+        self.apply(plan)
+        return plan
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+    def edit(self, **spec: Any) -> None:
+        self.endpoint = with_spec(self.endpoint, **spec)
+
+    def route(self) -> dict[str, Any] | None:
+        return next((o for (kind, _), o in self.objects.items() if kind == "HTTPRoute"), None)
+
+    def weights(self) -> dict[str, int]:
+        """service -> weight on the route's default rule."""
+        route = self.route()
+        if route is None:
+            return {}
+        default = route["spec"]["rules"][-1]
+        return {ref["name"]: ref["weight"] for ref in default["backendRefs"]}
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(name for (k, name) in self.objects if k == kind)
