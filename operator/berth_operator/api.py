@@ -40,13 +40,14 @@ MSG_OVERRIDE_NAMES_UNIQUE = "variantOverrides: variantName must be unique"
 
 
 class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are refused."""
+    """camelCase on the wire, snake_case in Python; unknown fields and wrong types are refused."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
         frozen=False,
+        strict=True,  # like the API server: "2" is not an integer, true is not a number
     )
 
     def to_wire(self) -> dict[str, Any]:
