@@ -1,0 +1,172 @@
+"""Load Model, EndpointConfig and Endpoint manifests from files, directories or multi-document YAML.
+
+Used by `berth render` and `berth up`. Manifests are parsed with the same pydantic types as
+the operator, so a bad manifest is refused with the words the cluster would use, e.g.
+
+    examples/ep.yaml:document 2: EndpointConfig/fraud: spec.productionVariants[0].variantName: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .api import API_VERSION, RESOURCE_KINDS, Endpoint, EndpointConfig, Model, Resource
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+class ManifestError(ValueError):
+    """A manifest cannot be read or is invalid; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A resource and where it came from."""
+
+    resource: Resource
+    source: Path
+    document: int  # 1-based position in its file
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative file:// model URIs are resolved against."""
+        return self.source.parent
+
+
+@dataclass
+class Manifests:
+    models: list[Loaded] = field(default_factory=list)
+    configs: list[Loaded] = field(default_factory=list)
+    endpoints: list[Loaded] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # documents that were skipped, and why
+
+    def models_in(self, namespace: str) -> dict[str, Model]:
+        found = (item.resource for item in self.models)
+        return {r.name: r for r in found if isinstance(r, Model) and r.namespace == namespace}
+
+    def configs_in(self, namespace: str) -> dict[str, EndpointConfig]:
+        found = (item.resource for item in self.configs)
+        return {r.name: r for r in found if isinstance(r, EndpointConfig) and r.namespace == namespace}
+
+    def endpoint_resources(self) -> list[Endpoint]:
+        return [item.resource for item in self.endpoints if isinstance(item.resource, Endpoint)]
+
+    def model_base_dir(self, name: str, namespace: str) -> Path | None:
+        for item in self.models:
+            if item.resource.name == name and item.resource.namespace == namespace:
+                return item.base_dir
+        return None
+
+
+def resolve_file_uri(uri: str, base_dir: Path | str) -> str:
+    """A relative file:// URI (file://model.onnx) made absolute against the manifest's directory."""
+    prefix = "file://"
+    if not uri.startswith(prefix) or uri[len(prefix) :].startswith("/"):
+        return uri
+    return prefix + str((Path(base_dir) / uri[len(prefix) :]).resolve())
+
+
+def yaml_files(path: Path) -> list[Path]:
+    """path itself, or every *.yaml / *.yml below it, sorted."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES)
+    if path.is_file():
+        return [path]
+    raise ManifestError(f"{path}: no such file or directory")
+
+
+def _location(err: dict[str, Any]) -> str:
+    text = ""
+    for part in err["loc"]:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _message(err: dict[str, Any]) -> str:
+    message = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def parse_document(doc: Any, where: str) -> Resource | None:
+    """A Berth resource from one YAML document; None for other kinds (noted by the caller)."""
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{where}: not a mapping")
+    kind = doc.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise ManifestError(f"{where}: missing kind")
+    cls = RESOURCE_KINDS.get(kind)
+    if cls is None or (doc.get("apiVersion") or "").split("/")[0] != API_VERSION.split("/")[0]:
+        return None
+    meta = doc.get("metadata")
+    name = (meta.get("name") if isinstance(meta, dict) else None) or "?"
+    if doc.get("apiVersion") != API_VERSION:
+        raise ManifestError(
+            f"{where}: {kind}/{name}: apiVersion: must be {API_VERSION}, not {doc.get('apiVersion')}"
+        )
+    try:
+        return cls.model_validate(doc)
+    except ValidationError as exc:
+        problems = [f"{where}: {kind}/{name}: {_location(e) or '(top)'}: {_message(e)}" for e in exc.errors()]  # type: ignore[arg-type]
+        raise ManifestError("\n".join(problems)) from None
+
+
+def load_manifests(paths: Iterable[str | Path]) -> Manifests:
+    """Every Berth resource in paths; ManifestError lists every problem found."""
+    result = Manifests()
+    problems: list[str] = []
+    seen: dict[tuple[str, str, str], str] = {}
+    for root in paths:
+        try:
+            files = yaml_files(Path(root))
+        except ManifestError as exc:
+            problems.append(str(exc))
+            continue
+        for path in files:
+            try:
+                documents = list(yaml.safe_load_all(path.read_text()))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+                problems.append(f"{path}: cannot read YAML: {exc}")
+                continue
+            for number, doc in enumerate(documents, start=1):
+                if doc is None:
+                    continue
+                where = f"{path}:document {number}"
+                try:
+                    resource = parse_document(doc, where)
+                except ManifestError as exc:
+                    problems.append(str(exc))
+                    continue
+                if resource is None:
+                    result.notes.append(
+                        f"{where}: ignored {doc.get('apiVersion')} {doc.get('kind')} (not a Berth kind)"
+                    )
+                    continue
+                key = (resource.kind, resource.namespace, resource.name)
+                if key in seen:
+                    problems.append(
+                        f"{where}: {resource.kind}/{resource.name}: defined twice (first in {seen[key]})"
+                    )
+                    continue
+                seen[key] = where
+                loaded = Loaded(resource, path, number)
+                {"Model": result.models, "EndpointConfig": result.configs, "Endpoint": result.endpoints}[
+                    resource.kind
+                ].append(loaded)
+    if problems:
+        raise ManifestError("\n".join(problems))
+    return result
+
+
+def load_resources(paths: Sequence[str | Path]) -> list[Resource]:
+    """All loaded resources, in file order."""
+    manifests = load_manifests(paths)
+    items = manifests.models + manifests.configs + manifests.endpoints
+    return [item.resource for item in sorted(items, key=lambda i: (str(i.source), i.document))]
