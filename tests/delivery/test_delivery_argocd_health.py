@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from berth_operator.api import Condition, EndpointConfigStatus, EndpointStatus, ModelStatus
 from delivery_support import REPO
 from lupa import lua51
-
-from berth_operator.api import Condition, EndpointConfigStatus, EndpointStatus, ModelStatus
 
 HEALTH_DIR = REPO / "docs" / "argocd-health"
 GITOPS_DOC = REPO / "docs" / "gitops.md"
@@ -30,7 +29,9 @@ def health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
     return str(result["status"]), str(result["message"])
 
 
-def cond(type_: str, status: bool, reason: str = "Reason", message: str = "", generation: int = 3) -> Condition:
+def cond(
+    type_: str, status: bool, reason: str = "Reason", message: str = "", generation: int = 3
+) -> Condition:
     return Condition(
         type=type_,
         status="True" if status else "False",
@@ -53,7 +54,9 @@ def resource(kind: str, status: Any | None, generation: int = 3) -> dict[str, An
     return obj
 
 
-def endpoint(phase: str | None, ready: bool, progressing: bool, degraded: bool, **extra: Any) -> dict[str, Any]:
+def endpoint(
+    phase: str | None, ready: bool, progressing: bool, degraded: bool, **extra: Any
+) -> dict[str, Any]:
     generation = extra.pop("observed", 3)
     status = EndpointStatus(
         observed_generation=generation,
@@ -78,7 +81,10 @@ def endpoint(phase: str | None, ready: bool, progressing: bool, degraded: bool, 
         (endpoint("RollingBack", True, False, False), "Progressing"),
         (endpoint("Deleting", True, False, False), "Progressing"),
         (endpoint("InService", True, False, True, failure_reason="rolled back"), "Degraded"),
-        (endpoint("Failed", False, False, True, failure_reason="model fraud-v2: download failed"), "Degraded"),
+        (
+            endpoint("Failed", False, False, True, failure_reason="model fraud-v2: download failed"),
+            "Degraded",
+        ),
         (endpoint("Failed", False, False, False), "Degraded"),
         # The operator has not seen the latest spec yet: whatever the old status says.
         (endpoint("InService", True, False, False, observed=2), "Progressing"),
@@ -91,9 +97,9 @@ def test_endpoint_health(obj: dict[str, Any], expected: str) -> None:
 
 
 def test_endpoint_messages_say_why() -> None:
-    assert health("Endpoint", endpoint("Failed", False, False, True, failure_reason="download failed: 403"))[1] == (
-        "download failed: 403"
-    )
+    assert health("Endpoint", endpoint("Failed", False, False, True, failure_reason="download failed: 403"))[
+        1
+    ] == ("download failed: 403")
     assert "rolled back" in health("Endpoint", endpoint("InService", True, False, True))[1]
     assert "step 1 of 2" in health("Endpoint", endpoint("Updating", True, True, False))[1]
     assert "generation 3" in health("Endpoint", endpoint("InService", True, False, False, observed=2))[1]
@@ -111,7 +117,10 @@ def test_stale_conditions_do_not_count() -> None:
     ("status", "expected"),
     [
         (ModelStatus(observed_generation=3, conditions=[cond("Ready", True, "Accepted")]), "Healthy"),
-        (ModelStatus(observed_generation=3, conditions=[cond("Ready", False, "InvalidSpec", "bad uri")]), "Degraded"),
+        (
+            ModelStatus(observed_generation=3, conditions=[cond("Ready", False, "InvalidSpec", "bad uri")]),
+            "Degraded",
+        ),
         (ModelStatus(observed_generation=2, conditions=[cond("Ready", True, "Accepted")]), "Progressing"),
         (ModelStatus(observed_generation=3), "Progressing"),
         (None, "Progressing"),
@@ -124,15 +133,23 @@ def test_model_health(status: ModelStatus | None, expected: str) -> None:
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
-        (EndpointConfigStatus(observed_generation=1, conditions=[cond("Ready", True, "ModelsFound", generation=1)]), "Healthy"),
         (
             EndpointConfigStatus(
-                observed_generation=1, conditions=[cond("Ready", False, "ModelNotFound", "Model not found: a", 1)]
+                observed_generation=1, conditions=[cond("Ready", True, "ModelsFound", generation=1)]
+            ),
+            "Healthy",
+        ),
+        (
+            EndpointConfigStatus(
+                observed_generation=1,
+                conditions=[cond("Ready", False, "ModelNotFound", "Model not found: a", 1)],
             ),
             "Progressing",
         ),
         (
-            EndpointConfigStatus(observed_generation=1, conditions=[cond("Ready", False, "InvalidSpec", "x", 1)]),
+            EndpointConfigStatus(
+                observed_generation=1, conditions=[cond("Ready", False, "InvalidSpec", "x", 1)]
+            ),
             "Degraded",
         ),
         (None, "Progressing"),
