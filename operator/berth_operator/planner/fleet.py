@@ -106,11 +106,15 @@ def resolve_fleet(
 
 
 def _replicas(spec: ProductionVariant, override: VariantOverride | None, retained: int | None) -> int:
-    """Replicas to ask for. With autoscaling, the HPA's floor: never below what the old fleet had."""
+    """Replicas to ask for; with autoscaling, the HPA's floor.
+
+    During a rollout an autoscaled variant starts no smaller than the old fleet's variant of
+    the same name had grown (retained): it is about to take that traffic. Without autoscaling
+    the config (or variantOverrides) says how many.
+    """
     if spec.autoscaling is not None:
         floor = max(spec.autoscaling.min_replicas, retained or 0)
         return min(floor, spec.autoscaling.max_replicas)
-    wanted = spec.initial_instance_count
     if override is not None and override.desired_instance_count is not None:
-        wanted = override.desired_instance_count
-    return max(wanted, retained or 0)
+        return override.desired_instance_count
+    return spec.initial_instance_count

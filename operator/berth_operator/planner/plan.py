@@ -173,6 +173,7 @@ class _Planner:
         self, desired: list[Manifest], live: list[_Live], keep_route: bool
     ) -> tuple[list[ObjectRef], bool]:
         wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
+        wanted_names = {o["metadata"]["name"] for o in desired}
         # A config that vanished while serving: leave its fleet alone rather than cut traffic.
         kept_configs = {label_value(item.fleet.config) for item in live if item.fleet.missing}
         routed = self._routed_services()
@@ -186,7 +187,7 @@ class _Planner:
                 continue
             if kind in FLEET_KINDS and meta.get("labels", {}).get(labels.ENDPOINT_CONFIG) in kept_configs:
                 continue
-            if kind in FLEET_KINDS and meta.get("name") in routed:
+            if kind in FLEET_KINDS and meta.get("name") in routed and meta.get("name") not in wanted_names:
                 deferred = True  # the observed route still sends to it: delete once the route has moved
                 continue
             delete.append(ObjectRef.of({**child, "metadata": {"namespace": self.endpoint.namespace, **meta}}))

@@ -11,7 +11,7 @@ and what is observed now, so an operator restart resumes at the same step.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..api import DeploymentConfig, EndpointStatus, RollbackRecord, RolloutStatus, TrafficRouting
@@ -195,8 +195,8 @@ def _advance(run: _Run, serving: str, rollout: RolloutStatus, last: RollbackReco
             )
         shift = first_step(routing)
         run.event("TrafficShifted", f"{shift}% of traffic on EndpointConfig {target}")
-        state = replace(
-            rollout, step=1, traffic_shifted_percent=shift, state="Baking", step_started_at=now_text
+        state = rollout.model_copy(
+            update=dict(step=1, traffic_shifted_percent=shift, state="Baking", step_started_at=now_text)
         )
         return going(state, _bake_requeue(routing.wait_interval_seconds, 0.0))
 
@@ -216,15 +216,15 @@ def _advance(run: _Run, serving: str, rollout: RolloutStatus, last: RollbackReco
         if rollout.traffic_shifted_percent < 100:
             shift = next_step(routing, rollout.traffic_shifted_percent)
             run.event("TrafficShifted", f"{shift}% of traffic on EndpointConfig {target}")
-            state = replace(
-                rollout, step=rollout.step + 1, traffic_shifted_percent=shift, step_started_at=now_text
+            state = rollout.model_copy(
+                update=dict(step=rollout.step + 1, traffic_shifted_percent=shift, step_started_at=now_text)
             )
             return going(state, _bake_requeue(routing.wait_interval_seconds, 0.0))
         run.event(
             "OldFleetTerminating",
             f"all traffic on {target}; {serving} goes in {blue_green.termination_wait_seconds}s",
         )
-        state = replace(rollout, state="Terminating", step_started_at=now_text)
+        state = rollout.model_copy(update=dict(state="Terminating", step_started_at=now_text))
         return going(state, float(blue_green.termination_wait_seconds))
 
     waited = _seconds_since(rollout.step_started_at, inp.now)
