@@ -61,11 +61,16 @@ def set_deployments_ready(
 ) -> int:
     """Act as the kubelet and the Deployment controller: every replica of the Deployments is ready."""
     count = 0
+    # Without spec.replicas the HPA decides: it starts at minReplicas.
+    hpa_min = {
+        h["metadata"]["name"]: h["spec"].get("minReplicas", 1)
+        for h in children(cluster, "HorizontalPodAutoscaler", endpoint_name, namespace)
+    }
     for deployment in children(cluster, "Deployment", endpoint_name, namespace):
         labels = deployment["metadata"].get("labels") or {}
         if config is not None and labels.get("berth.dev/endpoint-config") != config:
             continue
-        replicas = deployment["spec"].get("replicas", 1)
+        replicas = deployment["spec"].get("replicas", hpa_min.get(deployment["metadata"]["name"], 1))
         status = {
             "observedGeneration": deployment["metadata"].get("generation", 1),
             "replicas": replicas,

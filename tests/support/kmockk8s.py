@@ -334,16 +334,21 @@ class KMockCluster:
     def requests_since(self, start: int) -> list[rendering.Request]:
         return list(self.handler._requests[start:])
 
-    def writes_since(self, start: int, exclude_kinds: tuple[str, ...] = ()) -> list[str]:
-        """Method and path of every write request after `start` (the operator's writes)."""
-        excluded = [f"/{RESOURCE_PATHS[kind].rsplit('/', 1)[1]}" for kind in exclude_kinds]
+    def writes_since(self, start: int, agents: tuple[str, ...] = ("berth-operator", "kopf")) -> list[str]:
+        """Method and path of every write after request number `start` by the given user agents."""
         writes = []
         for request in self.requests_since(start):
             method = str(request.method.value if hasattr(request.method, "value") else request.method)
-            path = request.url.path
-            if method in WRITE_METHODS and not any(f"{part}" in path for part in excluded):
-                writes.append(f"{method} {path}")
+            agent = request.headers.get("User-Agent", "")
+            if method in WRITE_METHODS and any(agent.startswith(a) for a in agents):
+                writes.append(f"{method} {request.url.path}")
         return writes
+
+    def reads_of(self, path: str, start: int = 0) -> int:
+        """How many GETs of exactly this path were made after request number `start`."""
+        return sum(
+            1 for r in self.requests_since(start) if r.url.path == path and str(r.method.value) == "GET"
+        )
 
 
 def wait_for(
