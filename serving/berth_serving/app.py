@@ -1,0 +1,337 @@
+"""The ASGI application of `berth serve`.
+
+Hot routes (`/invocations`, v2 `infer`, `/ping`) are plain ASGI handlers: no routing
+framework, no per-request objects beyond the job. The rest (v2 health and metadata,
+`/metrics`) goes through a small FastAPI app. Every answer carries `X-Berth-Variant`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from berth_serving import codecs
+from berth_serving.batcher import Batcher, Job
+from berth_serving.config import ServeConfig
+from berth_serving.errors import HTTPError, not_ready
+from berth_serving.metrics import Metrics
+from berth_serving.signature import Signature, SignatureError
+from berth_serving.v2 import HEADER_LENGTH, InferRequest, model_metadata
+
+log = logging.getLogger("berth.serving")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON = b"application/json"
+_V2_PREFIX = "/v2/models/"
+
+
+class ClientGone(Exception):
+    """The client disconnected before sending its whole body."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    session: Any
+    signature: Signature
+    output_names: list[str]
+    batcher: Batcher
+
+
+def initial_model_name(config: ServeConfig) -> str:
+    """The v2 model name as far as it is known before loading (a URI naming a .onnx file)."""
+    if config.model_name:
+        return config.model_name
+    path = PurePosixPath(config.model_uri.split("?", 1)[0])
+    return path.stem if path.suffix == ".onnx" else ""
+
+
+class ServingApp:
+    def __init__(self, config: ServeConfig, sha256: str | None = None) -> None:
+        self.config = config
+        self.sha256 = sha256
+        self.variant = config.variant or "default"
+        self.model: LoadedModel | None = None
+        self.draining = False
+        self.inflight = 0
+        self.exit_code = 0
+        self.metrics = self._new_metrics(initial_model_name(config))
+        self._variant_header = (b"x-berth-variant", self.variant.encode())
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        from berth_serving.rest import build_rest_app
+
+        self._rest = build_rest_app(self)
+
+    def _new_metrics(self, model_name: str) -> Metrics:
+        metrics = Metrics(self.variant, model_name)
+        metrics.track_inflight(lambda: self.inflight)
+        return metrics
+
+    # --- lifecycle -------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and not self.draining
+
+    async def load(self) -> None:
+        """Fetch and load the model off the event loop; the server answers 503 meanwhile."""
+        self._loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        self._scratch = tempfile.TemporaryDirectory(prefix="berth-model-")
+        path, session = await asyncio.to_thread(self._load_blocking, Path(self._scratch.name))
+        signature = Signature.from_session(session)
+        name = self.config.model_name or path.stem
+        if name != initial_model_name(self.config):
+            self.metrics = self._new_metrics(name)
+        metrics = self.metrics
+        output_names = [spec.name for spec in signature.outputs]
+        batcher = Batcher(
+            lambda feed: session.run(output_names, feed),
+            self._loop,
+            batchable=signature.batchable,
+            max_batch_size=self.config.max_batch_size,
+            max_delay_seconds=self.config.max_batch_delay_ms / 1000.0,
+            on_batch=metrics.observe_batch,
+        )
+        batcher.start()
+        self.model = LoadedModel(name, path, session, signature, output_names, batcher)
+        seconds = time.perf_counter() - started
+        metrics.model_load_seconds.set(seconds)
+        log.info(
+            "model loaded",
+            extra={
+                "fields": {
+                    "model": name,
+                    "path": str(path),
+                    "seconds": round(seconds, 3),
+                    "inputs": [spec.describe() for spec in signature.inputs],
+                    "outputs": [spec.describe() for spec in signature.outputs],
+                    "dynamic_batching": signature.batchable,
+                }
+            },
+        )
+
+    def _load_blocking(self, scratch: Path) -> tuple[Path, Any]:
+        from berth_serving.fetch import resolve_model
+        from berth_serving.session import load_session
+
+        path = resolve_model(self.config.model_uri, scratch, self.sha256)
+        session = load_session(
+            path,
+            threads=self.config.intra_op_threads,
+            optimization=self.config.graph_optimization_level,
+            providers=self.config.providers,
+        )
+        return path, session
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model.batcher.stop()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+
+    # --- ASGI ------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path == "/invocations" and scope["method"] == "POST":
+            await self._inference(scope, receive, send, v2_name=None)
+        elif path == "/ping":
+            if self.ready:
+                await self._respond(send, 200, b'{"status":"ok"}', _JSON)
+            else:
+                await self._error(send, self.unavailable())
+        elif path.startswith(_V2_PREFIX) and path.endswith("/infer") and scope["method"] == "POST":
+            name = path[len(_V2_PREFIX) : -len("/infer")].split("/versions/", 1)[0]
+            await self._inference(scope, receive, send, v2_name=name)
+        else:
+            await self._rest(scope, receive, self._with_variant(send))
+
+    def _with_variant(self, send: Send) -> Send:
+        async def send_with_variant(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self._variant_header]
+            await send(message)
+
+        return send_with_variant
+
+    def unavailable(self) -> HTTPError:
+        if self.draining:
+            return HTTPError(503, "server is shutting down", retry_after=1)
+        return not_ready()
+
+    async def _inference(self, scope: Scope, receive: Receive, send: Send, v2_name: str | None) -> None:
+        started = time.perf_counter()
+        self.inflight += 1
+        code = 200
+        model_seconds = 0.0
+        metrics = self.metrics
+        try:
+            model = self.model
+            if model is None or self.draining:
+                raise self.unavailable()
+            if v2_name is not None and v2_name != model.name:
+                raise HTTPError(404, f"unknown model {v2_name!r}; this server serves {model.name!r}")
+            content_type = accept = b""
+            wanted: str | None = None
+            length: int | None = None
+            header_length: int | None = None
+            for key, value in scope["headers"]:
+                if key == b"content-type":
+                    content_type = value
+                elif key == b"accept":
+                    accept = value
+                elif key == b"content-length":
+                    length = int(value) if value.isdigit() else None
+                elif key == b"x-berth-output":
+                    wanted = value.decode("latin-1")
+                elif key == b"inference-header-content-length":
+                    header_length = int(value) if value.isdigit() else None
+            body = await self._read_body(receive, length)
+            if v2_name is None:
+                values = codecs.decode(codecs.media_type(content_type), body, model.signature)
+                request = None
+            else:
+                request = InferRequest(body, header_length)
+                values = request.inputs
+            arrays, rows = model.signature.prepare(values)
+            outputs, model_seconds = await self._run(model, arrays, rows, started)
+            named = dict(zip(model.output_names, outputs, strict=True))
+            if request is None:
+                kind = codecs.response_type(accept)
+                await self._respond(send, 200, codecs.encode(named, kind, wanted), kind.encode())
+            else:
+                payload, json_length = request.encode(model.name, named)
+                if json_length is None:
+                    await self._respond(send, 200, payload, _JSON)
+                else:
+                    extra = ((HEADER_LENGTH.encode(), str(json_length).encode()),)
+                    await self._respond(send, 200, payload, b"application/octet-stream", extra)
+        except HTTPError as error:
+            code = error.code
+            await self._error(send, error)
+        except SignatureError as error:
+            code = 400
+            await self._error(send, HTTPError(400, str(error)))
+        except ClientGone:
+            code = 499
+        except Exception as error:
+            code, public = self._classify(error)
+            await self._error(send, HTTPError(code, public))
+        finally:
+            self.inflight -= 1
+            metrics.count(code)
+            if code == 200:
+                metrics.model_latency.observe(model_seconds)
+                metrics.overhead_latency.observe(time.perf_counter() - started - model_seconds)
+
+    def _classify(self, error: Exception) -> tuple[int, str]:
+        """ONNX Runtime's InvalidArgument is the client's input; anything else is ours (logged once)."""
+        if type(error).__name__ == "InvalidArgument":
+            first_line = str(error).splitlines()[0] if str(error) else "invalid input"
+            message = f"model rejected the input: {first_line}"
+            if self.model is not None:
+                message += f"; {self.model.signature.expected()}"
+            return 400, message
+        log.error("inference failed", exc_info=error)
+        return 500, f"internal error ({type(error).__name__}); see the server log"
+
+    async def _read_body(self, receive: Receive, length: int | None) -> bytes:
+        """The request body, refusing (413) past the payload limit without buffering it all:
+        the declared Content-Length is checked first, then the bytes as they stream in."""
+        limit = self.config.max_payload_bytes
+        if length is not None and length > limit:
+            raise HTTPError(413, f"payload of {length} bytes is over the limit of {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(413, f"payload is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _run(
+        self, model: LoadedModel, arrays: dict[str, Any], rows: int, started: float
+    ) -> tuple[Any, float]:
+        batcher = model.batcher
+        if batcher.pending >= self.config.max_queue_size:
+            raise HTTPError(
+                503, f"queue is full ({self.config.max_queue_size} requests waiting)", retry_after=1
+            )
+        remaining = self.config.timeout_seconds - (time.perf_counter() - started)
+        if remaining <= 0:
+            raise self._timeout()
+        job = batcher.submit(arrays, rows)
+        loop = self._loop or asyncio.get_running_loop()
+        timer = loop.call_later(remaining, self._expire, job)
+        try:
+            return await job.future
+        finally:
+            timer.cancel()
+
+    def _timeout(self) -> HTTPError:
+        return HTTPError(504, f"inference took longer than the {self.config.timeout_seconds:g} s timeout")
+
+    def _expire(self, job: Job) -> None:
+        if not job.future.done():
+            job.cancelled = True
+            job.future.set_exception(self._timeout())
+
+    async def _respond(
+        self,
+        send: Send,
+        status: int,
+        body: bytes,
+        content_type: bytes,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            self._variant_header,
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _error(self, send: Send, error: HTTPError) -> None:
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        if error.retry_after is not None:
+            extra = ((b"retry-after", str(error.retry_after).encode()),)
+        if error.code == 413:
+            # The rest of an oversized body is never read: do not reuse this connection.
+            extra = (*extra, (b"connection", b"close"))
+        if error.code >= 500 and error.code not in (503, 504):
+            pass  # already logged with its traceback by _classify
+        elif error.code >= 400:
+            log.info("request refused", extra={"fields": {"code": error.code, "error": error.message}})
+        body = codecs.dumps({"error": {"code": error.code, "message": error.message}})
+        await self._respond(send, error.code, body, _JSON, extra)
+
+    # --- used by the REST routes -----------------------------------------------------
+    def metadata(self, name: str) -> dict[str, Any]:
+        model = self.model
+        if model is None:
+            raise not_ready()
+        if name != model.name:
+            raise HTTPError(404, f"unknown model {name!r}; this server serves {model.name!r}")
+        return model_metadata(model.signature, model.name)

@@ -1,0 +1,189 @@
+"""Dynamic batching: requests with compatible shapes are merged into ONE ONNX Runtime
+call on a dedicated worker thread, then split back.
+
+The event loop only enqueues jobs and resolves futures; the worker does the concatenation,
+the ORT call and the slicing, with the GIL released inside ORT. Nothing waits when nothing
+else is queued: at concurrency 1 a request runs at once. Under load, requests pile up while
+the worker is busy and the next call takes them all (up to `max_batch_size` rows); when the
+queue shows concurrency, the worker may wait up to `max_delay` (counted from the oldest
+job's arrival) for the batch to fill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("berth.serving.batcher")
+
+# feed -> outputs (one per model output, each with the batch as first axis)
+RunFn = Callable[[dict[str, np.ndarray]], list[Any]]
+# (rows in the ORT call, seconds inside ORT): metrics hook, called on the worker thread
+BatchHook = Callable[[int, float], None]
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    future: asyncio.Future[tuple[list[Any], float]]
+    enqueued: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    key: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Jobs merge only when every input agrees on dtype and on all but the first dimension.
+        self.key = tuple((name, array.dtype.str, array.shape[1:]) for name, array in self.inputs.items())
+
+
+class Batcher:
+    """Owns the worker thread. `submit` and result delivery happen on the event loop thread."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        batchable: bool,
+        max_batch_size: int,
+        max_delay_seconds: float,
+        on_batch: BatchHook | None = None,
+    ) -> None:
+        self._run = run
+        self._loop = loop
+        self._batchable = batchable and max_batch_size > 1
+        self._max_rows = max(1, max_batch_size)
+        self._max_delay = max(0.0, max_delay_seconds)
+        self._on_batch = on_batch
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._carry: deque[Job] = deque()
+        self.pending = 0  # jobs submitted and not yet delivered; event loop thread only
+        self._thread = threading.Thread(target=self._work, name="berth-ort-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def submit(self, inputs: dict[str, np.ndarray], rows: int) -> Job:
+        job = Job(inputs, rows, self._loop.create_future())
+        self.pending += 1
+        self._queue.put(job)
+        return job
+
+    # --- worker thread -------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            first = self._carry.popleft() if self._carry else self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            if self._batchable and first.rows < self._max_rows and not first.cancelled:
+                self._gather(batch)
+            self._execute(batch)
+
+    def _gather(self, batch: list[Job]) -> None:
+        first = batch[0]
+        rows = first.rows
+        # Compatible jobs left over from an earlier round go first, in arrival order.
+        keep: deque[Job] = deque()
+        while self._carry:
+            held = self._carry.popleft()
+            if held.key == first.key and rows + held.rows <= self._max_rows:
+                batch.append(held)
+                rows += held.rows
+            else:
+                keep.append(held)
+        self._carry = keep
+        deadline = first.enqueued + self._max_delay
+        while rows < self._max_rows:
+            job: Job | None
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                # Wait for more only when the queue has shown concurrency.
+                remaining = deadline - time.perf_counter()
+                if len(batch) < 2 or remaining <= 0:
+                    break
+                try:
+                    job = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if job is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            if job.key == first.key and rows + job.rows <= self._max_rows:
+                batch.append(job)
+                rows += job.rows
+            else:
+                self._carry.append(job)
+
+    def _execute(self, batch: list[Job]) -> None:
+        post: Callable[..., Any] = self._loop.call_soon_threadsafe
+        live = [job for job in batch if not job.cancelled]
+        if not live:
+            post(self._deliver, len(batch), [], 0.0, None)
+            return
+        try:
+            per_job, seconds = self._call(live)
+        except Exception as error:
+            if len(live) == 1:
+                post(self._deliver, len(batch), [(live[0], None)], 0.0, error)
+                return
+            # One bad request must not fail the others it was merged with: retry them alone.
+            if len(batch) > len(live):
+                post(self._deliver, len(batch) - len(live), [], 0.0, None)
+            for job in live:
+                self._execute([job])
+            return
+        post(self._deliver, len(batch), list(zip(live, per_job, strict=True)), seconds, None)
+
+    def _call(self, jobs: Sequence[Job]) -> tuple[list[list[Any]], float]:
+        """Run jobs as one ORT call; returns each job's outputs and the seconds inside ORT."""
+        if len(jobs) == 1:
+            feed = jobs[0].inputs
+        else:
+            feed = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in jobs[0].inputs}
+        rows = sum(job.rows for job in jobs)
+        started = time.perf_counter()
+        outputs = self._run(feed)
+        seconds = time.perf_counter() - started
+        if self._on_batch is not None:
+            self._on_batch(rows, seconds)
+        if len(jobs) == 1:
+            return [outputs], seconds
+        per_job: list[list[Any]] = [[] for _ in jobs]
+        for output in outputs:
+            start = 0
+            for index, job in enumerate(jobs):
+                per_job[index].append(output[start : start + job.rows])
+                start += job.rows
+        return per_job, seconds
+
+    # --- event loop thread ---------------------------------------------------------
+    def _deliver(
+        self,
+        finished: int,
+        results: list[tuple[Job, list[Any] | None]],
+        seconds: float,
+        error: BaseException | None,
+    ) -> None:
+        self.pending -= finished
+        for job, outputs in results:
+            if job.future.done():
+                continue  # timed out meanwhile
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result((outputs or [], seconds))

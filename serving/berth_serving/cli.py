@@ -1,0 +1,115 @@
+"""`berth serve` and `berth fetch-model` (also `python -m berth_serving ...`).
+
+Every `serve` option can come from the BERTH_* variable named in config.ENV: that is how
+the operator and local mode configure serving processes. Heavy imports (ONNX Runtime,
+FastAPI, boto3) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from berth_serving.config import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_PORT,
+    DEFAULT_TIMEOUT_SECONDS,
+    ENV,
+    ServeConfig,
+)
+
+_LEVELS = click.Choice(["disable", "basic", "extended", "all"], case_sensitive=False)
+_LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+@click.command("serve", context_settings={"show_default": True})
+@click.argument("model_uri", envvar=ENV["model_uri"])
+@click.option("--port", type=int, default=DEFAULT_PORT, envvar=ENV["port"], help="Port to listen on.")
+@click.option("--host", default="0.0.0.0", envvar=ENV["host"], help="Address to bind.")
+@click.option(
+    "--variant", default="", envvar=ENV["variant"], help="Variant name for X-Berth-Variant and metrics."
+)
+@click.option(
+    "--model-name", default="", envvar=ENV["model_name"], help="v2 model name (default: file stem)."
+)
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=32, envvar=ENV["max_batch_size"])
+@click.option(
+    "--max-batch-delay-ms", type=click.FloatRange(min=0), default=2.0, envvar=ENV["max_batch_delay_ms"]
+)
+@click.option(
+    "--max-payload-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PAYLOAD_BYTES,
+    envvar=ENV["max_payload_bytes"],
+)
+@click.option(
+    "--timeout-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT_SECONDS,
+    envvar=ENV["timeout_seconds"],
+)
+@click.option(
+    "--intra-op-threads",
+    type=click.IntRange(min=0),
+    default=0,
+    envvar=ENV["intra_op_threads"],
+    help="ONNX Runtime threads; 0 = one per CPU of the container's limit.",
+)
+@click.option(
+    "--graph-optimization-level", type=_LEVELS, default="all", envvar=ENV["graph_optimization_level"]
+)
+@click.option(
+    "--providers",
+    default="",
+    envvar=ENV["providers"],
+    help="Execution providers, comma separated (cuda, tensorrt, cpu); CPU is always the fallback.",
+)
+@click.option("--max-queue-size", type=click.IntRange(min=1), default=1024, envvar=ENV["max_queue_size"])
+@click.option("--sha256", default=None, envvar=ENV["sha256"], help="Expected sha256 of the model file.")
+@click.option(
+    "--access-log/--no-access-log", default=False, envvar=ENV["access_log"], help="Log every request."
+)
+@click.option("--log-level", type=_LOG_LEVELS, default="info", envvar=ENV["log_level"])
+def serve(model_uri: str, sha256: str | None, providers: str, **options: Any) -> None:
+    """Serve the ONNX model at MODEL_URI (file, directory, file://, http(s)://, s3://, pvc://)."""
+    config = ServeConfig(
+        model_uri=model_uri,
+        providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
+        **{**options, "graph_optimization_level": options["graph_optimization_level"].lower()},
+    )
+    from berth_serving.logs import setup_logging
+    from berth_serving.server import run
+
+    setup_logging(config.log_level)
+    sys.exit(run(config, sha256 or None))
+
+
+@click.command("fetch-model")
+@click.argument("uri")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--sha256", default=None, envvar=ENV["sha256"], help="Expected sha256 of the downloaded file.")
+def fetch_model(uri: str, dest: Path, sha256: str | None) -> None:
+    """Download the model at URI into DEST and print the path of the .onnx to serve."""
+    from berth_serving.fetch import FetchError
+    from berth_serving.fetch import fetch_model as fetch
+    from berth_serving.termination import write_termination_message
+
+    try:
+        path = fetch(uri, dest, sha256 or None)
+    except FetchError as error:
+        write_termination_message(str(error))
+        click.echo(f"berth fetch-model: {error}", err=True)
+        sys.exit(1)
+    click.echo(str(path))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """The Berth serving runtime (the same commands as `berth serve` / `berth fetch-model`)."""
+
+
+main.add_command(serve)
+main.add_command(fetch_model)

@@ -1,0 +1,132 @@
+"""Run the serving app under uvicorn (uvloop + httptools) with Berth's own signal handling.
+
+Plain `uvicorn.run` re-raises SIGTERM after shutdown (exit 143) and stops without waiting
+for the model's queue. Here SIGTERM/SIGINT start a drain: `/ping` answers 503, new
+inference requests get 503, requests in flight finish, then uvicorn shuts down and the
+process exits 0. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Generator
+
+import uvicorn
+
+from berth_serving.app import ServingApp
+from berth_serving.config import ServeConfig
+from berth_serving.termination import write_termination_message
+
+log = logging.getLogger("berth.serving")
+# How long past the request timeout a drain waits for stragglers before giving up on them.
+DRAIN_GRACE_SECONDS = 5.0
+
+
+class BerthServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: ServingApp) -> None:
+        super().__init__(config)
+        self.serving = app
+        self._drain_task: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.drain, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def drain(self, sig: int | None = None) -> None:
+        """Begin a graceful stop (call on the event loop thread)."""
+        if self._drain_task is not None:
+            log.warning("second stop signal: exiting without waiting")
+            self.should_exit = True
+            self.force_exit = True
+            return
+        self.serving.draining = True
+        name = signal.Signals(sig).name if sig else "request"
+        log.info("draining", extra={"fields": {"signal": name, "inflight": self.serving.inflight}})
+        self._drain_task = asyncio.get_running_loop().create_task(self._wait_for_inflight())
+
+    async def _wait_for_inflight(self) -> None:
+        deadline = time.monotonic() + self.serving.config.timeout_seconds + DRAIN_GRACE_SECONDS
+        while self.serving.inflight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self.should_exit = True
+
+
+class Service:
+    """One `berth serve` process: the app, its uvicorn server and the model loading."""
+
+    def __init__(self, config: ServeConfig, sha256: str | None = None) -> None:
+        self.app = ServingApp(config, sha256)
+        self.server = BerthServer(
+            uvicorn.Config(
+                self.app,
+                host=config.host,
+                port=config.port,
+                loop="uvloop",
+                http="httptools",
+                lifespan="off",
+                access_log=config.access_log,
+                log_config=None,
+                server_header=False,
+                timeout_graceful_shutdown=int(config.timeout_seconds + DRAIN_GRACE_SECONDS),
+            ),
+            self.app,
+        )
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        loading = asyncio.create_task(self._load())
+        try:
+            await self.server.serve()
+        finally:
+            loading.cancel()
+            self.app.close()
+        return self.app.exit_code
+
+    async def _load(self) -> None:
+        try:
+            await self.app.load()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            message = _load_error_message(error)
+            log.error("model load failed", extra={"fields": {"error": message}})
+            write_termination_message(message)
+            self.app.exit_code = 1
+            self.server.should_exit = True
+
+    def stop(self) -> None:
+        """Thread-safe request to drain and stop (tests, embedding)."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.server.drain)
+
+
+def _load_error_message(error: Exception) -> str:
+    from berth_serving.fetch import FetchError
+
+    if isinstance(error, FetchError):
+        return str(error)
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"cannot load model: {first_line}"
+
+
+def run(config: ServeConfig, sha256: str | None = None) -> int:
+    """Serve until stopped; the process exit code."""
+    import uvloop
+
+    return uvloop.run(Service(config, sha256).run())

@@ -1,0 +1,92 @@
+"""ONNX Runtime session setup: threads from the container's CPU limit, spinning off,
+the configured graph optimization level, and execution providers with a CPU fallback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from berth_serving.cgroup import CGROUP_ROOT, intra_op_threads
+
+log = logging.getLogger("berth.serving.session")
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+# Short names accepted by --providers, and the ONNX Runtime provider each means.
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "gpu": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+CPU = "CPUExecutionProvider"
+
+
+def choose_providers(requested: Sequence[str], available: Sequence[str]) -> tuple[list[str], str | None]:
+    """The providers to use, in order, always ending with CPU; and a warning when some of
+    the requested ones are not available here (say, CUDA asked for on a CPU-only image)."""
+    wanted = [PROVIDER_ALIASES.get(name.strip().lower(), name.strip()) for name in requested if name.strip()]
+    chosen = [name for name in dict.fromkeys(wanted) if name in available and name != CPU]
+    missing = [name for name in dict.fromkeys(wanted) if name not in available]
+    warning = None
+    if missing:
+        warning = (
+            f"execution provider(s) {', '.join(missing)} not available here "
+            f"(available: {', '.join(available)}); using {', '.join([*chosen, CPU])}"
+        )
+    return [*chosen, CPU], warning
+
+
+def session_options(threads: int, optimization: str) -> Any:
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if optimization not in levels:
+        raise ValueError(f"graph optimization level must be one of {', '.join(OPTIMIZATION_LEVELS)}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = levels[optimization]
+    # Spinning threads burn the CPU the event loop needs and make tail latency erratic.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def load_session(
+    model_path: Path,
+    *,
+    threads: int = 0,
+    optimization: str = "all",
+    providers: Sequence[str] = (),
+    cgroup_root: Path = CGROUP_ROOT,
+) -> Any:
+    import onnxruntime as ort
+
+    count = intra_op_threads(threads, cgroup_root)
+    chosen, warning = choose_providers(providers, ort.get_available_providers())
+    if warning:
+        log.warning(warning)
+    session = ort.InferenceSession(
+        str(model_path), sess_options=session_options(count, optimization), providers=chosen
+    )
+    log.info(
+        "model session ready",
+        extra={
+            "fields": {
+                "path": str(model_path),
+                "intra_op_threads": count,
+                "providers": session.get_providers(),
+            }
+        },
+    )
+    return session
