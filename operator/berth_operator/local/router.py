@@ -315,6 +315,8 @@ class QuietServer:
             lifespan="on",
             access_log=False,
             log_level="warning",
+            server_header=False,  # the replica's own Date and Server headers pass through
+            date_header=False,
             timeout_graceful_shutdown=5,
         )
         self.server = _Server(config)

@@ -26,47 +26,35 @@ class Resources:
     endpoints: dict[Key, Endpoint] = field(default_factory=dict)
 
 
-def absolute_file_uri(uri: str, base_dir: Path) -> str:
-    """`file://model.onnx` next to the manifest -> `file:///abs/dir/model.onnx`."""
-    if not uri.startswith("file://"):
-        return uri
-    rest = uri[len("file://") :]
-    if rest.startswith("/"):
-        return uri
-    return "file://" + str((base_dir / rest).resolve())
-
-
 def load_resources(paths: Sequence[str | Path]) -> Resources:
-    """Every Model, EndpointConfig and Endpoint under `paths`; duplicates are refused."""
-    from ..manifests import ManifestError, load_manifests
+    """Every Model, EndpointConfig and Endpoint under `paths` (the loader `berth render` uses)."""
+    from ..manifests import ManifestError, load_manifests, resolve_file_uri
 
     try:
-        loaded = load_manifests([Path(p) for p in paths])
+        loaded = load_manifests(paths)
     except ManifestError as exc:
         raise SourceError(str(exc)) from exc
-    resources = Resources()
-    for item in loaded:
-        resource = item.resource
-        key = (resource.namespace, resource.name)
-        if isinstance(resource, Model):
-            if item.source is not None:
-                uri = absolute_file_uri(resource.spec.model_uri, item.source.parent)
-                resource = resource.model_copy(
-                    update={"spec": resource.spec.model_copy(update={"model_uri": uri})}
-                )
-            table: dict[Key, Model] | dict[Key, EndpointConfig] | dict[Key, Endpoint] = resources.models
-        elif isinstance(resource, EndpointConfig):
-            table = resources.configs
-        elif isinstance(resource, Endpoint):
-            table = resources.endpoints
-        else:
-            continue
-        if key in table:
-            raise SourceError(f"{item.source}: {resource.kind} {key[0]}/{key[1]} is defined twice")
-        table[key] = resource
-    if not resources.endpoints:
+    models: dict[Key, Model] = {}
+    for item in loaded.models:
+        assert isinstance(item.resource, Model)
+        spec = item.resource.spec
+        uri = resolve_file_uri(spec.model_uri, item.base_dir)
+        models[(item.resource.namespace, item.resource.name)] = item.resource.model_copy(
+            update={"spec": spec.model_copy(update={"model_uri": uri})}
+        )
+    configs = {
+        (i.resource.namespace, i.resource.name): i.resource
+        for i in loaded.configs
+        if isinstance(i.resource, EndpointConfig)
+    }
+    endpoints = {
+        (i.resource.namespace, i.resource.name): i.resource
+        for i in loaded.endpoints
+        if isinstance(i.resource, Endpoint)
+    }
+    if not endpoints:
         raise SourceError(f"no Endpoint found in {', '.join(str(p) for p in paths)}")
-    return resources
+    return Resources(models=models, configs=configs, endpoints=endpoints)
 
 
 def immutability_errors(old: Resources, new: Resources) -> list[str]:

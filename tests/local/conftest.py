@@ -1,0 +1,64 @@
+"""Fixtures: small ONNX models, and one shared `berth up` serving several endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.serving.models import build_logreg, build_slow
+
+from .support import BerthUp, config, endpoint, model, variant, write_yaml
+
+N_FEATURES = 4
+ROW = [0.5, -1.0, 0.25, 2.0]
+SLOW_ITERATIONS = 60_000  # about 0.1 s per call on these machines
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("models")
+    build_logreg(directory / "logreg.onnx", n_features=N_FEATURES, zipmap=False)
+    build_slow(directory / "slow.onnx", n_features=N_FEATURES, iterations=SLOW_ITERATIONS)
+    (directory / "garbage.onnx").write_bytes(b"this is not an onnx model")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def shared_up(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthUp]:
+    """Endpoints: `split` (a 70 / b 30), `mirrored` (p, and shadow s on a slow model), `crashy`,
+    `broken-fetch` (a model file that does not exist), `broken-model` (a file that is not ONNX)."""
+    tmp = tmp_path_factory.mktemp("shared-up")
+    manifests = tmp / "manifests"
+    manifests.mkdir()
+    write_yaml(
+        manifests / "models.yaml",
+        [
+            model("logreg", f"file://{model_dir / 'logreg.onnx'}"),
+            model("slow", f"file://{model_dir / 'slow.onnx'}"),
+            model("missing", "file://does-not-exist.onnx"),
+            model("garbage", f"file://{model_dir / 'garbage.onnx'}"),
+        ],
+    )
+    write_yaml(
+        manifests / "endpoints.yaml",
+        [
+            config("split-v1", [variant("a", "logreg", 70), variant("b", "logreg", 30)]),
+            endpoint("split", "split-v1"),
+            config("mirrored-v1", [variant("p", "logreg")], [variant("s", "slow")]),
+            endpoint("mirrored", "mirrored-v1"),
+            config("crashy-v1", [variant("only", "logreg")]),
+            endpoint("crashy", "crashy-v1"),
+            config("fetch-v1", [variant("only", "missing")]),
+            endpoint("broken-fetch", "fetch-v1"),
+            config("garbage-v1", [variant("only", "garbage")]),
+            endpoint("broken-model", "garbage-v1"),
+        ],
+    )
+    up = BerthUp(manifests, tmp, "--no-watch")
+    try:
+        up.wait_in_service("split", "mirrored", "crashy")
+        yield up
+    finally:
+        up.stop()
