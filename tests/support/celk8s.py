@@ -256,6 +256,6 @@ def evaluate_rule(rule: Schema, schema: Schema, value: Any, old: Any, has_old: b
         return f"rule evaluation error: {rule['rule']}: {result.args[0]}"
     if "messageExpression" in rule:
         message = evaluate(rule["messageExpression"], activation)
-        if isinstance(message, celtypes.StringType) and message.strip():
+        if isinstance(message, str) and message.strip():
             return str(message)
     return str(rule.get("message") or f"failed rule: {rule['rule']}")
