@@ -22,7 +22,9 @@ EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 def model(name: str, **spec: Any) -> Model:
     body = {"modelUri": f"s3://models/{name}/model.onnx", **spec}
-    return Model.model_validate({"kind": "Model", "metadata": {"name": name, "namespace": NAMESPACE}, "spec": body})
+    return Model.model_validate(
+        {"kind": "Model", "metadata": {"name": name, "namespace": NAMESPACE}, "spec": body}
+    )
 
 
 def variant(name: str, model_name: str, **fields: Any) -> dict[str, Any]:
@@ -79,7 +81,9 @@ class Cluster:
         )
 
     def plan(self) -> Plan:
-        return plan_endpoint(PlanInput(self.endpoint, self.configs, self.models, self.settings, self.observed()))
+        return plan_endpoint(
+            PlanInput(self.endpoint, self.configs, self.models, self.settings, self.observed())
+        )
 
     def apply(self, plan: Plan) -> None:
         for obj in plan.objects:
