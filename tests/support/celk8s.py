@@ -227,7 +227,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 
 # --------------------------------------------------------------------------- evaluation
 
-ENVIRONMENT = celpy.Environment()
+ENVIRONMENT = celpy.Environment()  # the interpreted runner: celpy 0.5's CompiledRunner mis-evaluates has()
 
 
 @cache
