@@ -112,7 +112,7 @@ class Service:
 
     def stop(self) -> None:
         """Thread-safe request to drain and stop (tests, embedding)."""
-        if self.loop is not None:
+        if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.server.drain)
 
 

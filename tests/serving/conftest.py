@@ -23,3 +23,25 @@ class Models:
 @pytest.fixture(scope="session")
 def onnx_models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     return Models(tmp_path_factory.mktemp("serving-models"))
+
+
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """A Loop model calibrated on this machine to take about a second per call; returns
+    (path, measured seconds), so tests rely on a measurement, not on a guess."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    root = tmp_path_factory.mktemp("slow-model")
+    probe = models.build_slow(root / "probe.onnx", iterations=20_000)
+    session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
+    feed = {"x": np.full((1, 64), 0.1, dtype=np.float32)}
+    session.run(None, feed)
+    started = time.perf_counter()
+    session.run(None, feed)
+    per_iteration = (time.perf_counter() - started) / 20_000
+    iterations = max(20_000, int(1.0 / per_iteration))
+    path = models.build_slow(root / "slow.onnx", iterations=iterations)
+    return path, per_iteration * iterations

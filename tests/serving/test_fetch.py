@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from berth_serving.fetch import FetchError, fetch_model, local_path, resolve_model
 from click.testing import CliRunner
 
-from berth_serving.fetch import FetchError, fetch_model, local_path, resolve_model
 from tests.serving.support import REPO, free_port
 
 
