@@ -37,6 +37,8 @@ def is_subset(desired: Any, observed: Any) -> bool:
             and len(desired) == len(observed)
             and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
         )
+    if isinstance(desired, bool) or isinstance(observed, bool):
+        return desired is observed  # True == 1 in Python, not in JSON
     return bool(desired == observed or _numbers_equal(desired, observed))
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from berth_operator.settings import Settings
+
 from tests.operator.builders import (
     NS,
     children,

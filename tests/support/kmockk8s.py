@@ -3,8 +3,9 @@
 Plain KMock 0.8 does not run kopf (see /work/shared/design/TESTING.md). `BerthKMock` fixes it:
 resourceVersion/uid/generation on create, resourceVersion bumps on every write and generation
 bumps on spec changes, a resourceVersion on lists, 422 for a failed JSON-patch `test`, the URL's
-namespace copied into created objects, and watches that take their snapshot and subscribe to the
-event bus under one lock while honouring `?resourceVersion=`.
+namespace copied into created objects, watches that take their snapshot and subscribe to the
+event bus under one lock while honouring `?resourceVersion=`, and a static `/api/v1/namespaces`
+(KMock cannot parse that path; kopf lists it when it watches named namespaces).
 
 `KMockCluster` runs the emulator in its own thread and event loop; `OperatorThread` runs the
 Berth operator (kopf) in another thread with its own loop, because `kopf.operator()` cancels
@@ -18,12 +19,14 @@ import asyncio
 import contextlib
 import copy
 import datetime
+import json
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
+import aiohttp.web
 import attrs
 import httpx
 import jsonpatch
@@ -49,6 +52,9 @@ def _now() -> str:
 class BerthKMock(k8s.KubernetesEmulator):
     """KubernetesEmulator with the fixes kopf needs (see the module docstring)."""
 
+    # Namespaces that exist (static): KMock cannot parse /api/v1/namespaces, kopf lists it when
+    # it watches named namespaces.
+    namespaces: tuple[str, ...] = ("default", "ml", "other")
     _rv: int = attrs.field(default=0, init=False)
     # resourceVersion at which each object was deleted, for watches resumed from an older version.
     _deleted_at: dict[Any, int] = attrs.field(factory=dict, init=False)
@@ -66,6 +72,32 @@ class BerthKMock(k8s.KubernetesEmulator):
                 subresources={"status"},
                 verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
             )
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            return await self._serve_namespaces(raw_request)
+        return await super().__call__(raw_request)
+
+    async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        items = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "resourceVersion": "1"}}
+            for ns in self.namespaces
+        ]
+        if raw_request.query.get("watch") != "true":
+            body = {
+                "apiVersion": "v1",
+                "kind": "NamespaceList",
+                "metadata": {"resourceVersion": "1"},
+                "items": items,
+            }
+            return aiohttp.web.json_response(body)
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(raw_request)
+        if raw_request.query.get("resourceVersion") in (None, "", "0"):
+            for item in items:
+                await response.write(json.dumps({"type": "ADDED", "object": item}).encode() + b"\n")
+        await asyncio.Event().wait()  # the namespaces never change; held open until the client leaves
+        return response
 
     def _next_rv(self) -> str:
         self._rv += 1
