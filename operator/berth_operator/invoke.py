@@ -49,15 +49,6 @@ def error_message(body: bytes) -> str:
     return json.dumps(payload)
 
 
-def pretty(body: bytes, content_type: str) -> str:
-    if "json" in content_type:
-        try:
-            return json.dumps(json.loads(body), indent=2)
-        except ValueError:
-            pass
-    return body.decode("utf-8", "replace")
-
-
 @click.command("invoke")
 @click.argument("name")
 @click.option("-d", "--data", required=True, help="Request body: JSON text, @FILE, or @- for standard input.")
@@ -112,6 +103,6 @@ def invoke_command(
         click.echo(f"error: cannot reach {url}: {reason} (is `berth up` running? see --url)", err=True)
         sys.exit(1)
     elapsed_ms = (time.perf_counter() - started) * 1000
-    click.echo(pretty(body, answer_headers.get("Content-Type", "")))
+    click.echo(body.decode("utf-8", "replace").rstrip("\n"))
     answered_by = answer_headers.get(VARIANT_HEADER, "unknown")
     click.echo(f"variant: {answered_by}  ({status}, {elapsed_ms:.1f} ms)", err=True)

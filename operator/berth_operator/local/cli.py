@@ -190,14 +190,21 @@ async def _serve(
 async def _report(engine: Any, tty: bool, recent: collections.deque[str], port: int) -> None:
     from . import display
 
-    footer_hint = f"Requests: http://127.0.0.1:{port}/endpoints/NAMESPACE/NAME/invocations  (Ctrl-C stops)"
+    footer_hint = (
+        f"Send requests: berth invoke ENDPOINT --data '{{\"instances\": [[...]]}}' --url http://127.0.0.1:{port}"
+        "   (Ctrl-C stops)"
+    )
     printed: dict[str, str] = {}
+    frame = ""
     while True:
         snapshot = engine.snapshot()
         if tty:
             footer = "\n".join([*recent, "", footer_hint])
-            sys.stdout.write(display.screen(snapshot, footer))
-            sys.stdout.flush()
+            current_frame = display.screen(snapshot, footer)
+            if current_frame != frame:  # redraw only on change: no flicker
+                sys.stdout.write(current_frame)
+                sys.stdout.flush()
+                frame = current_frame
         else:
             current = {**display.summary_lines(snapshot), **display.replica_lines(snapshot)}
             for key, line in current.items():

@@ -113,6 +113,7 @@ class EndpointState:
     status: EndpointStatus | None = None
     due: float | None = None  # loop time when the planner asked to be called again
     events: list[Event] = field(default_factory=list)
+    error: str = ""  # the last reconcile failure, logged once
 
 
 class Engine:
@@ -191,7 +192,13 @@ class Engine:
     async def reconcile_all(self) -> None:
         live = set(self.endpoints)
         for key, state in sorted(self.endpoints.items()):
-            await self.reconcile(key, state)
+            try:
+                await self.reconcile(key, state)
+            except Exception as exc:  # one endpoint's bug must not stop the others
+                message = f"{key[0]}/{key[1]}: reconcile failed: {type(exc).__name__}: {exc}"
+                if message != state.error:
+                    log.exception("%s", message)
+                state.error = message
         gone = {
             (obj_key[2], obj["metadata"].get("labels", {}).get(labels.ENDPOINT, ""))
             for obj_key, obj in self.applied.items()
