@@ -8,9 +8,11 @@ from typing import Any
 
 import helm_python as helm
 import pytest
+import yaml
 from delivery_support import (
     CHART_DIR,
     NAMESPACE,
+    REPO,
     VALUE_SETS,
     Manifest,
     by_kind,
@@ -306,3 +308,22 @@ def test_values_file_is_documented() -> None:
         elif not has_doc and not is_map and not documented_indents:
             undocumented.append(key)
     assert undocumented == []
+
+
+def test_values_reference_is_complete() -> None:
+    """docs/kubernetes.md lists every value (instance-type entries aside)."""
+    doc = (REPO / "docs" / "kubernetes.md").read_text()
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+
+    def leaves(node: Any, prefix: str) -> Iterator[str]:
+        if isinstance(node, dict) and node and prefix not in DOCUMENTED_AS_A_WHOLE:
+            for key, value in node.items():
+                yield from leaves(value, f"{prefix}.{key}" if prefix else key)
+        else:
+            yield prefix
+
+    missing = [path for path in leaves(values, "") if f"| `{path}` |" not in doc]
+    assert missing == []
+
+
+DOCUMENTED_AS_A_WHOLE = {"resources", "podSecurityContext", "securityContext", "settings.instanceTypes"}

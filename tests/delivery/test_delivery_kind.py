@@ -210,7 +210,7 @@ class Answer(BaseHTTPRequestHandler):
 def server() -> Iterator[str]:
     Answer.count, Answer.fail_every = 0, 0
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/endpoints/berth-demo/iris/invocations"
     httpd.shutdown()
