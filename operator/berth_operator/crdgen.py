@@ -159,16 +159,13 @@ class StructuralSchema:
         if rules:
             target["x-kubernetes-validations"] = [dict(rule) for rule in rules]
         # The field's own description is more specific than the class docstring.
-        sibling = self.convert(node) if set(node) - DROPPED_KEYS else {}
-        return ordered({**target, **sibling})
+        return ordered({**target, **self.convert(node)})
 
     def collapse_any_of(self, node: Schema) -> Schema:
         options = [option for option in node.pop("anyOf") if option.get("type") != "null"]
         outer = {key: value for key, value in node.items() if key not in DROPPED_KEYS}
         if len(options) == 1:
-            return ordered(
-                {**self.convert(options[0]), **self.convert(outer)} if outer else self.convert(options[0])
-            )
+            return ordered({**self.convert(options[0]), **self.convert(outer)})
         if sorted(option.get("type", "") for option in options) == ["integer", "string"]:
             return ordered({**self.convert(outer), "x-kubernetes-int-or-string": True})
         raise ValueError(f"no structural schema for a union of {options}")

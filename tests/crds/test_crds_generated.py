@@ -255,3 +255,73 @@ def test_values_under_rules_are_bounded() -> None:
         if not bounded(sub)
     ]
     assert unbounded == []
+
+
+def test_generator_on_a_synthetic_model() -> None:
+    """The pydantic -> structural mapping on the shapes api.py may grow into."""
+    from typing import ClassVar, Literal
+
+    from pydantic import BaseModel, Field
+
+    class Inner(BaseModel):
+        """Inner docstring."""
+
+        n: int = Field(gt=0, lt=10, description="Exclusive bounds.")
+        x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [
+            {"rule": "self.n != 5", "message": "not 5"}
+        ]
+
+    class Outer(BaseModel):
+        inner: Inner | None = Field(default=None, description="Field text wins over the docstring.")
+        items: list[Inner] = Field(default_factory=list, max_length=3, description="Items.")
+        quantity: int | str = Field(default=1, description="Int or string.")
+        free: dict[str, Any] = Field(default_factory=dict, description="Anything.")
+        labels: dict[str, str] = Field(default_factory=dict, description="Strings.")
+        unit: Literal["Percent"] = Field(default="Percent", description="One value.")
+        ratio: float = Field(default=0.5, ge=0, le=1, description="A number.")
+
+    schema = Outer.model_json_schema(by_alias=True)
+    converter = crdgen.StructuralSchema(schema, crdgen.model_classes(Outer))
+    props = converter.convert({k: v for k, v in schema.items() if k != "$defs"})["properties"]
+    inner = {
+        "type": "object",
+        "properties": {
+            "n": {
+                "description": "Exclusive bounds.",
+                "type": "integer",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": 10,
+                "exclusiveMaximum": True,
+            }
+        },
+        "required": ["n"],
+        "x-kubernetes-validations": [{"rule": "self.n != 5", "message": "not 5"}],
+    }
+    assert props["inner"] == {"description": "Field text wins over the docstring.", **inner}
+    assert props["items"] == {
+        "description": "Items.",
+        "type": "array",
+        "maxItems": 3,
+        "items": {"description": "Inner docstring.", **inner},
+    }
+    assert props["quantity"] == {"description": "Int or string.", "x-kubernetes-int-or-string": True}
+    assert props["free"] == {
+        "description": "Anything.",
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+    assert props["labels"] == {
+        "description": "Strings.",
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+    }
+    assert props["unit"] == {"description": "One value.", "type": "string", "enum": ["Percent"]}
+    assert props["ratio"] == {"description": "A number.", "type": "number", "minimum": 0, "maximum": 1}
+
+    class Either(BaseModel):
+        either: int | list[int] = 0
+
+    union = Either.model_json_schema()
+    with pytest.raises(ValueError, match="no structural schema"):
+        crdgen.StructuralSchema(union, {}).convert(union["properties"]["either"])
