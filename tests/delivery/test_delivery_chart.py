@@ -9,6 +9,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 import yaml
+from berth_operator.kube import RESOURCES
 from delivery_support import (
     CHART_DIR,
     NAMESPACE,
@@ -327,3 +328,16 @@ def test_values_reference_is_complete() -> None:
 
 
 DOCUMENTED_AS_A_WHOLE = {"resources", "podSecurityContext", "securityContext", "settings.instanceTypes"}
+
+
+def test_every_kind_the_operator_touches_is_granted(chart: helm.Chart) -> None:
+    """A kind added to the operator's API client without a chart rule would fail with 403 in a cluster."""
+    granted: set[tuple[str, str, str]] = set()
+    for mode in ("gateway", "ingress"):
+        objs = objects(render(chart, {"settings": {"routing": {"mode": mode}}}))
+        granted |= grants(one(objs, "ClusterRole")["rules"])
+    for kind in RESOURCES.values():
+        group = kind.api_version.rpartition("/")[0]
+        needed = {"create"} if kind.kind == "Event" else {"get", "list"}
+        missing = {verb for verb in needed if (group, kind.plural, verb) not in granted}
+        assert not missing, f"{kind.kind}: no {sorted(missing)} for {group or 'core'}/{kind.plural}"
