@@ -57,6 +57,16 @@ def with_spec(ep: Endpoint, **changes: Any) -> Endpoint:
     return Endpoint.model_validate(wire)
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: dicts merge key by key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        result[key] = merge_patch(result.get(key), value)
+    return result
+
+
 @dataclass
 class Cluster:
     """The objects of one namespace, changed only through plans (and the kubelet helpers)."""
@@ -89,12 +99,14 @@ class Cluster:
         for obj in plan.objects:
             key = (obj["kind"], obj["metadata"]["name"])
             old = self.objects.get(key)
-            stored = copy.deepcopy(obj)
-            generation = 1
-            if old is not None:
-                generation = old["metadata"]["generation"] + (old.get("spec") != obj.get("spec"))
-                stored["status"] = old.get("status", {})
-            stored["metadata"]["generation"] = generation
+            if old is None:
+                stored = copy.deepcopy(obj)
+                stored["metadata"]["generation"] = 1
+            else:  # a JSON merge patch, as the operator sends: fields others set (replicas by an HPA) stay
+                stored = merge_patch(old, obj)
+                stored["metadata"]["generation"] = old["metadata"]["generation"] + (
+                    old.get("spec") != stored.get("spec")
+                )
             self.objects[key] = stored
         for ref in plan.delete:
             self.objects.pop((ref.kind, ref.name), None)

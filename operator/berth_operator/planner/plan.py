@@ -38,6 +38,7 @@ class _Planner:
         self.previous = inp.endpoint.status or EndpointStatus()
         self.children = [c for c in inp.observed.children if self._is_ours(c)]
         self.endpoint_label = labels.endpoint_label(self.endpoint.name)
+        self.route_was_in_place = False  # the observed route carried the split of the previous status
         self._fleets: dict[tuple[str, tuple[tuple[str, int], ...]], Fleet] = {}
 
     def _is_ours(self, child: Manifest) -> bool:
@@ -135,6 +136,9 @@ class _Planner:
                 before.retained_instance_counts if before else {},
             )
         )
+        self.route_was_in_place = previous.endpoint_config_name is not None and self.route_in_place(
+            route_before
+        )
         decision = decide(
             RolloutInput(
                 spec_config=spec.endpoint_config_name,
@@ -144,8 +148,7 @@ class _Planner:
                 fleet_state=self.fleet_state,
                 observed_replicas=self.observed_replicas,
                 metrics=inp.observed.metrics,
-                route_in_place=previous.endpoint_config_name is not None
-                and self.route_in_place(route_before),
+                route_in_place=self.route_was_in_place,
             )
         )
         retained = decision.rollout.retained_instance_counts if decision.rollout else {}
@@ -163,7 +166,7 @@ class _Planner:
         objects += routing.objects
         objects.sort(key=lambda o: (KIND_ORDER.get(o["kind"], 99), o["metadata"]["name"]))
         delete, deferred = self.deletes(objects, live, keep_route)
-        status, events = self.status(decision, live, routing)
+        status, events = self.status(decision, live, routing, deferred)
         requeue = decision.requeue_after
         if deferred:
             requeue = DEFERRED_DELETE_SECONDS if requeue is None else min(requeue, DEFERRED_DELETE_SECONDS)
@@ -241,7 +244,7 @@ class _Planner:
         return result
 
     def status(
-        self, decision: Decision, live: list[_Live], routing: Routing
+        self, decision: Decision, live: list[_Live], routing: Routing, deferred: bool
     ) -> tuple[EndpointStatus, list[Event]]:
         inp, previous = self.inp, self.previous
         now, generation = inp.observed.now, self.endpoint.metadata.generation
@@ -249,6 +252,11 @@ class _Planner:
         serving = live[0].fleet
         serving_ready = serving.complete and all(self.readiness(v).is_ready for v in serving.variants)
         ready = serving_ready and route_ok
+        # Answering requests: the route in place now, or the one before this plan changed it.
+        answering = serving_ready and (route_ok or self.route_was_in_place)
+        rolling_back = decision.last_rollback is not None and (
+            previous.rollout is not None or previous.phase == "RollingBack"
+        )
 
         problems: list[str] = []
         if decision.last_rollback is not None:
@@ -265,8 +273,10 @@ class _Planner:
 
         if decision.rollout is not None:
             phase = "Updating"
-        elif ready:
+        elif ready and not (rolling_back and deferred):
             phase = "InService"
+        elif rolling_back:
+            phase = "RollingBack"  # traffic is moving back; the new fleet goes once it has no traffic
         elif (
             previous.phase in (None, "Creating", "Failed")
             or previous.endpoint_config_name != decision.serving
@@ -279,15 +289,15 @@ class _Planner:
             condition(
                 previous.conditions,
                 "Ready",
-                ready,
-                *self._ready_reason(serving, serving_ready, route_ok, routing),
+                answering,
+                *self._ready_reason(serving, serving_ready, route_ok or self.route_was_in_place, routing),
                 now,
                 generation,
             ),
             condition(
                 previous.conditions,
                 "Progressing",
-                phase in ("Creating", "Updating"),
+                phase in ("Creating", "Updating", "RollingBack"),
                 *self._progress(phase, decision),
                 now,
                 generation,
@@ -350,6 +360,8 @@ class _Planner:
             if decision.waiting:
                 message += f"; {decision.waiting}"
             return "RollingOut", message
+        if phase == "RollingBack":
+            return "RollingBack", f"moving all traffic back to EndpointConfig {decision.serving}"
         if phase == "Creating":
             return "Creating", f"creating EndpointConfig {decision.serving}"
         if phase == "Updating":
