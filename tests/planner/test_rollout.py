@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -132,7 +133,7 @@ def test_linear() -> None:
         {NEW: 1000},
     ]
     shifts = [t for t, _, es in history if "TrafficShifted" in es]
-    assert [b - a for a, b in zip(shifts, shifts[1:], strict=False)] == [5, 5, 5]
+    assert [b - a for a, b in itertools.pairwise(shifts)] == [5, 5, 5]
     assert cluster.names("Deployment") == [NEW]
 
 
@@ -205,7 +206,7 @@ def test_rollback_on_error_rate() -> None:
     assert cluster.weights() == {OLD: 900, NEW: 100}
     cluster.metrics = {"cfg2": FleetMetrics(requests=100, errors_5xx=12)}
     plan = cluster.step()
-    assert [(e.type, e.reason, e.message) for e in plan.events][0] == (
+    assert (plan.events[0].type, plan.events[0].reason, plan.events[0].message) == (
         "Warning",
         "RolledBack",
         "rolled back EndpointConfig cfg2: 5xx 12.0% > 5%",
