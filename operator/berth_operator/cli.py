@@ -11,7 +11,10 @@ import click
 # command name -> ("module:attribute" of a click.Command, one-line help for `berth --help`)
 COMMANDS = {
     "serve": ("berth_serving.cli:serve", "Serve an ONNX model over HTTP (the runtime of every pod)."),
-    "fetch-model": ("berth_serving.cli:fetch_model", "Download a model into a directory (the init container)."),
+    "fetch-model": (
+        "berth_serving.cli:fetch_model",
+        "Download a model into a directory (the init container).",
+    ),
     "crds": ("berth_operator.crdgen:crds_command", "Print the CustomResourceDefinitions."),
     "render": ("berth_operator.render:render_command", "Print the objects the operator would create."),
     "operator": ("berth_operator.runner:operator_command", "Run the Kubernetes operator."),
@@ -29,7 +32,7 @@ class LazyGroup(click.Group):
             return None
         module_name, attribute = COMMANDS[cmd_name][0].split(":")
         command: Any = getattr(importlib.import_module(module_name), attribute)
-        return command  # type: ignore[no-any-return]
+        return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Static help text: listing the commands must not import kopf, ONNX Runtime or FastAPI.

@@ -42,7 +42,9 @@ def default_catalog() -> dict[str, InstanceType]:
         "cpu-large": cpu("4", "8Gi"),
         "gpu-small": InstanceType(
             accelerator="nvidia",
-            resources=ResourceRequirements(requests={"cpu": "2", "memory": "8Gi"}, limits={"nvidia.com/gpu": 1}),
+            resources=ResourceRequirements(
+                requests={"cpu": "2", "memory": "8Gi"}, limits={"nvidia.com/gpu": 1}
+            ),
             tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         ),
     }
@@ -67,7 +69,9 @@ class Routing(SettingsModel):
 class Images(SettingsModel):
     cpu: str = DEFAULT_CPU_IMAGE
     gpu: str = DEFAULT_GPU_IMAGE
-    pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(default="IfNotPresent", alias="pullPolicy")
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", alias="pullPolicy"
+    )
 
 
 class Rollback(SettingsModel):
