@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -250,6 +251,8 @@ def operator_settings(settings: kopf.OperatorSettings, *, peering_name: str, sta
     settings.posting.level = logging.WARNING
     settings.peering.name = peering_name
     settings.peering.standalone = standalone
+    # Replicas need distinct priorities: kopf pauses every peer when two share the highest one.
+    settings.peering.priority = random.randint(1, 2**31 - 1)
     settings.peering.mandatory = False
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
