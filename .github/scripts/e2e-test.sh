@@ -107,7 +107,11 @@ wait_none "serving pods" 120 kubectl -n "$NS" get pods -l berth.dev/endpoint=iri
 kubectl delete -f examples/kind/endpoint-config-v2.yaml -f examples/kind/endpoint-config-v1.yaml \
   -f examples/kind/models.yaml --wait --timeout=2m
 [[ -z "$(kubectl -n "$NS" get berth -o name)" ]] || fail "Berth objects left: $(kubectl -n "$NS" get berth -o name)"
-code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -d "$BODY" "$URL" || true)
+for _ in $(seq 1 15); do  # Envoy drops the route a moment after the HTTPRoute goes
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -d "$BODY" "$URL" || true)
+  [[ "$code" == "404" ]] && break
+  sleep 2
+done
 [[ "$code" == "404" ]] || fail "the route still answers ${code} after deletion"
 end
 

@@ -41,3 +41,30 @@ def test_helm_installs_the_crds_before_the_templates() -> None:
         templates = chart.templates
     assert "crds/kopf-peering.yaml" in names
     assert not [t["name"] for t in templates if "kind: CustomResourceDefinition" in t["data"]]
+
+
+def schema_defaults(schema: object, path: str = "") -> list[str]:
+    """Paths of every `default:` in an OpenAPI schema (a field *named* default is not one)."""
+    if isinstance(schema, list):
+        return [hit for i, item in enumerate(schema) for hit in schema_defaults(item, f"{path}[{i}]")]
+    if not isinstance(schema, dict):
+        return []
+    found = [path] if "default" in schema else []
+    for key, value in schema.items():
+        if key == "properties" and isinstance(value, dict):
+            for name, sub in value.items():
+                found += schema_defaults(sub, f"{path}.{name}")
+        elif key != "default":
+            found += schema_defaults(value, path)
+    return found
+
+
+def test_crds_write_no_defaults_into_specs() -> None:
+    """docs/gitops.md promises no drift: the API server must not add defaults to a stored object."""
+    assert schema_defaults({"properties": {"default": {"type": "string"}, "x": {"default": 1}}}) == [".x"]
+    for path in sorted(TOP_LEVEL_CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            assert schema_defaults(version["schema"]["openAPIV3Schema"]) == [], path.name
+    templates = (CHART_DIR / "templates").glob("*")
+    assert not [t.name for t in templates if "MutatingWebhookConfiguration" in t.read_text()]
