@@ -106,7 +106,7 @@ def test_bad_manifest_exits_1_with_the_message(tmp_path: Path) -> None:
     result = CliRunner().invoke(render_command, ["-f", str(path)])
     assert result.exit_code == 1
     assert (
-        f"{path}:document 2: EndpointConfig/fraud-config-v1: spec.productionVariants[0].oops: "
+        f"{path}:document 2: EndpointConfig/fraud-config-v1: spec.productionVariants[1].oops: "
         in result.output
     )
 
