@@ -116,6 +116,8 @@ class Replica:
             await asyncio.sleep(0.01)
         if self.process is not None:
             await procs.terminate(self.process, max(0.5, deadline - time.monotonic()))
+        if self.upstream is not None:
+            self.upstream.pool.close()
         if self._task:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=2)
@@ -153,6 +155,7 @@ class Replica:
                     self._on_change()
                     code = await self._supervise(self.process, log)
                 self._set_ready(False)
+                self.upstream.pool.close()
                 if self._stopping:
                     break
                 self.restarts += 1

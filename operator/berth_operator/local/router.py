@@ -1,20 +1,20 @@
 """The local router: carries out the planned HTTPRoutes on one port, as a Gateway would.
 
 A raw ASGI app (no framework on the hot path) behind uvicorn with uvloop + httptools,
-forwarding over pooled keep-alive connections (aiohttp). Replicas are counted in flight
-so a fleet can be drained (taken off the route, then waited for) before it is stopped.
+forwarding over pooled keep-alive connections (`upstream.py`). Replicas are counted in
+flight so a fleet can be drained (taken off the route, then waited for) before it stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
 from .routing import (
@@ -27,10 +27,12 @@ from .routing import (
     rewrite_path,
     select_rule,
 )
+from .upstream import ConnectionPool, UpstreamError
 
 ASGIReceive = Callable[[], Awaitable[dict[str, Any]]]
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
+log = logging.getLogger("berth.up")
 STATUS_PATH = "/_berth/status"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MIRROR_LIMIT = 64  # mirrored requests in flight at most; beyond that copies are dropped
@@ -58,6 +60,10 @@ class Upstream:
     port: int
     name: str = ""
     inflight: int = 0
+    pool: ConnectionPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pool = ConnectionPool(self.host, self.port)
 
     @property
     def base_url(self) -> str:
@@ -96,7 +102,6 @@ class Router:
         self.mirrors_sent = 0
         self.mirrors_dropped = 0
         self._rng = random.Random(seed)
-        self._session: aiohttp.ClientSession | None = None
         self._mirror_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ configuration
@@ -116,21 +121,14 @@ class Router:
         return sorted(f"{prefix}/invocations" for prefix in self.table.prefixes if prefix)
 
     async def start(self) -> None:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=300, sock_connect=5),
-                skip_auto_headers=("User-Agent",),
-            )
+        """Nothing to open: connections to replicas are made on first use."""
 
     async def close(self) -> None:
         for task in list(self._mirror_tasks):
             task.cancel()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for pool in self.pools.values():
+            for upstream in pool.upstreams:
+                upstream.pool.close()
 
     # ------------------------------------------------------------------ ASGI
 
@@ -166,9 +164,14 @@ class Router:
         forward = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
         for mirror in rule.mirrors:
             self._mirror(mirror, scope["method"], target, forward, request_body)
-        status, response_headers, payload = await self._forward(
-            rule.backends, scope["method"], target, forward, request_body
-        )
+        try:
+            status, response_headers, payload = await self._forward(
+                rule.backends, scope["method"], target, forward, request_body
+            )
+        except Exception as exc:  # a client never sees a traceback, whatever went wrong
+            log.exception("router: %s %s failed", scope["method"], path)
+            status, payload = _error(502, f"router error: {type(exc).__name__}")
+            response_headers = _json_headers(payload)
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -197,21 +200,21 @@ class Router:
         if backend is None:
             names = ", ".join(b.service for b in backends) or "none"
             code, payload = _error(503, f"no ready replica behind this endpoint (backends: {names})")
-            return code, [(b"content-type", b"application/json"), (b"retry-after", b"1")], payload
+            return code, [*_json_headers(payload), (b"retry-after", b"1")], payload
         pool = self.pools[backend.key]
         upstream = pool.take()
         assert upstream is not None
         try:
             return await self._send(upstream, method, target, headers, body)
-        except (TimeoutError, aiohttp.ClientConnectionError):
-            # A pooled connection closed under us, or the replica just died: nothing was
-            # answered yet, so one more try on another replica (or a fresh connection).
+        except UpstreamError:
+            # The replica died or refused the connection before answering: one more try on
+            # another replica of the route (or the same one on a fresh connection).
             retry = self._retry_upstream(backends, upstream)
             if retry is not None:
-                with contextlib.suppress(aiohttp.ClientConnectionError, asyncio.TimeoutError):
+                with contextlib.suppress(UpstreamError):
                     return await self._send(retry, method, target, headers, body)
             code, payload = _error(502, f"replica {upstream.name or upstream.base_url} did not answer")
-            return code, [(b"content-type", b"application/json")], payload
+            return code, _json_headers(payload), payload
 
     def _retry_upstream(self, backends: tuple[BackendRef, ...], failed: Upstream) -> Upstream | None:
         backend = pick_backend(backends, self.ready_counts, self._rng)
@@ -222,22 +225,14 @@ class Router:
     async def _send(
         self, upstream: Upstream, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        assert self._session is not None, "router not started"
         upstream.inflight += 1
         try:
-            async with self._session.request(
-                method,
-                upstream.base_url + target,
-                data=body,
-                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
-                allow_redirects=False,
-            ) as response:
-                payload = await response.read()
-                out = [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in HOP_BY_HOP]
-                out.append((b"content-length", str(len(payload)).encode()))
-                return response.status, out, payload
+            status, raw_headers, payload = await upstream.pool.send(method, target, headers, body)
         finally:
             upstream.inflight -= 1
+        out = [(k, v) for k, v in raw_headers if k not in HOP_BY_HOP]
+        out.append((b"content-length", str(len(payload)).encode()))
+        return status, out, payload
 
     def _mirror(
         self, mirror: Mirror, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
@@ -265,7 +260,7 @@ class Router:
         try:
             await self._send(upstream, method, target, headers, body)
             self.mirrors_sent += 1
-        except (TimeoutError, aiohttp.ClientError):
+        except UpstreamError:
             self.mirrors_dropped += 1
 
 
@@ -284,14 +279,12 @@ async def _read_body(receive: ASGIReceive) -> bytes | None:
             return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
+def _json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+
 async def _respond(send: ASGISend, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    await send({"type": "http.response.start", "status": status, "headers": _json_headers(body)})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -315,6 +308,7 @@ class QuietServer:
             lifespan="on",
             access_log=False,
             log_level="warning",
+            proxy_headers=False,
             server_header=False,  # the replica's own Date and Server headers pass through
             date_header=False,
             timeout_graceful_shutdown=5,
