@@ -327,3 +327,60 @@ def test_objects_follow_the_observed_children_and_validate() -> None:
     plan = cluster.plan()
     assert plan.status.production_variants[0].desired_instance_count == 4
     assert plan.status.phase == "Updating"
+
+
+def test_overrides_that_zero_every_weight_are_ignored_and_reported() -> None:
+    cfg = config(
+        "cfg1", variant("blue", "m1", initialVariantWeight=1), variant("green", "m1", initialVariantWeight=3)
+    )
+    cluster = Cluster(endpoint("cfg1"), {"cfg1": cfg}, {"m1": model("m1")})
+    cluster.step()
+    cluster.edit(
+        variantOverrides=[
+            {"variantName": "blue", "desiredWeight": 0},
+            {"variantName": "green", "desiredWeight": 0},
+        ]
+    )
+    plan = cluster.step()
+    assert cluster.weights() == {"fraud-cfg1-blue": 250, "fraud-cfg1-green": 750}
+    assert plan.status.failure_reason == (
+        "variantOverrides give every production variant weight 0: the config's weights apply"
+    )
+    assert plan.status.phase == "InService"
+
+
+def test_one_override_weight_zero_takes_a_variant_out_of_the_default_rule() -> None:
+    cfg = config("cfg1", variant("blue", "m1"), variant("green", "m1"))
+    cluster = Cluster(endpoint("cfg1"), {"cfg1": cfg}, {"m1": model("m1")})
+    cluster.edit(variantOverrides=[{"variantName": "blue", "desiredWeight": 0}])
+    cluster.step()
+    assert cluster.weights() == {"fraud-cfg1-green": 1000}
+    route = cluster.route()
+    assert route is not None
+    headers = [r["matches"][0]["headers"][0]["value"] for r in route["spec"]["rules"][:-1]]
+    assert headers == ["blue", "green"]  # still reachable by header
+
+
+def test_a_serving_config_that_vanishes_keeps_its_fleet_and_route() -> None:
+    cluster = simple()
+    cluster.step()
+    cluster.step()
+    before = dict(cluster.objects)
+    del cluster.configs["cfg1"]
+    plan = cluster.step()
+    assert plan.delete == []
+    assert cluster.objects.keys() == before.keys()
+    assert plan.status.failure_reason == "EndpointConfig cfg1 not found"
+    assert plan.status.phase == "Updating"
+
+
+def test_children_in_other_namespaces_are_not_ours() -> None:
+    cluster = simple()
+    cluster.step()
+    elsewhere = copy.deepcopy(cluster.objects[("Deployment", "fraud-cfg1-blue")])
+    elsewhere["metadata"].update(name="fraud-old-blue", namespace="other")
+    observed = Observed(now=cluster.now, children=[*cluster.observed().children, elsewhere])
+    plan = plan_endpoint(
+        PlanInput(cluster.endpoint, cluster.configs, cluster.models, cluster.settings, observed)
+    )
+    assert plan.delete == []

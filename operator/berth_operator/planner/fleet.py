@@ -7,7 +7,7 @@ named in `errors`; a missing EndpointConfig gives an empty fleet with `missing=T
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..api import Autoscaling, EndpointConfig, Model, ProductionVariant, VariantOverride
 from ..settings import InstanceType, Settings
@@ -42,6 +42,7 @@ class Fleet:
     errors: tuple[str, ...] = ()
     missing: bool = False  # the EndpointConfig does not exist (yet)
     invalid: bool = False  # a variant names an instance type the catalog lacks: no waiting fixes it
+    warnings: tuple[str, ...] = ()  # problems worked around (reported, but the fleet still serves)
 
     @property
     def production(self) -> tuple[VariantPlan, ...]:
@@ -102,7 +103,13 @@ def resolve_fleet(
             )
         )
     invalid = any("unknown instanceType" in e for e in errors)
-    return Fleet(config_name, tuple(variants), tuple(errors), invalid=invalid)
+    warnings: tuple[str, ...] = ()
+    production = [v for v in variants if not v.shadow]
+    if production and not any(v.weight > 0 for v in production):
+        # A route needs some weight somewhere: ignore overrides that would zero every variant.
+        variants = [replace(v, weight=v.spec.initial_variant_weight) for v in variants]
+        warnings = ("variantOverrides give every production variant weight 0: the config's weights apply",)
+    return Fleet(config_name, tuple(variants), tuple(errors), invalid=invalid, warnings=warnings)
 
 
 def _replicas(spec: ProductionVariant, override: VariantOverride | None, retained: int | None) -> int:

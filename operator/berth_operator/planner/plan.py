@@ -265,7 +265,7 @@ class _Planner:
                 f"rolled back: {rollback.reason} (EndpointConfig {rollback.endpoint_config_name})"
             )
         for item in live:
-            problems += item.fleet.errors
+            problems += item.fleet.errors + item.fleet.warnings
         failures = self.failures([item.fleet for item in live])
         problems += [f.message for f in failures]
         if routing.error:
