@@ -51,6 +51,14 @@ PRINTER_COLUMNS: dict[str, list[Schema]] = {
             "priority": 1,
         },
     ],
+    "TransformJob": [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Model", "type": "string", "jsonPath": ".spec.modelName"},
+        {"name": "Done", "type": "integer", "jsonPath": ".status.recordsDone"},
+        {"name": "Total", "type": "integer", "jsonPath": ".status.recordsTotal"},
+        AGE_COLUMN,
+        {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
+    ],
 }
 
 ENVELOPE_PROPERTIES: dict[str, Schema] = {

@@ -157,9 +157,15 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
                     continue
                 seen[key] = where
                 loaded = Loaded(resource, path, number)
-                {"Model": result.models, "EndpointConfig": result.configs, "Endpoint": result.endpoints}[
-                    resource.kind
-                ].append(loaded)
+                bucket = {
+                    "Model": result.models,
+                    "EndpointConfig": result.configs,
+                    "Endpoint": result.endpoints,
+                }
+                if resource.kind not in bucket:  # a TransformJob: `berth transform` runs it, not serving
+                    result.notes.append(f"{where}: ignored {resource.kind}/{resource.name} (not served)")
+                    continue
+                bucket[resource.kind].append(loaded)
     if problems:
         raise ManifestError("\n".join(problems))
     return result

@@ -327,7 +327,8 @@ ROWS = GOOD + BAD
 
 def test_the_table_is_big_enough() -> None:
     assert len(GOOD) >= 8 and len(BAD) >= 20
-    assert {row.obj["kind"] for row in GOOD} == {row.obj["kind"] for row in BAD} == set(api.RESOURCE_KINDS)
+    serving_kinds = set(api.RESOURCE_KINDS) - {"TransformJob"}  # its rows: test_transformjob_admission.py
+    assert {row.obj["kind"] for row in GOOD} == {row.obj["kind"] for row in BAD} == serving_kinds
     assert len({row.id for row in ROWS}) == len(ROWS)
 
 

@@ -23,6 +23,7 @@ FILES = {
     "Model": "berth.dev_models.yaml",
     "EndpointConfig": "berth.dev_endpointconfigs.yaml",
     "Endpoint": "berth.dev_endpoints.yaml",
+    "TransformJob": "berth.dev_transformjobs.yaml",
 }
 Schema = dict[str, Any]
 
@@ -64,7 +65,7 @@ def test_stdout_is_cat_of_the_files() -> None:
     result = CliRunner().invoke(main, ["crds"])
     assert result.exit_code == 0, result.output
     assert result.output == "".join(p.read_text() for p in sorted(CRD_DIR.glob("*.yaml")))
-    assert result.output.startswith("---\n") and result.output.count("---\n") == 3
+    assert result.output.startswith("---\n") and result.output.count("---\n") == len(FILES)
 
 
 def test_output_dir_writes_one_file_per_kind(tmp_path: Path) -> None:
@@ -99,7 +100,9 @@ def test_names_and_version(kind: str) -> None:
     resource = api.RESOURCE_KINDS[kind]
     assert CRDS[kind]["metadata"]["name"] == f"{resource.PLURAL}.berth.dev"
     assert spec["group"] == "berth.dev" and spec["scope"] == "Namespaced"
-    assert spec["names"]["shortNames"] == [{"Model": "bm", "EndpointConfig": "bec", "Endpoint": "bep"}[kind]]
+    assert spec["names"]["shortNames"] == [
+        {"Model": "bm", "EndpointConfig": "bec", "Endpoint": "bep", "TransformJob": "btj"}[kind]
+    ]
     assert spec["names"]["categories"] == ["berth"]
     assert spec["names"]["kind"] == kind and spec["names"]["plural"] == resource.PLURAL
     [version] = spec["versions"]
