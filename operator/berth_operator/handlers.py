@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 GROUP, VERSION = "berth.dev", "v1alpha1"
 FINALIZER = "berth.dev/finalizer"
 ERROR_BACKOFF_MAX = 30.0
+MIN_REQUEUE = 0.1  # a plan due "now" is looked at again soon, not in a hot loop
+WATCHED_CHILDREN = [
+    ("apps", "v1", "deployments"),
+    ("", "v1", "pods"),
+    ("", "v1", "services"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("gateway.networking.k8s.io", "v1", "httproutes"),
+    ("networking.k8s.io", "v1", "ingresses"),
+]
 
 
 def plan_endpoint_fn() -> Callable[..., Any]:
@@ -50,6 +60,9 @@ class OperatorContext:
     references: References = field(default_factory=References)
     wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     deleting: set[tuple[str, str]] = field(default_factory=set)
+    # Held during a reconcile; the delete handler takes it so no reconcile creates a child
+    # after the children were listed for deletion.
+    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     scrape_session: aiohttp.ClientSession | None = None
     reconciles: int = 0
 
@@ -60,6 +73,9 @@ class OperatorContext:
 
     def waker(self, namespace: str, name: str) -> asyncio.Event:
         return self.wakers.setdefault((namespace, name), asyncio.Event())
+
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self.locks.setdefault((namespace, name), asyncio.Lock())
 
     def wake(self, namespace: str, name: str) -> None:
         self.waker(namespace, name).set()
@@ -150,6 +166,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         namespace = namespace or "default"
         if type == "DELETED":
             ctx.wakers.pop((namespace, name), None)
+            ctx.locks.pop((namespace, name), None)
             ctx.deleting.discard((namespace, name))
             ctx.references.forget_endpoint((namespace, name))
         else:
@@ -165,7 +182,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         while not stopped:
             waker.clear()
             try:
-                requeue = await reconcile_endpoint(ctx, namespace, name)
+                async with ctx.lock(namespace, name):
+                    requeue = await reconcile_endpoint(ctx, namespace, name)
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
@@ -174,7 +192,9 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
                     "reconcile of Endpoint %s/%s failed, retrying in %.1fs: %s", namespace, name, backoff, exc
                 )
                 requeue, backoff = backoff, min(backoff * 2, ERROR_BACKOFF_MAX)
-            timeout = ctx.resync_seconds if requeue is None else min(requeue, ctx.resync_seconds)
+            timeout = (
+                ctx.resync_seconds if requeue is None else min(max(requeue, MIN_REQUEUE), ctx.resync_seconds)
+            )
             await _wait_woken(waker, stopped, timeout)
 
     @kopf.on.delete(GROUP, VERSION, "endpoints", registry=registry)
@@ -182,28 +202,28 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         namespace = namespace or "default"
         ctx.deleting.add((namespace, name))
         kube = ctx.client()
-        if (status or {}).get("phase") != "Deleting":
-            try:
-                await kube.patch_status(ENDPOINTS, namespace, name, {"phase": "Deleting"})
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
-        count = await reconcile.delete_children(kube, namespace, name)
+        async with ctx.lock(namespace, name):
+            if (status or {}).get("phase") != "Deleting":
+                try:
+                    await kube.patch_status(ENDPOINTS, namespace, name, {"phase": "Deleting"})
+                except ApiError as exc:
+                    if exc.status != 404:
+                        raise
+            count = await reconcile.delete_children(kube, namespace, name)
         log.info("Endpoint %s/%s deleted with %d children", namespace, name, count)
 
     # ------------------------------------------------------------------ children
 
-    @kopf.on.event(
-        "apps", "v1", "deployments", labels={planner_labels.ENDPOINT: kopf.PRESENT}, registry=registry
-    )
-    def deployment_changed(*, namespace: str | None, labels: Any, **_: Any) -> None:
-        namespace = namespace or "default"
-        ctx.wake_by_label(namespace, labels[planner_labels.ENDPOINT])
+    def child_changed(*, namespace: str | None, labels: Any, **_: Any) -> None:
+        ctx.wake_by_label(namespace or "default", labels[planner_labels.ENDPOINT])
 
-    @kopf.on.event("", "v1", "pods", labels={planner_labels.ENDPOINT: kopf.PRESENT}, registry=registry)
-    def pod_changed(*, namespace: str | None, labels: Any, **_: Any) -> None:
-        namespace = namespace or "default"
-        ctx.wake_by_label(namespace, labels[planner_labels.ENDPOINT])
+    # Children (drift, deletion by hand, the Deployment controller's status) and pods (readiness,
+    # failures) wake the Endpoint that owns them. Kinds absent from the cluster are skipped by kopf.
+    owned = {planner_labels.ENDPOINT: kopf.PRESENT}
+    for group, version, plural in WATCHED_CHILDREN:
+        kopf.on.event(group, version, plural, labels=owned, registry=registry, id=f"{plural}-changed")(
+            child_changed
+        )
 
     # ------------------------------------------------------------------ Model / EndpointConfig
 

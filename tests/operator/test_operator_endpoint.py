@@ -194,3 +194,15 @@ def test_ingress_mode_makes_an_ingress(cluster, start_operator):
     cluster.create(endpoint("ep", "cfg1"))
     wait_for(lambda: children(cluster, "Ingress", "ep"), message="Ingress")
     assert children(cluster, "HTTPRoute", "ep") == []
+
+
+def test_child_deleted_by_hand_comes_back(cluster, start_operator):
+    start_operator()
+    cluster.create(model("m1"))
+    cluster.create(config("cfg1", variant("blue", "m1")))
+    cluster.create(endpoint("ep", "cfg1"))
+    service = wait_for(lambda: next(iter(children(cluster, "Service", "ep")), None), message="Service")
+    name = service["metadata"]["name"]
+    cluster.delete("Service", NS, name)
+    recreated = wait_for(lambda: cluster.get("Service", NS, name), message="Service re-created")
+    assert recreated["metadata"]["uid"] != service["metadata"]["uid"]
