@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 from berth_operator.api import Condition, EndpointConfigStatus, EndpointStatus, ModelStatus
-from delivery_support import REPO
 from lupa import lua51
+
+from tests.delivery.delivery_support import REPO
 
 HEALTH_DIR = REPO / "docs" / "argocd-health"
 GITOPS_DOC = REPO / "docs" / "gitops.md"

@@ -10,7 +10,8 @@ import helm_python as helm
 import pytest
 import yaml
 from berth_operator.kube import RESOURCES
-from delivery_support import (
+
+from tests.delivery.delivery_support import (
     CHART_DIR,
     NAMESPACE,
     REPO,
@@ -80,7 +81,7 @@ def test_no_rbac_wildcards(renders: dict[str, list[Manifest]], name: str) -> Non
 OWNED = ("create", "get", "list", "watch", "patch", "delete")
 
 
-def expected_grants(route: tuple[str, str]) -> set[tuple[str, str, str]]:
+def expected_grants() -> set[tuple[str, str, str]]:
     """What the operator needs in a namespace it watches, and nothing more."""
     want = {
         ("berth.dev", plural, verb)
@@ -98,7 +99,8 @@ def expected_grants(route: tuple[str, str]) -> set[tuple[str, str, str]]:
         ("", "services"),
         ("autoscaling", "horizontalpodautoscalers"),
         ("policy", "poddisruptionbudgets"),
-        route,
+        ("gateway.networking.k8s.io", "httproutes"),
+        ("networking.k8s.io", "ingresses"),
     ):
         want |= {(group, plural, verb) for verb in OWNED}
     want |= {("", "pods", verb) for verb in ("get", "list", "watch")}
@@ -112,8 +114,6 @@ DISCOVERY = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }
-HTTPROUTES = ("gateway.networking.k8s.io", "httproutes")
-INGRESSES = ("networking.k8s.io", "ingresses")
 
 
 def test_cluster_wide_rbac_is_exact(renders: dict[str, list[Manifest]]) -> None:
@@ -121,7 +121,7 @@ def test_cluster_wide_rbac_is_exact(renders: dict[str, list[Manifest]]) -> None:
     assert not by_kind(objs, "Role")
     role = one(objs, "ClusterRole")
     peering = {("kopf.dev", "clusterkopfpeerings", verb) for verb in ("get", "list", "watch", "patch")}
-    assert grants(role["rules"]) == expected_grants(HTTPROUTES) | DISCOVERY | peering
+    assert grants(role["rules"]) == expected_grants() | DISCOVERY | peering
     binding = one(objs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
@@ -133,10 +133,11 @@ def test_cluster_wide_rbac_is_exact(renders: dict[str, list[Manifest]]) -> None:
     ]
 
 
-def test_ingress_mode_grants_ingresses_not_routes(renders: dict[str, list[Manifest]]) -> None:
-    granted = grants(one(renders["ingress-two-replicas"], "ClusterRole")["rules"])
-    assert expected_grants(INGRESSES) <= granted
-    assert not {g for g in granted if g[1] == "httproutes"}
+def test_route_grants_do_not_depend_on_the_mode(renders: dict[str, list[Manifest]]) -> None:
+    """Deleting an Endpoint lists and deletes children of both route kinds."""
+    assert grants(one(renders["ingress-two-replicas"], "ClusterRole")["rules"]) == grants(
+        one(renders["default"], "ClusterRole")["rules"]
+    )
 
 
 def test_namespaced_install_uses_roles_per_namespace(renders: dict[str, list[Manifest]]) -> None:
@@ -145,7 +146,7 @@ def test_namespaced_install_uses_roles_per_namespace(renders: dict[str, list[Man
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     peering = {("kopf.dev", "kopfpeerings", verb) for verb in ("get", "list", "watch", "patch")}
     for role in roles:
-        assert grants(role["rules"]) == expected_grants(HTTPROUTES) | peering
+        assert grants(role["rules"]) == expected_grants() | peering
     bindings = by_kind(objs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)

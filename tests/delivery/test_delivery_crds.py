@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import helm_python as helm
 import yaml
-from delivery_support import CHART_DIR, REPO, validate
+
+from tests.delivery.delivery_support import CHART_DIR, REPO, validate
 
 TOP_LEVEL_CRDS = REPO / "crds"
 CHART_CRDS = CHART_DIR / "crds"

@@ -8,7 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from delivery_support import REPO
+from tests.delivery.delivery_support import REPO
 
 DOCKERFILE = REPO / "operator" / "Dockerfile"
 PACKAGE_DIRS = {

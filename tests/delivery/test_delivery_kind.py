@@ -22,7 +22,17 @@ import pytest
 import yaml
 from berth_operator.api import RESOURCE_KINDS
 from berth_operator.settings import load_settings
-from delivery_support import CHART_DIR, REPO, by_kind, objects, one, render, rendered_settings, validate
+
+from tests.delivery.delivery_support import (
+    CHART_DIR,
+    REPO,
+    by_kind,
+    objects,
+    one,
+    render,
+    rendered_settings,
+    validate,
+)
 
 KIND_DIR = REPO / "examples" / "kind"
 SCRIPTS = REPO / ".github" / "scripts"

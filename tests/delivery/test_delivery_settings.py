@@ -8,7 +8,15 @@ from pathlib import Path
 import helm_python as helm
 import pytest
 from berth_operator.settings import Settings, SettingsError, load_settings
-from delivery_support import CHART_DIR, NAMESPACE, VALUE_SETS, objects, render, rendered_settings
+
+from tests.delivery.delivery_support import (
+    CHART_DIR,
+    NAMESPACE,
+    VALUE_SETS,
+    objects,
+    render,
+    rendered_settings,
+)
 
 
 @pytest.fixture(scope="module")

@@ -29,17 +29,15 @@ and deletes the children it owns. The route kind follows settings.routing.mode.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
-{{- if eq .Values.settings.routing.mode "gateway" }}
-# Routing (settings.routing.mode gateway): one weighted HTTPRoute per Endpoint.
+# Routing: weighted HTTPRoutes (mode gateway) or ingress-nginx canary Ingresses (mode ingress).
+# Both, whatever the mode: deleting an Endpoint removes children of either kind, which also
+# cleans up after a change of settings.routing.mode.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
-{{- else if eq .Values.settings.routing.mode "ingress" }}
-# Routing (settings.routing.mode ingress): ingress-nginx canary Ingresses.
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
-{{- end }}
 # Pod failures (image pull, crash loop, unschedulable) and pod IPs for the rollback checks.
 - apiGroups: [""]
   resources: ["pods"]
