@@ -23,6 +23,7 @@ def dump(objects: list[dict[str, Any]]) -> str:
 
 
 def assert_golden(name: str, objects: list[dict[str, Any]]) -> None:
+    assert objects, "a golden file of nothing proves nothing"
     path = GOLDEN_DIR / f"{name}.yaml"
     text = dump(objects)
     if os.environ.get("BERTH_UPDATE_GOLDEN") == "1":

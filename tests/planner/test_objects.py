@@ -89,7 +89,8 @@ def test_golden_ingress() -> None:
 
 def test_golden_gpu() -> None:
     cfg = config("gpu-config", variant("main", "resnet", instanceType="gpu-small"))
-    plan = plan_of(endpoint("vision", uid=None), [cfg], [model("resnet")])
+    plan = plan_of(endpoint("gpu-config", name="vision", uid=None), [cfg], [model("resnet")])
+    assert plan.status.failure_reason is None
     assert_admitted(plan.objects)
     assert_golden("gpu-render-without-owner", plan.objects)
 

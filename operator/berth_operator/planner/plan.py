@@ -277,10 +277,7 @@ class _Planner:
             phase = "InService"
         elif rolling_back:
             phase = "RollingBack"  # traffic is moving back; the new fleet goes once it has no traffic
-        elif (
-            previous.phase in (None, "Creating", "Failed")
-            or previous.endpoint_config_name != decision.serving
-        ):
+        elif previous.phase in (None, "Creating", "Failed"):
             phase = "Failed" if serving.invalid else "Creating"
         else:
             phase = "Updating"  # it served before: scaling, or replicas lost

@@ -26,6 +26,12 @@ PRE_STOP_SECONDS = 5  # time for the gateway to stop sending to a terminating po
 TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + int(DEFAULT_TIMEOUT_SECONDS) + 5
 GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 INVOCATIONS_METRIC = "berth_invocations_per_second"
+# For Prometheus (and prometheus-adapter, which serves the HPA's invocations metric).
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(DEFAULT_PORT),
+    "prometheus.io/path": "/metrics",
+}
 INIT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 
 
@@ -186,6 +192,9 @@ def _pod_spec(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
         spec["serviceAccountName"] = model.service_account_name
     spec.update(
         {
+            # The server never calls the Kubernetes API; IRSA and workload identity need no token here.
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": RUN_AS,
@@ -226,7 +235,7 @@ def deployment(endpoint: Endpoint, variant: VariantPlan, settings: Settings) -> 
             # Never below the wanted capacity while pods are replaced.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
-                "metadata": {"labels": _labels(variant)},
+                "metadata": {"labels": _labels(variant), "annotations": dict(SCRAPE_ANNOTATIONS)},
                 "spec": _pod_spec(variant, settings),
             },
         }
