@@ -12,7 +12,7 @@ import contextlib
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -55,17 +55,33 @@ class ReplicaSpec:
         ]
 
 
-def message_of(line: str) -> str:
-    """The readable part of a log line (the serving runtime logs JSON lines)."""
-    line = line.strip()
-    if line.startswith("{"):
-        with contextlib.suppress(orjson.JSONDecodeError):
-            record = orjson.loads(line)
-            if isinstance(record, dict):
-                for key in ("message", "msg", "event", "error"):
-                    if isinstance(record.get(key), str):
-                        return str(record[key])
-    return line
+ERROR_LEVELS = frozenset({"error", "critical", "fatal"})
+
+
+def _record(line: str) -> dict[str, object] | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def crash_reason(lines: Iterable[str]) -> str:
+    """The line that says why a replica died: the last error record of the runtime's JSON
+    logs (message and error), else the last plain line (a traceback's last line), else ""."""
+    plain = ""
+    for raw in reversed([line.strip() for line in lines if line.strip()]):
+        record = _record(raw)
+        if record is None:
+            plain = plain or raw
+            continue
+        if str(record.get("level", "")).lower() in ERROR_LEVELS:
+            message = str(record.get("message") or record.get("msg") or "")
+            error = record.get("error")
+            return f"{message}: {error}" if error and message else str(error or message or raw)
+    return plain
 
 
 class Replica:
@@ -87,7 +103,7 @@ class Replica:
         self._on_change = on_change
         self._echo = echo
         self._stopping = False
-        self._stderr_tail: deque[str] = deque(maxlen=20)
+        self._stderr_tail: deque[str] = deque(maxlen=50)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -160,8 +176,7 @@ class Replica:
                     break
                 self.restarts += 1
                 self.last_exit_code = code
-                tail = [message_of(line) for line in self._stderr_tail if line.strip()]
-                self.last_error = tail[-1] if tail else f"exited with code {code}"
+                self.last_error = crash_reason(self._stderr_tail) or f"exited with code {code}"
                 self.state = "CrashLoopBackOff"
                 log.write(f"--- berth up: {self.name} exited with code {code}; restart in {backoff:.1f}s\n")
                 self._on_change()
