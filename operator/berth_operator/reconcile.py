@@ -167,35 +167,26 @@ async def read_endpoint_state(kube: KubeClient, settings: Settings, raw: Manifes
 # --------------------------------------------------------------------------- metrics
 
 
-def rollout_target(endpoint: Endpoint) -> str | None:
-    """The config whose fleet is being judged, while a rollout is under way."""
-    status = endpoint.status
-    if status is None or status.rollout is None:
-        return None
-    return status.rollout.target_endpoint_config_name
-
-
 async def fleet_metrics(
     session: aiohttp.ClientSession, settings: Settings, state: EndpointState
 ) -> dict[str, FleetMetrics]:
-    target = rollout_target(state.endpoint)
-    if target is None:
+    """Metrics of the new fleet while a rollout bakes (the only time the planner judges them)."""
+    rollout = state.endpoint.status.rollout if state.endpoint.status else None
+    if rollout is None or rollout.state != "Baking":
         return {}
+    target = rollout.target_endpoint_config_name
     config_label = label_value(target)
+    pods = [
+        pod
+        for pod in state.pods
+        if (pod["metadata"].get("labels") or {}).get(planner_labels.ENDPOINT_CONFIG) == config_label
+    ]
     if settings.rollback.prometheus_url:
+        names = [pod["metadata"]["name"] for pod in pods]
         metrics = await scrape.query_prometheus(
-            session,
-            settings.rollback.prometheus_url,
-            state.endpoint.namespace,
-            planner_labels.endpoint_label(state.endpoint.name),
-            config_label,
+            session, settings.rollback.prometheus_url, state.endpoint.namespace, names
         )
     else:
-        pods = [
-            pod
-            for pod in state.pods
-            if (pod["metadata"].get("labels") or {}).get(planner_labels.ENDPOINT_CONFIG) == config_label
-        ]
         metrics = await scrape.scrape_pods(session, pods)
     return {target: metrics} if metrics is not None else {}
 

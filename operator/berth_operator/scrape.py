@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -134,8 +135,10 @@ async def scrape_pods(session: aiohttp.ClientSession, pods: Iterable[Manifest]) 
     return parse_metrics(scraped) if scraped else None
 
 
-def _promql_selector(namespace: str, endpoint_label: str, config_label: str) -> str:
-    return f'namespace="{namespace}",berth_endpoint="{endpoint_label}",berth_endpoint_config="{config_label}"'
+def _promql_selector(namespace: str, pod_names: Iterable[str]) -> str:
+    # `namespace` and `pod` are the target labels the Prometheus Operator's Pod/ServiceMonitors set.
+    pods = "|".join(re.escape(name) for name in sorted(pod_names))
+    return f'namespace="{namespace}",pod=~"{pods}"'
 
 
 async def _prom_query(session: aiohttp.ClientSession, base: str, query: str) -> list[dict[str, Any]]:
@@ -149,11 +152,13 @@ async def _prom_query(session: aiohttp.ClientSession, base: str, query: str) -> 
 
 
 async def query_prometheus(
-    session: aiohttp.ClientSession, base: str, namespace: str, endpoint_label: str, config_label: str
+    session: aiohttp.ClientSession, base: str, namespace: str, pod_names: Iterable[str]
 ) -> FleetMetrics | None:
-    """The same sums from Prometheus; pods' labels are expected as berth_endpoint/berth_endpoint_config
-    (the relabelling of the chart's PodMonitor)."""
-    selector = _promql_selector(namespace, endpoint_label, config_label)
+    """The same sums from Prometheus, over the fleet's pods (by their `namespace` and `pod` labels)."""
+    names = list(pod_names)
+    if not names:
+        return None
+    selector = _promql_selector(namespace, names)
     try:
         by_code = await _prom_query(session, base, f"sum by (code) ({INVOCATIONS}{{{selector}}})")
         buckets = await _prom_query(session, base, f"sum by (le) ({LATENCY}_bucket{{{selector}}})")

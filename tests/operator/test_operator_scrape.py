@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
 import aiohttp
 import pytest
-from berth_operator.scrape import parse_metrics, pod_metrics_url, scrape_pods
+from berth_operator.scrape import parse_metrics, pod_metrics_url, query_prometheus, scrape_pods
 
 from tests.operator.metrics_server import FleetMetricsServer
 
@@ -79,3 +83,67 @@ def test_scrapes_running_pods_and_skips_unreachable_ones():
     assert result is not None
     assert result.requests == 20 and result.errors_5xx == 5
     assert asyncio.run(scrape([pod(1)])) is None
+
+
+class FakePrometheus:
+    """A loopback HTTP server answering /api/v1/query like Prometheus, recording the queries."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = parse_qs(urlparse(self.path).query)["query"][0]
+                outer.queries.append(query)
+                if "by (code)" in query:
+                    result = [
+                        {"metric": {"code": "200"}, "value": [0, "80"]},
+                        {"metric": {"code": "500"}, "value": [0, "20"]},
+                    ]
+                else:
+                    result = [
+                        {"metric": {"le": "0.05"}, "value": [0, "50"]},
+                        {"metric": {"le": "0.5"}, "value": [0, "100"]},
+                        {"metric": {"le": "+Inf"}, "value": [0, "100"]},
+                    ]
+                body = json.dumps(
+                    {"status": "success", "data": {"resultType": "vector", "result": result}}
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakePrometheus:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.timeout(20)
+def test_prometheus_queries_select_the_fleet_pods():
+    async def query(url: str):
+        async with aiohttp.ClientSession() as session:
+            return await query_prometheus(session, url, "ml", ["ep-cfg2-blue-1", "ep-cfg2-blue-2"])
+
+    with FakePrometheus() as prometheus:
+        metrics = asyncio.run(query(prometheus.url))
+    assert metrics is not None
+    assert metrics.requests == 100 and metrics.error_rate_percent == pytest.approx(20.0)
+    assert metrics.p99_latency_ms == pytest.approx(491.0)  # 50 + 450 * (99 - 50) / 50
+    assert all(
+        'namespace="ml"' in q and 'pod=~"ep\\-cfg2\\-blue\\-1|ep\\-cfg2\\-blue\\-2"' in q
+        for q in prometheus.queries
+    )
