@@ -230,7 +230,7 @@ class BerthKMock(k8s.KubernetesEmulator):
         bus = self._buses[request.resource]
         # Snapshot and subscription under one lock: no event can fall between them.
         async with self._lock:
-            events: list[dict[str, Any]] = []
+            events: list[tuple[int, dict[str, Any]]] = []
             for key, obj in self._objects.items():
                 resource, namespace, name = key
                 if not self._matches(request, resource, namespace, name):
@@ -239,12 +239,14 @@ class BerthKMock(k8s.KubernetesEmulator):
                     raw = obj.raw
                     rv = int(raw.get("metadata", {}).get("resourceVersion") or 0)
                     if rv > since:
-                        events.append({"type": "ADDED" if not since else "MODIFIED", "object": raw})
+                        kind = "ADDED" if self._created_rv(obj) > since else "MODIFIED"
+                        events.append((rv, {"type": kind, "object": raw}))
                 elif since and self._deleted_at.get(key, 0) > since:
-                    events.append({"type": "DELETED", "object": obj.last.raw})
+                    events.append((self._deleted_at[key], {"type": "DELETED", "object": obj.last.raw}))
+            events.sort(key=lambda pair: pair[0])
             marker = await bus.mark()
         try:
-            for event in events:
+            for _, event in events:
                 yield event
             async for event in bus.stream(since=marker):
                 meta = event.get("object", {}).get("metadata", {})
@@ -253,6 +255,17 @@ class BerthKMock(k8s.KubernetesEmulator):
         finally:
             with contextlib.suppress(Exception):
                 await bus.unmark(marker)
+
+    @staticmethod
+    def _created_rv(obj: Any) -> int:
+        """resourceVersion at which the object's current life began (after its last deletion)."""
+        created = 0
+        for version in obj.history:
+            if version is None:
+                created = 0
+            elif not created:
+                created = int(version.get("metadata", {}).get("resourceVersion") or 0)
+        return created
 
     @staticmethod
     def _matches(request: rendering.Request, resource: Any, namespace: str | None, name: str) -> bool:
