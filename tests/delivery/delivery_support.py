@@ -14,7 +14,7 @@ CHART_DIR = REPO / "charts" / "berth"
 RELEASE = "berth"
 NAMESPACE = "berth-system"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas we have.
-KUBE_VERSIONS = ("1.27", kubernetes_validate.utils.latest_version())
+KUBE_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 
 Manifest = dict[str, Any]
 
