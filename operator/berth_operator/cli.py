@@ -20,6 +20,7 @@ COMMANDS = {
     "operator": ("berth_operator.runner:operator_command", "Run the Kubernetes operator."),
     "up": ("berth_operator.local.cli:up_command", "Serve manifests on this machine (local mode)."),
     "invoke": ("berth_operator.invoke:invoke_command", "Send a request to an endpoint."),
+    "transform": ("berth_serving.transform.cli:transform", "Run a model over a dataset (batch transform)."),
 }
 
 

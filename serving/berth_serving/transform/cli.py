@@ -1,0 +1,112 @@
+"""`berth transform`: run a model over a dataset, on this machine or as a TransformJob's pod.
+
+In a pod the operator passes every option as a flag; the shard index comes from the Indexed
+Job's JOB_COMPLETION_INDEX. The exit status is 0 when every object of the shard is done, 1
+otherwise, and the Kubernetes termination message carries the counts (or the reason).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from berth_serving.transform.options import (
+    ACCEPT_TYPES,
+    CONTENT_TYPES,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    TransformOptions,
+)
+
+_LEVELS = click.Choice(["disable", "basic", "extended", "all"], case_sensitive=False)
+
+
+@click.command("transform", context_settings={"show_default": True})
+@click.option(
+    "--model", "model_uri", required=True, help="The ONNX model (path, file://, http(s)://, s3://)."
+)
+@click.option("--input", "input_uri", required=True, help="An input object, or a prefix/directory of them.")
+@click.option("--output", "output_uri", required=True, help="Output prefix: INPUT.out per input object.")
+@click.option("--content-type", type=click.Choice(CONTENT_TYPES), default="text/csv")
+@click.option(
+    "--split-type",
+    type=click.Choice(["Line", "None"]),
+    default="Line",
+    help="None: an object is one payload.",
+)
+@click.option("--compression", type=click.Choice(["None", "Gzip"]), default="None")
+@click.option("--accept", type=click.Choice(ACCEPT_TYPES), default="text/csv", help="Output format.")
+@click.option("--assemble-with", type=click.Choice(["Line", "None"]), default="Line")
+@click.option("--batch-strategy", type=click.Choice(["MultiRecord", "SingleRecord"]), default="MultiRecord")
+@click.option("--max-payload-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_PAYLOAD_BYTES)
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BATCH_SIZE,
+    help="Rows per ONNX Runtime call.",
+)
+@click.option("--max-concurrent-transforms", type=click.IntRange(min=1), default=2, help="Batches in flight.")
+@click.option("--join-source", type=click.Choice(["None", "Input"]), default="None")
+@click.option(
+    "--max-errors",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Malformed records tolerated (listed in INPUT.errors).",
+)
+@click.option("--shard-index", type=click.IntRange(min=0), default=0, envvar="JOB_COMPLETION_INDEX")
+@click.option("--shard-count", type=click.IntRange(min=1), default=1)
+@click.option("--sha256", default=None, help="Expected sha256 of the model file.")
+@click.option("--intra-op-threads", type=click.IntRange(min=0), default=0, help="0 = the container's CPUs.")
+@click.option("--graph-optimization-level", type=_LEVELS, default="all")
+@click.option("--providers", default="", help="Execution providers, comma separated (cuda, cpu).")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress line on stderr [default: when a terminal]."
+)
+def transform(
+    model_uri: str,
+    sha256: str | None,
+    intra_op_threads: int,
+    graph_optimization_level: str,
+    providers: str,
+    progress: bool | None,
+    **fields: Any,
+) -> None:
+    """Run the model over every record of the input and write the predictions to the output."""
+    from berth_serving.fetch import FetchError
+    from berth_serving.logs import setup_logging
+    from berth_serving.termination import write_termination_message
+    from berth_serving.transform.engine import Listener, TransformError, load_model, run_transform
+    from berth_serving.transform.progress import ProgressLine
+
+    options = TransformOptions(**fields)
+    try:
+        options.check()
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    setup_logging("warning")
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        with tempfile.TemporaryDirectory(prefix="berth-transform-") as scratch:
+            model = load_model(
+                model_uri,
+                Path(scratch),
+                sha256=sha256 or None,
+                threads=intra_op_threads,
+                optimization=graph_optimization_level.lower(),
+                providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
+            )
+            summary = run_transform(options, model, ProgressLine() if show else Listener())
+    except (FetchError, TransformError) as error:
+        write_termination_message(str(error))
+        click.echo(f"berth transform: {error}", err=True)
+        sys.exit(1)
+    write_termination_message(summary.as_message())
+    click.echo(
+        f"berth transform: {summary.done} objects done, {summary.skipped} already done, "
+        f"{summary.records} records, {summary.failed} malformed",
+        err=True,
+    )

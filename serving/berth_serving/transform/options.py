@@ -1,0 +1,50 @@
+"""What one `berth transform` run does: the CLI flags, and the pod args the operator writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+CSV = "text/csv"
+JSON_LINES = "application/jsonlines"
+NPY = "application/x-npy"
+CONTENT_TYPES = (CSV, JSON_LINES, NPY)
+ACCEPT_TYPES = (CSV, JSON_LINES)
+OUTPUT_SUFFIX = ".out"  # SageMaker's convention: the predictions of INPUT are in INPUT.out
+ERRORS_SUFFIX = ".errors"  # malformed records of INPUT (with an error budget) are listed in INPUT.errors
+DEFAULT_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+DEFAULT_MAX_BATCH_SIZE = 512
+
+
+@dataclass(frozen=True)
+class TransformOptions:
+    input_uri: str
+    output_uri: str
+    content_type: str = CSV
+    split_type: Literal["Line", "None"] = "Line"
+    compression: Literal["None", "Gzip"] = "None"
+    accept: str = CSV
+    assemble_with: Literal["Line", "None"] = "Line"
+    batch_strategy: Literal["SingleRecord", "MultiRecord"] = "MultiRecord"
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # rows per ONNX Runtime call
+    max_concurrent_transforms: int = 2  # batches in flight: the next is read while the model runs
+    join_source: Literal["None", "Input"] = "None"
+    max_errors: int = 0
+    shard_index: int = 0
+    shard_count: int = 1
+
+    def check(self) -> None:
+        """Refuse combinations the engine cannot honour (the CRD refuses them at admission too)."""
+        if self.content_type not in CONTENT_TYPES:
+            raise ValueError(f"content type must be one of {', '.join(CONTENT_TYPES)}")
+        if self.accept not in ACCEPT_TYPES:
+            raise ValueError(f"accept must be one of {', '.join(ACCEPT_TYPES)}")
+        if self.content_type == NPY and self.split_type != "None":
+            raise ValueError("application/x-npy input needs --split-type None (one array per object)")
+        if self.join_source == "Input" and (self.split_type != "Line" or self.assemble_with != "Line"):
+            raise ValueError("--join-source Input needs --split-type Line and --assemble-with Line")
+        if self.input_uri.rstrip("/") == self.output_uri.rstrip("/"):
+            raise ValueError("the output URI must differ from the input URI")
+        if not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"shard index {self.shard_index} is not in 0..{self.shard_count - 1}")

@@ -1,0 +1,213 @@
+"""Records in: input objects read block by block, and blocks parsed into the model's arrays.
+
+A block is a run of whole lines, at most `max_bytes` (plus the line that crosses it) and at
+most `max_rows` records, so memory stays flat whatever the size of an object. A block parses
+in one vectorised call; only when that fails is it parsed line by line, to name each bad
+record by its line number and keep the good ones.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+import orjson
+
+from berth_serving.signature import Signature, SignatureError
+from berth_serving.transform.options import CSV, JSON_LINES, NPY
+
+
+class InputError(ValueError):
+    """The model cannot be fed from this kind of input at all (not a single bad record)."""
+
+
+@dataclass(frozen=True)
+class Block:
+    first_line: int  # line number of lines[0], counting from 1 (for npy: the first row's index + 1)
+    lines: list[bytes] = field(default_factory=list)
+    array: np.ndarray | None = None  # npy input: the rows of this block
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    line: int
+    message: str
+
+
+@dataclass
+class Parsed:
+    feed: dict[str, np.ndarray]
+    rows: int
+    lines: list[bytes]  # raw text of the records kept, in order (joinSource Input writes them back)
+    bad: list[BadRecord]
+
+
+def open_records(stream: BinaryIO, compression: str) -> BinaryIO:
+    if compression == "Gzip":
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    return stream
+
+
+def read_blocks(
+    stream: BinaryIO, *, content_type: str, split_type: str, max_bytes: int, max_rows: int
+) -> Iterator[Block]:
+    if content_type == NPY:
+        yield from _npy_blocks(stream, max_rows)
+        return
+    line = 1
+    if split_type == "None":  # the whole object is one payload
+        lines = stream.read().splitlines(keepends=True)
+        yield Block(1, lines)
+        return
+    while True:
+        lines = stream.readlines(max_bytes)
+        if not lines:
+            return
+        for start in range(0, len(lines), max_rows):
+            chunk = lines[start : start + max_rows]
+            yield Block(line, chunk)
+            line += len(chunk)
+
+
+def _npy_blocks(stream: BinaryIO, max_rows: int) -> Iterator[Block]:
+    try:
+        array = np.load(io.BytesIO(stream.read()), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise InputError(f"not a valid .npy array: {error}") from None
+    if not isinstance(array, np.ndarray) or array.ndim == 0:
+        raise InputError("a .npy input must hold one array with records along its first axis")
+    for start in range(0, array.shape[0], max_rows):
+        yield Block(start + 1, array=array[start : start + max_rows])
+
+
+class Parser:
+    """Turns blocks into feeds for one model (its signature decides columns and dtypes)."""
+
+    def __init__(self, signature: Signature, content_type: str) -> None:
+        self.signature = signature
+        self.content_type = content_type
+        self.names = signature.input_names
+        if content_type in (CSV, NPY) and len(signature.inputs) != 1:
+            raise InputError(f"{content_type} input feeds single-input models only; {signature.expected()}")
+        spec = signature.inputs[0]
+        self.columns: int | None = None
+        if content_type == CSV:
+            if spec.dtype is None or spec.shape is None or len(spec.shape) != 2:
+                raise InputError(
+                    f"text/csv input needs a model input of shape [N, columns]; {signature.expected()}"
+                )
+            self.columns = spec.shape[1]
+            self.dtype = spec.dtype
+
+    def parse(self, block: Block) -> Parsed:
+        if block.array is not None:
+            return self._npy(block)
+        if self.content_type == CSV:
+            return self._csv(block)
+        if self.content_type == JSON_LINES:
+            return self._json_lines(block)
+        raise InputError(f"unsupported content type {self.content_type}")
+
+    # --- text/csv ---------------------------------------------------------------------
+    def _csv(self, block: Block) -> Parsed:
+        numbered = [(block.first_line + i, raw) for i, raw in enumerate(block.lines) if raw.strip()]
+        if not numbered:
+            return Parsed({}, 0, [], [])
+        try:
+            texts = [raw.decode("utf-8") for _, raw in numbered]
+            array = np.loadtxt(texts, delimiter=",", dtype=self.dtype, ndmin=2, comments=None)
+            if self.columns is None or array.shape[1] == self.columns:
+                return Parsed({self.names[0]: array}, array.shape[0], [raw for _, raw in numbered], [])
+        except (UnicodeDecodeError, ValueError):
+            pass
+        return self._csv_line_by_line(numbered)
+
+    def _csv_line_by_line(self, numbered: list[tuple[int, bytes]]) -> Parsed:
+        rows: list[list[float]] = []
+        kept: list[bytes] = []
+        bad: list[BadRecord] = []
+        width = self.columns
+        for number, raw in numbered:
+            try:
+                cells = raw.decode("utf-8").strip().split(",")
+                values = [float(cell) for cell in cells]
+            except (UnicodeDecodeError, ValueError):
+                bad.append(BadRecord(number, "not a row of numbers separated by commas"))
+                continue
+            if width is None:
+                width = len(values)  # a dynamic column count: the first good row sets it
+            if len(values) != width:
+                bad.append(BadRecord(number, f"expected {width} values, got {len(values)}"))
+                continue
+            rows.append(values)
+            kept.append(raw)
+        if not rows:
+            return Parsed({}, 0, [], bad)
+        return Parsed({self.names[0]: np.asarray(rows, dtype=self.dtype)}, len(rows), kept, bad)
+
+    # --- application/jsonlines --------------------------------------------------------
+    def _record_values(self, document: Any) -> dict[str, Any]:
+        if isinstance(document, dict):
+            if set(document) == set(self.names):
+                return document
+            if len(self.names) == 1 and "instances" not in document:
+                raise SignatureError(f"a JSON object record needs the key {self.names[0]!r}")
+            raise SignatureError(f"a JSON object record needs the keys {', '.join(map(repr, self.names))}")
+        if len(self.names) != 1:
+            raise SignatureError(
+                f"the model has several inputs: send objects {{NAME: value}}; {self.signature.expected()}"
+            )
+        return {self.names[0]: document}
+
+    def _json_lines(self, block: Block) -> Parsed:
+        records: list[tuple[int, bytes, dict[str, Any]]] = []
+        bad: list[BadRecord] = []
+        for index, raw in enumerate(block.lines):
+            if not raw.strip():
+                continue
+            number = block.first_line + index
+            try:
+                records.append((number, raw, self._record_values(orjson.loads(raw))))
+            except orjson.JSONDecodeError as error:
+                bad.append(BadRecord(number, f"not valid JSON: {error}"))
+            except SignatureError as error:
+                bad.append(BadRecord(number, str(error)))
+        if not records:
+            return Parsed({}, 0, [], bad)
+        try:
+            feed, rows = self._prepare(records)
+            return Parsed(feed, rows, [raw for _, raw, _ in records], bad)
+        except SignatureError:
+            pass
+        good = []
+        for record in records:  # find the records that do not fit, keep the others
+            try:
+                self._prepare([record])
+                good.append(record)
+            except SignatureError as error:
+                bad.append(BadRecord(record[0], str(error)))
+        bad.sort(key=lambda item: item.line)
+        if not good:
+            return Parsed({}, 0, [], bad)
+        feed, rows = self._prepare(good)
+        return Parsed(feed, rows, [raw for _, raw, _ in good], bad)
+
+    def _prepare(self, records: list[tuple[int, bytes, dict[str, Any]]]) -> tuple[dict[str, np.ndarray], int]:
+        columns = {name: [values[name] for _, _, values in records] for name in self.names}
+        feed, rows = self.signature.prepare(columns)
+        if rows != len(records):
+            raise SignatureError(f"each record must be one row; {self.signature.expected()}")
+        return feed, rows
+
+    # --- application/x-npy ------------------------------------------------------------
+    def _npy(self, block: Block) -> Parsed:
+        assert block.array is not None
+        try:
+            feed, rows = self.signature.prepare({self.names[0]: block.array})
+        except SignatureError as error:
+            raise InputError(str(error)) from None
+        return Parsed(feed, rows, [], [])

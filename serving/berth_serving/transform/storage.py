@@ -1,0 +1,289 @@
+"""Object storage for batch transform: local paths, file:// and s3:// (boto3, AWS_ENDPOINT_URL).
+
+Reads are streams (never a whole object in memory); writes are atomic: a local file is written
+beside its target and renamed, an S3 object is a multipart upload completed only at the end
+(or one PUT when small). So an output that exists is complete, which is what resume relies on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+PART_BYTES = 8 * 1024 * 1024  # S3 multipart part size (at least 5 MiB, except the last part)
+READ_BUFFER = 1024 * 1024
+TEMP_PREFIX = ".berth-partial-"
+
+
+class StorageError(Exception):
+    """An object could not be listed, read or written; the message names the URI."""
+
+
+@dataclass(frozen=True)
+class Location:
+    scheme: str  # "s3" or "file"
+    bucket: str  # s3 only
+    path: str  # s3: the key; file: the filesystem path
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.path}" if self.scheme == "s3" else self.path
+
+    def child(self, relative: str) -> Location:
+        """The object `relative` under this location taken as a prefix (a directory)."""
+        if self.scheme == "s3":
+            base = self.path if not self.path or self.path.endswith("/") else self.path + "/"
+            return Location("s3", self.bucket, base + relative)
+        return Location("file", "", str(Path(self.path) / relative))
+
+
+def parse_uri(uri: str) -> Location:
+    if uri.startswith("s3://"):
+        parsed = urllib.parse.urlsplit(uri)
+        if not parsed.netloc:
+            raise StorageError(f"s3 URI needs a bucket: {uri}")
+        return Location("s3", parsed.netloc, parsed.path.lstrip("/"))
+    if uri.startswith("file://"):
+        return Location("file", "", uri[len("file://") :])
+    if "://" in uri:
+        raise StorageError(f"unsupported URI scheme in {uri}: use s3://, file:// or a local path")
+    return Location("file", "", uri)
+
+
+def s3_client() -> Any:
+    import boto3
+
+    # boto3 reads AWS_ENDPOINT_URL itself in recent versions; passing it keeps older ones working.
+    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+
+
+def _s3_error(action: str, uri: str, error: Exception) -> StorageError:
+    response = getattr(error, "response", None) or {}
+    code = response.get("Error", {}).get("Code") or type(error).__name__
+    return StorageError(f"cannot {action} {uri}: {code}")
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def list_inputs(input_uri: str, exclude_uri: str | None = None) -> list[tuple[Location, str]]:
+    """The input objects, sorted, each with its name relative to the input (used to name outputs).
+
+    A URI naming one object gives that object; a prefix (or directory) gives every object under
+    it except those under `exclude_uri` (the output, when it lies inside the input)."""
+    where = parse_uri(input_uri)
+    exclude = parse_uri(exclude_uri) if exclude_uri else None
+    found = _list_s3(where) if where.scheme == "s3" else _list_local(where)
+    if exclude is not None and exclude.scheme == where.scheme:
+        prefix = exclude.path.rstrip("/") + "/"
+        found = [(loc, rel) for loc, rel in found if not (loc.path + "/").startswith(prefix)]
+    found = [(loc, rel) for loc, rel in found if not Path(rel).name.startswith(TEMP_PREFIX)]
+    if not found:
+        raise StorageError(f"no input objects at {input_uri}")
+    return sorted(found, key=lambda item: item[1])
+
+
+def _list_local(where: Location) -> list[tuple[Location, str]]:
+    root = Path(where.path)
+    if root.is_file():
+        return [(where, root.name)]
+    if not root.is_dir():
+        raise StorageError(f"input not found: {where.path}")
+    return [
+        (Location("file", "", str(path)), path.relative_to(root).as_posix())
+        for path in root.rglob("*")
+        if path.is_file()
+    ]
+
+
+def _list_s3(where: Location) -> list[tuple[Location, str]]:
+    import botocore.exceptions
+
+    client = s3_client()
+    try:
+        if where.path and not where.path.endswith("/"):
+            try:
+                client.head_object(Bucket=where.bucket, Key=where.path)
+                return [(where, where.path.rsplit("/", 1)[-1])]
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                    raise
+        prefix = where.path if not where.path or where.path.endswith("/") else where.path + "/"
+        found = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=where.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                if not key.endswith("/"):
+                    found.append((Location("s3", where.bucket, key), key[len(prefix) :]))
+        return found
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        raise _s3_error("list", where.uri, error) from error
+
+
+def exists(where: Location) -> bool:
+    if where.scheme == "file":
+        return Path(where.path).is_file()
+    import botocore.exceptions
+
+    try:
+        s3_client().head_object(Bucket=where.bucket, Key=where.path)
+    except botocore.exceptions.ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _s3_error("check", where.uri, error) from error
+    return True
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _ChunkReader(io.RawIOBase):
+    """A raw stream over anything with read(n) (botocore's StreamingBody), for io.BufferedReader."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
+
+
+def open_input(where: Location) -> BinaryIO:
+    """A buffered binary stream of the object (lines can be iterated without reading it whole)."""
+    if where.scheme == "file":
+        try:
+            return open(where.path, "rb", buffering=READ_BUFFER)  # the caller closes it
+        except OSError as error:
+            raise StorageError(f"cannot read {where.path}: {error.strerror}") from error
+    import botocore.exceptions
+
+    try:
+        body = s3_client().get_object(Bucket=where.bucket, Key=where.path)["Body"]
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        raise _s3_error("read", where.uri, error) from error
+    return io.BufferedReader(_ChunkReader(body), buffer_size=READ_BUFFER)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class AtomicWriter(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class LocalWriter:
+    """Writes a hidden file beside the target; `commit` renames it into place."""
+
+    def __init__(self, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._target = target
+        self._partial = target.with_name(f"{TEMP_PREFIX}{os.getpid()}-{target.name}")
+        self._stream = open(self._partial, "wb", buffering=READ_BUFFER)  # noqa: SIM115 - closed in commit/abort
+
+    def write(self, data: bytes) -> None:
+        self._stream.write(data)
+
+    def commit(self) -> None:
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+        self._stream.close()
+        os.replace(self._partial, self._target)
+
+    def abort(self) -> None:
+        self._stream.close()
+        self._partial.unlink(missing_ok=True)
+
+
+class S3Writer:
+    """A multipart upload completed only by `commit`; an object smaller than a part is one PUT."""
+
+    def __init__(self, where: Location) -> None:
+        self._where = where
+        self._client = s3_client()
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= PART_BYTES:
+            self._flush_part()
+
+    def _flush_part(self) -> None:
+        import botocore.exceptions
+
+        where = self._where
+        try:
+            if self._upload_id is None:
+                created = self._client.create_multipart_upload(Bucket=where.bucket, Key=where.path)
+                self._upload_id = created["UploadId"]
+            number = len(self._parts) + 1
+            answer = self._client.upload_part(
+                Bucket=where.bucket,
+                Key=where.path,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=bytes(self._buffer),
+            )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+            raise _s3_error("write", where.uri, error) from error
+        self._parts.append({"ETag": answer["ETag"], "PartNumber": number})
+        self._buffer.clear()
+
+    def commit(self) -> None:
+        import botocore.exceptions
+
+        where = self._where
+        try:
+            if self._upload_id is None:
+                self._client.put_object(Bucket=where.bucket, Key=where.path, Body=bytes(self._buffer))
+                return
+            if self._buffer:
+                self._flush_part()
+            self._client.complete_multipart_upload(
+                Bucket=where.bucket,
+                Key=where.path,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+            raise _s3_error("write", where.uri, error) from error
+
+    def abort(self) -> None:
+        if self._upload_id is not None:
+            with contextlib.suppress(Exception):  # best effort: a lifecycle rule cleans up the rest
+                self._client.abort_multipart_upload(
+                    Bucket=self._where.bucket, Key=self._where.path, UploadId=self._upload_id
+                )
+        self._buffer.clear()
+
+
+def open_output(where: Location) -> AtomicWriter:
+    return S3Writer(where) if where.scheme == "s3" else LocalWriter(Path(where.path))
+
+
+def write_object(where: Location, chunks: Iterator[bytes]) -> None:
+    writer = open_output(where)
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
