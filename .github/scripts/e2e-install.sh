@@ -31,13 +31,19 @@ helm upgrade --install berth charts/berth --namespace berth-system --create-name
   -f examples/kind/values.yaml --wait --timeout 5m
 kubectl -n berth-system rollout status deployment/berth-operator --timeout=3m
 kubectl get crd models.berth.dev endpointconfigs.berth.dev endpoints.berth.dev
-kubectl -n berth-system wait --for=condition=Programmed --timeout=3m gateway/berth
 end
 
 step "Gateway reachable on localhost:8080"
-service=$(kubectl -n envoy-gateway-system get service \
-  -l gateway.envoyproxy.io/owning-gateway-name=berth,gateway.envoyproxy.io/owning-gateway-namespace=berth-system \
-  -o jsonpath='{.items[0].metadata.name}')
+owner=gateway.envoyproxy.io/owning-gateway-name=berth,gateway.envoyproxy.io/owning-gateway-namespace=berth-system
+service=""
+for _ in $(seq 1 90); do  # Envoy Gateway creates the proxy Deployment and Service for the Gateway
+  service=$(kubectl -n envoy-gateway-system get service -l "$owner" -o jsonpath='{.items[0].metadata.name}' 2>/dev/null || true)
+  [[ -n "$service" ]] && break
+  sleep 2
+done
+[[ -n "$service" ]] || { kubectl -n berth-system describe gateway berth; echo "no Envoy service for the Gateway"; exit 1; }
+kubectl -n envoy-gateway-system wait --for=condition=Available deployment -l "$owner" --timeout=3m
+kubectl -n berth-system get gateway berth
 node_port=$(kubectl -n envoy-gateway-system get service "$service" -o jsonpath='{.spec.ports[0].nodePort}')
 echo "Envoy service ${service}, node port ${node_port}"
 if [[ "$node_port" != "30080" ]]; then
