@@ -342,3 +342,15 @@ def test_every_kind_the_operator_touches_is_granted(chart: helm.Chart) -> None:
         needed = {"create"} if kind.kind == "Event" else {"get", "list"}
         missing = {verb for verb in needed if (group, kind.plural, verb) not in granted}
         assert not missing, f"{kind.kind}: no {sorted(missing)} for {group or 'core'}/{kind.plural}"
+
+
+def test_notes_tell_the_next_commands(chart: helm.Chart) -> None:
+    notes = render(chart, {})["berth/templates/NOTES.txt"]
+    deployment = one(objects(render(chart, {})), "Deployment")["metadata"]["name"]
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/{deployment}" in notes
+    assert "kubectl wait --for=condition=Ready bep/" in notes
+    assert "berth invoke" in notes and "http://localhost" in notes
+    namespaced = render(chart, {"watchNamespaces": ["team-a"], "gateway": {"create": True}})[
+        "berth/templates/NOTES.txt"
+    ]
+    assert "watches the namespaces team-a" in namespaced and "created by this chart" in namespaced
