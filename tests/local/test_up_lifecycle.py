@@ -137,9 +137,31 @@ def test_live_config_update_under_load_has_zero_failures(model_dir: Path, tmp_pa
         )
         up.wait(lambda: "EndpointConfig spec is immutable" in up.log(), 15, "the refused edit in the log")
         assert up.invoke("live", BODY).headers["x-berth-variant"] == "green"
+        write_yaml(manifests / "configs.yaml", configs)  # back to what the cluster would accept
 
+        # variantOverrides scale in place: no new fleet, one more replica of green.
+        overridden = endpoint("live", "live-v2")
+        overridden["spec"]["variantOverrides"] = [{"variantName": "green", "desiredInstanceCount": 2}]
+        write_yaml(endpoint_file, [overridden])
+
+        def scaled() -> bool:
+            ep = up.endpoint("live")
+            ready = [r for r in ep["replicas"] if r["ready"]]
+            return len(ready) == 2 and {r["deployment"] for r in ready} == {ep["replicas"][0]["deployment"]}
+
+        up.wait(scaled, 30, "two ready replicas of green")
         children = up.children()
         assert children, "berth up has no child processes"
+
+        # An Endpoint removed from the manifests goes, and its replicas with it.
+        live_pids = {r["pid"] for r in up.endpoint("live")["replicas"]}
+        assert len(live_pids) == 2 and live_pids <= children
+        write_yaml(endpoint_file, [endpoint("other", "live-v2")])
+        up.wait(lambda: [e["name"] for e in up.status()["endpoints"]] == ["other"], 15, "live removed")
+        up.wait(lambda: not any(alive(pid) for pid in live_pids), 15, "live's replicas stopped")
+        up.wait_in_service("other")
+        children = up.children()
+        assert up.invoke("live", BODY).status_code == 404
     finally:
         code = up.stop()
     assert code == 0, up.log()
@@ -173,6 +195,34 @@ def test_quickstart_serves_two_models_and_sigterm_leaves_no_children(tmp_path: P
     time.sleep(0.2)
     assert [pid for pid in pids if alive(pid)] == []
     assert "stopped" in up.log()
+
+
+@pytest.mark.timeout(60)
+def test_killed_berth_up_leaves_no_orphans(model_dir: Path, tmp_path: Path) -> None:
+    """Even SIGKILL, which no handler sees: the kernel kills the replicas (PR_SET_PDEATHSIG)."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_yaml(
+        manifests / "all.yaml",
+        [
+            model("logreg", f"file://{model_dir / 'logreg.onnx'}"),
+            config("c", [variant("only", "logreg")]),
+            endpoint("e", "c"),
+        ],
+    )
+    up = BerthUp(manifests, tmp_path)
+    try:
+        up.wait_in_service("e")
+        pids = up.children()
+        assert pids
+        up.process.kill()
+        up.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in pids if alive(pid)] == []
+    finally:
+        up.stop()
 
 
 @pytest.mark.timeout(60)
