@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 from ..api import EndpointStatus, VariantStatus
 from . import labels
-from .conditions import condition
 from .fleet import Fleet, VariantPlan, resolve_fleet
 from .names import label_value
 from .observe import Readiness, deployment_readiness, find, matches
 from .podfailures import PodFailure, pod_failures
 from .rollout import Decision, FleetState, RolloutInput, decide
 from .routing import Backend, Routing, plan_routing
+from .status import Facts, conditions_of, phase_of, problems_of, status_events
 from .types import Event, Manifest, ObjectRef, Plan, PlanInput
 from .workload import variant_objects
 
@@ -246,140 +246,39 @@ class _Planner:
     def status(
         self, decision: Decision, live: list[_Live], routing: Routing, deferred: bool
     ) -> tuple[EndpointStatus, list[Event]]:
-        inp, previous = self.inp, self.previous
-        now, generation = inp.observed.now, self.endpoint.metadata.generation
-        route_ok = self.route_in_place(routing)
+        inp, previous, endpoint = self.inp, self.previous, self.endpoint
         serving = live[0].fleet
-        serving_ready = serving.complete and all(self.readiness(v).is_ready for v in serving.variants)
-        ready = serving_ready and route_ok
-        # Answering requests: the route in place now, or the one before this plan changed it.
-        answering = serving_ready and (route_ok or self.route_was_in_place)
-        rolling_back = decision.last_rollback is not None and (
-            previous.rollout is not None or previous.phase == "RollingBack"
+        route_ok = self.route_in_place(routing)
+        failures = tuple(self.failures([item.fleet for item in live]))
+        facts = Facts(
+            serving=serving,
+            serving_ready=serving.complete and all(self.readiness(v).is_ready for v in serving.variants),
+            route_ok=route_ok,
+            route_was_in_place=self.route_was_in_place,
+            routing_error=routing.error,
+            deferred=deferred,
+            failures=failures,
+            problems=problems_of(decision, [item.fleet for item in live], failures, routing.error),
         )
-
-        problems: list[str] = []
-        if decision.last_rollback is not None:
-            rollback = decision.last_rollback
-            problems.append(
-                f"rolled back: {rollback.reason} (EndpointConfig {rollback.endpoint_config_name})"
-            )
-        for item in live:
-            problems += item.fleet.errors + item.fleet.warnings
-        failures = self.failures([item.fleet for item in live])
-        problems += [f.message for f in failures]
-        if routing.error:
-            problems.append(routing.error)
-
-        if decision.rollout is not None:
-            phase = "Updating"
-        elif ready and not (rolling_back and deferred):
-            phase = "InService"
-        elif rolling_back:
-            phase = "RollingBack"  # traffic is moving back; the new fleet goes once it has no traffic
-        elif previous.phase in (None, "Creating", "Failed"):
-            phase = "Failed" if serving.invalid else "Creating"
-        else:
-            phase = "Updating"  # it served before: scaling, or replicas lost
-
-        conditions = [
-            condition(
-                previous.conditions,
-                "Ready",
-                answering,
-                *self._ready_reason(serving, serving_ready, route_ok or self.route_was_in_place, routing),
-                now,
-                generation,
-            ),
-            condition(
-                previous.conditions,
-                "Progressing",
-                phase in ("Creating", "Updating", "RollingBack"),
-                *self._progress(phase, decision),
-                now,
-                generation,
-            ),
-            condition(
-                previous.conditions,
-                "Degraded",
-                bool(problems),
-                *self._degraded_reason(decision, failures, problems),
-                now,
-                generation,
-            ),
-        ]
+        phase = phase_of(previous, decision, facts)
+        public = inp.settings.routing.public_url.rstrip("/")
         pending = live[1] if len(live) > 1 else None
         status = EndpointStatus(
-            observed_generation=generation,
-            phase=phase,  # type: ignore[arg-type]
-            url=f"{inp.settings.routing.public_url.rstrip('/')}/endpoints/{self.endpoint.namespace}/{self.endpoint.name}/invocations",
+            observed_generation=endpoint.metadata.generation,
+            phase=phase,
+            url=f"{public}/endpoints/{endpoint.namespace}/{endpoint.name}/invocations",
             endpoint_config_name=decision.serving,
             pending_endpoint_config_name=decision.target,
             production_variants=self._variant_statuses(live[0], route_ok),
             pending_production_variants=self._variant_statuses(pending, route_ok) if pending else [],
             rollout=decision.rollout,
-            failure_reason="; ".join(problems) or None,
+            failure_reason="; ".join(facts.problems) or None,
             last_rollback=decision.last_rollback,
-            conditions=conditions,
+            conditions=conditions_of(
+                previous, decision, facts, phase, inp.observed.now, endpoint.metadata.generation
+            ),
         )
-        events: list[Event] = []
-        if phase == "InService" and previous.phase != "InService":
-            events.append(Event("Normal", "InService", f"serving EndpointConfig {decision.serving}"))
-        if status.failure_reason and status.failure_reason != previous.failure_reason:
-            events.append(Event("Warning", "Degraded", status.failure_reason))
-        return status, events
-
-    @staticmethod
-    def _ready_reason(
-        serving: Fleet, serving_ready: bool, route_ok: bool, routing: Routing
-    ) -> tuple[str, str]:
-        if serving.missing:
-            return "EndpointConfigNotFound", f"EndpointConfig {serving.config} not found"
-        if serving.errors:
-            reason = "InvalidVariant" if serving.invalid else "ModelNotFound"
-            return reason, "; ".join(serving.errors)
-        if not serving_ready:
-            return "VariantsNotReady", f"waiting for the replicas of EndpointConfig {serving.config}"
-        if routing.error:
-            return "RouteError", routing.error
-        if not route_ok:
-            return "RouteNotReady", "waiting for the route to carry the weights"
-        return "Serving", f"every variant of EndpointConfig {serving.config} is ready"
-
-    @staticmethod
-    def _progress(phase: str, decision: Decision) -> tuple[str, str]:
-        rollout = decision.rollout
-        if rollout is not None:
-            message = (
-                f"rolling out EndpointConfig {rollout.target_endpoint_config_name}: {rollout.state}, "
-                f"step {rollout.step}, {rollout.traffic_shifted_percent}% of traffic shifted"
-            )
-            if decision.waiting:
-                message += f"; {decision.waiting}"
-            return "RollingOut", message
-        if phase == "RollingBack":
-            return "RollingBack", f"moving all traffic back to EndpointConfig {decision.serving}"
-        if phase == "Creating":
-            return "Creating", f"creating EndpointConfig {decision.serving}"
-        if phase == "Updating":
-            return "Scaling", f"waiting for the replicas of EndpointConfig {decision.serving}"
-        if phase == "Failed":
-            return "Failed", "the endpoint cannot be created as specified"
-        return "Complete", f"EndpointConfig {decision.serving} serves"
-
-    @staticmethod
-    def _degraded_reason(
-        decision: Decision, failures: list[PodFailure], problems: list[str]
-    ) -> tuple[str, str]:
-        if not problems:
-            return "AsExpected", ""
-        if decision.last_rollback is not None:
-            reason = "RolledBack"
-        elif failures:
-            reason = "PodFailures"
-        else:
-            reason = "ConfigurationError"
-        return reason, "; ".join(problems)
+        return status, status_events(previous, status)
 
 
 def plan_endpoint(inp: PlanInput) -> Plan:
