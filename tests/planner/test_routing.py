@@ -136,3 +136,14 @@ def test_switching_modes_deletes_the_old_route() -> None:
     plan = c.step()
     assert [(r.kind, r.name) for r in plan.delete] == [("HTTPRoute", "fraud")]
     assert c.names("Ingress") == ["fraud"]
+
+
+def test_ingress_path_regex_escapes_dots() -> None:
+    cfg = config("cfg1", variant("blue", "m1"))
+    settings = Settings(routing=Routing(mode="ingress"))
+    c = Cluster(endpoint("cfg1", name="fraud.v1"), {"cfg1": cfg}, {"m1": model("m1")}, settings)
+    plan = c.step()
+    ingress = next(o for o in plan.objects if o["kind"] == "Ingress")
+    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == r"/endpoints/prod/fraud\.v1(/|$)(.*)"
+    assert ingress["metadata"]["name"].startswith("fraud-v1-")
+    assert_admitted(plan.objects)

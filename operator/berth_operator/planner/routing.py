@@ -187,7 +187,7 @@ def _ingress_routing(
     by_service = {b.service: b for b in backends if not b.shadow}
     ranked = sorted(weights, key=lambda s: -weights[s])  # stable: the heavier backend is the main one
     main, canary = ranked[0], ranked[1:]
-    prefix = path_prefix(endpoint).rstrip("/")
+    prefix = path_prefix(endpoint).rstrip("/").replace(".", r"\.")  # ingress-nginx reads a regex
     common = {
         INGRESS_ANNOTATION + "rewrite-target": "/$2",
         INGRESS_ANNOTATION + "use-regex": "true",
