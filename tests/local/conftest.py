@@ -22,7 +22,27 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_logreg(directory / "logreg.onnx", n_features=N_FEATURES, zipmap=False)
     build_slow(directory / "slow.onnx", n_features=N_FEATURES, iterations=SLOW_ITERATIONS)
     (directory / "garbage.onnx").write_bytes(b"this is not an onnx model")
+    build_failing(directory / "failing.onnx")
     return directory
+
+
+def build_failing(path: Path) -> Path:
+    """Loads fine, fails at run time: reshapes 4 values per row into rows of 3 (a 500 answer)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "failing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", N_FEATURES])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.array([3, -1], dtype=np.int64), "shape")],
+    )
+    model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model_proto.ir_version = 8
+    onnx.save(model_proto, str(path))
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -170,6 +170,57 @@ def test_live_config_update_under_load_has_zero_failures(model_dir: Path, tmp_pa
 
 
 @pytest.mark.timeout(120)
+def test_canary_with_5xx_is_rolled_back_from_the_fleets_own_metrics(model_dir: Path, tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_yaml(
+        manifests / "base.yaml",
+        [
+            model("logreg", f"file://{model_dir / 'logreg.onnx'}"),
+            model("failing", f"file://{model_dir / 'failing.onnx'}"),
+            config("c1", [variant("blue", "logreg")]),
+            config("c2", [variant("green", "failing")]),
+        ],
+    )
+    canary = {
+        "blueGreen": {
+            "trafficRouting": {
+                "type": "Canary",
+                "canarySize": {"type": "Percent", "value": 50},
+                "waitIntervalSeconds": 3,
+            },
+            "terminationWaitSeconds": 0,
+        },
+        "autoRollback": {"maxErrorRatePercent": 5},
+    }
+    endpoint_file = write_yaml(manifests / "endpoint.yaml", [endpoint("canary", "c1", canary)])
+    up = BerthUp(manifests, tmp_path)
+    try:
+        up.wait_in_service("canary")
+        with Load(f"{up.base}/endpoints/default/canary/invocations") as load:
+            write_yaml(endpoint_file, [endpoint("canary", "c2", canary)])
+
+            def rolled_back() -> bool:
+                status = up.endpoint("canary")["status"]
+                degraded = [c for c in status.get("conditions", []) if c["type"] == "Degraded"]
+                return bool(
+                    status.get("endpointConfigName") == "c1"
+                    and not status.get("pendingEndpointConfigName")
+                    and degraded
+                    and degraded[0]["status"] == "True"
+                    and {r["config"] for r in up.endpoint("canary")["replicas"]} == {"c1"}
+                )
+
+            up.wait(rolled_back, 60, "the rollback of c2")
+        # The canary's own 500s are what triggered the rollback; blue answered the rest.
+        assert load.failures and all(f.startswith("500") for f in load.failures), load.failures[:3]
+        assert "5xx" in up.endpoint("canary")["status"]["failureReason"], up.endpoint("canary")["status"]
+        assert all(up.invoke("canary", BODY).status_code == 200 for _ in range(20))
+    finally:
+        assert up.stop() == 0, up.log()
+
+
+@pytest.mark.timeout(120)
 def test_quickstart_serves_two_models_and_sigterm_leaves_no_children(tmp_path: Path) -> None:
     project = tmp_path / "quickstart"
     shutil.copytree(QUICKSTART, project, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
