@@ -499,3 +499,30 @@ def test_rollouts_in_other_routing_modes(mode: str) -> None:
     run(cluster, 20)
     assert status(cluster).endpoint_config_name == "cfg2"
     assert cluster.names("Deployment") == [NEW]
+
+
+def test_header_rules_follow_the_fleets_with_traffic() -> None:
+    routing = {"type": "Canary", "waitIntervalSeconds": 60, "canarySize": {"value": 10}}
+    configs_new = variant("blue", "m2")
+    cluster = rollout_cluster(routing, new_variant=configs_new)
+    cluster.configs["cfg2"] = config("cfg2", configs_new, variant("green", "m2"))
+    cluster.not_ready.add(NEW)
+    cluster.edit(endpointConfigName="cfg2")
+    cluster.step()
+
+    def header_rules() -> dict[str, list[tuple[str, int]]]:
+        route = cluster.route()
+        assert route is not None
+        return {
+            rule["matches"][0]["headers"][0]["value"]: [(r["name"], r["weight"]) for r in rule["backendRefs"]]
+            for rule in route["spec"]["rules"][:-1]
+        }
+
+    assert header_rules() == {"blue": [(OLD, 100)]}  # nothing of cfg2 until it takes traffic
+    cluster.not_ready.clear()
+    cluster.make_ready()
+    cluster.step()
+    assert header_rules() == {
+        "blue": [(OLD, 90), (NEW, 10)],
+        "green": [("fraud-cfg2-green", 10)],
+    }

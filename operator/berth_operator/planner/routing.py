@@ -86,20 +86,16 @@ def _backend_ref(service: str, weight: int) -> dict[str, Any]:
 
 
 def _header_rules(backends: Sequence[Backend]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Per production variant name: the fleets that have it, weighted by fleet share."""
-    names: list[str] = []
-    for b in backends:
-        if not b.shadow and b.variant not in names:
-            names.append(b.variant)
-    rules = []
-    for name in sorted(names):
-        same = [b for b in backends if not b.shadow and b.variant == name]
-        live = [b for b in same if b.fleet_share > 0]
-        refs = [_backend_ref(b.service, b.fleet_share) for b in live] or [
-            _backend_ref(b.service, 1) for b in same
-        ]
-        rules.append((name, refs))
-    return rules
+    """Per live variant name: the fleets with traffic that have it, weighted by their share.
+
+    A variant of a fleet that takes no traffic yet (a rollout still provisioning) gets no
+    rule: it may not be ready, and the old fleet's variant of that name keeps answering.
+    """
+    live = [b for b in backends if not b.shadow and b.fleet_share > 0]
+    names = sorted({b.variant for b in live})
+    return [
+        (name, [_backend_ref(b.service, b.fleet_share) for b in live if b.variant == name]) for name in names
+    ]
 
 
 def _mirrors(backends: Sequence[Backend]) -> list[Backend]:
