@@ -10,7 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+import celpy
 import pytest
+import yaml
 from berth_operator.api import Condition, EndpointConfigStatus, EndpointStatus, ModelStatus
 from lupa import lua51
 
@@ -73,26 +75,28 @@ def endpoint(
     return resource("Endpoint", status)
 
 
-@pytest.mark.parametrize(
-    ("obj", "expected"),
-    [
-        (endpoint("InService", True, False, False), "Healthy"),
-        (endpoint("Creating", False, True, False), "Progressing"),
-        (endpoint("Updating", True, True, False, pending_endpoint_config_name="fraud-v2"), "Progressing"),
-        (endpoint("RollingBack", True, False, False), "Progressing"),
-        (endpoint("Deleting", True, False, False), "Progressing"),
-        (endpoint("InService", True, False, True, failure_reason="rolled back"), "Degraded"),
-        (
-            endpoint("Failed", False, False, True, failure_reason="model fraud-v2: download failed"),
-            "Degraded",
-        ),
-        (endpoint("Failed", False, False, False), "Degraded"),
-        # The operator has not seen the latest spec yet: whatever the old status says.
-        (endpoint("InService", True, False, False, observed=2), "Progressing"),
-        (endpoint("Failed", False, False, True, observed=2), "Progressing"),
-        (resource("Endpoint", None), "Progressing"),
-    ],
-)
+ENDPOINT_SAMPLES = [
+    (endpoint("InService", True, False, False), "Healthy"),
+    (endpoint("Creating", False, True, False), "Progressing"),
+    (endpoint("Updating", True, True, False, pending_endpoint_config_name="fraud-v2"), "Progressing"),
+    (endpoint("RollingBack", True, False, False), "Progressing"),
+    (endpoint("Deleting", True, False, False), "Progressing"),
+    (endpoint("InService", True, False, True, failure_reason="rolled back"), "Degraded"),
+    # Mid-rollout trouble (e.g. the new fleet crash-loops) shows even while traffic still moves.
+    (endpoint("Updating", True, True, True, failure_reason="pod crash loop"), "Degraded"),
+    (
+        endpoint("Failed", False, False, True, failure_reason="model fraud-v2: download failed"),
+        "Degraded",
+    ),
+    (endpoint("Failed", False, False, False), "Degraded"),
+    # The operator has not seen the latest spec yet: whatever the old status says.
+    (endpoint("InService", True, False, False, observed=2), "Progressing"),
+    (endpoint("Failed", False, False, True, observed=2), "Progressing"),
+    (resource("Endpoint", None), "Progressing"),
+]
+
+
+@pytest.mark.parametrize(("obj", "expected"), ENDPOINT_SAMPLES)
 def test_endpoint_health(obj: dict[str, Any], expected: str) -> None:
     assert health("Endpoint", obj)[0] == expected
 
@@ -114,66 +118,60 @@ def test_stale_conditions_do_not_count() -> None:
     assert health("Endpoint", obj)[0] == "Progressing"
 
 
-@pytest.mark.parametrize(
-    ("status", "expected"),
-    [
-        (ModelStatus(observed_generation=3, conditions=[cond("Ready", True, "Accepted")]), "Healthy"),
-        (
-            ModelStatus(observed_generation=3, conditions=[cond("Ready", False, "InvalidSpec", "bad uri")]),
-            "Degraded",
-        ),
-        (ModelStatus(observed_generation=2, conditions=[cond("Ready", True, "Accepted")]), "Progressing"),
-        (ModelStatus(observed_generation=3), "Progressing"),
-        (None, "Progressing"),
-    ],
-)
+MODEL_SAMPLES = [
+    (ModelStatus(observed_generation=3, conditions=[cond("Ready", True, "Accepted")]), "Healthy"),
+    (
+        ModelStatus(observed_generation=3, conditions=[cond("Ready", False, "InvalidSpec", "bad uri")]),
+        "Degraded",
+    ),
+    (ModelStatus(observed_generation=2, conditions=[cond("Ready", True, "Accepted")]), "Progressing"),
+    (ModelStatus(observed_generation=3), "Progressing"),
+    (None, "Progressing"),
+]
+
+
+@pytest.mark.parametrize(("status", "expected"), MODEL_SAMPLES)
 def test_model_health(status: ModelStatus | None, expected: str) -> None:
     assert health("Model", resource("Model", status))[0] == expected
 
 
-@pytest.mark.parametrize(
-    ("status", "expected"),
-    [
-        (
-            EndpointConfigStatus(
-                observed_generation=1, conditions=[cond("Ready", True, "ModelsFound", generation=1)]
-            ),
-            "Healthy",
+CONFIG_SAMPLES = [
+    (
+        EndpointConfigStatus(
+            observed_generation=1, conditions=[cond("Ready", True, "ModelsFound", generation=1)]
         ),
-        (
-            EndpointConfigStatus(
-                observed_generation=1,
-                conditions=[cond("Ready", False, "ModelNotFound", "Model not found: a", 1)],
-            ),
-            "Progressing",
+        "Healthy",
+    ),
+    (
+        EndpointConfigStatus(
+            observed_generation=1,
+            conditions=[cond("Ready", False, "ModelNotFound", "Model not found: a", 1)],
         ),
-        (
-            EndpointConfigStatus(
-                observed_generation=1, conditions=[cond("Ready", False, "InvalidSpec", "x", 1)]
-            ),
-            "Degraded",
-        ),
-        (None, "Progressing"),
-    ],
-)
+        "Progressing",
+    ),
+    (
+        EndpointConfigStatus(observed_generation=1, conditions=[cond("Ready", False, "InvalidSpec", "x", 1)]),
+        "Degraded",
+    ),
+    (None, "Progressing"),
+]
+
+
+@pytest.mark.parametrize(("status", "expected"), CONFIG_SAMPLES)
 def test_endpoint_config_health(status: EndpointConfigStatus | None, expected: str) -> None:
     assert health("EndpointConfig", resource("EndpointConfig", status, generation=1))[0] == expected
 
 
-def test_gitops_doc_carries_the_tested_scripts() -> None:
-    """docs/gitops.md shows each script verbatim under its argocd-cm key."""
-    doc = GITOPS_DOC.read_text()
-    for script in sorted(HEALTH_DIR.glob("berth.dev_*.lua")):
-        key = f"resource.customizations.health.{script.stem}: |"
-        assert key in doc, key
-        block = doc[doc.index(key) + len(key) :]
-        lines = []
-        for line in block.splitlines()[1:]:
-            if line and not line.startswith("    "):
-                break
-            lines.append(line[4:])
-        assert "\n".join(lines).strip() == script.read_text().strip(), script.name
-    assert re.search(r"kind: HelmRelease", doc) and re.search(r"kind: Kustomization", doc)
+def test_gitops_doc_has_flux_health_checks() -> None:
+    kinds = {
+        doc["kind"]: doc for block in yaml_blocks(GITOPS_DOC) for doc in yaml.safe_load_all(block) if doc
+    }
+    assert kinds["HelmRelease"]["spec"]["upgrade"]["crds"] == "CreateReplace"
+    checks = kinds["Kustomization"]["spec"]["healthCheckExprs"]
+    assert {(c["apiVersion"], c["kind"]) for c in checks} == {
+        ("berth.dev/v1alpha1", kind) for kind in ("Model", "EndpointConfig", "Endpoint")
+    }
+    assert all("current" in c and "failed" in c for c in checks)
 
 
 def test_scripts_exist_for_every_kind() -> None:
@@ -183,3 +181,70 @@ def test_scripts_exist_for_every_kind() -> None:
         "berth.dev_Model.lua",
     ]
     assert Path(HEALTH_DIR).is_dir()
+
+
+def yaml_blocks(path: Path) -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", path.read_text(), flags=re.DOTALL)
+
+
+def test_doc_yaml_blocks_parse() -> None:
+    for doc in sorted((REPO / "docs").glob("*.md")):
+        for block in yaml_blocks(doc):
+            assert list(yaml.safe_load_all(block)), f"{doc.name}: empty YAML block"
+
+
+def test_argocd_cm_block_carries_the_scripts() -> None:
+    """The argocd-cm snippet, parsed as YAML, holds each script exactly."""
+    configmaps = [
+        doc
+        for block in yaml_blocks(GITOPS_DOC)
+        for doc in yaml.safe_load_all(block)
+        if doc and doc.get("kind") == "ConfigMap" and doc["metadata"]["name"] == "argocd-cm"
+    ]
+    assert len(configmaps) == 1
+    data = configmaps[0]["data"]
+    for script in sorted(HEALTH_DIR.glob("berth.dev_*.lua")):
+        assert data[f"resource.customizations.health.{script.stem}"] == script.read_text()
+
+
+# ---------------------------------------------------------------- Flux: the same answers in CEL
+
+FLUX_STATUS = {"Healthy": "Current", "Progressing": "InProgress", "Degraded": "Failed"}
+
+
+def flux_checks() -> dict[str, dict[str, str]]:
+    for block in yaml_blocks(GITOPS_DOC):
+        for doc in yaml.safe_load_all(block):
+            if doc and doc.get("kind") == "Kustomization":
+                return {check["kind"]: check for check in doc["spec"]["healthCheckExprs"]}
+    raise AssertionError("no Flux Kustomization in docs/gitops.md")
+
+
+def flux_health(checks: dict[str, dict[str, str]], obj: dict[str, Any]) -> str:
+    """kustomize-controller's order: a stale observedGeneration, then inProgress, failed, current."""
+    status = obj.get("status") or {}
+    if "observedGeneration" in status and status["observedGeneration"] != obj["metadata"].get("generation"):
+        return "InProgress"
+    env = celpy.Environment()
+    activation = {key: celpy.json_to_cel(value) for key, value in obj.items()}
+    for field, result in (("inProgress", "InProgress"), ("failed", "Failed"), ("current", "Current")):
+        expression = checks[obj["kind"]].get(field)
+        if expression and env.program(env.compile(expression)).evaluate(activation):
+            return result
+    return "InProgress"
+
+
+def all_samples() -> list[tuple[dict[str, Any], str]]:
+    samples = list(ENDPOINT_SAMPLES)
+    samples += [(resource("Model", status), expected) for status, expected in MODEL_SAMPLES]
+    samples += [
+        (resource("EndpointConfig", status, generation=1), expected) for status, expected in CONFIG_SAMPLES
+    ]
+    return samples
+
+
+def test_flux_and_argocd_agree() -> None:
+    checks = flux_checks()
+    for obj, expected in all_samples():
+        assert health(obj["kind"], obj)[0] == expected
+        assert flux_health(checks, obj) == FLUX_STATUS[expected], (obj["kind"], obj.get("status"))
