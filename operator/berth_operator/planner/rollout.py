@@ -72,8 +72,15 @@ class _Run:
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         self.events.append(Event("Warning" if warning else "Normal", reason, message))
 
-    def done(self, serving: str, last: RollbackRecord | None, **kwargs: object) -> Decision:
-        return Decision(serving, last_rollback=last, events=tuple(self.events), **kwargs)  # type: ignore[arg-type]
+    def done(
+        self,
+        serving: str,
+        last: RollbackRecord | None,
+        rollout: RolloutStatus | None = None,
+        requeue_after: float | None = None,
+        waiting: str | None = None,
+    ) -> Decision:
+        return Decision(serving, rollout, last, tuple(self.events), requeue_after, waiting)
 
 
 def _seconds_since(text: str | None, now: datetime) -> float:
