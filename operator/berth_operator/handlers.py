@@ -101,7 +101,7 @@ async def reconcile_endpoint(ctx: OperatorContext, namespace: str, name: str) ->
     raw.setdefault("kind", "Endpoint")
     ctx.references.endpoint_by_label[(namespace, planner_labels.endpoint_label(name))] = name
     try:
-        state = await reconcile.read_endpoint_state(kube, ctx.settings, raw)
+        state = await reconcile.read_endpoint_state(kube, raw)
     except ValidationError as exc:
         # Admission normally refuses this; without the CRD's validation say why in the status.
         message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -104,8 +104,11 @@ class KubeClient:
         self._info = info
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._closed:  # a straggling reconcile after shutdown must not open a new session
+            raise aiohttp.ClientConnectionError("the Kubernetes client is closed")
         if self._session is None or self._session.closed:
             info = self._info
             self._session = aiohttp.ClientSession(
@@ -118,6 +121,7 @@ class KubeClient:
         return self._session
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None and not self._session.closed:
             await self._session.close()
 

@@ -42,16 +42,8 @@ HTTPROUTES = RESOURCES[("gateway.networking.k8s.io/v1", "HTTPRoute")]
 Key = tuple[str, str]  # (namespace, name)
 
 
-def child_kinds(settings: Settings) -> list[ResourceKind]:
-    """Kinds an Endpoint's children can have under the routing mode."""
-    kinds = [DEPLOYMENTS, SERVICES, HPAS, PDBS]
-    if settings.routing.mode == "gateway":
-        kinds.append(HTTPROUTES)
-    elif settings.routing.mode == "ingress":
-        kinds.append(INGRESSES)
-    return kinds
-
-
+# Both route kinds whatever settings.routing.mode says: after a change of mode the planner
+# must see the old kind's objects to delete them. A kind the cluster lacks lists as empty.
 ALL_CHILD_KINDS = [DEPLOYMENTS, SERVICES, HPAS, PDBS, HTTPROUTES, INGRESSES]
 
 
@@ -148,11 +140,11 @@ class EndpointState:
     referenced_models: set[str]
 
 
-async def read_endpoint_state(kube: KubeClient, settings: Settings, raw: Manifest) -> EndpointState:
+async def read_endpoint_state(kube: KubeClient, raw: Manifest) -> EndpointState:
     endpoint = Endpoint.model_validate(raw)
     namespace, name = endpoint.namespace, endpoint.name
     selector = {planner_labels.ENDPOINT: planner_labels.endpoint_label(name)}
-    lists = [_list_optional(kube, kind, namespace, selector) for kind in child_kinds(settings)]
+    lists = [_list_optional(kube, kind, namespace, selector) for kind in ALL_CHILD_KINDS]
     lists.append(_list_optional(kube, PODS, namespace, selector))
     configs_raw_task = _get_many(kube, CONFIGS, namespace, config_names_of(endpoint))
     configs_raw, listed = await asyncio.gather(configs_raw_task, asyncio.gather(*lists))

@@ -208,3 +208,16 @@ def test_child_deleted_by_hand_comes_back(cluster, start_operator):
     cluster.delete("Service", NS, name)
     recreated = wait_for(lambda: cluster.get("Service", NS, name), message="Service re-created")
     assert recreated["metadata"]["uid"] != service["metadata"]["uid"]
+
+
+def test_routing_mode_change_replaces_the_route_kind(cluster, start_operator):
+    gateway = start_operator()
+    cluster.create(model("m1"))
+    cluster.create(config("cfg1", variant("blue", "m1")))
+    cluster.create(endpoint("ep", "cfg1"))
+    wait_for(lambda: children(cluster, "HTTPRoute", "ep"), message="HTTPRoute")
+    gateway.stop()
+
+    start_operator(Settings.model_validate({"routing": {"mode": "ingress"}}))
+    wait_for(lambda: children(cluster, "Ingress", "ep"), message="Ingress")
+    wait_for(lambda: not children(cluster, "HTTPRoute", "ep"), message="HTTPRoute removed")
