@@ -384,3 +384,25 @@ def test_children_in_other_namespaces_are_not_ours() -> None:
         PlanInput(cluster.endpoint, cluster.configs, cluster.models, cluster.settings, observed)
     )
     assert plan.delete == []
+
+
+def test_deployment_that_cannot_make_pods_is_reported() -> None:
+    cluster = simple()
+    cluster.auto_ready = False
+    cluster.step()
+    cluster.objects[("Deployment", "fraud-cfg1-blue")]["status"] = {
+        "conditions": [
+            {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "reason": "FailedCreate",
+                "message": 'pods "fraud-cfg1-blue-x" is forbidden: exceeded quota: compute',
+            }
+        ]
+    }
+    plan = cluster.step()
+    assert (
+        plan.status.failure_reason
+        == 'variant blue: pods "fraud-cfg1-blue-x" is forbidden: exceeded quota: compute'
+    )
+    assert conditions(cluster)["Degraded"] == ("True", "PodFailures")

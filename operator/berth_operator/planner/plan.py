@@ -10,7 +10,7 @@ from . import labels
 from .fleet import Fleet, VariantPlan, resolve_fleet
 from .names import label_value
 from .observe import Readiness, deployment_readiness, find, matches
-from .podfailures import PodFailure, pod_failures
+from .podfailures import PodFailure, deployment_failures, pod_failures
 from .rollout import Decision, FleetState, RolloutInput, decide
 from .routing import Backend, Routing, plan_routing
 from .status import Facts, conditions_of, phase_of, problems_of, status_events
@@ -74,7 +74,14 @@ class _Planner:
             for fleet in fleets
             for v in fleet.variants
         }
-        return pod_failures(self.inp.observed.pods, self.endpoint_label, models)
+        deployments = [
+            (label_value(v.config), label_value(v.name), observed)
+            for fleet in fleets
+            for v in fleet.variants
+            if (observed := find(self.children, "Deployment", v.object_name)) is not None
+        ]
+        found = pod_failures(self.inp.observed.pods, self.endpoint_label, models)
+        return sorted(set(found + deployment_failures(deployments)))
 
     def fleet_state(self, config: str, retained: Mapping[str, int]) -> FleetState:
         fleet = self.fleet(config, retained)

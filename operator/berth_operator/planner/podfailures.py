@@ -1,4 +1,5 @@
-"""Pod problems worth telling a person: image pulls, crash loops, model downloads, scheduling."""
+"""Problems worth telling a person: image pulls, crash loops, model downloads, scheduling,
+and Deployments that cannot make pods at all (quota, admission)."""
 
 from __future__ import annotations
 
@@ -105,3 +106,21 @@ def pod_failures(
                     PodFailure(*key, f"variant {variant}: unschedulable: {message}".rstrip(": "), False)
                 )
     return sorted(found)
+
+
+def deployment_failures(deployments: Iterable[tuple[str, str, Manifest]]) -> list[PodFailure]:
+    """(config label, variant label, observed Deployment) -> failures its conditions report.
+
+    ReplicaFailure (a quota or an admission webhook refusing pods) leaves no pod to look at;
+    ProgressDeadlineExceeded says the rollout of the pods themselves stalled. Both may heal.
+    """
+    found: list[PodFailure] = []
+    for config, variant, deployment in deployments:
+        for cond in (deployment.get("status") or {}).get("conditions") or []:
+            failing = (cond.get("type") == "ReplicaFailure" and cond.get("status") == "True") or (
+                cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded"
+            )
+            if failing:
+                message = str(cond.get("message") or cond.get("reason") or "").strip()
+                found.append(PodFailure(config, variant, f"variant {variant}: {message}", False))
+    return sorted(set(found))
