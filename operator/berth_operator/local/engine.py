@@ -148,20 +148,24 @@ class Engine:
     # ------------------------------------------------------------------ inputs
 
     def load(self, resources: Resources) -> None:
-        """New manifests: keep each Endpoint's status; bump generation on a spec change."""
+        """New manifests: keep each Endpoint's status; bump generation on a spec change.
+
+        States are updated in place, so a reconcile in flight stores its status where the
+        next one reads it."""
         states: dict[Key, EndpointState] = {}
         for key, endpoint in resources.endpoints.items():
-            previous = self.endpoints.get(key)
+            state = self.endpoints.get(key)
             generation = 1
-            if previous is not None:
-                generation = previous.endpoint.metadata.generation or 1
-                if previous.endpoint.spec != endpoint.spec:
+            if state is not None:
+                generation = state.endpoint.metadata.generation or 1
+                if state.endpoint.spec != endpoint.spec:
                     generation += 1
             meta = endpoint.metadata.model_copy(update={"generation": generation})
-            states[key] = EndpointState(
-                endpoint=endpoint.model_copy(update={"metadata": meta}),
-                status=previous.status if previous else None,
-            )
+            versioned = endpoint.model_copy(update={"metadata": meta})
+            if state is None:
+                state = EndpointState(endpoint=versioned)
+            state.endpoint = versioned
+            states[key] = state
         self.resources = resources
         self.endpoints = states
         self.wake.set()
