@@ -194,6 +194,9 @@ class LocalWriter:
         target.parent.mkdir(parents=True, exist_ok=True)
         self._target = target
         self._partial = target.with_name(f"{TEMP_PREFIX}{os.getpid()}-{target.name}")
+        # A run killed before its commit left its partial file; only this target's writer owns them.
+        for stale in target.parent.glob(f"{TEMP_PREFIX}*-{target.name}"):
+            stale.unlink(missing_ok=True)
         self._stream = open(self._partial, "wb", buffering=READ_BUFFER)  # noqa: SIM115 - closed in commit/abort
 
     def write(self, data: bytes) -> None:

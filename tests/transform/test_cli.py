@@ -1,0 +1,110 @@
+"""`berth transform` as a process: exit codes, messages, termination message, progress, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.transform.conftest import S3_ENV
+from tests.transform.support import BERTH, berth_env, csv_bytes, raw_outputs, rows, run_berth, write_csv
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_runs_and_reports_counts(transform_models: SimpleNamespace, tmp_path: Path) -> None:
+    for i in range(2):
+        write_csv(tmp_path / "in" / f"p{i}.csv", rows(40, 4, seed=i))
+    log = tmp_path / "termination-log"
+    args = ["transform", "--model", str(transform_models.logreg), "--input", str(tmp_path / "in")]
+    result = run_berth(
+        [*args, "--output", str(tmp_path / "out"), "--progress"], berth_env(BERTH_TERMINATION_LOG=str(log))
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\r[####################] 2/2 objects  80 records" in result.stderr  # the progress line
+    assert "2 objects done, 0 already done, 80 records, 0 malformed" in result.stderr
+    assert json.loads(log.read_text()) == {"objects": 2, "done": 2, "skipped": 0, "records": 80, "failed": 0}
+    again = run_berth([*args, "--output", str(tmp_path / "out")], berth_env(BERTH_TERMINATION_LOG=str(log)))
+    assert again.returncode == 0 and "\r" not in again.stderr  # not a terminal: no progress line
+    assert json.loads(log.read_text())["skipped"] == 2
+
+
+def test_malformed_record_exits_1_with_file_and_line(
+    transform_models: SimpleNamespace, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.csv").write_bytes(csv_bytes(rows(3, 4)) + b"1,2,three,4\n")
+    log = tmp_path / "termination-log"
+    args = ["transform", "--model", str(transform_models.logreg), "--input", str(tmp_path / "in" / "x.csv")]
+    result = run_berth([*args, "--output", str(tmp_path / "out")], berth_env(BERTH_TERMINATION_LOG=str(log)))
+    assert result.returncode == 1
+    expected = f"malformed record at {tmp_path}/in/x.csv:4: not a row of numbers separated by commas"
+    assert f"berth transform: {expected}" in result.stderr
+    assert log.read_text() == expected
+    assert not (tmp_path / "out" / "x.csv.out").exists()
+
+
+def test_bad_options_are_usage_errors(transform_models: SimpleNamespace, tmp_path: Path) -> None:
+    base = ["transform", "--model", str(transform_models.logreg), "--input", "in/", "--output", "out/"]
+    result = run_berth([*base, "--content-type", "application/x-npy"])
+    assert result.returncode == 2 and "needs --split-type None" in result.stderr
+    result = run_berth([*base, "--join-source", "Input", "--assemble-with", "None"])
+    assert result.returncode == 2 and "--join-source Input needs" in result.stderr
+
+
+def test_killed_run_resumes_without_duplicates(transform_models: SimpleNamespace, tmp_path: Path) -> None:
+    count, per_object = 30, 4000
+    for i in range(count):
+        write_csv(tmp_path / "in" / f"p{i:02d}.csv", rows(per_object, 8, seed=i))
+    out = tmp_path / "out"
+    command = [*BERTH, "transform", "--model", str(transform_models.mlp), "--input", str(tmp_path / "in")]
+    command += ["--output", str(out), "--max-batch-size", "8", "--max-concurrent-transforms", "1"]
+
+    def finished() -> list[str]:  # pathlib's * also matches the hidden partial objects
+        return sorted(p.name for p in out.glob("*.out") if not p.name.startswith("."))
+
+    process = subprocess.Popen(command, env=berth_env(), stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not finished():
+            time.sleep(0.02)
+        time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finished_before = finished()
+    assert 0 < len(finished_before) < count, "the run was not interrupted mid-way"
+    assert list(out.glob(".berth-partial-*")), "the killed run should have left a partial object behind"
+    result = run_berth(command[1:], timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"{count - len(finished_before)} objects done, {len(finished_before)} already done" in result.stderr
+    )
+    assert sorted(p.name for p in out.iterdir()) == [f"p{i:02d}.csv.out" for i in range(count)]  # no partials
+    for i in (0, count - 1):
+        [expected] = raw_outputs(transform_models.mlp, rows(per_object, 8, seed=i))
+        written = (out / f"p{i:02d}.csv.out").read_text().splitlines()
+        assert len(written) == per_object
+        assert [float(v) for v in written[-1].split(",")] == pytest.approx(
+            expected[-1].tolist(), rel=1e-5, abs=1e-6
+        )
+
+
+def test_pod_mode_s3_shard_from_job_completion_index(
+    transform_models: SimpleNamespace, s3: SimpleNamespace, tmp_path: Path
+) -> None:
+    s3.client.upload_file(str(transform_models.logreg), s3.bucket, "model/logreg.onnx")
+    for i in range(4):
+        s3.client.put_object(Bucket=s3.bucket, Key=f"in/p{i}.csv", Body=csv_bytes(rows(10, 4, seed=i)))
+    env = berth_env(**S3_ENV, AWS_ENDPOINT_URL=s3.endpoint, JOB_COMPLETION_INDEX="1")
+    bucket = f"s3://{s3.bucket}"
+    args = ["transform", "--model", f"{bucket}/model/logreg.onnx", "--input", f"{bucket}/in/"]
+    result = run_berth([*args, "--output", f"{bucket}/out/", "--shard-count", "2"], env)
+    assert result.returncode == 0, result.stderr
+    listing = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix="out/")
+    assert sorted(item["Key"] for item in listing["Contents"]) == ["out/p1.csv.out", "out/p3.csv.out"]
