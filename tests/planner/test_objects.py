@@ -323,7 +323,7 @@ def test_pvc_model_is_mounted_read_only() -> None:
     ]
     fetch = init(deployment)
     assert {"name": "pvc", "mountPath": "/mnt/pvc/models", "readOnly": True} in fetch["volumeMounts"]
-    assert fetch["args"][1] == "file:///mnt/pvc/models/fraud/v2.onnx"
+    assert fetch["args"][1] == "pvc://models/fraud/v2.onnx"  # fetch-model reads it under /mnt/pvc
     assert_admitted([deployment])
 
 

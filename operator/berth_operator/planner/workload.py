@@ -66,12 +66,11 @@ def _merged_resources(variant: VariantPlan) -> dict[str, Any]:
     return result
 
 
-def _pvc_source(uri: str) -> tuple[str, str] | None:
-    """(claim, path inside it) of a pvc://CLAIM/PATH URI."""
+def _pvc_claim(uri: str) -> str | None:
+    """CLAIM of a pvc://CLAIM/PATH URI."""
     if not uri.startswith("pvc://"):
         return None
-    claim, _, path = uri[len("pvc://") :].partition("/")
-    return claim, path
+    return uri[len("pvc://") :].partition("/")[0]
 
 
 def _container_security() -> dict[str, Any]:
@@ -115,11 +114,10 @@ def _init_container(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
         {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT_PATH},
         {"name": TMP_VOLUME, "mountPath": "/tmp"},
     ]
-    pvc = _pvc_source(uri)
-    if pvc is not None:
-        claim, path = pvc
+    claim = _pvc_claim(uri)
+    if claim is not None:
+        # fetch-model reads pvc://CLAIM/PATH at /mnt/pvc/CLAIM/PATH
         mounts.append({"name": "pvc", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
-        uri = f"file://{PVC_MOUNT_ROOT}/{claim}/{path}"
     args = ["fetch-model", uri, MODEL_MOUNT_PATH]
     if spec.sha256:
         args += ["--sha256", spec.sha256]
@@ -131,6 +129,8 @@ def _init_container(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
         "command": ["berth"],
         "args": args,
         "resources": copy.deepcopy(INIT_RESOURCES),
+        # berth writes its error to /dev/termination-log; the log tail stands in if it could not.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": _container_security(),
         "volumeMounts": mounts,
     }
@@ -167,6 +167,7 @@ def _server_container(variant: VariantPlan, settings: Settings) -> dict[str, Any
                 "failureThreshold": 3,
             },
             "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
+            "terminationMessagePolicy": "FallbackToLogsOnError",
             "resources": _merged_resources(variant),
             "securityContext": _container_security(),
             "volumeMounts": [
@@ -184,9 +185,9 @@ def _pod_spec(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
         {"name": MODEL_VOLUME, "emptyDir": {}},
         {"name": TMP_VOLUME, "emptyDir": {}},
     ]
-    pvc = _pvc_source(model.model_uri)
-    if pvc is not None:
-        volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": pvc[0], "readOnly": True}})
+    claim = _pvc_claim(model.model_uri)
+    if claim is not None:
+        volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
     spec: dict[str, Any] = {}
     if model.service_account_name:
         spec["serviceAccountName"] = model.service_account_name
