@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 GROUP, VERSION = "berth.dev", "v1alpha1"
 FINALIZER = "berth.dev/finalizer"
 ERROR_BACKOFF_MAX = 30.0
+WAKE_COALESCE = 0.05
 MIN_REQUEUE = 0.1  # a plan due "now" is looked at again soon, not in a hot loop
 WATCHED_CHILDREN = [
     ("apps", "v1", "deployments"),
@@ -196,6 +197,9 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
                 ctx.resync_seconds if requeue is None else min(max(requeue, MIN_REQUEUE), ctx.resync_seconds)
             )
             await _wait_woken(waker, stopped, timeout)
+            if waker.is_set() and not stopped:
+                # Our own writes come back as a burst of events: one reconcile answers them all.
+                await asyncio.sleep(WAKE_COALESCE)
 
     @kopf.on.delete(GROUP, VERSION, "endpoints", registry=registry)
     async def endpoint_deleted(*, namespace: str | None, name: str, status: Any, **_: Any) -> None:

@@ -5,7 +5,9 @@ resourceVersion/uid/generation on create, resourceVersion bumps on every write a
 bumps on spec changes, a resourceVersion on lists, 422 for a failed JSON-patch `test`, the URL's
 namespace copied into created objects, watches that take their snapshot and subscribe to the
 event bus under one lock while honouring `?resourceVersion=`, and a static `/api/v1/namespaces`
-(KMock cannot parse that path; kopf lists it when it watches named namespaces).
+(KMock cannot parse that path; kopf lists it when it watches named namespaces). Equality label
+selectors are honoured on lists and watches as a real API server does (KMock ignores them, which
+made every list return the whole namespace); the operator still filters client-side.
 
 `KMockCluster` runs the emulator in its own thread and event loop; `OperatorThread` runs the
 Berth operator (kopf) in another thread with its own loop, because `kopf.operator()` cancels
@@ -42,6 +44,26 @@ BERTH_RESOURCES = {
     "berth.dev/v1alpha1/endpoints": ("Endpoint", "endpoint", ["bep"]),
 }
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
+
+
+def selector_matches(obj: Manifest, selector: str) -> bool:
+    """Equality-based label selectors (k=v, k==v, k!=v, k, !k), as the API server applies them."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
 
 
 def _now() -> str:
@@ -221,12 +243,16 @@ class BerthKMock(k8s.KubernetesEmulator):
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         payload: Any = await super()._serve_list(request)
         payload["metadata"]["resourceVersion"] = str(self._rv)
+        selector = request.params.get("labelSelector")
+        if selector:
+            payload["items"] = [item for item in payload["items"] if selector_matches(item, selector)]
         return payload  # type: ignore[no-any-return]
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
         yield b""
         assert request.resource is not None
         since = int(request.params.get("resourceVersion") or 0)
+        selector = request.params.get("labelSelector")
         bus = self._buses[request.resource]
         # Snapshot and subscription under one lock: no event can fall between them.
         async with self._lock:
@@ -234,6 +260,8 @@ class BerthKMock(k8s.KubernetesEmulator):
             for key, obj in self._objects.items():
                 resource, namespace, name = key
                 if not self._matches(request, resource, namespace, name):
+                    continue
+                if selector and not selector_matches(obj.last.raw, selector):
                     continue
                 if not obj.deleted:
                     raw = obj.raw
@@ -250,7 +278,9 @@ class BerthKMock(k8s.KubernetesEmulator):
                 yield event
             async for event in bus.stream(since=marker):
                 meta = event.get("object", {}).get("metadata", {})
-                if self._matches(request, request.resource, meta.get("namespace"), meta.get("name")):
+                if self._matches(request, request.resource, meta.get("namespace"), meta.get("name")) and (
+                    not selector or selector_matches(event.get("object", {}), selector)
+                ):
                     yield event
         finally:
             with contextlib.suppress(Exception):
