@@ -25,8 +25,9 @@ BODY = {"instances": [ROW]}
 class Load:
     """Constant load from a few threads; every non-200 answer or transport error is kept."""
 
-    def __init__(self, url: str, threads: int = 2) -> None:
+    def __init__(self, url: str, threads: int = 2, pause: float = 0.003) -> None:
         self.url = url
+        self.pause = pause
         self.variants: Counter[str] = Counter()
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -59,6 +60,7 @@ class Load:
                         self.variants[outcome] += 1
                     else:
                         self.failures.append(str(error))
+                time.sleep(self.pause)  # steady load, without starving the 2-core machine
 
     @property
     def total(self) -> int:
