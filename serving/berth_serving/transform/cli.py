@@ -1,8 +1,10 @@
 """`berth transform`: run a model over a dataset, on this machine or as a TransformJob's pod.
 
 In a pod the operator passes every option as a flag; the shard index comes from the Indexed
-Job's JOB_COMPLETION_INDEX. The exit status is 0 when every object of the shard is done, 1
-otherwise, and the Kubernetes termination message carries the counts (or the reason).
+Job's JOB_COMPLETION_INDEX. The exit status is 0 when every object of the shard is done, 1 when
+the data or the model is at fault (a retry cannot help), 2 for bad options and 3 when object
+storage failed (a retry may help); the Kubernetes termination message carries the counts (or
+the reason).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from berth_serving.transform.options import (
     TransformOptions,
 )
 
+EXIT_DATA = 1  # malformed input, a model that does not fit the data: retrying cannot help
+EXIT_STORAGE = 3  # listing, reading or writing objects failed: a retry may help
 _LEVELS = click.Choice(["disable", "basic", "extended", "all"], case_sensitive=False)
 
 
@@ -79,7 +83,13 @@ def transform(
     from berth_serving.fetch import FetchError
     from berth_serving.logs import setup_logging
     from berth_serving.termination import write_termination_message
-    from berth_serving.transform.engine import Listener, TransformError, load_model, run_transform
+    from berth_serving.transform.engine import (
+        Listener,
+        StorageFailure,
+        TransformError,
+        load_model,
+        run_transform,
+    )
     from berth_serving.transform.progress import ProgressLine
 
     options = TransformOptions(**fields)
@@ -103,7 +113,7 @@ def transform(
     except (FetchError, TransformError) as error:
         write_termination_message(str(error))
         click.echo(f"berth transform: {error}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_STORAGE if isinstance(error, StorageFailure) else EXIT_DATA)
     write_termination_message(summary.as_message())
     click.echo(
         f"berth transform: {summary.done} objects done, {summary.skipped} already done, "

@@ -32,6 +32,10 @@ class TransformError(Exception):
     """The transform cannot go on; the message names the object (and line) and says why."""
 
 
+class StorageFailure(TransformError):
+    """Object storage failed (listing, reading, writing): unlike bad data, a retry may succeed."""
+
+
 @dataclass
 class Summary:
     objects: int = 0  # input objects of this shard
@@ -149,7 +153,7 @@ class _Run:
         try:
             objects = storage.list_inputs(options.input_uri, exclude_uri=options.output_uri)
         except storage.StorageError as error:
-            raise TransformError(str(error)) from None
+            raise StorageFailure(str(error)) from None
         mine = shard(objects, options.shard_index, options.shard_count)
         self.summary.objects = len(mine)
         self.listener.started(len(mine))
@@ -175,7 +179,7 @@ class _Run:
                 self.summary.done += 1
                 self.listener.object_finished(relative, skipped=False)
         except storage.StorageError as error:
-            raise TransformError(str(error)) from None
+            raise StorageFailure(str(error)) from None
         finally:
             batcher.stop()
         self.summary.failed = self.budget.spent
