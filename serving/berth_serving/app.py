@@ -107,7 +107,7 @@ class ServingApp:
         batcher.start()
         self.model = LoadedModel(name, path, session, signature, output_names, batcher)
         seconds = time.perf_counter() - started
-        metrics.model_load_seconds.set(seconds)
+        metrics.model_load_seconds = seconds
         log.info(
             "model loaded",
             extra={

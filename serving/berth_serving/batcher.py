@@ -4,9 +4,10 @@ call on a dedicated worker thread, then split back.
 The event loop only enqueues jobs and resolves futures; the worker does the concatenation,
 the ORT call and the slicing, with the GIL released inside ORT. Nothing waits when nothing
 else is queued: at concurrency 1 a request runs at once. Under load, requests pile up while
-the worker is busy and the next call takes them all (up to `max_batch_size` rows); when the
-queue shows concurrency, the worker may wait up to `max_delay` (counted from the oldest
-job's arrival) for the batch to fill.
+the worker is busy and the next call takes them all (up to `max_batch_size` rows). When the
+queue shows concurrency, the worker keeps collecting while requests keep arriving (each
+within ARRIVAL_GAP of the last), but never past `max_delay` from the oldest job's arrival:
+waiting for batch-mates that cannot come (every client is already waiting) only adds latency.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ log = logging.getLogger("berth.serving.batcher")
 
 # feed -> outputs (one per model output, each with the batch as first axis)
 RunFn = Callable[[dict[str, np.ndarray]], list[Any]]
+# Longest pause between arrivals the worker waits through while filling a batch.
+ARRIVAL_GAP_SECONDS = 0.0002
 # (rows in the ORT call, seconds inside ORT): metrics hook, called on the worker thread
 BatchHook = Callable[[int, float], None]
 
@@ -117,7 +120,7 @@ class Batcher:
                 if len(batch) < 2 or remaining <= 0:
                     break
                 try:
-                    job = self._queue.get(timeout=remaining)
+                    job = self._queue.get(timeout=min(remaining, ARRIVAL_GAP_SECONDS))
                 except queue.Empty:
                     break
             if job is None:

@@ -1,24 +1,21 @@
 """Prometheus metrics of one serving process. The names are a contract: the operator's
 auto-rollback and the HPA (through prometheus-adapter) read them.
 
-Label children are bound once, so the hot path is a dict lookup and an observe.
+The hot path must stay cheap, so the numbers live in plain Python objects, each written by
+a single thread (request metrics by the event loop, batch sizes by the ORT worker), and a
+collector turns them into Prometheus families only when `/metrics` is scraped. An
+observation is a bisect and two additions, with no lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
-
-# `*_created` series double the exposition and nothing here reads them.
-disable_created_metrics()
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Sub-millisecond to a minute: a no-op model answers in ~0.1 ms, the default timeout is 60 s.
@@ -45,66 +42,93 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+class Histogram:
+    """A lock-free histogram for ONE writer thread."""
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.bounds = tuple(float(b) for b in buckets)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        counts = list(self.counts)  # a snapshot: the writer may be adding meanwhile
+        buckets, total = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+            total += count
+            buckets.append((floatToGoString(bound), float(total)))
+        return buckets
+
+
 class Metrics:
     def __init__(self, variant: str, model: str) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        labels = ("variant", "model")
-        self._invocations = Counter(
-            "berth_invocations",
-            "Inference requests answered, by HTTP status code.",
-            (*labels, "code"),
-            registry=self.registry,
-        )
-        self.model_latency = Histogram(
-            "berth_model_latency_seconds",
-            "Time inside ONNX Runtime per request (the whole batch call it was part of).",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        ).labels(variant, model)
-        self.overhead_latency = Histogram(
-            "berth_overhead_latency_seconds",
-            "Request time minus model time: parsing, queueing, encoding.",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        ).labels(variant, model)
-        self.batch_size = Histogram(
-            "berth_batch_size",
-            "Rows per ONNX Runtime call.",
-            labels,
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
-        ).labels(variant, model)
-        self._inflight = Gauge(
-            "berth_inflight_requests",
-            "Inference requests being handled now.",
-            labels,
-            registry=self.registry,
-        ).labels(variant, model)
-        self.model_load_seconds = Gauge(
-            "berth_model_load_seconds",
-            "Seconds it took to fetch and load the model.",
-            ("model",),
-            registry=self.registry,
-        ).labels(model)
-        self._labels = (variant, model)
-        self._by_code = {
-            code: self._invocations.labels(variant, model, str(code)) for code in (200, 400, 503)
-        }
+        self.labels = [variant, model]
+        self.model = model
+        self.invocations: dict[int, int] = {}
+        self.model_latency = Histogram(LATENCY_BUCKETS)
+        self.overhead_latency = Histogram(LATENCY_BUCKETS)
+        self.batch_size = Histogram(BATCH_BUCKETS)
+        self.model_load_seconds: float | None = None
+        self._inflight: Callable[[], float] = lambda: 0.0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Exporter(self))
 
     def track_inflight(self, read: Callable[[], float]) -> None:
         """The gauge reads the live count at scrape time: nothing to update per request."""
-        self._inflight.set_function(read)
+        self._inflight = read
 
     def count(self, code: int) -> None:
-        child = self._by_code.get(code)
-        if child is None:
-            child = self._by_code[code] = self._invocations.labels(*self._labels, str(code))
-        child.inc()
+        self.invocations[code] = self.invocations.get(code, 0) + 1
 
     def observe_batch(self, rows: int, seconds: float) -> None:
         self.batch_size.observe(rows)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def families(self) -> Iterator[Metric]:
+        labels = ["variant", "model"]
+        invocations = CounterMetricFamily(
+            "berth_invocations", "Inference requests answered, by HTTP status code.", labels=[*labels, "code"]
+        )
+        for code, count in sorted(dict(self.invocations).items()):
+            invocations.add_metric([*self.labels, str(code)], count)
+        yield invocations
+        for name, text, histogram in (
+            (
+                "berth_model_latency_seconds",
+                "Time inside ONNX Runtime per request (the whole batch call it was part of).",
+                self.model_latency,
+            ),
+            (
+                "berth_overhead_latency_seconds",
+                "Request time minus model time: parsing, queueing, encoding.",
+                self.overhead_latency,
+            ),
+            ("berth_batch_size", "Rows per ONNX Runtime call.", self.batch_size),
+        ):
+            family = HistogramMetricFamily(name, text, labels=labels)
+            family.add_metric(self.labels, histogram.cumulative(), sum_value=histogram.sum)
+            yield family
+        inflight = GaugeMetricFamily(
+            "berth_inflight_requests", "Inference requests being handled now.", labels=labels
+        )
+        inflight.add_metric(self.labels, self._inflight())
+        yield inflight
+        load = GaugeMetricFamily(
+            "berth_model_load_seconds", "Seconds it took to fetch and load the model.", labels=["model"]
+        )
+        if self.model_load_seconds is not None:
+            load.add_metric([self.model], self.model_load_seconds)
+        yield load
+
+
+class _Exporter(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.families()

@@ -78,6 +78,7 @@ class Service:
                 port=config.port,
                 loop="uvloop",
                 http="httptools",
+                proxy_headers=False,
                 lifespan="off",
                 access_log=config.access_log,
                 log_config=None,
