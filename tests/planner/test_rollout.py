@@ -526,3 +526,27 @@ def test_header_rules_follow_the_fleets_with_traffic() -> None:
         "blue": [(OLD, 90), (NEW, 10)],
         "green": [("fraud-cfg2-green", 10)],
     }
+
+
+def test_a_lost_status_write_does_not_move_traffic_back() -> None:
+    routing = {
+        "type": "Linear",
+        "waitIntervalSeconds": 10,
+        "linearStepSize": {"type": "Percent", "value": 25},
+    }
+    cluster = rollout_cluster(routing)
+    cluster.edit(endpointConfigName="cfg2")
+    run(cluster, 12)
+    assert cluster.weights() == {OLD: 500, NEW: 500}
+    stale = cluster.endpoint  # the status says 50%
+    cluster.advance(10)
+    cluster.step()
+    assert cluster.weights() == {OLD: 250, NEW: 750}
+    # The route was patched, but the status patch failed: the operator reads the old status.
+    cluster.endpoint = stale
+    plan = cluster.step()
+    assert cluster.weights() == {OLD: 250, NEW: 750}
+    assert [e.reason for e in plan.events] == ["RolloutResumed"]
+    assert plan.status.rollout is not None and plan.status.rollout.traffic_shifted_percent == 75
+    history = run(cluster, 40)
+    assert weight_sequence(history) == [{OLD: 250, NEW: 750}, {NEW: 1000}]

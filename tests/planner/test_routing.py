@@ -147,3 +147,17 @@ def test_ingress_path_regex_escapes_dots() -> None:
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == r"/endpoints/prod/fraud\.v1(/|$)(.*)"
     assert ingress["metadata"]["name"].startswith("fraud-v1-")
     assert_admitted(plan.objects)
+
+
+def test_observed_split_reads_routes_and_ingresses() -> None:
+    from berth_operator.planner.observe import observed_split
+
+    gateway = cluster(variant("blue", "m1", initialVariantWeight=3), variant("green", "m1"))
+    gateway.step()
+    assert observed_split(list(gateway.objects.values())) == {"fraud-cfg1-blue": 750, "fraud-cfg1-green": 250}
+    ingress = cluster(variant("blue", "m1", initialVariantWeight=3), variant("green", "m1"), mode="ingress")
+    ingress.step()
+    assert observed_split(list(ingress.objects.values())) == {"fraud-cfg1-blue": 750, "fraud-cfg1-green": 250}
+    single = cluster(variant("blue", "m1"), mode="ingress")
+    single.step()
+    assert observed_split(list(single.objects.values())) == {"fraud-cfg1-blue": 1000}

@@ -78,3 +78,31 @@ def deployment_readiness(children: Iterable[Manifest], variant: VariantPlan) -> 
     current_generation = generation is None or seen is None or _int(seen) >= _int(generation)
     is_ready = current_generation and ready >= desired and updated >= desired
     return Readiness(_int(status.get("replicas", ready)), ready, desired, is_ready)
+
+
+def observed_split(children: Iterable[Manifest]) -> dict[str, int]:
+    """Service -> weight the observed route gives it by default (no header): HTTPRoute or Ingresses."""
+    split: dict[str, int] = {}
+    ingress_main: str | None = None
+    canary_weight = 0
+    for child in children:
+        if child.get("kind") == "HTTPRoute":
+            for rule in child.get("spec", {}).get("rules", []):
+                if any(match.get("headers") for match in rule.get("matches", [])):
+                    continue
+                for ref in rule.get("backendRefs", []):
+                    split[ref.get("name", "")] = _int(ref.get("weight", 1))
+        elif child.get("kind") == "Ingress":
+            annotations = child.get("metadata", {}).get("annotations", {})
+            for rule in child.get("spec", {}).get("rules", []):
+                for path in (rule.get("http") or {}).get("paths", []):
+                    service = ((path.get("backend") or {}).get("service") or {}).get("name", "")
+                    if annotations.get("nginx.ingress.kubernetes.io/canary") == "true":
+                        weight = annotations.get("nginx.ingress.kubernetes.io/canary-weight", "0")
+                        canary_weight = int(weight) if str(weight).isdigit() else 0
+                        split[service] = canary_weight
+                    else:
+                        ingress_main = service
+    if ingress_main is not None:
+        split[ingress_main] = max(0, 1000 - canary_weight) if len(split) else 1000
+    return split

@@ -9,7 +9,7 @@ from ..api import EndpointStatus, VariantStatus
 from . import labels
 from .fleet import Fleet, VariantPlan, resolve_fleet
 from .names import label_value
-from .observe import Readiness, deployment_readiness, find, matches
+from .observe import Readiness, deployment_readiness, find, matches, observed_split
 from .podfailures import PodFailure, deployment_failures, pod_failures
 from .rollout import Decision, FleetState, RolloutInput, decide
 from .routing import Backend, Routing, plan_routing
@@ -89,6 +89,15 @@ class _Planner:
         fatal = tuple(f.message for f in self.failures([fleet]) if f.fatal)
         return FleetState(ready, fatal)
 
+    def observed_share(self, config: str) -> int:
+        """Percent of the traffic the observed route sends to config's fleet (rounded down)."""
+        split = observed_split(self.children)
+        total = sum(split.values())
+        if total <= 0:
+            return 0
+        services = {v.object_name for v in self.fleet(config).production}
+        return 100 * sum(w for s, w in split.items() if s in services) // total
+
     def observed_replicas(self, config: str) -> dict[str, int]:
         counts: dict[str, int] = {}
         for variant in self.fleet(config).variants:
@@ -156,6 +165,7 @@ class _Planner:
                 observed_replicas=self.observed_replicas,
                 metrics=inp.observed.metrics,
                 route_in_place=self.route_was_in_place,
+                observed_share=self.observed_share,
             )
         )
         retained = decision.rollout.retained_instance_counts if decision.rollout else {}

@@ -42,6 +42,8 @@ class RolloutInput:
     observed_replicas: Callable[[str], dict[str, int]]
     metrics: Mapping[str, FleetMetrics]
     route_in_place: bool  # the observed route carries the traffic split of the status as it is
+    # config name -> percent of traffic the observed route gives that config's fleet
+    observed_share: Callable[[str], int]
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,22 @@ def _advance(run: _Run, serving: str, rollout: RolloutStatus, last: RollbackReco
 
     if fleet.failures:
         return rollback("; ".join(fleet.failures))
+
+    carried = inp.observed_share(target)
+    if rollout.state != "Terminating" and fleet.ready and carried > rollout.traffic_shifted_percent:
+        # The route carries more than the status says (a status write was lost): never move back.
+        run.event(
+            "RolloutResumed", f"the route carries {carried}% on EndpointConfig {target}: resuming there"
+        )
+        rollout = rollout.model_copy(
+            update={
+                "step": rollout.step + 1,
+                "traffic_shifted_percent": carried,
+                "state": "Baking",
+                "step_started_at": now_text,
+            }
+        )
+        return going(rollout, _bake_requeue(routing.wait_interval_seconds, 0.0))
 
     if rollout.state == "Provisioning":
         if not fleet.ready:
