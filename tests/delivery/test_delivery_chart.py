@@ -83,22 +83,18 @@ OWNED = ("create", "get", "list", "watch", "patch", "delete")
 
 def expected_grants() -> set[tuple[str, str, str]]:
     """What the operator needs in a namespace it watches, and nothing more."""
+    berth_kinds = ("models", "endpointconfigs", "endpoints", "transformjobs")
     want = {
-        ("berth.dev", plural, verb)
-        for plural in ("models", "endpointconfigs", "endpoints")
-        for verb in ("get", "list", "watch", "patch")
+        ("berth.dev", plural, verb) for plural in berth_kinds for verb in ("get", "list", "watch", "patch")
     }
-    want |= {
-        ("berth.dev", f"{plural}/status", verb)
-        for plural in ("models", "endpointconfigs", "endpoints")
-        for verb in ("get", "patch")
-    }
-    want.add(("berth.dev", "endpoints/finalizers", "update"))
+    want |= {("berth.dev", f"{plural}/status", verb) for plural in berth_kinds for verb in ("get", "patch")}
+    want |= {("berth.dev", f"{owner}/finalizers", "update") for owner in ("endpoints", "transformjobs")}
     for group, plural in (
         ("apps", "deployments"),
         ("", "services"),
         ("autoscaling", "horizontalpodautoscalers"),
         ("policy", "poddisruptionbudgets"),
+        ("batch", "jobs"),
         ("gateway.networking.k8s.io", "httproutes"),
         ("networking.k8s.io", "ingresses"),
     ):

@@ -6,15 +6,15 @@ and deletes the children it owns. The route kind follows settings.routing.mode.
 {{- define "berth.rules.namespaced" -}}
 # Berth's own resources: watched, finalizers and annotations patched by kopf.
 - apiGroups: ["berth.dev"]
-  resources: ["models", "endpointconfigs", "endpoints"]
+  resources: ["models", "endpointconfigs", "endpoints", "transformjobs"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["berth.dev"]
-  resources: ["models/status", "endpointconfigs/status", "endpoints/status"]
+  resources: ["models/status", "endpointconfigs/status", "endpoints/status", "transformjobs/status"]
   verbs: ["get", "patch"]
-# Children carry ownerReferences with blockOwnerDeletion to their Endpoint; clusters with the
-# OwnerReferencesPermissionEnforcement admission plugin require this.
+# Children carry ownerReferences with blockOwnerDeletion to their Endpoint or TransformJob;
+# clusters with the OwnerReferencesPermissionEnforcement admission plugin require this.
 - apiGroups: ["berth.dev"]
-  resources: ["endpoints/finalizers"]
+  resources: ["endpoints/finalizers", "transformjobs/finalizers"]
   verbs: ["update"]
 # The fleets of each Endpoint.
 - apiGroups: ["apps"]
@@ -28,6 +28,10 @@ and deletes the children it owns. The route kind follows settings.routing.mode.
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+# Batch transform: one Indexed Job per TransformJob.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
 # Routing: weighted HTTPRoutes (mode gateway) or ingress-nginx canary Ingresses (mode ingress).
 # Both, whatever the mode: deleting an Endpoint removes children of either kind, which also
