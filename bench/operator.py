@@ -63,6 +63,11 @@ def children_present(cluster: KMockCluster, names: list[str]) -> set[str]:
     return cluster._loop.run(check())
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -128,6 +133,8 @@ def main() -> None:
         results["bulk_reconciled_count"] = len(children_present(cluster, names))
         time.sleep(1.0)
         results["operator_rss_mb"] = round(rss_mb(process.pid), 1)
+        results["operator_cpu_s"] = round(cpu_seconds(process.pid), 1)
+        results["kmock_and_bench_cpu_s"] = round(cpu_seconds(os.getpid()), 1)
         results["api_requests_total"] = cluster.request_count()
     finally:
         process.send_signal(signal.SIGTERM)

@@ -281,5 +281,4 @@ def operator_settings(settings: kopf.OperatorSettings, *, peering_name: str, sta
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
-    settings.batching.worker_limit = 64
     settings.networking.request_timeout = 30
