@@ -13,7 +13,13 @@ from typing import Any
 import celpy
 import pytest
 import yaml
-from berth_operator.api import Condition, EndpointConfigStatus, EndpointStatus, ModelStatus
+from berth_operator.api import (
+    Condition,
+    EndpointConfigStatus,
+    EndpointStatus,
+    ModelStatus,
+    TransformJobStatus,
+)
 from lupa import lua51
 
 from tests.delivery.delivery_support import REPO
@@ -169,7 +175,7 @@ def test_gitops_doc_has_flux_health_checks() -> None:
     assert kinds["HelmRelease"]["spec"]["upgrade"]["crds"] == "CreateReplace"
     checks = kinds["Kustomization"]["spec"]["healthCheckExprs"]
     assert {(c["apiVersion"], c["kind"]) for c in checks} == {
-        ("berth.dev/v1alpha1", kind) for kind in ("Model", "EndpointConfig", "Endpoint")
+        ("berth.dev/v1alpha1", kind) for kind in ("Model", "EndpointConfig", "Endpoint", "TransformJob")
     }
     assert all("current" in c and "failed" in c for c in checks)
 
@@ -179,6 +185,7 @@ def test_scripts_exist_for_every_kind() -> None:
         "berth.dev_Endpoint.lua",
         "berth.dev_EndpointConfig.lua",
         "berth.dev_Model.lua",
+        "berth.dev_TransformJob.lua",
     ]
     assert Path(HEALTH_DIR).is_dir()
 
@@ -205,6 +212,38 @@ def test_argocd_cm_block_carries_the_scripts() -> None:
     data = configmaps[0]["data"]
     for script in sorted(HEALTH_DIR.glob("berth.dev_*.lua")):
         assert data[f"resource.customizations.health.{script.stem}"] == script.read_text()
+
+
+TRANSFORM_SAMPLES = [
+    (
+        TransformJobStatus(observed_generation=3, phase="Succeeded", records_done=1000, records_total=1000),
+        "Healthy",
+    ),
+    (TransformJobStatus(observed_generation=3, phase="Running"), "Progressing"),
+    (
+        TransformJobStatus(observed_generation=3, phase="Pending", failure_reason="waiting for Model m1"),
+        "Progressing",
+    ),
+    (
+        TransformJobStatus(observed_generation=3, phase="Failed", failure_reason="row 7: bad float"),
+        "Degraded",
+    ),
+    (TransformJobStatus(observed_generation=2, phase="Succeeded"), "Progressing"),
+    (TransformJobStatus(observed_generation=3), "Progressing"),
+    (None, "Progressing"),
+]
+
+
+@pytest.mark.parametrize(("status", "expected"), TRANSFORM_SAMPLES)
+def test_transform_job_health(status: TransformJobStatus | None, expected: str) -> None:
+    assert health("TransformJob", resource("TransformJob", status))[0] == expected
+
+
+def test_transform_job_messages() -> None:
+    done = TransformJobStatus(observed_generation=3, phase="Succeeded", records_done=1000)
+    assert health("TransformJob", resource("TransformJob", done))[1] == "Succeeded: 1000 records"
+    failed = TransformJobStatus(observed_generation=3, phase="Failed", failure_reason="row 7: bad float")
+    assert health("TransformJob", resource("TransformJob", failed))[1] == "row 7: bad float"
 
 
 # ---------------------------------------------------------------- Flux: the same answers in CEL
