@@ -1,0 +1,103 @@
+"""The operator's async Kubernetes client against KMock: verbs, status, events, label filtering."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import kmock
+import kopf
+import pytest
+from berth_operator.kube import RESOURCES, KubeClient, resource_kind
+
+from tests.operator.builders import model
+from tests.support.kmockk8s import LoopThread
+
+pytestmark = pytest.mark.timeout(30)
+MODELS = RESOURCES[("berth.dev/v1alpha1", "Model")]
+
+
+@contextlib.contextmanager
+def plain_kmock() -> Iterator[tuple[LoopThread, kmock.KubernetesEmulator, KubeClient]]:
+    """Unmodified KMock, which ignores label selectors: the client must filter by itself."""
+    loop = LoopThread("plain-kmock")
+    stack = contextlib.AsyncExitStack()
+
+    async def start() -> tuple[kmock.KubernetesEmulator, KubeClient]:
+        handler = kmock.KubernetesEmulator()
+        handler.resources["berth.dev/v1alpha1/models"] = kmock.ResourceInfo(kind="Model", namespaced=True)
+        handler.resources.load_bundled()
+        await stack.enter_async_context(handler)
+        await stack.enter_async_context(kmock.Server(handler))
+        client = KubeClient(kopf.ConnectionInfo(server=str(handler.url), insecure=True))
+        return handler, client
+
+    handler, client = loop.run(start())
+    try:
+        yield loop, handler, client
+    finally:
+        loop.run(client.close())
+        loop.run(stack.aclose())
+        loop.stop()
+
+
+def labelled(name: str, **labels: str) -> dict:
+    body = model(name)
+    body["metadata"]["labels"] = labels
+    return body
+
+
+def test_list_filters_by_labels_even_when_the_server_does_not():
+    with plain_kmock() as (loop, _, client):
+        loop.run(client.create(labelled("a", **{"berth.dev/endpoint": "ep"})))
+        loop.run(client.create(labelled("b", **{"berth.dev/endpoint": "other"})))
+        loop.run(client.create(labelled("c")))
+        everything = loop.run(client.list_objects(MODELS, "ml"))
+        mine = loop.run(client.list_objects(MODELS, "ml", {"berth.dev/endpoint": "ep"}))
+    assert len(everything) == 3
+    assert [m["metadata"]["name"] for m in mine] == ["a"]
+    assert mine[0]["kind"] == "Model" and mine[0]["apiVersion"] == "berth.dev/v1alpha1"
+
+
+def test_get_patch_status_delete_and_events(cluster):
+    async def scenario() -> dict:
+        client = KubeClient(kopf.ConnectionInfo(server=cluster.url, insecure=True))
+        try:
+            created = await client.create(model("m"))
+            await client.merge_patch(MODELS, "ml", "m", {"metadata": {"labels": {"x": "1"}}})
+            await client.json_patch(
+                MODELS, "ml", "m", [{"op": "add", "path": "/metadata/annotations", "value": {"a": "b"}}]
+            )
+            await client.patch_status(MODELS, "ml", "m", {"observedGeneration": 1})
+            current = await client.get(MODELS, "ml", "m")
+            await client.post_event(created, "Normal", "Tested", "an event about the Model")
+            gone = await client.delete(MODELS, "ml", "m")
+            again = await client.delete(MODELS, "ml", "m")
+            missing = await client.get(MODELS, "ml", "m")
+            return {"current": current, "gone": gone, "again": again, "missing": missing}
+        finally:
+            await client.close()
+
+    loop = LoopThread("client")
+    try:
+        result = loop.run(scenario())
+    finally:
+        loop.stop()
+    current = result["current"]
+    assert current["metadata"]["labels"] == {"x": "1"} and current["metadata"]["annotations"] == {"a": "b"}
+    assert current["status"] == {"observedGeneration": 1}
+    assert result["gone"] is True and result["again"] is False and result["missing"] is None
+    event = cluster.list("Event", "ml")[0]
+    assert event["involvedObject"]["name"] == "m" and event["reason"] == "Tested"
+
+
+def test_resource_table_paths():
+    assert (
+        resource_kind("apps/v1", "Deployment").path("ml", "d") == "/apis/apps/v1/namespaces/ml/deployments/d"
+    )
+    assert resource_kind("v1", "Pod").path("ml") == "/api/v1/namespaces/ml/pods"
+    assert RESOURCES[("berth.dev/v1alpha1", "Endpoint")].path("ml", "e", "status") == (
+        "/apis/berth.dev/v1alpha1/namespaces/ml/endpoints/e/status"
+    )
+    with pytest.raises(ValueError, match="unknown kind"):
+        resource_kind("v1", "Secret")
