@@ -221,3 +221,12 @@ def test_routing_mode_change_replaces_the_route_kind(cluster, start_operator):
     start_operator(Settings.model_validate({"routing": {"mode": "ingress"}}))
     wait_for(lambda: children(cluster, "Ingress", "ep"), message="Ingress")
     wait_for(lambda: not children(cluster, "HTTPRoute", "ep"), message="HTTPRoute removed")
+
+
+def test_invalid_endpoint_spec_is_reported_not_crashed_on(cluster, start_operator):
+    # Admission refuses this in a real cluster; the operator must still say why, not loop on errors.
+    start_operator()
+    cluster.create(endpoint("ep", "Not_A_Valid_Name"))
+    reason = wait_for(lambda: status(cluster).get("failureReason"), message="failureReason")
+    assert "endpointConfigName" in reason
+    assert status(cluster)["phase"] == "Failed"

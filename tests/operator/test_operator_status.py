@@ -56,3 +56,12 @@ def test_observed_generation_follows_spec_changes(cluster, start_operator):
         lambda: cluster.get("Model", NS, "fraud")["status"]["observedGeneration"] == 2,
         message="observedGeneration 2",
     )
+
+
+def test_invalid_config_is_not_ready_with_the_reason(cluster, start_operator):
+    start_operator()
+    cluster.create(model("m"))
+    cluster.create(config("dup", variant("a", "m"), variant("a", "m")))
+    condition = wait_for(lambda: ready(cluster, "EndpointConfig", "dup"), message="Ready condition")
+    assert condition["status"] == "False" and condition["reason"] == "InvalidSpec"
+    assert "unique" in condition["message"]
