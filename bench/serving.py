@@ -1,0 +1,390 @@
+"""Serving benchmark (not a test): berth serve against raw ONNX Runtime and KServe's Python
+server, in one run on the same models and machine.
+
+    .venv/bin/python bench/serving.py [--seconds 3] [--no-kserve]
+
+Load generator: wrk (Debian package `wrk`) when installed, else a small asyncio client
+(slower; the script says which). The KServe peer runs from its own virtualenv
+(/tmp/kserve-venv, created on first use: kserve pins many packages, so it is not one of
+Berth's extras). The machine is shared and drifts: compare figures only within one run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# bench/ holds other scripts (bench/operator.py) that would shadow standard modules.
+if sys.path and sys.path[0].rstrip("/").endswith("bench"):
+    del sys.path[0]
+
+import argparse
+import asyncio
+import io
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from berth_serving.cgroup import available_cpus  # noqa: E402
+from berth_serving.session import session_options  # noqa: E402
+
+from tests.serving.models import build_identity, build_logreg, build_mlp  # noqa: E402
+
+KSERVE_VENV = Path(os.environ.get("BERTH_BENCH_KSERVE_VENV", "/tmp/kserve-venv"))
+MLP_SIZES = (256, 1024, 1024, 10)
+
+
+@dataclass
+class Load:
+    requests_per_second: float
+    p50_ms: float
+
+
+# --- load generators -------------------------------------------------------------------------
+
+
+def _wrk_lua(path: str, body: bytes, content_type: str, workdir: Path) -> Path:
+    body_file = workdir / f"body-{abs(hash(body))}.bin"
+    body_file.write_bytes(body)
+    script = workdir / f"post-{abs(hash(body))}.lua"
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.path = "{path}"\nwrk.headers["Content-Type"] = "{content_type}"\n'
+        f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*all")\nf:close()\n'
+    )
+    return script
+
+
+def _wrk_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(
+    url: str, path: str, body: bytes, content_type: str, connections: int, seconds: float, workdir: Path
+) -> Load:
+    script = _wrk_lua(path, body, content_type, workdir)
+    threads = str(min(2, connections))
+    subprocess.run(
+        ["wrk", "-t", threads, "-c", str(connections), "-d", "1s", "-s", str(script), url],
+        capture_output=True,
+    )
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            threads,
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds:g}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _wrk_ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        print(f"    warning: {errors.group(1)} non-2xx answers")
+    return Load(rps, p50)
+
+
+async def _python_load(host: str, port: int, request: bytes, connections: int, seconds: float) -> Load:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return Load(len(latencies) / (time.perf_counter() - started), statistics.median(latencies) * 1000)
+
+
+def run_python(url: str, path: str, body: bytes, content_type: str, connections: int, seconds: float) -> Load:
+    host, port = url.split("://")[1].split(":")
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return asyncio.run(_python_load(host, int(port), head.encode() + body, connections, seconds))
+
+
+class LoadGenerator:
+    def __init__(self, seconds: float, workdir: Path) -> None:
+        self.seconds = seconds
+        self.workdir = workdir
+        self.wrk = shutil.which("wrk") is not None
+        self.name = "wrk" if self.wrk else "python asyncio client (wrk not installed: apt-get install wrk)"
+
+    def __call__(self, url: str, path: str, body: bytes, content_type: str, connections: int) -> Load:
+        if self.wrk:
+            return run_wrk(url, path, body, content_type, connections, self.seconds, self.workdir)
+        return run_python(url, path, body, content_type, connections, self.seconds)
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 90.0, method: str = "GET", body: bytes | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(
+                url, data=body, method=method, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def berth_server(model: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "berth_serving",
+            "serve",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping")
+        yield f"http://127.0.0.1:{port}", process.pid
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def ensure_kserve_venv() -> Path | None:
+    python = KSERVE_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"  creating {KSERVE_VENV} with kserve (first run only, takes a few minutes)...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(KSERVE_VENV)], check=True)
+        result = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "kserve", "onnxruntime", "numpy"],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            print(f"  could not install kserve: {result.stderr.strip().splitlines()[-1:]}")
+            return None
+    return python
+
+
+@contextmanager
+def kserve_server(python: Path, model: Path) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [str(python), "-P", str(REPO / "bench" / "kserve_peer.py"), str(model), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/health/ready")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+# --- raw ONNX Runtime ------------------------------------------------------------------------
+
+
+def raw_session(model: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(
+        str(model), sess_options=session_options(available_cpus(), "all"), providers=["CPUExecutionProvider"]
+    )
+
+
+def raw_p50_ms(model: Path, width: int, seconds: float = 1.0) -> float:
+    session = raw_session(model)
+    feed = {"x": np.random.default_rng(0).normal(size=(1, width)).astype(np.float32)}
+    for _ in range(20):
+        session.run(None, feed)
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def raw_best_rows_per_second(model: Path, width: int) -> tuple[int, float]:
+    session = raw_session(model)
+    best = (0, 0.0)
+    for batch in (1, 8, 32, 64, 128, 256, 512):
+        feed = {"x": np.random.default_rng(0).normal(size=(batch, width)).astype(np.float32)}
+        session.run(None, feed)
+        rows, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 0.4:
+            session.run(None, feed)
+            rows += batch
+        rate = rows / (time.perf_counter() - started)
+        if rate > best[1]:
+            best = (batch, rate)
+    return best
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def json_rows(rows: np.ndarray) -> bytes:
+    return ('{"instances": ' + str(np.round(rows, 4).tolist()) + "}").encode()
+
+
+def npy(rows: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, rows)
+    return buffer.getvalue()
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each load measurement")
+    parser.add_argument("--no-kserve", action="store_true", help="skip the KServe peer")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="berth-bench-"))
+    small = build_logreg(workdir / "small.onnx", n_features=16, zipmap=False)
+    noop = build_identity(workdir / "noop.onnx", n_features=16)
+    mlp = build_mlp(workdir / "mlp.onnx", sizes=MLP_SIZES)
+    load = LoadGenerator(args.seconds, workdir)
+    rng = np.random.default_rng(0)
+    one_small = json_rows(rng.normal(size=(1, 16)).astype(np.float32))
+    one_mlp = json_rows(rng.normal(size=(1, 256)).astype(np.float32))
+    npy_256 = npy(rng.normal(size=(256, 256)).astype(np.float32))
+
+    print(
+        f"berth serving benchmark: {os.cpu_count()} CPUs (cgroup allows {available_cpus()}), "
+        f"onnxruntime {ort.__version__}, load generator: {load.name}, {args.seconds:g} s per measurement"
+    )
+    print(
+        f"models: small = logistic regression 16 features (skl2onnx, zipmap=False); "
+        f"no-op = Identity [N,16]; MLP = {'-'.join(map(str, MLP_SIZES))} ReLU"
+    )
+
+    print("\nraw ONNX Runtime (same session options as the server)")
+    raw = {
+        name: raw_p50_ms(path, width)
+        for name, path, width in (("small", small, 16), ("no-op", noop, 16), ("MLP", mlp, 256))
+    }
+    for name, value in raw.items():
+        print(f"  p50 batch 1, {name:6s} {value:8.3f} ms")
+    best_batch, raw_rows = raw_best_rows_per_second(mlp, 256)
+    print(f"  MLP best batch {best_batch}: {raw_rows:,.0f} rows/s (the compute limit)")
+
+    print('\nberth serve (JSON {"instances": [...]} one row per request unless said)')
+    with berth_server(noop) as (url, pid):
+        idle_rss = rss_mb(pid)
+        noop_64 = load(url, "/invocations", one_small, "application/json", 64)
+    print(
+        f"  no-op model, c64: {noop_64.requests_per_second:,.0f} req/s (this machine's HTTP limit); idle RSS {idle_rss:.0f} MB"
+    )
+    with berth_server(small) as (url, _):
+        small_1 = load(url, "/invocations", one_small, "application/json", 1)
+    print(f"  small model, c1: p50 {small_1.p50_ms:.3f} ms")
+    with berth_server(mlp) as (url, pid):
+        mlp_rss = rss_mb(pid)
+        mlp_16 = load(url, "/invocations", one_mlp, "application/json", 16)
+        mlp_64 = load(url, "/invocations", one_mlp, "application/json", 64)
+        npy_8 = load(url, "/invocations", npy_256, "application/x-npy", 8)
+    npy_rows = npy_8.requests_per_second * 256
+    print(f"  MLP, c16: {mlp_16.requests_per_second:,.0f} req/s (p50 {mlp_16.p50_ms:.2f} ms)")
+    print(f"  MLP, c64: {mlp_64.requests_per_second:,.0f} req/s (p50 {mlp_64.p50_ms:.2f} ms)")
+    print(
+        f"  MLP, 256-row application/x-npy, c8: {npy_rows:,.0f} rows/s; RSS with the MLP loaded {mlp_rss:.0f} MB "
+        f"(model file {mlp.stat().st_size / 2**20:.1f} MB)"
+    )
+
+    kserve: dict[str, Load] = {}
+    if not args.no_kserve:
+        python = ensure_kserve_venv()
+        if python is not None:
+            print("\nKServe Python server (kserve.Model wrapping the same ORT session; access log off)")
+            with kserve_server(python, small) as url:
+                kserve["small_1"] = load(url, "/v1/models/model:predict", one_small, "application/json", 1)
+            with kserve_server(python, mlp) as url:
+                kserve["mlp_16"] = load(url, "/v1/models/model:predict", one_mlp, "application/json", 16)
+                kserve["mlp_64"] = load(url, "/v1/models/model:predict", one_mlp, "application/json", 64)
+            print(f"  small model, c1: p50 {kserve['small_1'].p50_ms:.3f} ms")
+            print(f"  MLP, c16: {kserve['mlp_16'].requests_per_second:,.0f} req/s")
+            print(f"  MLP, c64: {kserve['mlp_64'].requests_per_second:,.0f} req/s")
+
+    print("\nagainst the targets (baselines from this run)")
+    gap = small_1.p50_ms - raw["small"]
+    print(f"  c1 p50 minus raw ORT, small model: {gap:.3f} ms (target <= 0.3) {verdict(gap <= 0.3)}")
+    ratio = mlp_64.requests_per_second / noop_64.requests_per_second
+    print(f"  MLP c64 / no-op c64: {ratio:.2f} (target >= 0.7) {verdict(ratio >= 0.7)}")
+    if kserve:
+        versus = mlp_64.requests_per_second / kserve["mlp_64"].requests_per_second
+        print(f"  MLP c64 / KServe MLP c64: {versus:.2f}x (target >= 2) {verdict(versus >= 2)}")
+        print(
+            f"  MLP c16 / KServe MLP c16: {mlp_16.requests_per_second / kserve['mlp_16'].requests_per_second:.2f}x"
+        )
+        print(f"  c1 p50 small: berth {small_1.p50_ms:.3f} ms vs KServe {kserve['small_1'].p50_ms:.3f} ms")
+    share = npy_rows / raw_rows
+    print(f"  256-row NPY rows/s / raw ORT best: {share:.2f} (target >= 0.6) {verdict(share >= 0.6)}")
+    print(
+        f"  idle RSS (no-op model): {idle_rss:.0f} MB (target <= 150 MB + model) {verdict(idle_rss <= 150)}"
+    )
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
