@@ -58,6 +58,8 @@ RESOURCES: dict[tuple[str, str], ResourceKind] = {
         ResourceKind("berth.dev/v1alpha1", "Model", "models"),
         ResourceKind("berth.dev/v1alpha1", "EndpointConfig", "endpointconfigs"),
         ResourceKind("berth.dev/v1alpha1", "Endpoint", "endpoints"),
+        ResourceKind("berth.dev/v1alpha1", "TransformJob", "transformjobs"),
+        ResourceKind("batch/v1", "Job", "jobs"),
         ResourceKind("apps/v1", "Deployment", "deployments"),
         ResourceKind("v1", "Service", "services"),
         ResourceKind("v1", "Pod", "pods"),

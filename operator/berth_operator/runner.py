@@ -17,6 +17,7 @@ import kopf
 
 from .handlers import OperatorContext, build_registry, operator_settings
 from .settings import Settings, SettingsError, load_settings
+from .transform_handlers import register_transform_handlers
 
 DEFAULT_PEERING = "berth"
 
@@ -43,6 +44,7 @@ async def run_operator(
         settings=options.settings, server_url=options.server_url, resync_seconds=options.resync_seconds
     )
     registry = build_registry(ctx)
+    register_transform_handlers(registry, ctx)
     settings = kopf.OperatorSettings()
     operator_settings(settings, peering_name=options.peering_name, standalone=options.standalone)
     namespaces = list(options.namespaces) or list(options.settings.namespaces)

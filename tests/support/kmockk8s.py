@@ -42,6 +42,7 @@ BERTH_RESOURCES = {
     "berth.dev/v1alpha1/models": ("Model", "model", ["bm"]),
     "berth.dev/v1alpha1/endpointconfigs": ("EndpointConfig", "endpointconfig", ["bec"]),
     "berth.dev/v1alpha1/endpoints": ("Endpoint", "endpoint", ["bep"]),
+    "berth.dev/v1alpha1/transformjobs": ("TransformJob", "transformjob", ["btj"]),
 }
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
 
@@ -330,6 +331,8 @@ RESOURCE_PATHS = {
     "Model": "berth.dev/v1alpha1/models",
     "EndpointConfig": "berth.dev/v1alpha1/endpointconfigs",
     "Endpoint": "berth.dev/v1alpha1/endpoints",
+    "TransformJob": "berth.dev/v1alpha1/transformjobs",
+    "Job": "batch/v1/jobs",
     "Deployment": "apps/v1/deployments",
     "Service": "v1/services",
     "Pod": "v1/pods",

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.operator.conftest import cluster, start_operator  # noqa: F401 - KMock and kopf fixtures
 from tests.serving import models
 from tests.serving.support import free_port
 
