@@ -8,6 +8,7 @@ to, deletes what the plan deletes, and feeds the status back into the Endpoint.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -57,6 +58,30 @@ def with_spec(ep: Endpoint, **changes: Any) -> Endpoint:
     return Endpoint.model_validate(wire)
 
 
+_ADMITTED: set[str] = set()
+
+
+def admitted(objects: list[dict[str, Any]]) -> None:
+    """Every object a test plan produces must be one the API server admits (checked once each)."""
+    from .validation import assert_admitted
+
+    fresh = {_shape(o): o for o in objects if _shape(o) not in _ADMITTED}
+    assert_admitted(list(fresh.values()))
+    _ADMITTED.update(fresh)
+
+
+def _shape(obj: dict[str, Any]) -> str:
+    """The object with route weights left out: a weight is checked here, the rest by admission once."""
+    if obj["kind"] != "HTTPRoute":
+        return json.dumps(obj, sort_keys=True)
+    shape = copy.deepcopy(obj)
+    for rule in shape["spec"]["rules"]:
+        for ref in rule.get("backendRefs", []):
+            assert 0 <= ref["weight"] <= 1_000_000 and isinstance(ref["weight"], int), ref
+            ref["weight"] = 1
+    return json.dumps(shape, sort_keys=True)
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: dicts merge key by key, anything else replaces."""
     if not isinstance(patch, dict):
@@ -96,6 +121,7 @@ class Cluster:
         )
 
     def apply(self, plan: Plan) -> None:
+        admitted(plan.objects)
         for obj in plan.objects:
             key = (obj["kind"], obj["metadata"]["name"])
             old = self.objects.get(key)
