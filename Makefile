@@ -32,6 +32,7 @@ test: lint typecheck unit
 # Regenerate the checked-in CRDs from the API types.
 crds: $(STAMP)
 	$(BIN)/berth crds --output-dir crds
+	cp crds/berth.dev_*.yaml charts/berth/crds/
 
 bench: $(STAMP)
 	$(BIN)/python bench/serving.py
