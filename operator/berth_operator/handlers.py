@@ -1,7 +1,7 @@
 """kopf handlers: thin. They wake reconciles; `reconcile` reads and writes; the planner decides.
 
 Level-triggered: one daemon per Endpoint runs a reconcile whenever it is woken (the Endpoint,
-one of its Deployments or Pods, or a referenced EndpointConfig or Model changed) or when the
+one of its children or Pods, or a referenced EndpointConfig or Model changed) or when the
 plan's requeue_after is due (a bake, a termination wait), and otherwise every resync interval.
 Handlers return None so kopf writes no progress of its own into our status.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +22,7 @@ from pydantic import ValidationError
 from . import reconcile
 from .kube import ApiError, KubeClient
 from .planner import labels as planner_labels
+from .planner import plan_endpoint
 from .reconcile import ENDPOINTS, References
 from .settings import Settings
 
@@ -42,12 +42,6 @@ WATCHED_CHILDREN = [
     ("gateway.networking.k8s.io", "v1", "httproutes"),
     ("networking.k8s.io", "v1", "ingresses"),
 ]
-
-
-def plan_endpoint_fn() -> Callable[..., Any]:
-    from .planner import plan_endpoint
-
-    return plan_endpoint
 
 
 @dataclass
@@ -114,7 +108,7 @@ async def reconcile_endpoint(ctx: OperatorContext, namespace: str, name: str) ->
     ctx.references.endpoint_configs[(namespace, name)] = reconcile.config_names_of(state.endpoint)
     ctx.references.endpoint_models[(namespace, name)] = state.referenced_models
     metrics = await reconcile.fleet_metrics(ctx.session(), ctx.settings, state)
-    plan = plan_endpoint_fn()(reconcile.planner_input(state, ctx.settings, metrics))
+    plan = plan_endpoint(reconcile.planner_input(state, ctx.settings, metrics))
     if (namespace, name) in ctx.deleting:
         return None
     result = await reconcile.apply_plan(kube, plan, state)
