@@ -218,35 +218,6 @@ def test_http_errors_are_one_clear_line(http_root: tuple[str, Path], tmp_path: P
 # --- s3 (moto in server mode) --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    import boto3
-
-    for name, value in {
-        "AWS_ENDPOINT_URL": moto_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    client = boto3.client("s3", endpoint_url=moto_endpoint)
-    client.create_bucket(Bucket="models")
-    return client
-
-
 def test_s3_download(onnx_models, s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     s3.upload_file(str(onnx_models.logreg), "models", "fraud/v2/model.onnx")
     served = fetch_model(

@@ -506,3 +506,33 @@ def test_504_on_timeout_and_503_when_the_queue_is_full(slow_model) -> None:  # t
         assert "queue is full" in error_of(full)["message"]
         assert metric(server.url, "berth_invocations_total", code="504") == 1
         assert metric(server.url, "berth_invocations_total", code="503") == 1
+
+
+# --- where the model comes from ----------------------------------------------------------------
+
+
+def test_serve_from_s3_with_sha256(onnx_models, s3) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    s3.upload_file(str(onnx_models.identity), "models", "served/v1/noop.onnx")
+    digest = hashlib.sha256(onnx_models.identity.read_bytes()).hexdigest()
+    server_config = {"model_uri": "s3://models/served/v1/noop.onnx"}
+    from berth_serving.config import ServeConfig
+
+    server = ThreadedServer(ServeConfig(**server_config), sha256=digest).start()
+    try:
+        assert request(server.url + "/v2/models/noop").status == 200
+        assert orjson.loads(post(server.url + "/invocations", orjson.dumps([[3.0] * 16])).body) == {
+            "predictions": [[3.0] * 16]
+        }
+    finally:
+        server.stop()
+
+
+def test_serve_a_directory_like_the_pod_mount(onnx_models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    models_dir = tmp_path / "mnt-models"
+    models_dir.mkdir()
+    (models_dir / "fraud.onnx").write_bytes(onnx_models.logreg.read_bytes())
+    with serving(models_dir) as server:
+        assert request(server.url + "/v2/models/fraud").status == 200
+        assert post(server.url + "/invocations", orjson.dumps(ROWS.tolist())).status == 200

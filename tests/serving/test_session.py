@@ -1,0 +1,57 @@
+"""ONNX Runtime session settings: providers with a CPU fallback, spinning off, threads from
+the cgroup CPU limit (fake cgroup files), graph optimization level."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from berth_serving.session import choose_providers, load_session, session_options
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TRT = "TensorrtExecutionProvider"
+
+
+def test_cpu_by_default() -> None:
+    assert choose_providers([], [CPU]) == ([CPU], None)
+
+
+def test_cuda_when_available() -> None:
+    assert choose_providers(["cuda"], [TRT, CUDA, CPU]) == ([CUDA, CPU], None)
+    assert choose_providers(["tensorrt", "cuda"], [TRT, CUDA, CPU]) == ([TRT, CUDA, CPU], None)
+
+
+def test_cuda_missing_falls_back_to_cpu_with_a_warning() -> None:
+    providers, warning = choose_providers(["cuda"], [CPU])
+    assert providers == [CPU]
+    assert warning is not None
+    assert "CUDAExecutionProvider" in warning and "using CPUExecutionProvider" in warning
+
+
+def test_session_options() -> None:
+    options = session_options(3, "basic")
+    assert options.intra_op_num_threads == 3
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    import onnxruntime as ort
+
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with pytest.raises(ValueError, match="graph optimization level"):
+        session_options(1, "fastest")
+
+
+def test_threads_follow_the_cgroup_limit(onnx_models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    session = load_session(onnx_models.identity, cgroup_root=tmp_path)
+    assert session.get_session_options().intra_op_num_threads == 1
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_unavailable_provider_logs_one_warning(onnx_models, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    with caplog.at_level(logging.WARNING, logger="berth.serving.session"):
+        session = load_session(onnx_models.identity, providers=("cuda",))
+    assert session.get_providers() == [CPU]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "CUDAExecutionProvider" in warnings[0].getMessage()
