@@ -48,7 +48,7 @@ def build_failing(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def shared_up(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthUp]:
     """Endpoints: `split` (a 70 / b 30), `mirrored` (p, and shadow s on a slow model), `crashy`,
-    `broken-fetch` (a model file that does not exist), `broken-model` (a file that is not ONNX)."""
+    `broken-fetch` (a model file that does not exist)."""
     tmp = tmp_path_factory.mktemp("shared-up")
     manifests = tmp / "manifests"
     manifests.mkdir()
@@ -58,7 +58,6 @@ def shared_up(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             model("logreg", f"file://{model_dir / 'logreg.onnx'}"),
             model("slow", f"file://{model_dir / 'slow.onnx'}"),
             model("missing", "file://does-not-exist.onnx"),
-            model("garbage", f"file://{model_dir / 'garbage.onnx'}"),
         ],
     )
     write_yaml(
@@ -72,8 +71,6 @@ def shared_up(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             endpoint("crashy", "crashy-v1"),
             config("fetch-v1", [variant("only", "missing")]),
             endpoint("broken-fetch", "fetch-v1"),
-            config("garbage-v1", [variant("only", "garbage")]),
-            endpoint("broken-model", "garbage-v1"),
         ],
     )
     up = BerthUp(manifests, tmp, "--no-watch")

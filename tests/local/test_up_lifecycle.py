@@ -129,7 +129,9 @@ def test_live_config_update_under_load_has_zero_failures(model_dir: Path, tmp_pa
             up.wait(rolled_back, 60, "the rollback from live-v3")
         assert load.failures == [], load.failures[:5]
         assert set(load.variants) == {"green"}, load.variants
-        assert "CrashLoopBackOff" in str(up.endpoint("live")["status"]), up.endpoint("live")["status"]
+        # The reason is the crashed runtime's own error line (naming the file), with the state.
+        reason = up.endpoint("live")["status"]["failureReason"]
+        assert "CrashLoopBackOff" in reason and "garbage.onnx" in reason, reason
 
         # An edit the cluster would refuse (EndpointConfig specs are immutable) is reported,
         # and the endpoint keeps serving what it had.
