@@ -262,7 +262,7 @@ def test_gpu_instance_type() -> None:
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     main = server(deployment)
     assert main["image"] == "reg/gpu:1"
-    assert main["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert main["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert env(main)[ENV["providers"]] == "CUDAExecutionProvider,CPUExecutionProvider"
     assert init(deployment)["image"] == "reg/cpu:1"  # the fetcher needs no GPU
 
@@ -406,3 +406,13 @@ def test_long_names_give_valid_labels_and_admitted_objects() -> None:
     assert deployment["metadata"]["labels"][L.ENDPOINT] == label_value(long_endpoint)
     assert len(label_value(long_endpoint)) <= 63
     assert L.endpoint_selector(long_endpoint) == f"berth.dev/endpoint={label_value(long_endpoint)}"
+
+
+def test_numeric_quantities_are_written_as_the_api_server_returns_them() -> None:
+    from berth_operator.planner.workload import quantity
+
+    assert [quantity(1), quantity(2.0), quantity(0.5), quantity("2Gi")] == ["1", "2", "500m", "2Gi"]
+    cfg = config("c", variant("v", "m", instanceType="gpu-small", resources={"requests": {"cpu": 3}}))
+    main = server(only(plan_of(endpoint("c"), [cfg], [model("m")]), "Deployment"))
+    assert main["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert main["resources"]["requests"]["cpu"] == "3"

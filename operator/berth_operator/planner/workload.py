@@ -62,8 +62,18 @@ def _merged_resources(variant: VariantPlan) -> dict[str, Any]:
         if override is not None:
             merged.update(getattr(override, part))
         if merged:
-            result[part] = {key: merged[key] for key in sorted(merged)}
+            result[part] = {key: quantity(merged[key]) for key in sorted(merged)}
     return result
+
+
+def quantity(value: int | float | str) -> str:
+    """A quantity as the API server writes it back for plain numbers (1 -> "1", 0.5 -> "500m"),
+    so an observed Deployment compares equal to the planned one."""
+    if isinstance(value, str):
+        return value
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{round(float(value) * 1000)}m"
 
 
 def _pvc_claim(uri: str) -> str | None:
