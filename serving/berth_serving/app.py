@@ -157,7 +157,11 @@ class ServingApp:
             name = path[len(_V2_PREFIX) : -len("/infer")].split("/versions/", 1)[0]
             await self._inference(scope, receive, send, v2_name=name)
         else:
-            await self._rest(scope, receive, self._with_variant(send))
+            try:
+                await self._rest(scope, receive, self._with_variant(send))
+            except Exception:
+                # The client already has a JSON 500 (rest.py); this is the one log line.
+                log.exception("request failed", extra={"fields": {"path": path}})
 
     def _with_variant(self, send: Send) -> Send:
         async def send_with_variant(message: Message) -> None:

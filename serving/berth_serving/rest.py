@@ -38,6 +38,11 @@ def build_rest_app(serving: ServingApp) -> FastAPI:
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         return _error(HTTPError(error.status_code, str(error.detail)))
 
+    @rest.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> Response:
+        # Starlette re-raises after this answer; ServingApp logs it once, with its traceback.
+        return _error(HTTPError(500, f"internal error ({type(error).__name__}); see the server log"))
+
     @rest.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
         return _error(HTTPError(400, "invalid request"))

@@ -170,3 +170,16 @@ def build_slow(path: Path | str, n_features: int = 64, iterations: int = 200_000
         ],
     )
     return _save(_model(graph), path)
+
+
+def build_failing(path: Path | str, n_features: int = 4) -> Path:
+    """Fails inside ONNX Runtime (a Reshape to [3, -1]) unless the batch holds a multiple of
+    3 rows: `x` float32[N, n_features] -> `y`. For testing how runtime errors are answered."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "failing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, None])],
+        initializer=[numpy_helper.from_array(np.array([3, -1], dtype=np.int64), "shape")],
+    )
+    return _save(_model(graph), path)

@@ -536,3 +536,22 @@ def test_serve_a_directory_like_the_pod_mount(onnx_models, tmp_path) -> None:  #
     with serving(models_dir) as server:
         assert request(server.url + "/v2/models/fraud").status == 200
         assert post(server.url + "/invocations", orjson.dumps(ROWS.tolist())).status == 200
+
+
+def test_model_runtime_failure_is_a_json_500_logged_once(tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from tests.serving.models import build_failing
+
+    path = build_failing(tmp_path / "failing.onnx")
+    with serving(path) as server, caplog.at_level(logging.INFO, logger="berth.serving"):
+        failed = post(server.url + "/invocations", orjson.dumps([[1.0] * 4]))
+        assert failed.status == 500
+        message = error_of(failed)["message"]
+        assert message.startswith("internal error (") and message.endswith("); see the server log")
+        assert "Reshape" not in message  # model internals stay in the log
+        assert post(server.url + "/invocations", orjson.dumps([[1.0] * 4] * 3)).status == 200
+        assert metric(server.url, "berth_invocations_total", code="500") == 1
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
