@@ -261,11 +261,16 @@ def test_resume_skips_finished_outputs(transform_models: SimpleNamespace, tmp_pa
     assert (again.done, again.skipped, again.records) == (0, 3, 0)
 
 
-def test_output_inside_the_input_is_not_read_back(transform_models: SimpleNamespace, tmp_path: Path) -> None:
+def test_output_inside_the_input_is_not_read_back(
+    transform_models: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_csv(tmp_path / "in" / "x.csv", rows(3, 4))
     run(transform_models.logreg, tmp_path, output_uri=str(tmp_path / "in" / "scored"))
     summary = run(transform_models.logreg, tmp_path, output_uri=str(tmp_path / "in" / "scored"))
     assert (summary.objects, summary.skipped) == (1, 1)
+    monkeypatch.chdir(tmp_path)  # the same directory spelled relative and absolute
+    again = run(transform_models.logreg, tmp_path, input_uri=f"file://{tmp_path}/in", output_uri="in/scored")
+    assert (again.objects, again.skipped) == (1, 1)
 
 
 def test_missing_input_and_wrong_model_input(transform_models: SimpleNamespace, tmp_path: Path) -> None:

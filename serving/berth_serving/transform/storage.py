@@ -81,12 +81,17 @@ def list_inputs(input_uri: str, exclude_uri: str | None = None) -> list[tuple[Lo
     exclude = parse_uri(exclude_uri) if exclude_uri else None
     found = _list_s3(where) if where.scheme == "s3" else _list_local(where)
     if exclude is not None and exclude.scheme == where.scheme:
-        prefix = exclude.path.rstrip("/") + "/"
-        found = [(loc, rel) for loc, rel in found if not (loc.path + "/").startswith(prefix)]
+        prefix = _comparable(exclude).rstrip("/") + "/"
+        found = [(loc, rel) for loc, rel in found if not (_comparable(loc) + "/").startswith(prefix)]
     found = [(loc, rel) for loc, rel in found if not Path(rel).name.startswith(TEMP_PREFIX)]
     if not found:
         raise StorageError(f"no input objects at {input_uri}")
     return sorted(found, key=lambda item: item[1])
+
+
+def _comparable(where: Location) -> str:
+    """The location as a string that compares equal for the same object (local paths made absolute)."""
+    return where.uri if where.scheme == "s3" else os.path.abspath(where.path)
 
 
 def _list_local(where: Location) -> list[tuple[Location, str]]:
