@@ -94,8 +94,8 @@ def up_command(
 ) -> None:
     """Serve manifests on this machine: the planner of the operator, local processes, a local router.
 
-    Send requests to http://127.0.0.1:PORT/endpoints/NAMESPACE/NAME/invocations (or `berth invoke NAME`).
-    Ctrl-C stops everything.
+    Send requests to http://127.0.0.1:PORT/endpoints/NAMESPACE/NAME/invocations (or `berth invoke NAME`);
+    GET /_berth/status answers the state as JSON. Ctrl-C drains and stops everything (twice: at once).
     """
     try:
         resources = load_resources(paths)
@@ -138,8 +138,17 @@ async def _serve(
     port = sock.getsockname()[1]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: no more draining, kill every replica now
+            from . import procs
+
+            procs.kill_all()
+            os._exit(130)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
 
     def echo(name: str, line: str) -> None:
         print(f"[{name}] {line}", flush=True)

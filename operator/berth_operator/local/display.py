@@ -7,15 +7,24 @@ from typing import Any
 COLUMNS = ("ENDPOINT", "PHASE", "CONFIG", "VARIANTS", "URL")
 
 
-def variants_cell(status: dict[str, Any]) -> str:
-    variants = status.get("productionVariants", [])
-    total = sum(float(v.get("currentWeight", 0)) for v in variants)
+def _variant_parts(variants: list[dict[str, Any]], total: float) -> list[str]:
     parts = []
     for v in variants:
         share = 100.0 * float(v.get("currentWeight", 0)) / total if total else 0.0
         ready = f"{v.get('readyInstanceCount', 0)}/{v.get('desiredInstanceCount', 0)}"
         parts.append(f"{v['variantName']} {share:.0f}% {ready}")
-    return ", ".join(parts) or "-"
+    return parts
+
+
+def variants_cell(status: dict[str, Any]) -> str:
+    """Serving variants, then the pending config's during a rollout; shares of all traffic."""
+    serving = status.get("productionVariants", [])
+    pending = status.get("pendingProductionVariants", [])
+    total = sum(float(v.get("currentWeight", 0)) for v in serving + pending)
+    cell = ", ".join(_variant_parts(serving, total)) or "-"
+    if pending:
+        cell += " -> " + ", ".join(_variant_parts(pending, total))
+    return cell
 
 
 def config_cell(status: dict[str, Any]) -> str:
