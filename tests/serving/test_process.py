@@ -21,7 +21,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(slow_model) -> None:  # t
     path, seconds = slow_model
     port = free_port()
     # Configured the way pods and local mode do it: BERTH_* variables from ServeConfig.to_env().
-    env = ServeConfig(model_uri=str(path), variant="green", max_batch_size=1, timeout_seconds=30).to_env()
+    env = ServeConfig(
+        model_uri=str(path), variant="green", max_batch_size=1, timeout_seconds=30, access_log=True
+    ).to_env()
     env.pop("BERTH_MODEL_URI")
     process = serve_subprocess(path, port, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -72,6 +74,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(slow_model) -> None:  # t
     assert lines, stderr
     assert any(line["message"] == "draining" and line["signal"] == "SIGTERM" for line in lines)
     assert not any("Traceback" in line for line in stderr.splitlines())
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    assert any("POST /invocations" in line["message"] for line in access), (
+        "BERTH_ACCESS_LOG=true logs requests"
+    )
 
 
 @pytest.mark.timeout(60)
