@@ -35,6 +35,29 @@ _JSON = b"application/json"
 _V2_PREFIX = "/v2/models/"
 
 
+class RequestHeaders:
+    """The few request headers the inference routes read, in one pass."""
+
+    __slots__ = ("accept", "content_length", "content_type", "inference_header_length", "output")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.content_type = self.accept = b""
+        self.content_length: int | None = None
+        self.inference_header_length: int | None = None  # v2 binary tensor extension
+        self.output: str | None = None  # X-Berth-Output: the tensor a CSV/NPY answer carries
+        for key, value in raw:
+            if key == b"content-type":
+                self.content_type = value
+            elif key == b"accept":
+                self.accept = value
+            elif key == b"content-length":
+                self.content_length = int(value) if value.isdigit() else None
+            elif key == b"x-berth-output":
+                self.output = value.decode("latin-1")
+            elif key == b"inference-header-content-length":
+                self.inference_header_length = int(value) if value.isdigit() else None
+
+
 class ClientGone(Exception):
     """The client disconnected before sending its whole body."""
 
@@ -146,8 +169,11 @@ class ServingApp:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
-        if path == "/invocations" and scope["method"] == "POST":
-            await self._inference(scope, receive, send, v2_name=None)
+        if path == "/invocations":
+            if scope["method"] == "POST":
+                await self._inference(scope, receive, send, v2_name=None)
+            else:
+                await self._error(send, HTTPError(405, "use POST for /invocations"))
         elif path == "/ping":
             if self.ready:
                 await self._respond(send, 200, b'{"status":"ok"}', _JSON)
@@ -188,34 +214,20 @@ class ServingApp:
                 raise self.unavailable()
             if v2_name is not None and v2_name != model.name:
                 raise HTTPError(404, f"unknown model {v2_name!r}; this server serves {model.name!r}")
-            content_type = accept = b""
-            wanted: str | None = None
-            length: int | None = None
-            header_length: int | None = None
-            for key, value in scope["headers"]:
-                if key == b"content-type":
-                    content_type = value
-                elif key == b"accept":
-                    accept = value
-                elif key == b"content-length":
-                    length = int(value) if value.isdigit() else None
-                elif key == b"x-berth-output":
-                    wanted = value.decode("latin-1")
-                elif key == b"inference-header-content-length":
-                    header_length = int(value) if value.isdigit() else None
-            body = await self._read_body(receive, length)
+            headers = RequestHeaders(scope["headers"])
+            body = await self._read_body(receive, headers.content_length)
             if v2_name is None:
-                values = codecs.decode(codecs.media_type(content_type), body, model.signature)
+                values = codecs.decode(codecs.media_type(headers.content_type), body, model.signature)
                 request = None
             else:
-                request = InferRequest(body, header_length)
+                request = InferRequest(body, headers.inference_header_length)
                 values = request.inputs
             arrays, rows = model.signature.prepare(values)
             outputs, model_seconds = await self._run(model, arrays, rows, started)
             named = dict(zip(model.output_names, outputs, strict=True))
             if request is None:
-                kind = codecs.response_type(accept)
-                await self._respond(send, 200, codecs.encode(named, kind, wanted), kind.encode())
+                kind = codecs.response_type(headers.accept)
+                await self._respond(send, 200, codecs.encode(named, kind, headers.output), kind.encode())
             else:
                 payload, json_length = request.encode(model.name, named)
                 if json_length is None:

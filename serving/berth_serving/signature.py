@@ -129,7 +129,7 @@ class Signature:
         shape = spec.shape
         if shape is None:
             return array
-        if array.ndim == len(shape) - 1 and spec.batch_dynamic:
+        if array.ndim == len(shape) - 1 and shape and shape[0] in (None, 1):
             array = array[np.newaxis, ...]  # one instance sent without its batch dimension
         if array.ndim != len(shape) or any(
             want is not None and want != got for want, got in zip(shape, array.shape, strict=True)

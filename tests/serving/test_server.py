@@ -250,6 +250,7 @@ def test_415_unsupported_content_type(logreg: ThreadedServer) -> None:
     assert answer.status == 415
     assert "application/xml" in error_of(answer)["message"]
     assert answer.headers["x-berth-variant"] == "blue"
+    assert error_of(request(logreg.url + "/invocations"))["code"] == 405
 
 
 def test_413_declared_content_length(logreg: ThreadedServer) -> None:
@@ -380,8 +381,10 @@ def test_fixed_batch_model_is_served_one_request_at_a_time(onnx_models) -> None:
             )
         for index, answer in enumerate(answers):
             assert orjson.loads(answer.body) == {"predictions": [[2.0 * index] * 16]}
-        assert metric(server.url, "berth_batch_size_count") == 24
-        assert metric(server.url, "berth_batch_size_sum") == 24
+        one_instance = post(server.url + "/invocations", orjson.dumps([1.5] * 16))  # no batch dimension
+        assert orjson.loads(one_instance.body) == {"predictions": [[3.0] * 16]}
+        assert metric(server.url, "berth_batch_size_count") == 25
+        assert metric(server.url, "berth_batch_size_sum") == 25
         two_rows = post(server.url + "/invocations", orjson.dumps([[1.0] * 16] * 2))
         assert two_rows.status == 400
         assert error_of(two_rows)["message"] == "expected input 'x' float32[1,16], got float32[2,16] for 'x'"
