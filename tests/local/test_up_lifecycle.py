@@ -198,7 +198,7 @@ def test_canary_with_5xx_is_rolled_back_from_the_fleets_own_metrics(model_dir: P
         "autoRollback": {"maxErrorRatePercent": 5},
     }
     endpoint_file = write_yaml(manifests / "endpoint.yaml", [endpoint("canary", "c1", canary)])
-    up = BerthUp(manifests, tmp_path)
+    up = BerthUp([manifests / "base.yaml", endpoint_file], tmp_path)  # files, not a directory
     try:
         up.wait_in_service("canary")
         with Load(f"{up.base}/endpoints/default/canary/invocations") as load:

@@ -227,20 +227,40 @@ async def _watch(paths: list[str], engine: Any, stop: asyncio.Event) -> None:
     """Reload on every edit; an invalid edit is reported and the last good manifests keep serving."""
     import watchfiles
 
-    def relevant(_: Any, path: str) -> bool:
-        return path.endswith((".yaml", ".yml"))
+    # A file is watched through its directory (not recursively): editors often save by
+    # renaming a new file over the old one, which a watch on the file itself would lose.
+    roots = [Path(p).resolve() for p in paths]
+    files = {str(r) for r in roots if r.is_file()}
+    trees = [r for r in roots if r.is_dir()]
+    lock = asyncio.Lock()
 
-    async for _changes in watchfiles.awatch(
-        *paths, stop_event=stop, watch_filter=relevant, debounce=200, step=50
-    ):
-        try:
-            resources = load_resources(paths)
-        except SourceError as exc:
-            log.error("manifests not applied: %s", exc)
-            continue
-        errors = immutability_errors(engine.resources, resources)
-        if errors:
-            log.error("manifests not applied: %s", "; ".join(errors))
-            continue
-        log.info("manifests changed: applying")
-        engine.load(resources)
+    def relevant(_: Any, path: str) -> bool:
+        if not path.endswith((".yaml", ".yml")):
+            return False
+        return path in files or any(Path(path).is_relative_to(tree) for tree in trees)
+
+    async def reload() -> None:
+        async with lock:
+            try:
+                resources = load_resources(paths)
+            except SourceError as exc:
+                log.error("manifests not applied: %s", exc)
+                return
+            errors = immutability_errors(engine.resources, resources)
+            if errors:
+                log.error("manifests not applied: %s", "; ".join(errors))
+                return
+            log.info("manifests changed: applying")
+            engine.load(resources)
+
+    async def follow(watched: list[str], recursive: bool) -> None:
+        async for _changes in watchfiles.awatch(
+            *watched, stop_event=stop, watch_filter=relevant, recursive=recursive, debounce=200, step=50
+        ):
+            await reload()
+
+    parents = sorted({str(Path(f).parent) for f in files})
+    watchers = [follow(parents, False)] if parents else []
+    if trees:
+        watchers.append(follow([str(t) for t in trees], True))
+    await asyncio.gather(*watchers)
