@@ -1,0 +1,174 @@
+"""The batcher on its own: immediate dispatch when alone, merging while the worker is busy,
+the max batch size, shape compatibility, and one bad request not failing its batch-mates.
+The run function is plain numpy, gated by an Event so the queue state is deterministic."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from berth_serving.batcher import Batcher
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Recorder:
+    """A model: doubles `x`; refuses any batch holding a negative value; the first call can
+    be held back so later jobs pile up in the queue."""
+
+    def __init__(self, hold_first: bool = False) -> None:
+        self.batches: list[int] = []
+        self.release = threading.Event()
+        self.started = threading.Event()
+        if not hold_first:
+            self.release.set()
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> list[Any]:
+        self.started.set()
+        self.release.wait(10)
+        x = feed["x"]
+        self.batches.append(x.shape[0])
+        if (x < 0).any():
+            raise ValueError("negative input")
+        return [x * 2]
+
+
+def make(run: Recorder, loop: asyncio.AbstractEventLoop, **options: Any) -> Batcher:
+    settings = {"batchable": True, "max_batch_size": 32, "max_delay_seconds": 0.002, **options}
+    batcher = Batcher(run, loop, **settings)
+    batcher.start()
+    return batcher
+
+
+def rows(value: float, count: int = 1, width: int = 4) -> dict[str, np.ndarray]:
+    return {"x": np.full((count, width), value, dtype=np.float32)}
+
+
+def test_a_lone_request_is_dispatched_at_once_whatever_the_delay() -> None:
+    async def scenario() -> float:
+        run = Recorder()
+        batcher = make(run, asyncio.get_running_loop(), max_delay_seconds=5.0)
+        try:
+            started = time.perf_counter()
+            outputs, _ = await batcher.submit(rows(1.0), 1).future
+            np.testing.assert_array_equal(outputs[0], np.full((1, 4), 2.0))
+            return time.perf_counter() - started
+        finally:
+            batcher.stop()
+
+    assert asyncio.run(scenario()) < 1.0  # far below the 5 s delay
+
+
+def test_queued_requests_merge_into_batches_no_larger_than_the_limit() -> None:
+    async def scenario() -> Recorder:
+        run = Recorder(hold_first=True)
+        batcher = make(run, asyncio.get_running_loop(), max_batch_size=4)
+        try:
+            first = batcher.submit(rows(0.0), 1)
+            await asyncio.to_thread(run.started.wait, 10)
+            jobs = [batcher.submit(rows(float(i)), 1) for i in range(1, 11)]
+            assert batcher.pending == 11
+            run.release.set()
+            results = await asyncio.gather(first.future, *(job.future for job in jobs))
+            for index, (outputs, _) in enumerate(results):
+                np.testing.assert_array_equal(outputs[0], np.full((1, 4), 2.0 * index))
+            assert batcher.pending == 0
+            return run
+        finally:
+            batcher.stop()
+
+    run = asyncio.run(scenario())
+    assert run.batches[0] == 1
+    assert sum(run.batches) == 11
+    assert max(run.batches) == 4
+    assert len(run.batches) == 4  # 1, then 4 + 4 + 2
+
+
+def test_incompatible_shapes_are_not_merged() -> None:
+    async def scenario() -> Recorder:
+        run = Recorder(hold_first=True)
+        batcher = make(run, asyncio.get_running_loop())
+        try:
+            first = batcher.submit(rows(1.0), 1)
+            await asyncio.to_thread(run.started.wait, 10)
+            narrow = [batcher.submit(rows(1.0, width=4), 1) for _ in range(3)]
+            wide = [batcher.submit(rows(1.0, width=6), 1) for _ in range(3)]
+            run.release.set()
+            await first.future
+            for job in narrow:
+                assert (await job.future)[0][0].shape == (1, 4)
+            for job in wide:
+                assert (await job.future)[0][0].shape == (1, 6)
+            return run
+        finally:
+            batcher.stop()
+
+    assert asyncio.run(scenario()).batches == [1, 3, 3]
+
+
+def test_a_failing_request_does_not_fail_its_batch_mates() -> None:
+    async def scenario() -> Recorder:
+        run = Recorder(hold_first=True)
+        batcher = make(run, asyncio.get_running_loop())
+        try:
+            first = batcher.submit(rows(1.0), 1)
+            await asyncio.to_thread(run.started.wait, 10)
+            good = [batcher.submit(rows(2.0), 1) for _ in range(2)]
+            bad = batcher.submit(rows(-1.0), 1)
+            run.release.set()
+            await first.future
+            for job in good:
+                np.testing.assert_array_equal((await job.future)[0][0], np.full((1, 4), 4.0))
+            with pytest.raises(ValueError, match="negative input"):
+                await bad.future
+            assert batcher.pending == 0
+            return run
+        finally:
+            batcher.stop()
+
+    # The merged call of 3 failed; each was then run alone.
+    assert asyncio.run(scenario()).batches == [1, 3, 1, 1, 1]
+
+
+def test_models_without_a_batch_dimension_run_one_request_at_a_time() -> None:
+    async def scenario() -> Recorder:
+        run = Recorder(hold_first=True)
+        batcher = make(run, asyncio.get_running_loop(), batchable=False)
+        try:
+            jobs = [batcher.submit(rows(1.0), 1)]
+            await asyncio.to_thread(run.started.wait, 10)
+            jobs += [batcher.submit(rows(1.0), 1) for _ in range(4)]
+            run.release.set()
+            await asyncio.gather(*(job.future for job in jobs))
+            return run
+        finally:
+            batcher.stop()
+
+    assert asyncio.run(scenario()).batches == [1, 1, 1, 1, 1]
+
+
+def test_cancelled_jobs_are_skipped_and_released() -> None:
+    async def scenario() -> Recorder:
+        run = Recorder(hold_first=True)
+        batcher = make(run, asyncio.get_running_loop())
+        try:
+            first = batcher.submit(rows(1.0), 1)
+            await asyncio.to_thread(run.started.wait, 10)
+            gone = batcher.submit(rows(5.0), 1)
+            gone.cancelled = True  # what the server's timeout does
+            gone.future.cancel()
+            kept = batcher.submit(rows(3.0), 1)
+            run.release.set()
+            await first.future
+            np.testing.assert_array_equal((await kept.future)[0][0], np.full((1, 4), 6.0))
+            while batcher.pending:
+                await asyncio.sleep(0.01)
+            return run
+        finally:
+            batcher.stop()
+
+    assert asyncio.run(scenario()).batches == [1, 1]
