@@ -265,9 +265,13 @@ def test_killed_berth_up_leaves_no_orphans(model_dir: Path, tmp_path: Path) -> N
             endpoint("e", "c"),
         ],
     )
-    up = BerthUp(manifests, tmp_path)
+    up = BerthUp(manifests, tmp_path, "--logs")
     try:
         up.wait_in_service("e")
+        # --logs streams each replica's log lines, prefixed with the replica's name.
+        (replica,) = up.endpoint("e")["replicas"]
+        assert f"[{replica['name']}] " in up.log()
+        assert (tmp_path / "run" / "logs" / f"{replica['name']}.log").read_text()
         pids = up.children()
         assert pids
         up.process.kill()
