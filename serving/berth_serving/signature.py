@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -84,7 +85,7 @@ class Signature:
             tuple(_spec(node) for node in session.get_outputs()),
         )
 
-    @property
+    @cached_property
     def batchable(self) -> bool:
         """Requests can be merged along the first axis: every input has a dynamic batch
         dimension and every output can be split by rows (a tensor with a dynamic first
@@ -96,7 +97,7 @@ class Signature:
         )
         return inputs_ok and outputs_ok
 
-    @property
+    @cached_property
     def input_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.inputs)
 
