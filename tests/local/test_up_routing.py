@@ -141,3 +141,10 @@ def test_invoke_exits_1_on_an_error_answer(shared_up: BerthUp) -> None:
         invoke_command, ["split", "--data", '{"instances": [[1, 2]]}', "--url", shared_up.base]
     )
     assert bad.exit_code == 1 and "400" in bad.output
+
+
+def test_expect_continue_is_not_forwarded_as_an_answer(shared_up: BerthUp) -> None:
+    # The router holds the whole body; a replica's interim 100 must never become the answer.
+    response = shared_up.invoke("split", {"instances": [ROW] * 300}, {"Expect": "100-continue"})
+    assert response.status_code == 200, response.text
+    assert len(next(iter(response.json().values()))) > 0

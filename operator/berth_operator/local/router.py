@@ -48,6 +48,7 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
         b"content-length",
         b"host",
+        b"expect",  # the router already holds the whole body: no 100 Continue from replicas
     }
 )
 

@@ -54,6 +54,9 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._parser.get_status_code() < 200:  # an interim answer (100 Continue): wait on
+            self._headers, self._body = [], []
+            return
         self._complete = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
