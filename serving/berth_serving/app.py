@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -91,7 +93,8 @@ class ServingApp:
         self.exit_code = 0
         self.metrics = self._new_metrics(initial_model_name(config))
         self._variant_header = (b"x-berth-variant", self.variant.encode())
-        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        # Where remote models are fetched; created only when needed (a local model is used in place).
+        self._scratch = Path(tempfile.gettempdir()) / f"berth-model-{uuid.uuid4().hex[:12]}"
         self._loop: asyncio.AbstractEventLoop | None = None
         from berth_serving.rest import build_rest_app
 
@@ -111,8 +114,7 @@ class ServingApp:
         """Fetch and load the model off the event loop; the server answers 503 meanwhile."""
         self._loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        self._scratch = tempfile.TemporaryDirectory(prefix="berth-model-")
-        path, session = await asyncio.to_thread(self._load_blocking, Path(self._scratch.name))
+        path, session = await asyncio.to_thread(self._load_blocking, self._scratch)
         signature = Signature.from_session(session)
         name = self.config.model_name or path.stem
         if name != initial_model_name(self.config):
@@ -161,8 +163,7 @@ class ServingApp:
     def close(self) -> None:
         if self.model is not None:
             self.model.batcher.stop()
-        if self._scratch is not None:
-            self._scratch.cleanup()
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
     # --- ASGI ------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
