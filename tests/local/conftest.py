@@ -73,7 +73,7 @@ def shared_up(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             endpoint("broken-fetch", "fetch-v1"),
         ],
     )
-    up = BerthUp(manifests, tmp, "--no-watch")
+    up = BerthUp(manifests, tmp, "--no-watch", env={"BERTH_UP_LIVENESS_SECONDS": "3"})
     try:
         up.wait_in_service("split", "mirrored", "crashy")
         yield up

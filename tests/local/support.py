@@ -115,11 +115,13 @@ def alive(pid: int) -> bool:
 class BerthUp:
     """`berth up` on a free port, its cache and run dir under tmp; stopped with SIGTERM."""
 
-    def __init__(self, manifests: Path | list[Path], tmp: Path, *args: str) -> None:
+    def __init__(
+        self, manifests: Path | list[Path], tmp: Path, *args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"berth-up-{self.port}.log"
-        env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache")}
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), **(env or {})}
         paths = manifests if isinstance(manifests, list) else [manifests]
         files = [arg for path in paths for arg in ("-f", str(path))]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()

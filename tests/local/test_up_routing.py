@@ -119,6 +119,18 @@ def test_killed_replica_restarts_and_status_shows_it(shared_up: BerthUp) -> None
     assert shared_up.invoke("crashy", BODY).status_code == 200
     assert shared_up.endpoint("crashy")["status"]["phase"] == "InService"
 
+    # A hung replica (stopped, not dead) fails its liveness check and is replaced too.
+    (hung,) = replicas(shared_up, "crashy")
+    os.kill(hung["pid"], signal.SIGSTOP)
+
+    def replaced() -> bool:
+        (now,) = replicas(shared_up, "crashy")
+        return bool(now["restarts"] == 2 and now["ready"] and now["pid"] != hung["pid"])
+
+    shared_up.wait(replaced, 30, "the hung replica replaced")
+    assert "no answer on /ping" in replicas(shared_up, "crashy")[0]["lastError"]
+    assert shared_up.invoke("crashy", BODY).status_code == 200
+
 
 def test_invoke_prints_the_answer_and_the_variant(shared_up: BerthUp) -> None:
     import json

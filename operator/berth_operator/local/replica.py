@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections import deque
@@ -30,6 +31,8 @@ MAX_BACKOFF = 10.0
 STABLE_AFTER = 30.0  # seconds up before the backoff resets
 PROBE_STARTING = 0.05
 PROBE_RUNNING = 0.5
+# Like the pods' livenessProbe (3 failures, 10 s apart); the variable exists for tests.
+LIVENESS_SECONDS = float(os.environ.get("BERTH_UP_LIVENESS_SECONDS", "30"))
 
 
 @dataclass(frozen=True)
@@ -221,17 +224,30 @@ class Replica:
                 self._echo(self.name, line.rstrip("\n"))
 
     async def _probe(self) -> None:
-        assert self.upstream is not None
+        """Readiness from /ping, as the pod's readinessProbe; and a liveness check: a replica
+        that was up and then answers nothing for LIVENESS_SECONDS is killed and restarted."""
+        assert self.upstream is not None and self.process is not None
+        process = self.process
         url = self.upstream.base_url + "/ping"
         timeout = aiohttp.ClientTimeout(total=2)
+        last_answer: float | None = None
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
-                ok = False
+                ok = answered = False
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
                     async with session.get(url) as response:
-                        ok = response.status == 200
+                        answered, ok = True, response.status == 200
+                now = time.monotonic()
+                if answered:
+                    last_answer = now
                 if not self._stopping:
                     if ok:
                         self.state = "Running"
                     self._set_ready(ok)
+                    if last_answer is not None and now - last_answer > LIVENESS_SECONDS:
+                        self._stderr_tail.append(
+                            f"berth up: no answer on /ping for {LIVENESS_SECONDS:.0f}s, killed"
+                        )
+                        procs.signal_group(process.pid, 9)
+                        return
                 await asyncio.sleep(PROBE_RUNNING if self.ready else PROBE_STARTING)
