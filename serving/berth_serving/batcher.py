@@ -4,10 +4,11 @@ call on a dedicated worker thread, then split back.
 The event loop only enqueues jobs and resolves futures; the worker does the concatenation,
 the ORT call and the slicing, with the GIL released inside ORT. Nothing waits when nothing
 else is queued: at concurrency 1 a request runs at once. Under load, requests pile up while
-the worker is busy and the next call takes them all (up to `max_batch_size` rows). When the
-queue shows concurrency, the worker keeps collecting while requests keep arriving (each
-within ARRIVAL_GAP of the last), but never past `max_delay` from the oldest job's arrival:
-waiting for batch-mates that cannot come (every client is already waiting) only adds latency.
+the worker is busy and the next call takes them all (up to `max_batch_size` rows). With a
+`max_delay` above zero (the server sets one for GPU providers only, see
+app.batch_delay_seconds) and a queue that shows concurrency, the worker also keeps
+collecting while requests keep arriving (each within ARRIVAL_GAP of the last), but never
+past `max_delay` from the oldest job's arrival.
 """
 
 from __future__ import annotations

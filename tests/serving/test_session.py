@@ -55,3 +55,13 @@ def test_unavailable_provider_logs_one_warning(onnx_models, caplog: pytest.LogCa
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "CUDAExecutionProvider" in warnings[0].getMessage()
+
+
+def test_batch_delay_applies_to_accelerators_only() -> None:
+    from berth_serving.app import batch_delay_seconds
+    from berth_serving.config import ServeConfig
+
+    config = ServeConfig(model_uri="m.onnx", max_batch_delay_ms=4)
+    assert batch_delay_seconds(config, [CPU]) == 0.0
+    assert batch_delay_seconds(config, [CUDA, CPU]) == pytest.approx(0.004)
+    assert batch_delay_seconds(config, [TRT, CUDA, CPU]) == pytest.approx(0.004)
