@@ -383,3 +383,14 @@ def test_record_counts_ignore_unreadable_reports() -> None:
     counts = record_counts(pods, completions=2)
     assert (counts.done, counts.total) == (4, None)
     assert record_counts([], 1).done is None
+
+
+def test_render_and_up_leave_transform_jobs_to_berth_transform(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from berth_operator.manifests import load_manifests
+
+    wire = transform_job().to_wire()
+    wire.pop("status", None)
+    (tmp_path / "tj.yaml").write_text(json.dumps({"apiVersion": "berth.dev/v1alpha1", **wire}))
+    loaded = load_manifests([tmp_path])
+    assert loaded.models == loaded.configs == loaded.endpoints == []
+    assert any("ignored TransformJob/score-march" in note for note in loaded.notes)
