@@ -279,7 +279,8 @@ def raw_best_rows_per_second(model: Path, width: int) -> tuple[int, float]:
 
 
 def json_rows(rows: np.ndarray) -> bytes:
-    return ('{"instances": ' + str(np.round(rows, 4).tolist()) + "}").encode()
+    """Four decimals per value, as a client would write them (float32 -> float would print 17 digits)."""
+    return ('{"instances": ' + str(np.round(rows.astype(np.float64), 4).tolist()) + "}").encode()
 
 
 def npy(rows: np.ndarray) -> bytes:
