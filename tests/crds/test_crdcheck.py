@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support import celk8s
-from tests.support.crdcheck import admit, berth_crds, child_schemas, load_crd
-
-HTTPROUTE_CRD = Path("/work/shared/data/gateway-api/httproute-crd.yaml")
-if not HTTPROUTE_CRD.exists():  # the same file, relative to a checkout beside shared/
-    HTTPROUTE_CRD = Path(__file__).resolve().parents[3] / "shared/data/gateway-api/httproute-crd.yaml"
-pytestmark = pytest.mark.skipif(not HTTPROUTE_CRD.exists(), reason="Gateway API HTTPRoute CRD not found")
+from tests.support.crdcheck import admit, berth_crds, child_schemas
+from tests.support.crdcheck import httproute_crd as load_httproute_crd
 
 Obj = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
 def httproute_crd() -> Obj:
-    return load_crd(HTTPROUTE_CRD)
+    return load_httproute_crd()
 
 
 def prefix_match(path: str = "/endpoints/default/fraud/") -> Obj:

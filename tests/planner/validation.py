@@ -8,20 +8,18 @@ schema and CEL rules, through tests.support.crdcheck.
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 
-from tests.support.crdcheck import admit, load_crd
+from tests.support.crdcheck import admit, httproute_crd
 
-HTTPROUTE_CRD = Path("/work/shared/data/gateway-api/httproute-crd.yaml")
 KUBERNETES_VERSIONS = ("1.30", "1.33")
 
 
 @cache
 def _httproute_crd() -> dict[str, Any]:
-    return load_crd(HTTPROUTE_CRD)
+    return httproute_crd()
 
 
 def problems(obj: dict[str, Any]) -> list[str]:

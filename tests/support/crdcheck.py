@@ -47,6 +47,24 @@ def load_crd(path: str | Path) -> Schema:
     raise ValueError(f"{path} holds no CustomResourceDefinition")
 
 
+# The Gateway API HTTPRoute CRD lives in the shared design folder beside the checkout.
+HTTPROUTE_CRD_CANDIDATES = (
+    Path(__file__).resolve().parents[3] / "shared/data/gateway-api/httproute-crd.yaml",
+    Path("/work/shared/data/gateway-api/httproute-crd.yaml"),
+)
+
+
+@cache
+def httproute_crd() -> Schema:
+    """The standard-channel HTTPRoute CRD; a missing file fails loudly, it never skips a check."""
+    for path in HTTPROUTE_CRD_CANDIDATES:
+        if path.exists():
+            return load_crd(path)
+    raise FileNotFoundError(
+        f"Gateway API HTTPRoute CRD not found in {[str(p) for p in HTTPROUTE_CRD_CANDIDATES]}"
+    )
+
+
 def berth_crds() -> dict[str, Schema]:
     """Our CRDs as `berth crds` generates them, by kind."""
     from berth_operator import api, crdgen
