@@ -34,8 +34,12 @@ crds: $(STAMP)
 	$(BIN)/berth crds --output-dir crds
 	cp crds/berth.dev_*.yaml charts/berth/crds/
 
+# Benchmarks print ratios against baselines measured in the same run (minutes each).
 bench: $(STAMP)
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/local.py
+	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/transform.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,12 +11,6 @@ Berth's extras). The machine is shared and drifts: compare figures only within o
 
 from __future__ import annotations
 
-import sys
-
-# bench/ holds other scripts (bench/operator.py) that would shadow standard modules.
-if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    del sys.path[0]
-
 import argparse
 import asyncio
 import io
@@ -26,6 +20,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request

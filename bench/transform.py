@@ -18,18 +18,13 @@ overhead), and the peak RSS at 10,000 rows and at ROWS rows (target: within 50 M
 
 from __future__ import annotations
 
-import sys
-
-# bench/ holds other scripts (bench/operator.py) that would shadow standard modules.
-if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    del sys.path[0]
-
 import argparse
 import io
 import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable

@@ -4,7 +4,7 @@ The operator runs as a real `berth operator` process (kubeconfig login) so its R
 KMock runs in this process. Baseline of the same run: KMock's own create+get round trip, the
 floor under any reconcile.
 
-    .venv/bin/python bench/operator.py [--single 50] [--bulk 200]
+    .venv/bin/python bench/reconcile.py [--single 50] [--bulk 200]
 
 Targets: p50 within 0.5 s, 200 Endpoints within 30 s, RSS within 200 MB.
 """
