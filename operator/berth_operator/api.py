@@ -131,7 +131,13 @@ class RuntimeSettings(ApiModel):
         default=32, ge=1, le=4096, description="Largest number of rows merged into one ONNX Runtime call."
     )
     max_batch_delay_ms: float = Field(
-        default=2, ge=0, le=1000, description="Longest wait for more requests before running a batch."
+        default=2,
+        ge=0,
+        le=1000,
+        description=(
+            "Longest wait for more requests before running a batch, on GPU providers. On CPU a batch is"
+            " what arrived while the previous one ran: waiting there only adds latency."
+        ),
     )
     intra_op_threads: int = Field(
         default=0,
