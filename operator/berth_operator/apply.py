@@ -12,34 +12,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .planner.observe import is_subset, numbers_equal
 from .planner.types import Manifest, ObjectRef
 
 # Metadata fields the planner owns on its children; the rest (uid, resourceVersion, managed
 # fields, other controllers' annotations) belongs to the API server and others.
 OWNED_METADATA = ("labels", "annotations", "ownerReferences")
 NOT_PATCHED = ("apiVersion", "kind", "metadata", "status")
-
-
-def _numbers_equal(a: Any, b: Any) -> bool:
-    both_numbers = isinstance(a, int | float) and isinstance(b, int | float)
-    return both_numbers and not isinstance(a, bool) and not isinstance(b, bool) and float(a) == float(b)
-
-
-def is_subset(desired: Any, observed: Any) -> bool:
-    """True when every field of desired is in observed with the same value (lists item by item)."""
-    if isinstance(desired, Mapping):
-        return isinstance(observed, Mapping) and all(
-            key in observed and is_subset(value, observed[key]) for key, value in desired.items()
-        )
-    if isinstance(desired, list):
-        return (
-            isinstance(observed, list)
-            and len(desired) == len(observed)
-            and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
-        )
-    if isinstance(desired, bool) or isinstance(observed, bool):
-        return desired is observed  # True == 1 in Python, not in JSON
-    return bool(desired == observed or _numbers_equal(desired, observed))
 
 
 def subset_patch(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,7 +56,7 @@ def status_patch(observed: Mapping[str, Any] | None, desired: Mapping[str, Any])
             nested = status_patch(current, value)
             if nested:
                 patch[key] = nested
-        elif not (value == current or _numbers_equal(value, current)):
+        elif not (value == current or numbers_equal(value, current)):
             patch[key] = value
     for key in observed:
         if key not in desired:

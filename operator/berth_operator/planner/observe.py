@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +17,17 @@ def find(children: Iterable[Manifest], kind: str, name: str) -> Manifest | None:
     return None
 
 
+def numbers_equal(a: Any, b: Any) -> bool:
+    """1 == 1.0 as JSON numbers, but True is not 1 (it is in Python)."""
+    both_numbers = isinstance(a, int | float) and isinstance(b, int | float)
+    return both_numbers and not isinstance(a, bool) and not isinstance(b, bool) and float(a) == float(b)
+
+
 def is_subset(desired: Any, observed: Any) -> bool:
-    """True when observed has everything desired has (the API server may add defaults)."""
-    if isinstance(desired, dict):
-        return isinstance(observed, dict) and all(
+    """True when observed has everything desired has (the API server may add defaults); lists
+    compare item by item."""
+    if isinstance(desired, Mapping):
+        return isinstance(observed, Mapping) and all(
             key in observed and is_subset(value, observed[key]) for key, value in desired.items()
         )
     if isinstance(desired, list):
@@ -29,13 +36,9 @@ def is_subset(desired: Any, observed: Any) -> bool:
             and len(desired) == len(observed)
             and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
         )
-    if (
-        isinstance(desired, int | float)
-        and isinstance(observed, int | float)
-        and not isinstance(desired, bool)
-    ):
-        return float(desired) == float(observed)
-    return bool(desired == observed)
+    if isinstance(desired, bool) or isinstance(observed, bool):
+        return desired is observed
+    return bool(desired == observed or numbers_equal(desired, observed))
 
 
 def matches(desired: Manifest, children: Iterable[Manifest]) -> bool:
