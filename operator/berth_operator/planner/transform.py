@@ -30,7 +30,6 @@ from ..api import (
     API_VERSION,
     Condition,
     Model,
-    ProductionVariant,
     TransformJob,
     TransformJobSpec,
     TransformJobStatus,
@@ -39,17 +38,17 @@ from ..api import (
 from ..settings import InstanceType, Settings
 from . import labels
 from .conditions import condition
-from .fleet import VariantPlan
 from .names import dns_label, label_value
 from .podfailures import WAITING_FAILURES
 from .types import Event, Manifest
 from .workload import (
     INIT_CONTAINER,
-    MODEL_VOLUME,
-    RUN_AS,
-    TMP_VOLUME,
-    _container_security,
-    _init_container,
+    container_security,
+    model_init_container,
+    model_volume_mounts,
+    model_volumes,
+    node_placement,
+    pod_scaffold,
 )
 
 TRANSFORM_JOB = "berth.dev/transform-job"
@@ -150,22 +149,6 @@ def _resources(instance_type: InstanceType) -> dict[str, Any]:
     return result
 
 
-def _fetch_container(model: Model, instance_type: InstanceType, settings: Settings) -> dict[str, Any]:
-    """The serving pods' storage-initializer, built by the same code (it takes a variant)."""
-    variant = VariantPlan(
-        endpoint="",
-        config="",
-        spec=ProductionVariant(variant_name="transform", model_name=model.name, instance_type="transform"),
-        model=model,
-        instance_type=instance_type,
-        shadow=False,
-        weight=0,
-        replicas=1,
-        autoscaling=None,
-    )
-    return _init_container(variant, settings)
-
-
 def _transform_container(
     transform: TransformJob, model: Model, instance_type: InstanceType, settings: Settings
 ) -> dict[str, Any]:
@@ -186,11 +169,8 @@ def _transform_container(
             "resources": _resources(instance_type),
             # `berth transform` writes its counts or its error there; the log tail stands in otherwise.
             "terminationMessagePolicy": "FallbackToLogsOnError",
-            "securityContext": _container_security(),
-            "volumeMounts": [
-                {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT_PATH, "readOnly": True},
-                {"name": TMP_VOLUME, "mountPath": "/tmp"},
-            ],
+            "securityContext": container_security(),
+            "volumeMounts": model_volume_mounts(),
         }
     )
     return container
@@ -199,36 +179,16 @@ def _transform_container(
 def _pod_spec(
     transform: TransformJob, model: Model, instance_type: InstanceType, settings: Settings
 ) -> Manifest:
-    volumes: list[dict[str, Any]] = [
-        {"name": MODEL_VOLUME, "emptyDir": {}},
-        {"name": TMP_VOLUME, "emptyDir": {}},
-    ]
-    if model.spec.model_uri.startswith("pvc://"):  # the init container reads the model from the claim
-        claim = model.spec.model_uri[len("pvc://") :].partition("/")[0]
-        volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-    spec: Manifest = {"restartPolicy": "Never"}
-    if model.spec.service_account_name:
-        spec["serviceAccountName"] = model.spec.service_account_name
+    """The serving pods' scaffolding (planner/workload.py) around the transform container."""
+    spec: Manifest = {"restartPolicy": "Never", **pod_scaffold(model.spec)}
     spec.update(
         {
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": RUN_AS,
-                "runAsGroup": RUN_AS,
-                "fsGroup": RUN_AS,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "initContainers": [_fetch_container(model, instance_type, settings)],
+            "initContainers": [model_init_container(model.spec, settings)],
             "containers": [_transform_container(transform, model, instance_type, settings)],
-            "volumes": volumes,
+            "volumes": model_volumes(model.spec),
         }
     )
-    if instance_type.node_selector:
-        spec["nodeSelector"] = dict(sorted(instance_type.node_selector.items()))
-    if instance_type.tolerations:
-        spec["tolerations"] = [dict(t) for t in instance_type.tolerations]
+    spec.update(node_placement(instance_type))
     return spec
 
 

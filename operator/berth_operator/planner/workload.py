@@ -7,8 +7,8 @@ from typing import Any
 
 from berth_serving.config import DEFAULT_PORT, DEFAULT_TIMEOUT_SECONDS, MODEL_MOUNT_PATH, ServeConfig
 
-from ..api import Endpoint
-from ..settings import Settings
+from ..api import Endpoint, ModelSpec
+from ..settings import InstanceType, Settings
 from . import labels
 from .fleet import VariantPlan
 from .meta import object_meta
@@ -83,15 +83,6 @@ def _pvc_claim(uri: str) -> str | None:
     return uri[len("pvc://") :].partition("/")[0]
 
 
-def _container_security() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
-
-
 def _image(variant: VariantPlan, settings: Settings) -> str:
     if variant.model.spec.image:
         return variant.model.spec.image
@@ -117,9 +108,41 @@ def _server_env(variant: VariantPlan) -> list[dict[str, Any]]:
     return ours + user_env
 
 
-def _init_container(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
-    spec = variant.model.spec
-    uri = spec.model_uri
+# ---- the pod scaffolding shared by serving pods and TransformJob pods (planner/transform.py)
+
+
+def container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def model_volumes(model: ModelSpec) -> list[dict[str, Any]]:
+    """The pod's volumes: the model and /tmp emptyDirs, and the claim of a pvc:// model URI."""
+    volumes: list[dict[str, Any]] = [
+        {"name": MODEL_VOLUME, "emptyDir": {}},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+    ]
+    claim = _pvc_claim(model.model_uri)
+    if claim is not None:  # the init container reads the model from the claim
+        volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    return volumes
+
+
+def model_volume_mounts() -> list[dict[str, Any]]:
+    """The main container's mounts: the fetched model, read-only, and /tmp."""
+    return [
+        {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT_PATH, "readOnly": True},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+    ]
+
+
+def model_init_container(model: ModelSpec, settings: Settings) -> dict[str, Any]:
+    """The storage-initializer: `berth fetch-model` of the model into the model volume."""
+    uri = model.model_uri
     mounts: list[dict[str, Any]] = [
         {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT_PATH},
         {"name": TMP_VOLUME, "mountPath": "/tmp"},
@@ -129,8 +152,8 @@ def _init_container(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
         # fetch-model reads pvc://CLAIM/PATH at /mnt/pvc/CLAIM/PATH
         mounts.append({"name": "pvc", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
     args = ["fetch-model", uri, MODEL_MOUNT_PATH]
-    if spec.sha256:
-        args += ["--sha256", spec.sha256]
+    if model.sha256:
+        args += ["--sha256", model.sha256]
     container: dict[str, Any] = {
         "name": INIT_CONTAINER,
         # Berth's own image always has `berth fetch-model`, even when the server image is BYO.
@@ -141,14 +164,51 @@ def _init_container(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
         "resources": copy.deepcopy(INIT_RESOURCES),
         # berth writes its error to /dev/termination-log; the log tail stands in if it could not.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
         "volumeMounts": mounts,
     }
-    if spec.env:
-        container["env"] = [e.to_wire() for e in spec.env]
-    if spec.credentials_secret_ref is not None:
-        container["envFrom"] = [{"secretRef": {"name": spec.credentials_secret_ref.name}}]
+    if model.env:
+        container["env"] = [e.to_wire() for e in model.env]
+    if model.credentials_secret_ref is not None:
+        container["envFrom"] = [{"secretRef": {"name": model.credentials_secret_ref.name}}]
     return container
+
+
+def pod_scaffold(model: ModelSpec) -> dict[str, Any]:
+    """The pod-level fields every pod that runs the model has, in the order the pod spec lists them:
+    serviceAccountName (when the model has one), no API token or service links, and a non-root
+    securityContext."""
+    spec: dict[str, Any] = {}
+    if model.service_account_name:
+        spec["serviceAccountName"] = model.service_account_name
+    spec.update(
+        {
+            # The pods never call the Kubernetes API; IRSA and workload identity need no token here.
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": RUN_AS,
+                "runAsGroup": RUN_AS,
+                "fsGroup": RUN_AS,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+        }
+    )
+    return spec
+
+
+def node_placement(instance_type: InstanceType) -> dict[str, Any]:
+    """The instance type's nodeSelector and tolerations, those it has."""
+    placement: dict[str, Any] = {}
+    if instance_type.node_selector:
+        placement["nodeSelector"] = dict(sorted(instance_type.node_selector.items()))
+    if instance_type.tolerations:
+        placement["tolerations"] = [dict(t) for t in instance_type.tolerations]
+    return placement
+
+
+# ---- serving pods
 
 
 def _server_container(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
@@ -179,11 +239,8 @@ def _server_container(variant: VariantPlan, settings: Settings) -> dict[str, Any
             "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "resources": _merged_resources(variant),
-            "securityContext": _container_security(),
-            "volumeMounts": [
-                {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT_PATH, "readOnly": True},
-                {"name": TMP_VOLUME, "mountPath": "/tmp"},
-            ],
+            "securityContext": container_security(),
+            "volumeMounts": model_volume_mounts(),
         }
     )
     return container
@@ -191,32 +248,13 @@ def _server_container(variant: VariantPlan, settings: Settings) -> dict[str, Any
 
 def _pod_spec(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
     model = variant.model.spec
-    volumes: list[dict[str, Any]] = [
-        {"name": MODEL_VOLUME, "emptyDir": {}},
-        {"name": TMP_VOLUME, "emptyDir": {}},
-    ]
-    claim = _pvc_claim(model.model_uri)
-    if claim is not None:
-        volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-    spec: dict[str, Any] = {}
-    if model.service_account_name:
-        spec["serviceAccountName"] = model.service_account_name
+    spec = pod_scaffold(model)
     spec.update(
         {
-            # The server never calls the Kubernetes API; IRSA and workload identity need no token here.
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": RUN_AS,
-                "runAsGroup": RUN_AS,
-                "fsGroup": RUN_AS,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
             "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-            "initContainers": [_init_container(variant, settings)],
+            "initContainers": [model_init_container(model, settings)],
             "containers": [_server_container(variant, settings)],
-            "volumes": volumes,
+            "volumes": model_volumes(model),
             "topologySpreadConstraints": [
                 {
                     "maxSkew": 1,
@@ -228,10 +266,7 @@ def _pod_spec(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
             ],
         }
     )
-    if variant.instance_type.node_selector:
-        spec["nodeSelector"] = dict(sorted(variant.instance_type.node_selector.items()))
-    if variant.instance_type.tolerations:
-        spec["tolerations"] = [dict(t) for t in variant.instance_type.tolerations]
+    spec.update(node_placement(variant.instance_type))
     return spec
 
 
