@@ -254,14 +254,14 @@ def raw_p50_ms(model: Path, width: int, seconds: float = 1.0) -> float:
     return statistics.median(times) * 1000
 
 
-def raw_best_rows_per_second(model: Path, width: int) -> tuple[int, float]:
+def raw_best_rows_per_second(model: Path, width: int, seconds: float = 1.0) -> tuple[int, float]:
     session = raw_session(model)
     best = (0, 0.0)
     for batch in (1, 8, 32, 64, 128, 256, 512):
         feed = {"x": np.random.default_rng(0).normal(size=(batch, width)).astype(np.float32)}
         session.run(None, feed)
         rows, started = 0, time.perf_counter()
-        while time.perf_counter() - started < 0.4:
+        while time.perf_counter() - started < seconds:
             session.run(None, feed)
             rows += batch
         rate = rows / (time.perf_counter() - started)
@@ -341,6 +341,12 @@ def main() -> None:
         mlp_64 = load(url, "/invocations", one_mlp, "application/json", 64)
         npy_8 = load(url, "/invocations", npy_256, "application/x-npy", 8)
     npy_rows = npy_8.requests_per_second * 256
+    # The machine drifts: measure the compute limit again right after, and keep the higher
+    # figure so the ratio below errs against Berth.
+    after_batch, after_rows = raw_best_rows_per_second(mlp, 256)
+    print(f"  (raw ORT MLP best again after the server runs: batch {after_batch}, {after_rows:,.0f} rows/s)")
+    if after_rows > raw_rows:
+        best_batch, raw_rows = after_batch, after_rows
     print(f"  MLP, c16: {mlp_16.requests_per_second:,.0f} req/s (p50 {mlp_16.p50_ms:.2f} ms)")
     print(f"  MLP, c64: {mlp_64.requests_per_second:,.0f} req/s (p50 {mlp_64.p50_ms:.2f} ms)")
     print(
