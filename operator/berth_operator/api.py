@@ -10,9 +10,10 @@ stored spec: Argo CD and Flux then see no drift.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "berth.dev"
@@ -44,6 +45,30 @@ MSG_NPY_NEEDS_NO_SPLIT = (
 MSG_JOIN_NEEDS_LINES = "joinSource Input needs input.splitType Line and output.assembleWith Line"
 MSG_OUTPUT_NOT_INPUT = "output.uri must differ from input.uri"
 STORAGE_URI = r"^(s3|file)://.+"
+
+
+def validation_problems(error: ValidationError) -> list[str]:
+    """One "field.path[0].name: message" per problem, in the manifest's camelCase words."""
+    return [f"{_location(e) or '(top)'}: {_message(e)}" for e in error.errors()]
+
+
+def validation_message(error: ValidationError) -> str:
+    """The problems of a refused object on one line, for a status message or failureReason."""
+    return "; ".join(validation_problems(error))
+
+
+def _location(error: Mapping[str, Any]) -> str:
+    text = ""
+    for part in error["loc"]:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
 
 
 class ApiModel(BaseModel):

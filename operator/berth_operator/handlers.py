@@ -20,6 +20,7 @@ import kopf
 from pydantic import ValidationError
 
 from . import reconcile
+from .api import validation_message
 from .kube import ApiError, KubeClient
 from .planner import labels as planner_labels
 from .planner import plan_endpoint
@@ -99,8 +100,7 @@ async def reconcile_endpoint(ctx: OperatorContext, namespace: str, name: str) ->
         state = await reconcile.read_endpoint_state(kube, raw)
     except ValidationError as exc:
         # Admission normally refuses this; without the CRD's validation say why in the status.
-        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        failed = {**(raw.get("status") or {}), "phase": "Failed", "failureReason": message}
+        failed = {**(raw.get("status") or {}), "phase": "Failed", "failureReason": validation_message(exc)}
         body = reconcile.status_patch(raw.get("status"), failed)
         if body:
             await kube.patch_status(ENDPOINTS, namespace, name, body)

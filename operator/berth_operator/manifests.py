@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .api import API_VERSION, RESOURCE_KINDS, Endpoint, EndpointConfig, Model, Resource
+from .api import API_VERSION, RESOURCE_KINDS, Endpoint, EndpointConfig, Model, Resource, validation_problems
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -81,20 +81,6 @@ def yaml_files(path: Path) -> list[Path]:
     raise ManifestError(f"{path}: no such file or directory")
 
 
-def _location(err: dict[str, Any]) -> str:
-    text = ""
-    for part in err["loc"]:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _message(err: dict[str, Any]) -> str:
-    message = str(err["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        message = message.removeprefix(prefix)
-    return message
-
-
 def parse_document(doc: Any, where: str) -> Resource | None:
     """A Berth resource from one YAML document; None for other kinds (noted by the caller)."""
     if not isinstance(doc, dict):
@@ -114,7 +100,7 @@ def parse_document(doc: Any, where: str) -> Resource | None:
     try:
         return cls.model_validate(doc)
     except ValidationError as exc:
-        problems = [f"{where}: {kind}/{name}: {_location(e) or '(top)'}: {_message(e)}" for e in exc.errors()]  # type: ignore[arg-type]
+        problems = [f"{where}: {kind}/{name}: {problem}" for problem in validation_problems(exc)]
         raise ManifestError("\n".join(problems)) from None
 
 

@@ -22,6 +22,7 @@ from .apply import diff_children, status_patch
 from .kube import RESOURCES, ApiError, KubeClient, ResourceKind, kind_of
 from .planner import labels as planner_labels
 from .planner.names import label_value
+from .planner.resources import config_model_names, config_status, model_names_of, model_status
 from .planner.types import FleetMetrics, Manifest, Observed, Plan, PlanInput
 from .settings import Settings
 
@@ -73,10 +74,6 @@ class References:
                 del self.endpoint_by_label[label_key]
 
 
-def now_rfc3339(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 # --------------------------------------------------------------------------- reading
 
 
@@ -119,14 +116,6 @@ def config_names_of(endpoint: Endpoint) -> set[str]:
         if status.rollout is not None:
             names.add(status.rollout.target_endpoint_config_name)
     return names
-
-
-def model_names_of(configs: Iterable[EndpointConfig]) -> set[str]:
-    return {
-        variant.model_name
-        for config in configs
-        for variant in config.spec.production_variants + config.spec.shadow_production_variants
-    }
 
 
 @dataclass
@@ -236,59 +225,6 @@ async def apply_plan(kube: KubeClient, plan: Plan, state: EndpointState) -> Appl
 # --------------------------------------------------------------------------- Model / EndpointConfig status
 
 
-def ready_condition(
-    status: str,
-    reason: str,
-    message: str,
-    generation: int | None,
-    previous: Iterable[Mapping[str, Any]],
-    now: datetime,
-) -> dict[str, Any]:
-    """A Ready condition that keeps its lastTransitionTime while its status stays the same."""
-    old = next((c for c in previous if c.get("type") == "Ready"), None)
-    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
-    condition = {
-        "type": "Ready",
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since or now_rfc3339(now),
-    }
-    if generation is not None:
-        condition["observedGeneration"] = generation
-    return condition
-
-
-def model_status(raw: Manifest, now: datetime) -> dict[str, Any]:
-    generation = raw["metadata"].get("generation")
-    previous = (raw.get("status") or {}).get("conditions") or []
-    try:
-        Model.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        condition = ready_condition("False", "InvalidSpec", problems, generation, previous, now)
-    else:
-        condition = ready_condition("True", "Accepted", "", generation, previous, now)
-    return {"observedGeneration": generation, "conditions": [condition]}
-
-
-def config_status(
-    raw: Manifest, missing_models: list[str], now: datetime, problem: str | None = None
-) -> dict[str, Any]:
-    generation = raw["metadata"].get("generation")
-    previous = (raw.get("status") or {}).get("conditions") or []
-    if problem:
-        condition = ready_condition("False", "InvalidSpec", problem, generation, previous, now)
-    elif missing_models:
-        names = ", ".join(sorted(missing_models))
-        noun = "Model" if len(missing_models) == 1 else "Models"
-        message = f"{noun} not found: {names}"
-        condition = ready_condition("False", "ModelNotFound", message, generation, previous, now)
-    else:
-        condition = ready_condition("True", "ModelsFound", "", generation, previous, now)
-    return {"observedGeneration": generation, "conditions": [condition]}
-
-
 async def sync_model_status(kube: KubeClient, raw: Manifest, now: datetime) -> bool:
     body = status_patch(raw.get("status"), model_status(raw, now))
     if body is None:
@@ -301,18 +237,14 @@ async def sync_model_status(kube: KubeClient, raw: Manifest, now: datetime) -> b
 async def sync_config_status(kube: KubeClient, references: References, raw: Manifest, now: datetime) -> bool:
     meta = raw["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    try:
-        config = EndpointConfig.model_validate(raw)
-    except ValidationError as exc:
-        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    wanted = config_model_names(raw)
+    if wanted is None:  # invalid spec: config_status says why
         references.config_models.pop((namespace, name), None)
-        desired = config_status(raw, [], now, problem)
+        found: dict[str, Manifest] = {}
     else:
-        wanted = model_names_of([config])
         references.config_models[(namespace, name)] = wanted
         found = await _get_many(kube, MODELS, namespace, wanted)
-        desired = config_status(raw, sorted(wanted - set(found)), now)
-    body = status_patch(raw.get("status"), desired)
+    body = status_patch(raw.get("status"), config_status(raw, set(found), now))
     if body is None:
         return False
     await kube.patch_status(CONFIGS, namespace, name, body)

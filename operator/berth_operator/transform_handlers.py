@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import kopf
 from pydantic import ValidationError
 
-from .api import Model, TransformJob
+from .api import Model, TransformJob, validation_message
 from .apply import status_patch
 from .kube import RESOURCES, ApiError, KubeClient
 from .planner.transform import (
@@ -40,10 +40,6 @@ JOBS = RESOURCES[("batch/v1", "Job")]
 PODS = RESOURCES[("v1", "Pod")]
 
 
-def _validation_message(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-
-
 async def reconcile_transform(kube: KubeClient, settings: Settings, namespace: str, name: str) -> None:
     raw = await kube.get(TRANSFORMJOBS, namespace, name)
     if raw is None or raw["metadata"].get("deletionTimestamp"):
@@ -54,7 +50,7 @@ async def reconcile_transform(kube: KubeClient, settings: Settings, namespace: s
         transform = TransformJob.model_validate(raw)
     except ValidationError as error:
         # Admission refuses this in a cluster with the CRD; without it, say why in the status.
-        failed = {"phase": "Failed", "failureReason": _validation_message(error)}
+        failed = {"phase": "Failed", "failureReason": validation_message(error)}
         body = status_patch(raw.get("status"), {**(raw.get("status") or {}), **failed})
         if body:
             await kube.patch_status(TRANSFORMJOBS, namespace, name, body)
@@ -83,7 +79,7 @@ async def _model(kube: KubeClient, namespace: str, name: str) -> Model | None:
     try:
         return Model.model_validate({"apiVersion": f"{GROUP}/{VERSION}", "kind": "Model", **raw})
     except ValidationError as error:
-        log.warning("Model %s/%s is invalid: %s", namespace, name, _validation_message(error))
+        log.warning("Model %s/%s is invalid: %s", namespace, name, validation_message(error))
         return None
 
 
