@@ -110,6 +110,9 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
     problems: list[str] = []
     seen: dict[tuple[str, str, str], str] = {}
     for root in paths:
+        # A directory may hold other YAML too (Helm values, kustomization files): documents
+        # that are not Kubernetes objects are skipped there; a file named directly must be one.
+        walking = Path(root).is_dir()
         try:
             files = yaml_files(Path(root))
         except ManifestError as exc:
@@ -125,6 +128,9 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
                 if doc is None:
                     continue
                 where = f"{path}:document {number}"
+                if walking and isinstance(doc, dict) and not doc.get("kind"):
+                    result.notes.append(f"{where}: ignored (not a Kubernetes object)")
+                    continue
                 try:
                     resource = parse_document(doc, where)
                 except ManifestError as exc:

@@ -149,3 +149,13 @@ def test_quickstart_examples_load() -> None:
         pytest.skip("examples/quickstart not written yet")
     loaded = load_manifests([examples])
     assert loaded.endpoints and loaded.configs and loaded.models
+
+
+def test_directory_skips_yaml_that_is_not_a_kubernetes_object(tmp_path: Path) -> None:
+    write(tmp_path / "values.yaml", "replicas: 2\nimage: {tag: dev}\n")  # Helm values beside the manifests
+    write(tmp_path / "model.yaml", MODEL)
+    loaded = load_manifests([tmp_path])
+    assert [item.resource.name for item in loaded.models] == ["m1"]
+    assert any("values.yaml:document 1: ignored (not a Kubernetes object)" in note for note in loaded.notes)
+    with pytest.raises(ManifestError, match="document 1: missing kind"):
+        load_manifests([tmp_path / "values.yaml"])  # named directly, it must be an object
