@@ -56,9 +56,10 @@ class Assembler:
                 return codecs.encode(named, codecs.CSV)
             return codecs.encode(named, codecs.JSON) + b"\n"
         if self.accept == CSV:
+            if not self.join:
+                return codecs.encode(named, codecs.CSV)  # a line per record already
             lines = codecs.encode(named, codecs.CSV).split(b"\n")[:-1]
-            if self.join:
-                lines = [raw.rstrip(b"\r\n") + b"," + line for raw, line in zip(inputs, lines, strict=True)]
+            lines = [raw.rstrip(b"\r\n") + b"," + line for raw, line in zip(inputs, lines, strict=True)]
             return b"\n".join(lines) + b"\n"
         predictions = self._per_record(named)
         if self.join:

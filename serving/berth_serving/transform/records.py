@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -19,6 +20,9 @@ import orjson
 
 from berth_serving.signature import Signature, SignatureError
 from berth_serving.transform.options import CSV, JSON_LINES, NPY
+
+# Rows per np.loadtxt call: about 1 ms of parsing, so the GIL changes hands often enough.
+SLICE_ROWS = 64
 
 
 class InputError(ValueError):
@@ -74,8 +78,47 @@ def read_blocks(
 
 
 def _npy_blocks(stream: BinaryIO, max_rows: int) -> Iterator[Block]:
+    """Rows of a .npy array, read block by block after its header (memory stays flat); arrays
+    this cannot stream (Fortran order, object dtype, other format versions) load whole."""
+    head = stream.read(10)
+    if len(head) == 10 and head[:6] == b"\x93NUMPY" and head[6] in (1, 2):
+        if head[6] == 1:
+            head += stream.read(int.from_bytes(head[8:10], "little"))
+        else:
+            head += stream.read(2)
+            head += stream.read(int.from_bytes(head[8:12], "little"))
+        header = io.BytesIO(head)
+        try:
+            version = np.lib.format.read_magic(header)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
+        except (ValueError, OSError, EOFError) as error:
+            raise InputError(f"not a valid .npy array: {error}") from None
+        if not fortran and not dtype.hasobject and len(shape) > 0:
+            yield from _npy_rows(stream, shape, dtype, max_rows)
+            return
+    yield from _npy_whole(head + stream.read(), max_rows)
+
+
+def _npy_rows(stream: BinaryIO, shape: tuple[int, ...], dtype: np.dtype, max_rows: int) -> Iterator[Block]:
+    row_shape = tuple(shape[1:])
+    row_bytes = dtype.itemsize * math.prod(row_shape)
+    for start in range(0, shape[0], max_rows):
+        rows = min(max_rows, shape[0] - start)
+        data = bytearray(stream.read(rows * row_bytes)) if row_bytes else bytearray()
+        if len(data) != rows * row_bytes:
+            raise InputError(
+                f"not a valid .npy array: it ends within row {start + len(data) // row_bytes + 1}"
+            )
+        array = np.frombuffer(data, dtype=dtype, count=rows * math.prod(row_shape))
+        yield Block(start + 1, array=array.reshape((rows, *row_shape)))
+
+
+def _npy_whole(body: bytes, max_rows: int) -> Iterator[Block]:
     try:
-        array = np.load(io.BytesIO(stream.read()), allow_pickle=False)
+        array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise InputError(f"not a valid .npy array: {error}") from None
     if not isinstance(array, np.ndarray) or array.ndim == 0:
@@ -119,7 +162,15 @@ class Parser:
             return Parsed({}, 0, [], [])
         try:
             texts = [raw.decode("utf-8") for _, raw in numbered]
-            array = np.loadtxt(texts, delimiter=",", dtype=self.dtype, ndmin=2, comments=None)
+            # np.loadtxt holds the GIL for the whole call: in slices, the ORT worker thread can
+            # hand back a batch and start the next one while a block is being parsed.
+            parts = [
+                np.loadtxt(
+                    texts[start : start + SLICE_ROWS], delimiter=",", dtype=self.dtype, ndmin=2, comments=None
+                )
+                for start in range(0, len(texts), SLICE_ROWS)
+            ]
+            array = parts[0] if len(parts) == 1 else np.concatenate(parts)
             if self.columns is None or array.shape[1] == self.columns:
                 return Parsed({self.names[0]: array}, array.shape[0], [raw for _, raw in numbered], [])
         except (UnicodeDecodeError, ValueError):
