@@ -1,10 +1,10 @@
 """The transform loop: this shard's input objects, block by block, through the serving Batcher.
 
 Per object: skip it when its output exists (resume), else stream its blocks, submit each parsed
-block to the Batcher (ONNX Runtime on the Batcher's worker thread), keep at most
-`max_concurrent_transforms` blocks in flight so the next block is read and parsed while the
-model runs, and append the answers in input order to an atomic writer that is committed only
-when the whole object is done.
+block to the Batcher (ONNX Runtime on the Batcher's worker thread), read and parse the next block
+while up to `max_concurrent_transforms` blocks are in flight (with 2: one runs and one waits, so
+ONNX Runtime need not wait for the parser), and append the answers in input order to an atomic
+writer that is committed only when the whole object is done.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from berth_serving.transform.options import ERRORS_SUFFIX, OUTPUT_SUFFIX, Transf
 from berth_serving.transform.records import BadRecord, InputError, Parsed, Parser, open_records, read_blocks
 
 log = logging.getLogger("berth.transform")
-SWITCH_INTERVAL_SECONDS = 0.001
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 class TransformError(Exception):
@@ -217,15 +217,15 @@ class _Run:
                 max_rows=1 if self.single else options.max_batch_size,
             )
             try:
-                for block in blocks:
+                for block in blocks:  # read and parsed while up to max_concurrent_transforms run
                     parsed = self.parser.parse(block)
                     if parsed.bad:
                         self.budget.spend(uri, parsed.bad)
                         bad_here.extend(parsed.bad)
                     if parsed.rows:
+                        while len(window) >= options.max_concurrent_transforms:
+                            await self._write_oldest(window, writer, uri)
                         window.append((self._submit(batcher, parsed), parsed, block.first_line))
-                    while len(window) >= options.max_concurrent_transforms:
-                        await self._write_oldest(window, writer, uri)
                 while window:
                     await self._write_oldest(window, writer, uri)
             except InputError as error:
