@@ -67,10 +67,9 @@ ENVELOPE_PROPERTIES: dict[str, Schema] = {
         "type": "string",
     },
     "kind": {"description": "The REST resource this object represents.", "type": "string"},
-    "metadata": {
-        "description": "Standard object metadata: name, namespace, labels, annotations.",
-        "type": "object",
-    },
+    # A real API server refuses anything but `type: object` here ("must not specify anything
+    # other than name and generateName"): offline schema checks accepted a description.
+    "metadata": {"type": "object"},
 }
 
 # Key order in the output, so that the YAML reads like hand-written CRDs.

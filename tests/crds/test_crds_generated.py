@@ -85,7 +85,7 @@ def test_every_property_has_a_description() -> None:
         f"{kind}{path}.{name}"
         for kind, path, node in all_nodes()
         for name, prop in node.get("properties", {}).items()
-        if not str(prop.get("description", "")).strip()
+        if not str(prop.get("description", "")).strip() and not (path == "" and name == "metadata")
     ]
     assert missing == []
     assert all(root_schema(crd)["description"] for crd in CRDS.values())
@@ -167,10 +167,8 @@ def test_only_spec_and_status_are_described() -> None:
     for crd in CRDS.values():
         schema = root_schema(crd)
         assert list(schema["properties"]) == ["apiVersion", "kind", "metadata", "spec", "status"]
-        assert schema["properties"]["metadata"] == {
-            "description": schema["properties"]["metadata"]["description"],
-            "type": "object",
-        }
+        # kube-apiserver refuses a root metadata schema with anything but its type in it.
+        assert schema["properties"]["metadata"] == {"type": "object"}
         assert schema["required"] == ["spec"]
 
 
