@@ -25,10 +25,10 @@ from ..api import Endpoint, EndpointStatus
 from ..planner import labels
 from ..planner.types import Event, FleetMetrics, Manifest, ObjectRef, Observed, PlanInput
 from ..settings import Settings
-from .fleet import Fleet, FleetSpec
+from .deployment import DeploymentSpec, LocalDeployment
 from .metrics import fleet_metrics
 from .modelcache import ModelCache
-from .observe import observed_deployment, observed_pods
+from .podstatus import observed_deployment, observed_pods
 from .router import Router, Upstream
 from .source import Resources
 
@@ -136,7 +136,7 @@ class Engine:
         self.resources = Resources()
         self.endpoints: dict[Key, EndpointState] = {}
         self.applied: dict[ObjectKey, Manifest] = {}
-        self.fleets: dict[Key, Fleet] = {}
+        self.deployments: dict[Key, LocalDeployment] = {}
         self.wake = asyncio.Event()
         self._echo = echo
         self._on_event = on_event
@@ -259,13 +259,15 @@ class Engine:
 
     def _observed(self, obj: Manifest) -> Manifest:
         if obj["kind"] == "Deployment":
-            fleet = self.fleets.get((obj["metadata"].get("namespace", "default"), obj["metadata"]["name"]))
+            fleet = self.deployments.get(
+                (obj["metadata"].get("namespace", "default"), obj["metadata"]["name"])
+            )
             if fleet is not None:
                 return observed_deployment(obj, fleet)
         return obj
 
     def _pods(self, deployment: Manifest) -> list[Manifest]:
-        fleet = self.fleets.get(
+        fleet = self.deployments.get(
             (deployment["metadata"].get("namespace", "default"), deployment["metadata"]["name"])
         )
         return observed_pods(fleet) if fleet is not None else []
@@ -281,7 +283,7 @@ class Engine:
         endpoint_label = labels.endpoint_label(name)
         upstreams = [
             replica.upstream
-            for (ns, _), fleet in self.fleets.items()
+            for (ns, _), fleet in self.deployments.items()
             if ns == namespace
             and fleet.spec.labels.get(labels.ENDPOINT) == endpoint_label
             and fleet.spec.labels.get(labels.ENDPOINT_CONFIG) == target
@@ -310,15 +312,17 @@ class Engine:
             spec = self._fleet_spec(obj)
             if spec is None:
                 continue
-            fleet = self.fleets.get((namespace, name))
+            fleet = self.deployments.get((namespace, name))
             if fleet is None:
-                fleet = Fleet(spec, self.cache, self.run_dir, self._base_env, self.changed, self._echo)
-                self.fleets[(namespace, name)] = fleet
+                fleet = LocalDeployment(
+                    spec, self.cache, self.run_dir, self._base_env, self.changed, self._echo
+                )
+                self.deployments[(namespace, name)] = fleet
                 fleet.start()
             else:
                 fleet.update(spec)
 
-    def _fleet_spec(self, deployment: Manifest) -> FleetSpec | None:
+    def _fleet_spec(self, deployment: Manifest) -> DeploymentSpec | None:
         meta = deployment["metadata"]
         try:
             uri, sha256 = model_source(deployment, self.resources.models)
@@ -331,7 +335,7 @@ class Engine:
                 self._warned_env.add(var)
                 log.warning("env %s uses valueFrom: not available in local mode, left out", var)
         pod = deployment["spec"]["template"]
-        return FleetSpec(
+        return DeploymentSpec(
             namespace=meta.get("namespace", "default"),
             name=meta["name"],
             labels=dict(pod["metadata"].get("labels", {})),
@@ -343,7 +347,7 @@ class Engine:
         )
 
     def _stop_fleet(self, key: Key) -> None:
-        fleet = self.fleets.pop(key, None)
+        fleet = self.deployments.pop(key, None)
         if fleet is None:
             return
         self._sync_pools()  # off the route before anything is stopped
@@ -375,7 +379,7 @@ class Engine:
             selector = obj["spec"].get("selector", {})
             pools[(namespace, name)] = [
                 replica.upstream
-                for (ns, _), fleet in sorted(self.fleets.items())
+                for (ns, _), fleet in sorted(self.deployments.items())
                 if ns == namespace and selector and selects(selector, fleet.spec.labels)
                 for replica in fleet.routable()
                 if replica.upstream is not None
@@ -389,8 +393,8 @@ class Engine:
 
     async def shutdown(self) -> None:
         """Stop every fleet (each drains first) and wait for them all."""
-        fleets = list(self.fleets.values())
-        self.fleets.clear()
+        fleets = list(self.deployments.values())
+        self.deployments.clear()
         self._sync_pools()
         await asyncio.gather(*(f.stop() for f in fleets), *self._draining, return_exceptions=True)
         if self._scrape is not None:
@@ -405,7 +409,7 @@ class Engine:
             status = state.status.to_wire() if state.status else {}
             label = labels.endpoint_label(name)
             replicas = []
-            for (ns, deployment), fleet in sorted(self.fleets.items()):
+            for (ns, deployment), fleet in sorted(self.deployments.items()):
                 if ns != namespace or fleet.spec.labels.get(labels.ENDPOINT) != label:
                     continue
                 for replica in fleet.replicas:

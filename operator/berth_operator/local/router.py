@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .routing import (
+from .routetable import (
     BackendRef,
     Manifest,
     Mirror,

@@ -1,4 +1,4 @@
-"""A fleet: the local processes behind one planned Deployment.
+"""The local processes behind one planned Deployment (a LocalDeployment).
 
 Level-triggered like a ReplicaSet controller: fetch the model (the storage-initializer's
 job in a pod), keep `replicas` processes of the current template running, and when the
@@ -27,7 +27,7 @@ FETCH_MAX_BACKOFF = 30.0
 
 
 @dataclass(frozen=True)
-class FleetSpec:
+class DeploymentSpec:
     namespace: str
     name: str  # the Deployment's name
     labels: Mapping[str, str]  # the pod template's labels
@@ -45,10 +45,10 @@ class FleetSpec:
         return hashlib.sha256(material).hexdigest()[:8]
 
 
-class Fleet:
+class LocalDeployment:
     def __init__(
         self,
-        spec: FleetSpec,
+        spec: DeploymentSpec,
         cache: ModelCache,
         run_dir: Path,
         base_env: Mapping[str, str],
@@ -81,7 +81,7 @@ class Fleet:
         self._dirty.set()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"fleet {self.spec.name}")
 
-    def update(self, spec: FleetSpec) -> None:
+    def update(self, spec: DeploymentSpec) -> None:
         if spec == self.spec:
             return
         if spec.template_hash != self.spec.template_hash:
@@ -141,7 +141,7 @@ class Fleet:
             for replica in old:
                 self._stop_replica(replica)
 
-    async def _fetch(self, spec: FleetSpec) -> bool:
+    async def _fetch(self, spec: DeploymentSpec) -> bool:
         wait = self._retry_at - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
@@ -160,7 +160,7 @@ class Fleet:
         self._on_change()
         return True
 
-    def _start_replica(self, spec: FleetSpec) -> None:
+    def _start_replica(self, spec: DeploymentSpec) -> None:
         assert self.model_path is not None
         name = f"{spec.name}-{spec.template_hash}-{self._next_index}"
         self._next_index += 1

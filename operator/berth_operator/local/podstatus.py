@@ -1,4 +1,4 @@
-"""What the planner observes in local mode: Deployments and Pods synthesized from fleets.
+"""What the planner observes in local mode: Deployments and Pods synthesized from local processes.
 
 The shapes are the ones kubelet and the Deployment controller would report, so the
 planner reads local processes exactly as it reads a cluster: readyReplicas from /ping,
@@ -12,7 +12,7 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
-from .fleet import Fleet
+from .deployment import LocalDeployment
 from .replica import Replica
 
 Manifest = dict[str, Any]
@@ -25,7 +25,7 @@ def _time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def observed_deployment(applied: Manifest, fleet: Fleet) -> Manifest:
+def observed_deployment(applied: Manifest, fleet: LocalDeployment) -> Manifest:
     current = fleet.current()
     ready = sum(1 for r in current if r.ready)
     deployment = copy.deepcopy(applied)
@@ -41,7 +41,7 @@ def observed_deployment(applied: Manifest, fleet: Fleet) -> Manifest:
     return deployment
 
 
-def _pod(fleet: Fleet, name: str, phase: str, ready: bool) -> Manifest:
+def _pod(fleet: LocalDeployment, name: str, phase: str, ready: bool) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -56,7 +56,7 @@ def _pod(fleet: Fleet, name: str, phase: str, ready: bool) -> Manifest:
     }
 
 
-def _replica_pod(fleet: Fleet, replica: Replica) -> Manifest:
+def _replica_pod(fleet: LocalDeployment, replica: Replica) -> Manifest:
     pod = _pod(fleet, replica.name, "Running" if replica.pid else "Pending", replica.ready)
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
@@ -94,7 +94,7 @@ def _replica_pod(fleet: Fleet, replica: Replica) -> Manifest:
     return pod
 
 
-def _initializing_pods(fleet: Fleet) -> list[Manifest]:
+def _initializing_pods(fleet: LocalDeployment) -> list[Manifest]:
     """Pods whose storage-initializer is still fetching, or failed to."""
     pods = []
     for index in range(fleet.spec.replicas):
@@ -122,7 +122,7 @@ def _initializing_pods(fleet: Fleet) -> list[Manifest]:
     return pods
 
 
-def observed_pods(fleet: Fleet) -> list[Manifest]:
+def observed_pods(fleet: LocalDeployment) -> list[Manifest]:
     live = [r for r in fleet.replicas if r.state not in ("Terminating", "Stopped")]
     pods = [_replica_pod(fleet, r) for r in sorted(live, key=lambda r: r.name)]
     if fleet.fetch_state != "Fetched" and len(fleet.current()) < fleet.spec.replicas:

@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 
 from berth_operator.api import Endpoint, EndpointConfig, Model
 from berth_operator.local.engine import local_settings
-from berth_operator.local.routing import BackendRef, compile_routes, pick_backend, rewrite_path, select_rule
+from berth_operator.local.routetable import (
+    BackendRef,
+    compile_routes,
+    pick_backend,
+    rewrite_path,
+    select_rule,
+)
 from berth_operator.planner import Observed, PlanInput, plan_endpoint
 from berth_operator.settings import Settings
 
