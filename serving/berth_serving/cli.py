@@ -73,11 +73,38 @@ _LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive
     "--access-log/--no-access-log", default=False, envvar=ENV["access_log"], help="Log every request."
 )
 @click.option("--log-level", type=_LOG_LEVELS, default="info", envvar=ENV["log_level"])
-def serve(model_uri: str, sha256: str | None, providers: str, **options: Any) -> None:
+@click.option(
+    "--endpoint-config",
+    default="",
+    envvar=ENV["endpoint_config"],
+    help="EndpointConfig this replica serves (answered in X-Berth-Endpoint-Config).",
+)
+@click.option(
+    "--endpoint-variants",
+    default="",
+    envvar=ENV["endpoint_variants"],
+    help="Production variants of that config, comma separated (a X-Berth-Target-Variant naming none is a 400).",
+)
+@click.option(
+    "--model-aliases",
+    default="",
+    envvar=ENV["model_aliases"],
+    help="More v2 model names to answer for, comma separated (the Endpoint's name).",
+)
+def serve(
+    model_uri: str,
+    sha256: str | None,
+    providers: str,
+    endpoint_variants: str,
+    model_aliases: str,
+    **options: Any,
+) -> None:
     """Serve the ONNX model at MODEL_URI (file, directory, file://, http(s)://, s3://, pvc://)."""
     config = ServeConfig(
         model_uri=model_uri,
-        providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
+        providers=_names(providers),
+        endpoint_variants=_names(endpoint_variants),
+        model_aliases=_names(model_aliases),
         **{**options, "graph_optimization_level": options["graph_optimization_level"].lower()},
     )
     from berth_serving.logs import setup_logging
@@ -85,6 +112,10 @@ def serve(model_uri: str, sha256: str | None, providers: str, **options: Any) ->
 
     setup_logging(config.log_level)
     sys.exit(run(config, sha256 or None))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 @click.command("fetch-model")

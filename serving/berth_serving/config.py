@@ -33,6 +33,9 @@ ENV = {
     "sha256": "BERTH_SHA256",
     "log_level": "BERTH_LOG_LEVEL",
     "access_log": "BERTH_ACCESS_LOG",
+    "endpoint_config": "BERTH_ENDPOINT_CONFIG",
+    "endpoint_variants": "BERTH_ENDPOINT_VARIANTS",
+    "model_aliases": "BERTH_MODEL_ALIASES",
 }
 
 
@@ -55,6 +58,12 @@ class ServeConfig:
     max_queue_size: int = 1024
     log_level: str = "info"
     access_log: bool = False
+    # The EndpointConfig this replica serves (the X-Berth-Endpoint-Config answer header).
+    endpoint_config: str = ""
+    # Every production variant of that config: a X-Berth-Target-Variant naming none of them is a 400.
+    endpoint_variants: tuple[str, ...] = field(default_factory=tuple)
+    # More names the v2 routes answer for besides model_name (the Endpoint's own name).
+    model_aliases: tuple[str, ...] = field(default_factory=tuple)
 
     def to_env(self) -> dict[str, str]:
         """BERTH_* variables for every setting that differs from the default."""

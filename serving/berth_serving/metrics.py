@@ -18,6 +18,18 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# The metric names: the one place they are spelled. The operator, local mode and the chart's
+# adapter rules import them from here.
+INVOCATIONS = "berth_invocations"  # a counter: exposed as berth_invocations_total
+INVOCATIONS_TOTAL = INVOCATIONS + "_total"
+MODEL_LATENCY = "berth_model_latency_seconds"
+OVERHEAD_LATENCY = "berth_overhead_latency_seconds"
+BATCH_SIZE = "berth_batch_size"
+INFLIGHT = "berth_inflight_requests"
+MODEL_LOAD = "berth_model_load_seconds"
+# What prometheus-adapter (or KEDA's Prometheus trigger) serves to the HPA: the invocations rate.
+INVOCATIONS_PER_SECOND = "berth_invocations_per_second"
 # Sub-millisecond to a minute: a no-op model answers in ~0.1 ms, the default timeout is 60 s.
 LATENCY_BUCKETS = (
     0.0001,
@@ -92,35 +104,31 @@ class Metrics:
     def families(self) -> Iterator[Metric]:
         labels = ["variant", "model"]
         invocations = CounterMetricFamily(
-            "berth_invocations", "Inference requests answered, by HTTP status code.", labels=[*labels, "code"]
+            INVOCATIONS, "Inference requests answered, by HTTP status code.", labels=[*labels, "code"]
         )
         for code, count in sorted(dict(self.invocations).items()):
             invocations.add_metric([*self.labels, str(code)], count)
         yield invocations
         for name, text, histogram in (
             (
-                "berth_model_latency_seconds",
+                MODEL_LATENCY,
                 "Time inside ONNX Runtime per request (the whole batch call it was part of).",
                 self.model_latency,
             ),
             (
-                "berth_overhead_latency_seconds",
+                OVERHEAD_LATENCY,
                 "Request time minus model time: parsing, queueing, encoding.",
                 self.overhead_latency,
             ),
-            ("berth_batch_size", "Rows per ONNX Runtime call.", self.batch_size),
+            (BATCH_SIZE, "Rows per ONNX Runtime call.", self.batch_size),
         ):
             family = HistogramMetricFamily(name, text, labels=labels)
             family.add_metric(self.labels, histogram.cumulative(), sum_value=histogram.sum)
             yield family
-        inflight = GaugeMetricFamily(
-            "berth_inflight_requests", "Inference requests being handled now.", labels=labels
-        )
+        inflight = GaugeMetricFamily(INFLIGHT, "Inference requests being handled now.", labels=labels)
         inflight.add_metric(self.labels, self._inflight())
         yield inflight
-        load = GaugeMetricFamily(
-            "berth_model_load_seconds", "Seconds it took to fetch and load the model.", labels=["model"]
-        )
+        load = GaugeMetricFamily(MODEL_LOAD, "Seconds it took to fetch and load the model.", labels=["model"])
         if self.model_load_seconds is not None:
             load.add_metric([self.model], self.model_load_seconds)
         yield load
