@@ -94,6 +94,8 @@ KEY_ORDER = [
     "additionalProperties",
     "required",
     "x-kubernetes-int-or-string",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
     "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-validations",
 ]

@@ -1,0 +1,161 @@
+"""TransformJob: a batch transform of a dataset in object storage by a Model. Spec is immutable."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from .meta import DNS_SUBDOMAIN, STORAGE_URI, ApiModel, Condition, Resource, conditions_field
+
+MSG_TRANSFORM_IMMUTABLE = "TransformJob spec is immutable: create a new TransformJob to run again"
+MSG_NPY_NEEDS_NO_SPLIT = (
+    "input.contentType application/x-npy needs input.splitType None (one array per object)"
+)
+MSG_JOIN_NEEDS_LINES = "joinSource Input needs input.splitType Line and output.assembleWith Line"
+MSG_OUTPUT_NOT_INPUT = "output.uri must differ from input.uri"
+
+
+class TransformInput(ApiModel):
+    """The dataset: an object or a prefix in object storage, and how to read its records."""
+
+    uri: str = Field(
+        pattern=STORAGE_URI,
+        max_length=2048,
+        description="An object, or a prefix ending in / whose objects are all read (s3:// or file://).",
+    )
+    content_type: Literal["text/csv", "application/jsonlines", "application/x-npy"] = Field(
+        default="text/csv", description="text/csv, application/jsonlines or application/x-npy."
+    )
+    split_type: Literal["Line", "None"] = Field(
+        default="Line", description="Line: a record per line; None: each object is one record (or array)."
+    )
+    compression: Literal["None", "Gzip"] = Field(default="None", description="None or Gzip.")
+
+    x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": (
+                "!has(self.contentType) || self.contentType != 'application/x-npy'"
+                " || (has(self.splitType) && self.splitType == 'None')"
+            ),
+            "message": MSG_NPY_NEEDS_NO_SPLIT,
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _check(self) -> TransformInput:
+        if self.content_type == "application/x-npy" and self.split_type != "None":
+            raise ValueError(MSG_NPY_NEEDS_NO_SPLIT)
+        return self
+
+
+class TransformOutput(ApiModel):
+    """Where predictions go: an object INPUT.out per input object under this prefix."""
+
+    uri: str = Field(pattern=STORAGE_URI, max_length=2048, description="Output prefix (s3:// or file://).")
+    accept: Literal["text/csv", "application/jsonlines"] = Field(
+        default="text/csv", description="Format of the predictions: text/csv or application/jsonlines."
+    )
+    assemble_with: Literal["Line", "None"] = Field(
+        default="Line",
+        description="Line: a line per record; None: each batch's answer as the serving runtime writes it.",
+    )
+
+
+class TransformJobSpec(ApiModel):
+    """Run a Model over a dataset in object storage and write the predictions back. Immutable."""
+
+    model_name: str = Field(
+        pattern=DNS_SUBDOMAIN, max_length=253, description="A Model in the same namespace."
+    )
+    input: TransformInput = Field(description="The dataset to read.")
+    output: TransformOutput = Field(description="Where to write the predictions.")
+    batch_strategy: Literal["SingleRecord", "MultiRecord"] = Field(
+        default="MultiRecord",
+        description="MultiRecord: records are sent to the model in batches; SingleRecord: one at a time.",
+    )
+    max_payload_bytes: int = Field(
+        default=6 * 1024 * 1024,
+        ge=1,
+        le=100 * 1024 * 1024,
+        description="Largest batch of input records, in bytes (a single larger record is sent alone).",
+    )
+    max_concurrent_transforms: int = Field(
+        default=2, ge=1, le=64, description="Batches in flight per instance (read while the model runs)."
+    )
+    instance_type: str = Field(
+        min_length=1, max_length=63, description="Key into the operator's instance-type catalog."
+    )
+    instance_count: int = Field(
+        default=1, ge=1, le=100, description="Pods working in parallel; each takes a share of the objects."
+    )
+    join_source: Literal["None", "Input"] = Field(
+        default="None", description="Input: each output line carries its input record."
+    )
+    max_errors: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000_000,
+        description="Malformed records tolerated per instance; they are listed in INPUT.errors objects.",
+    )
+    ttl_seconds_after_finished: int = Field(
+        default=3600,
+        ge=0,
+        le=604800,
+        description="Seconds after the Job finished before its Job and pods are deleted.",
+    )
+
+    x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [
+        {"rule": "self == oldSelf", "message": MSG_TRANSFORM_IMMUTABLE},
+        {
+            "rule": (
+                "!has(self.joinSource) || self.joinSource == 'None'"
+                " || ((!has(self.input.splitType) || self.input.splitType == 'Line')"
+                " && (!has(self.output.assembleWith) || self.output.assembleWith == 'Line'))"
+            ),
+            "message": MSG_JOIN_NEEDS_LINES,
+        },
+        {"rule": "self.output.uri != self.input.uri", "message": MSG_OUTPUT_NOT_INPUT},
+    ]
+
+    @model_validator(mode="after")
+    def _check(self) -> TransformJobSpec:
+        if self.join_source == "Input" and (
+            self.input.split_type != "Line" or self.output.assemble_with != "Line"
+        ):
+            raise ValueError(MSG_JOIN_NEEDS_LINES)
+        if self.output.uri == self.input.uri:
+            raise ValueError(MSG_OUTPUT_NOT_INPUT)
+        return self
+
+
+TransformPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+class TransformJobStatus(ApiModel):
+    """How the transform goes (written by the operator)."""
+
+    observed_generation: int | None = Field(default=None, description="Last metadata.generation seen.")
+    phase: TransformPhase | None = Field(default=None, description="Pending, Running, Succeeded or Failed.")
+    job_name: str | None = Field(default=None, description="The batch/v1 Job running the transform.")
+    records_done: int | None = Field(
+        default=None, description="Records transformed, as reported by the finished pods."
+    )
+    records_total: int | None = Field(
+        default=None, description="Records read (transformed and malformed); known when every pod finished."
+    )
+    start_time: str | None = Field(default=None, description="When the Job started (RFC 3339).")
+    completion_time: str | None = Field(default=None, description="When the Job finished (RFC 3339).")
+    failure_reason: str | None = Field(default=None, description="Why the transform failed or waits.")
+    conditions: list[Condition] = conditions_field("Complete and Failed.")
+
+
+class TransformJob(Resource):
+    """A batch transform: a Model run over a dataset in object storage, predictions written back."""
+
+    KIND: ClassVar[str] = "TransformJob"
+    PLURAL: ClassVar[str] = "transformjobs"
+    SHORT_NAME: ClassVar[str] = "btj"
+    kind: str = "TransformJob"
+    spec: TransformJobSpec
+    status: TransformJobStatus | None = None
