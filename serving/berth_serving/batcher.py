@@ -49,6 +49,10 @@ class Job:
         self.key = tuple((name, array.dtype.str, array.shape[1:]) for name, array in self.inputs.items())
 
 
+class NotRowAligned(Exception):
+    """A merged call answered an output whose first dimension is not the batch's rows."""
+
+
 class Batcher:
     """Owns the worker thread. `submit` and result delivery happen on the event loop thread."""
 
@@ -141,6 +145,15 @@ class Batcher:
             return
         try:
             per_job, seconds = self._call(live)
+        except NotRowAligned as error:
+            # The signature promised rows it did not keep: never merge for this model again.
+            log.warning("merging disabled: %s", error)
+            self._batchable = False
+            for job in live:
+                self._execute([job])
+            if len(batch) > len(live):
+                post(self._deliver, len(batch) - len(live), [], 0.0, None)
+            return
         except Exception as error:
             if len(live) == 1:
                 post(self._deliver, len(batch), [(live[0], None)], 0.0, error)
@@ -167,6 +180,9 @@ class Batcher:
             self._on_batch(rows, seconds)
         if len(jobs) == 1:
             return [outputs], seconds
+        for output in outputs:
+            if _rows(output) != rows:
+                raise NotRowAligned(f"an output of {_rows(output)} rows for a batch of {rows}")
         per_job: list[list[Any]] = [[] for _ in jobs]
         for output in outputs:
             start = 0
@@ -191,3 +207,11 @@ class Batcher:
                 job.future.set_exception(error)
             else:
                 job.future.set_result((outputs or [], seconds))
+
+
+def _rows(output: Any) -> int | None:
+    """The first dimension of an output (a list for ZipMap), None for a scalar."""
+    try:
+        return len(output)
+    except TypeError:
+        return None

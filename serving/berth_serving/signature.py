@@ -1,31 +1,29 @@
 """The model's input/output signature, read from ONNX Runtime, and the checks that turn
-whatever a client sent into exactly the arrays the model takes."""
+whatever a client sent into exactly the arrays the model takes.
+
+A value the model's dtype cannot hold is refused, never wrapped or rounded: 300 for int8,
+-1 for uint8, 2**63 for int64, 0.1 for an integer, 1e39 for float32 (it would become inf).
+Floats become integers only when they are whole and within +-2**53 (JSON parsers turn
+integers beyond 64 bits into floats, so a larger one may not be what the client wrote). NaN
+and infinity reach the model as sent where the format can carry them (CSV `nan`/`inf`,
+NPY, v2 binary); JSON has neither.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# ONNX Runtime type strings -> numpy dtypes (and the Open Inference Protocol datatype names).
-ORT_DTYPES: dict[str, np.dtype[Any]] = {
-    "tensor(float)": np.dtype(np.float32),
-    "tensor(double)": np.dtype(np.float64),
-    "tensor(float16)": np.dtype(np.float16),
-    "tensor(int8)": np.dtype(np.int8),
-    "tensor(int16)": np.dtype(np.int16),
-    "tensor(int32)": np.dtype(np.int32),
-    "tensor(int64)": np.dtype(np.int64),
-    "tensor(uint8)": np.dtype(np.uint8),
-    "tensor(uint16)": np.dtype(np.uint16),
-    "tensor(uint32)": np.dtype(np.uint32),
-    "tensor(uint64)": np.dtype(np.uint64),
-    "tensor(bool)": np.dtype(np.bool_),
-    "tensor(string)": np.dtype(object),
-}
+from berth_serving.graph import row_aligned_outputs
+from berth_serving.tensors import ORT_DTYPES, STRING, dtype_name
+
+# Floats are whole numbers exactly only up to this magnitude.
+_EXACT_FLOAT_INTEGER = 2**53
 
 
 class SignatureError(ValueError):
@@ -39,6 +37,7 @@ class TensorSpec:
     dtype: np.dtype[Any] | None  # None for non-tensors (ZipMap's sequence of maps)
     shape: tuple[int | None, ...] | None  # None entries are dynamic; None shape = unknown rank
     dim_labels: tuple[str, ...]
+    batch_dim: str | None = None  # the symbolic name of a dynamic first dimension, when it has one
 
     @property
     def is_tensor(self) -> bool:
@@ -52,9 +51,8 @@ class TensorSpec:
         """`x float32[N,16]`, as error messages and logs show it."""
         if self.dtype is None:
             return f"{self.name} {self.onnx_type}"
-        dtype = "string" if self.dtype == np.dtype(object) else str(self.dtype)
         dims = "?" if self.shape is None else ",".join(self.dim_labels)
-        return f"{self.name} {dtype}[{dims}]"
+        return f"{self.name} {dtype_name(self.dtype)}[{dims}]"
 
 
 def _spec(node: Any) -> TensorSpec:
@@ -67,35 +65,53 @@ def _spec(node: Any) -> TensorSpec:
         str(dim) if isinstance(dim, int) and dim >= 0 else (dim if isinstance(dim, str) and dim else "N")
         for dim in raw_shape
     )
+    batch_dim = raw_shape[0] if raw_shape and isinstance(raw_shape[0], str) and raw_shape[0] else None
     # A symbolic first dimension reads best as N whatever the exporter called it.
     if labels and shape[0] is None:
         labels = ("N", *labels[1:])
-    return TensorSpec(node.name, node.type, dtype, shape, labels)
+    return TensorSpec(node.name, node.type, dtype, shape, labels, batch_dim)
+
+
+_FROM_SESSION = object()
 
 
 @dataclass(frozen=True)
 class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # Outputs the graph shows to be row-wise in the inputs (graph.py), whatever their dims say.
+    row_aligned: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
-    def from_session(cls, session: Any) -> Signature:
-        return cls(
-            tuple(_spec(node) for node in session.get_inputs()),
-            tuple(_spec(node) for node in session.get_outputs()),
-        )
+    def from_session(cls, session: Any, model_path: Path | str | object | None = _FROM_SESSION) -> Signature:
+        """The signature of a loaded session. `model_path` lets the graph prove outputs
+        row-wise; by default it is the file the session was loaded from, when it says
+        (ONNX Runtime keeps it), and None means the signature alone decides."""
+        inputs = tuple(_spec(node) for node in session.get_inputs())
+        outputs = tuple(_spec(node) for node in session.get_outputs())
+        if model_path is _FROM_SESSION:
+            model_path = getattr(session, "_model_path", None)
+        aligned: frozenset[str] = frozenset()
+        if isinstance(model_path, str | Path) and all(spec.batch_dynamic for spec in inputs):
+            ranks = {spec.name: len(spec.shape) if spec.shape is not None else None for spec in inputs}
+            aligned = row_aligned_outputs(model_path, ranks)
+        return cls(inputs, outputs, aligned)
 
     @cached_property
     def batchable(self) -> bool:
-        """Requests can be merged along the first axis: every input has a dynamic batch
-        dimension and every output can be split by rows (a tensor with a dynamic first
-        dimension, or a sequence such as ZipMap's)."""
-        inputs_ok = all(spec.is_tensor and spec.batch_dynamic for spec in self.inputs)
-        outputs_ok = all(
-            (spec.is_tensor and spec.batch_dynamic) or spec.onnx_type.startswith("seq(")
+        """Requests can be merged along the first axis and split back by rows: every input has
+        a dynamic first dimension and every output follows it, either declared (its first
+        dimension is the inputs' own symbol, e.g. N) or shown by the graph (skl2onnx's
+        anonymous dimensions and ZipMap). Another symbol ([K,2], [num_detections,2]), a fixed
+        size or an unknown shape is not batch-aligned."""
+        if not self.inputs or not all(spec.is_tensor and spec.batch_dynamic for spec in self.inputs):
+            return False
+        symbols = {spec.batch_dim for spec in self.inputs} - {None}
+        return all(
+            spec.name in self.row_aligned
+            or (spec.is_tensor and spec.batch_dynamic and spec.batch_dim in symbols)
             for spec in self.outputs
         )
-        return inputs_ok and outputs_ok
 
     @cached_property
     def input_names(self) -> tuple[str, ...]:
@@ -136,9 +152,7 @@ class Signature:
             want is not None and want != got for want, got in zip(shape, array.shape, strict=True)
         ):
             got = ",".join(str(d) for d in array.shape)
-            raise SignatureError(
-                f"{self.expected()}, got {_dtype_name(array.dtype)}[{got}] for {spec.name!r}"
-            )
+            raise SignatureError(f"{self.expected()}, got {dtype_name(array.dtype)}[{got}] for {spec.name!r}")
         if shape and shape[0] is None and array.shape[0] == 0:
             raise SignatureError(f"empty batch; {self.expected()}")
         return array
@@ -147,32 +161,96 @@ class Signature:
         dtype = spec.dtype
         if dtype is None:
             raise SignatureError(f"input {spec.name!r} is {spec.onnx_type}, which this server cannot feed")
-        try:
-            if isinstance(value, np.ndarray):
-                array = value
-            elif dtype.kind == "f":
-                # Numbers from JSON or CSV convert straight to the float type (fast path).
-                return np.asarray(value, dtype=dtype)
-            else:
+        if isinstance(value, np.ndarray):
+            array = value
+        elif dtype.kind == "f":
+            # Numbers from JSON or CSV convert straight to the float type (the fast path).
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    array = np.asarray(value, dtype=dtype)
+                source = None if np.isfinite(array).all() else np.asarray(value, dtype=np.float64)
+            except (ValueError, TypeError, OverflowError):
+                raise SignatureError(self._not_numeric(spec)) from None
+            if source is not None:
+                self._check_overflow(spec, source, array)
+            return array
+        else:
+            try:
                 array = np.asarray(value)
-        except (ValueError, TypeError) as error:
-            raise SignatureError(
-                f"input {spec.name!r} is not a regular numeric array; {self.expected()}"
-            ) from error
+            except (ValueError, TypeError, OverflowError):
+                raise SignatureError(self._not_numeric(spec)) from None
         if array.dtype == dtype:
             return array
-        if array.dtype == np.dtype(object) or array.dtype.kind in "USV":
-            if dtype == np.dtype(object) and array.dtype.kind in "UO":
+        kind = array.dtype.kind
+        if dtype == STRING:
+            if kind == "U" or (kind == "O" and all(isinstance(v, str) for v in array.flat)):
                 return array.astype(object)
-            raise SignatureError(f"input {spec.name!r} is not a regular numeric array; {self.expected()}")
-        if np.can_cast(array.dtype, dtype, casting="same_kind") or (
-            array.dtype.kind == "f" and dtype.kind in "iu" and bool(np.all(np.mod(array, 1) == 0))
-        ):
+            raise SignatureError(f"input {spec.name!r} takes strings; {self.expected()}")
+        if kind == "O" and array.size and all(type(v) is int for v in array.flat):
+            # Python integers numpy could not fit in one 64-bit type: beyond any integer dtype.
+            bad = max(array.flat, key=abs)
+            raise SignatureError(f"input {spec.name!r}: {bad} is out of range for {dtype}; {self.expected()}")
+        if kind not in "biuf":
+            raise SignatureError(self._not_numeric(spec))
+        if dtype.kind == "b":
+            if kind != "b":
+                raise SignatureError(f"input {spec.name!r} takes true/false; {self.expected()}")
+            return array
+        if dtype.kind == "f":
+            with np.errstate(over="ignore", invalid="ignore"):
+                converted = array.astype(dtype)
+            if not np.isfinite(converted).all():
+                self._check_overflow(spec, array, converted)
+            return converted
+        return self._to_integer(spec, array)
+
+    def _to_integer(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+        dtype = spec.dtype
+        assert dtype is not None
+        if array.dtype.kind == "b" or np.can_cast(array.dtype, dtype, casting="safe"):
             return array.astype(dtype)
-        raise SignatureError(
-            f"{self.expected()}, got {_dtype_name(array.dtype)} for {spec.name!r} (cannot convert safely)"
-        )
+        if array.size == 0:
+            return array.astype(dtype)
+        info = np.iinfo(dtype)
+        if array.dtype.kind == "f":
+            with np.errstate(invalid="ignore"):
+                whole = np.isfinite(array) & (np.mod(array, 1) == 0)
+            if not whole.all():
+                bad = array[~whole].flat[0]
+                raise SignatureError(
+                    f"input {spec.name!r} takes whole numbers, got {bad!r}; {self.expected()}"
+                )
+            big = np.abs(array) > _EXACT_FLOAT_INTEGER
+            if big.any():
+                raise SignatureError(
+                    f"input {spec.name!r}: {array[big].flat[0]:.17g} is not an exact integer "
+                    f"(send integers beyond 2**53 as JSON integers, NPY or v2 binary); {self.expected()}"
+                )
+        low, high = array.min(), array.max()
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise SignatureError(
+                f"input {spec.name!r}: {_number(bad)} is out of range for {dtype} "
+                f"({info.min}..{info.max}); {self.expected()}"
+            )
+        return array.astype(dtype)
+
+    def _check_overflow(self, spec: TensorSpec, source: np.ndarray, converted: np.ndarray) -> None:
+        """A finite value that became infinite in the model's float type does not fit it."""
+        overflowed = ~np.isfinite(converted) & np.isfinite(source)
+        if overflowed.any():
+            bad = source[overflowed].flat[0]
+            largest = np.finfo(converted.dtype).max
+            raise SignatureError(
+                f"input {spec.name!r}: {_number(bad)} is out of range for {converted.dtype} "
+                f"(largest magnitude {largest:.8g}); {self.expected()}"
+            )
+
+    def _not_numeric(self, spec: TensorSpec) -> str:
+        what = "a regular array of strings" if spec.dtype == STRING else "a regular numeric array"
+        return f"input {spec.name!r} is not {what}; {self.expected()}"
 
 
-def _dtype_name(dtype: np.dtype[Any]) -> str:
-    return "string" if dtype.kind in "OUS" else str(dtype)
+def _number(value: Any) -> str:
+    value = value.item() if isinstance(value, np.generic) else value
+    return f"{value:.9g}" if isinstance(value, float) else str(value)

@@ -183,3 +183,121 @@ def build_failing(path: Path | str, n_features: int = 4) -> Path:
         initializer=[numpy_helper.from_array(np.array([3, -1], dtype=np.int64), "shape")],
     )
     return _save(_model(graph), path)
+
+
+def build_reshape_rows(path: Path | str) -> Path:
+    """Outputs that are not batch-aligned: `x` float32[N, 4] -> `y` float32[K, 2] (a Reshape to
+    [-1, 2], so K = 2N) and `s` float32[N, 4] = x + 1. Merging two requests and splitting `y` by
+    rows would hand each client rows of the other's answer."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["x", "shape"], ["y"]),
+            helper.make_node("Add", ["x", "one"], ["s"]),
+        ],
+        "reshape_rows",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["K", 2]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 4]),
+        ],
+        initializer=[
+            numpy_helper.from_array(np.array([-1, 2], dtype=np.int64), "shape"),
+            numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        ],
+    )
+    return _save(_model(graph), path)
+
+
+def build_detections(path: Path | str) -> Path:
+    """A detections-style model: `x` float32[N, 4] -> `boxes` int64[num_detections, 2], the
+    (row, column) of every value above 0.5 (NonZero, transposed). The number of answers has
+    nothing to do with the number of rows."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Greater", ["x", "half"], ["mask"]),
+            helper.make_node("NonZero", ["mask"], ["where"]),
+            helper.make_node("Transpose", ["where"], ["boxes"], perm=[1, 0]),
+        ],
+        "detections",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("boxes", TensorProto.INT64, ["num_detections", 2])],
+        initializer=[numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half")],
+    )
+    return _save(_model(graph), path)
+
+
+def build_batch_mean(path: Path | str) -> Path:
+    """A model whose answer depends on the whole batch: `x` float32[N, 4] -> `y` float32[N, 4]
+    = x - mean(x over the batch). Its signature looks batch-aligned; such a model must be
+    served with max batch size 1 (what the README says)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
+            helper.make_node("Sub", ["x", "mean"], ["y"]),
+        ],
+        "batch_mean",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def build_anonymous_rows(path: Path | str) -> Path:
+    """Every dimension anonymous, as skl2onnx writes them: `x` float32[?, 4] -> `y` = x * 3 + 1,
+    row-wise as its graph shows (nothing in the signature says so)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "three"], ["tripled"]),
+            helper.make_node("Add", ["tripled", "one"], ["y"]),
+        ],
+        "anonymous_rows",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        initializer=[
+            numpy_helper.from_array(np.array(3.0, dtype=np.float32), "three"),
+            numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
+        ],
+    )
+    return _save(_model(graph), path)
+
+
+def build_typed_identity(path: Path | str, elem_type: int, n_features: int = 4) -> Path:
+    """`x` of the given ONNX element type [N, n_features] -> `y` (the same tensor): for dtype checks."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "typed_identity",
+        [helper.make_tensor_value_info("x", elem_type, ["N", n_features])],
+        [helper.make_tensor_value_info("y", elem_type, ["N", n_features])],
+    )
+    return _save(_model(graph), path)
+
+
+def build_label_encoder(path: Path | str) -> Path:
+    """A string-input model: `text` string[N, 1] -> `code` int64[N, 1] (ai.onnx.ml LabelEncoder:
+    "cat" 0, "dog" 1, "bird" 2, anything else -1) and `echo` string[N, 1] (the input)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "LabelEncoder",
+                ["text"],
+                ["code"],
+                domain="ai.onnx.ml",
+                keys_strings=["cat", "dog", "bird"],
+                values_int64s=[0, 1, 2],
+                default_int64=-1,
+            ),
+            helper.make_node("Identity", ["text"], ["echo"]),
+        ],
+        "label_encoder",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["N", 1])],
+        [
+            helper.make_tensor_value_info("code", TensorProto.INT64, ["N", 1]),
+            helper.make_tensor_value_info("echo", TensorProto.STRING, ["N", 1]),
+        ],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", _OPSET), helper.make_opsetid("ai.onnx.ml", 2)],
+        producer_name="berth-tests",
+    )
+    return _save(model, path)

@@ -124,3 +124,56 @@ def serve_subprocess(
         stderr=subprocess.PIPE,
         cwd=REPO,
     )
+
+
+async def _post_all(
+    port: int, path: str, bodies: list[bytes], concurrency: int, headers: dict[str, str]
+) -> list[tuple[int, bytes]]:
+    import asyncio
+
+    answers: list[tuple[int, bytes]] = [(0, b"")] * len(bodies)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(len(bodies)):
+        queue.put_nowait(index)
+    extra = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while not queue.empty():
+                index = queue.get_nowait()
+                body = bodies[index]
+                writer.write(
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode()
+                    + body
+                )
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                answers[index] = (status, await reader.readexactly(length))
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(bodies)))))
+    return answers
+
+
+def post_concurrently(
+    url: str,
+    path: str,
+    bodies: list[bytes],
+    concurrency: int,
+    timeout: float = 60.0,
+    headers: dict[str, str] | None = None,
+) -> list[tuple[int, bytes]]:
+    """POST every body, `concurrency` connections at once (keep-alive, one asyncio client);
+    returns (status, body) per request in order. Gives up after `timeout` seconds."""
+    import asyncio
+
+    port = int(url.rsplit(":", 1)[1])
+    wanted = {"Content-Type": "application/json", **(headers or {})}
+    return asyncio.run(asyncio.wait_for(_post_all(port, path, bodies, concurrency, wanted), timeout))

@@ -172,3 +172,34 @@ def test_cancelled_jobs_are_skipped_and_released() -> None:
             batcher.stop()
 
     assert asyncio.run(scenario()).batches == [1, 1]
+
+
+def test_an_output_that_does_not_keep_the_rows_is_never_split_across_jobs() -> None:
+    """A model whose signature claims batch-aligned outputs but answers [2N, 2]: the merged
+    answer is thrown away, each job runs alone, and merging stops for good."""
+
+    class Reshaping(Recorder):
+        def __call__(self, feed: dict[str, np.ndarray]) -> list[Any]:
+            return [super().__call__(feed)[0].reshape(-1, 2)]
+
+    async def scenario() -> Recorder:
+        run = Reshaping(hold_first=True)
+        batcher = make(run, asyncio.get_running_loop())
+        try:
+            first = batcher.submit(rows(1.0), 1)
+            await asyncio.to_thread(run.started.wait, 10)
+            jobs = [batcher.submit(rows(float(i)), 1) for i in range(2, 5)]
+            run.release.set()
+            await first.future
+            for value, job in zip(range(2, 5), jobs, strict=True):
+                np.testing.assert_array_equal((await job.future)[0][0], np.full((2, 2), 2.0 * value))
+            later = [batcher.submit(rows(7.0), 1) for _ in range(3)]
+            for job in later:
+                np.testing.assert_array_equal((await job.future)[0][0], np.full((2, 2), 14.0))
+            return run
+        finally:
+            batcher.stop()
+
+    batches = asyncio.run(scenario()).batches
+    assert batches[:5] == [1, 3, 1, 1, 1]  # the merged call of 3, then each alone
+    assert batches[5:] == [1, 1, 1]  # and never merged again
