@@ -20,6 +20,7 @@ from berth_serving.config import (
     ENV,
     ServeConfig,
 )
+from berth_serving.fetch import MAX_BYTES_ENV
 
 _LEVELS = click.Choice(["disable", "basic", "extended", "all"], case_sensitive=False)
 _LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
@@ -122,18 +123,29 @@ def _names(text: str) -> tuple[str, ...]:
 @click.argument("uri")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--sha256", default=None, envvar=ENV["sha256"], help="Expected sha256 of the downloaded file.")
-def fetch_model(uri: str, dest: Path, sha256: str | None) -> None:
+@click.option(
+    "--max-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar=MAX_BYTES_ENV,
+    help="Most bytes the fetch may hold in DEST at once: the download, plus the unpacked files "
+    "while the archive is still there (the model volume's sizeLimit). Default: no limit.",
+)
+def fetch_model(uri: str, dest: Path, sha256: str | None, max_bytes: int | None) -> None:
     """Download the model at URI into DEST and print the path of the .onnx to serve."""
     from berth_serving.fetch import FetchError
     from berth_serving.fetch import fetch_model as fetch
     from berth_serving.termination import write_termination_message
 
     try:
-        path = fetch(uri, dest, sha256 or None)
+        path = fetch(uri, dest, sha256 or None, max_bytes=max_bytes)
     except FetchError as error:
         write_termination_message(str(error))
         click.echo(f"berth fetch-model: {error}", err=True)
         sys.exit(1)
+    except Exception as error:  # a bug: the status gets one line, the log the traceback
+        write_termination_message(f"fetch-model failed unexpectedly: {type(error).__name__}: {error}")
+        raise
     click.echo(str(path))
 
 

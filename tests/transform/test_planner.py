@@ -327,7 +327,8 @@ def test_failed_job_without_pods_uses_the_job_condition() -> None:
 def test_model_download_failure_is_surfaced_while_retrying() -> None:
     init = {
         "state": {
-            "terminated": {"exitCode": 1, "message": "download failed: 403 Forbidden from s3://models/x"}
+            # what `berth fetch-model` writes: the planner says "download failed" itself
+            "terminated": {"exitCode": 1, "message": "403 Forbidden from s3://models/x"}
         }
     }
     job = job_with({"active": 1, "startTime": "2026-03-01T11:00:00Z"})
@@ -337,7 +338,7 @@ def test_model_download_failure_is_surfaced_while_retrying() -> None:
     assert plan.status.phase == "Running"
     assert (
         plan.status.failure_reason
-        == "model fraud-v1: download failed: download failed: 403 Forbidden from s3://models/x"
+        == "model fraud-v1: download failed: 403 Forbidden from s3://models/x"
     )
 
 
