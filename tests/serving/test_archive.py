@@ -322,3 +322,30 @@ def test_fetch_model_command_stops_early_under_the_limit(tmp_path: Path) -> None
         assert line.startswith("berth fetch-model: over the fetch limit of 1048576 bytes"), line
         assert log.read_text() == line.removeprefix("berth fetch-model: ")
         assert list((tmp_path / "dest").iterdir()) == []
+
+
+# --- the images' interpreter -------------------------------------------------------------------
+
+IMAGES = [
+    REPO / "serving" / "Dockerfile",
+    REPO / "serving" / "Dockerfile.gpu",
+    REPO / "operator" / "Dockerfile",
+]
+
+
+@pytest.mark.parametrize("dockerfile", IMAGES, ids=lambda path: str(path.relative_to(REPO)))
+def test_images_pin_a_cpython_with_the_tarfile_fixes(dockerfile: Path) -> None:
+    """3.11.13 fixed CVE-2025-4517 and the other tarfile filter bypasses: every image pins a 3.11
+    patch release at least that new, and its build refuses an older one (an overridden ARG)."""
+    import re
+
+    text = dockerfile.read_text()
+    [image] = re.findall(r"^ARG PYTHON_IMAGE=python:(3\.11\.\d+)-slim-bookworm$", text, flags=re.MULTILINE)
+    assert tuple(int(part) for part in image.split(".")) >= (3, 11, 13), image
+    assert "CVE-2025-4517" in text
+    final_stage = text[text.rindex("\nFROM ") :]
+    guard = "sys.version_info[:3] >= (3, 11, 13)"
+    assert guard in final_stage or guard in text[text.index("AS cuda-python") :], (
+        "the build checks the version"
+    )
+    assert "apt-get install -y --no-install-recommends python3" not in text  # no distribution python
