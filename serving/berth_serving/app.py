@@ -2,7 +2,9 @@
 
 Hot routes (`/invocations`, v2 `infer`, `/ping`) are plain ASGI handlers: no routing
 framework, no per-request objects beyond the job. The rest (v2 health and metadata,
-`/metrics`) goes through a small FastAPI app. Every answer carries `X-Berth-Variant`.
+`/metrics`) goes through a small FastAPI app (rest.py) that reads this app as a DataPlane.
+Every answer carries `X-Berth-Variant` and, when set, `X-Berth-Endpoint-Config`; inference
+answers carry `X-Berth-Inference-Id`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from berth_serving import codecs
+from berth_serving.admission import ADMISSION_WAIT_SECONDS, BODY_BUDGET_PAYLOADS, BodyBudget
 from berth_serving.batcher import Batcher, Job
 from berth_serving.config import ServeConfig
-from berth_serving.errors import HTTPError, not_ready
+from berth_serving.errors import HTTPError, error_body, error_headers, not_ready
 from berth_serving.metrics import Metrics
+from berth_serving.rest import build_rest_app
 from berth_serving.signature import Signature, SignatureError
 from berth_serving.v2 import HEADER_LENGTH, InferRequest, model_metadata
 
@@ -37,16 +41,30 @@ _JSON = b"application/json"
 _V2_PREFIX = "/v2/models/"
 
 
+# An X-Berth-Inference-Id from a client: at most this long, printable ASCII only.
+MAX_INFERENCE_ID_LENGTH = 256
+
+
 class RequestHeaders:
     """The few request headers the inference routes read, in one pass."""
 
-    __slots__ = ("accept", "content_length", "content_type", "inference_header_length", "output")
+    __slots__ = (
+        "accept",
+        "content_length",
+        "content_type",
+        "inference_header_length",
+        "inference_id",
+        "output",
+        "target_variant",
+    )
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.content_type = self.accept = b""
         self.content_length: int | None = None
         self.inference_header_length: int | None = None  # v2 binary tensor extension
         self.output: str | None = None  # X-Berth-Output: the tensor a CSV/NPY answer carries
+        self.inference_id: bytes | None = None
+        self.target_variant: bytes | None = None
         for key, value in raw:
             if key == b"content-type":
                 self.content_type = value
@@ -54,10 +72,26 @@ class RequestHeaders:
                 self.accept = value
             elif key == b"content-length":
                 self.content_length = int(value) if value.isdigit() else None
-            elif key == b"x-berth-output":
-                self.output = value.decode("latin-1")
+            elif key[:8] == b"x-berth-":
+                if key == b"x-berth-inference-id":
+                    self.inference_id = value
+                elif key == b"x-berth-output":
+                    self.output = value.decode("latin-1")
+                elif key == b"x-berth-target-variant":
+                    self.target_variant = value
             elif key == b"inference-header-content-length":
-                self.inference_header_length = int(value) if value.isdigit() else None
+                self.inference_header_length = int(value) if value.isdigit() else -1
+
+
+def valid_inference_id(value: bytes) -> bool:
+    return 0 < len(value) <= MAX_INFERENCE_ID_LENGTH and value.isascii() and value.decode().isprintable()
+
+
+def target_variant_header(raw: list[tuple[bytes, bytes]]) -> bytes | None:
+    for key, value in raw:
+        if key == b"x-berth-target-variant":
+            return value
+    return None
 
 
 class ClientGone(Exception):
@@ -72,6 +106,7 @@ class LoadedModel:
     signature: Signature
     output_names: list[str]
     batcher: Batcher
+    names: tuple[str, ...]  # what v2 answers for: the model name and the endpoint's aliases
 
 
 def initial_model_name(config: ServeConfig) -> str:
@@ -104,12 +139,15 @@ class ServingApp:
         self.inflight = 0
         self.exit_code = 0
         self.metrics = self._new_metrics(initial_model_name(config))
-        self._variant_header = (b"x-berth-variant", self.variant.encode())
+        # Headers every answer carries.
+        self._static_headers: tuple[tuple[bytes, bytes], ...] = ((b"x-berth-variant", self.variant.encode()),)
+        if config.endpoint_config:
+            self._static_headers += ((b"x-berth-endpoint-config", config.endpoint_config.encode()),)
+        self._variants = frozenset(name.encode() for name in config.endpoint_variants)
+        self.body_budget = BodyBudget(BODY_BUDGET_PAYLOADS * config.max_payload_bytes)
         # Where remote models are fetched; created only when needed (a local model is used in place).
         self._scratch = Path(tempfile.gettempdir()) / f"berth-model-{uuid.uuid4().hex[:12]}"
         self._loop: asyncio.AbstractEventLoop | None = None
-        from berth_serving.rest import build_rest_app
-
         self._rest = build_rest_app(self)
 
     def _new_metrics(self, model_name: str) -> Metrics:
@@ -127,7 +165,7 @@ class ServingApp:
         self._loop = asyncio.get_running_loop()
         started = time.perf_counter()
         path, session = await asyncio.to_thread(self._load_blocking, self._scratch)
-        signature = Signature.from_session(session)
+        signature = await asyncio.to_thread(Signature.from_session, session, path)
         name = self.config.model_name or path.stem
         if name != initial_model_name(self.config):
             self.metrics = self._new_metrics(name)
@@ -143,7 +181,8 @@ class ServingApp:
             on_batch=metrics.observe_batch,
         )
         batcher.start()
-        self.model = LoadedModel(name, path, session, signature, output_names, batcher)
+        names = tuple(dict.fromkeys((name, *self.config.model_aliases)))
+        self.model = LoadedModel(name, path, session, signature, output_names, batcher, names)
         seconds = time.perf_counter() - started
         metrics.model_load_seconds = seconds
         log.info(
@@ -188,34 +227,52 @@ class ServingApp:
             if scope["method"] == "POST":
                 await self._inference(scope, receive, send, v2_name=None)
             else:
-                await self._error(send, HTTPError(405, "use POST for /invocations"))
+                await self._error(send, HTTPError(405, "use POST for /invocations"), v2=False)
         elif path == "/ping":
             if self.ready:
                 await self._respond(send, 200, b'{"status":"ok"}', _JSON)
             else:
-                await self._error(send, self.unavailable())
+                await self._error(send, self.unavailable(), v2=False)
         elif path.startswith(_V2_PREFIX) and path.endswith("/infer") and scope["method"] == "POST":
             name = path[len(_V2_PREFIX) : -len("/infer")].split("/versions/", 1)[0]
             await self._inference(scope, receive, send, v2_name=name)
         else:
+            if path.startswith(_V2_PREFIX) and self._variants:
+                wrong = self._wrong_variant(target_variant_header(scope["headers"]))
+                if wrong is not None:
+                    await self._error(send, wrong, v2=True)
+                    return
             try:
-                await self._rest(scope, receive, self._with_variant(send))
+                await self._rest(scope, receive, self._with_static_headers(send))
             except Exception:
                 # The client already has a JSON 500 (rest.py); this is the one log line.
                 log.exception("request failed", extra={"fields": {"path": path}})
 
-    def _with_variant(self, send: Send) -> Send:
-        async def send_with_variant(message: Message) -> None:
+    def _with_static_headers(self, send: Send) -> Send:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), self._variant_header]
+                message["headers"] = [*message.get("headers", []), *self._static_headers]
             await send(message)
 
-        return send_with_variant
+        return send_with_headers
 
     def unavailable(self) -> HTTPError:
         if self.draining:
             return HTTPError(503, "server is shutting down", retry_after=1)
         return not_ready()
+
+    def _wrong_variant(self, target: bytes | None) -> HTTPError | None:
+        """X-Berth-Target-Variant naming none of the endpoint config's variants (routing to a
+        listed one is the gateway's job: this replica serves whichever reached it)."""
+        if target is None or not self._variants or target in self._variants:
+            return None
+        variants = ", ".join(self.config.endpoint_variants)
+        where = f" in endpoint config {self.config.endpoint_config}" if self.config.endpoint_config else ""
+        return HTTPError(400, f"no variant {target.decode('latin-1')!r}{where}; its variants are {variants}")
+
+    def _unknown_model(self, name: str, model: LoadedModel) -> HTTPError:
+        serves = ", ".join(map(repr, model.names))
+        return HTTPError(404, f"unknown model {name!r}; this server serves {serves}")
 
     async def _inference(self, scope: Scope, receive: Receive, send: Send, v2_name: str | None) -> None:
         started = time.perf_counter()
@@ -223,50 +280,97 @@ class ServingApp:
         code = 200
         model_seconds = 0.0
         metrics = self.metrics
+        reserved = 0
+        headers = RequestHeaders(scope["headers"])
+        client_id = headers.inference_id
+        inference_id = client_id if client_id is not None and valid_inference_id(client_id) else None
+        id_header = (b"x-berth-inference-id", inference_id or uuid.uuid4().hex.encode())
         try:
+            if client_id is not None and inference_id is None:
+                raise HTTPError(
+                    400,
+                    f"X-Berth-Inference-Id must be 1 to {MAX_INFERENCE_ID_LENGTH} printable ASCII characters",
+                )
             model = self.model
             if model is None or self.draining:
                 raise self.unavailable()
-            if v2_name is not None and v2_name != model.name:
-                raise HTTPError(404, f"unknown model {v2_name!r}; this server serves {model.name!r}")
-            headers = RequestHeaders(scope["headers"])
-            body = await self._read_body(receive, headers.content_length)
-            if v2_name is None:
-                values = codecs.decode(codecs.media_type(headers.content_type), body, model.signature)
-                request = None
-            else:
-                request = InferRequest(body, headers.inference_header_length)
-                values = request.inputs
-            arrays, rows = model.signature.prepare(values)
+            if headers.target_variant is not None:
+                wrong = self._wrong_variant(headers.target_variant)
+                if wrong is not None:
+                    raise wrong
+            if v2_name is not None and v2_name not in model.names:
+                raise self._unknown_model(v2_name, model)
+            kind = codecs.JSON
+            carried = None
+            if v2_name is None:  # the answer's type is settled before anything is read or run
+                kind = codecs.response_type(headers.accept)
+                carried = codecs.carried_output(kind, headers.output, model.output_names)
+            reserved = self._reservation(headers.content_length)
+            await self.body_budget.acquire(reserved, self._admission_wait(started))
+            arrays, rows, request = self._decode(
+                model, headers, await self._read_body(receive, headers.content_length), v2_name
+            )
             outputs, model_seconds = await self._run(model, arrays, rows, started)
+            del arrays
             named = dict(zip(model.output_names, outputs, strict=True))
             if request is None:
-                kind = codecs.response_type(headers.accept)
-                await self._respond(send, 200, codecs.encode(named, kind, headers.output), kind.encode())
+                answer = codecs.encode(named, kind, carried)
+                await self._respond(send, 200, answer, kind.encode(), (id_header,))
             else:
-                payload, json_length = request.encode(model.name, named)
+                payload, json_length = request.encode(v2_name or model.name, named)
                 if json_length is None:
-                    await self._respond(send, 200, payload, _JSON)
+                    await self._respond(send, 200, payload, _JSON, (id_header,))
                 else:
-                    extra = ((HEADER_LENGTH.encode(), str(json_length).encode()),)
+                    extra = (id_header, (HEADER_LENGTH.encode(), str(json_length).encode()))
                     await self._respond(send, 200, payload, b"application/octet-stream", extra)
         except HTTPError as error:
             code = error.code
-            await self._error(send, error)
+            await self._error(send, error, v2_name is not None, id_header)
         except SignatureError as error:
             code = 400
-            await self._error(send, HTTPError(400, str(error)))
+            await self._error(send, HTTPError(400, str(error)), v2_name is not None, id_header)
         except ClientGone:
             code = 499
         except Exception as error:
             code, public = self._classify(error)
-            await self._error(send, HTTPError(code, public))
+            await self._error(send, HTTPError(code, public), v2_name is not None, id_header)
         finally:
+            if reserved:
+                self.body_budget.release(reserved)
             self.inflight -= 1
             metrics.count(code)
             if code == 200:
                 metrics.model_latency.observe(model_seconds)
                 metrics.overhead_latency.observe(time.perf_counter() - started - model_seconds)
+
+    def _reservation(self, content_length: int | None) -> int:
+        """The bytes a request holds in the body budget: its declared length, or the payload
+        limit for a chunked body. Over the limit is a 413 at once."""
+        limit = self.config.max_payload_bytes
+        if content_length is None:
+            return limit
+        if content_length > limit:
+            raise HTTPError(413, f"payload of {content_length} bytes is over the limit of {limit} bytes")
+        return content_length
+
+    def _admission_wait(self, started: float) -> float:
+        remaining = self.config.timeout_seconds - (time.perf_counter() - started)
+        return min(ADMISSION_WAIT_SECONDS, remaining)
+
+    @staticmethod
+    def _decode(
+        model: LoadedModel, headers: RequestHeaders, body: bytes, v2_name: str | None
+    ) -> tuple[dict[str, Any], int, InferRequest | None]:
+        """Body -> the model's arrays. The body and the decoded values (Python lists, several
+        times the body's size for JSON) are dropped on return, before the model runs."""
+        if v2_name is None:
+            values = codecs.decode(codecs.media_type(headers.content_type), body, model.signature)
+            arrays, rows = model.signature.prepare(values)
+            return arrays, rows, None
+        request = InferRequest(body, headers.inference_header_length)
+        request.check_outputs(model.output_names)
+        arrays, rows = model.signature.prepare(request.take_inputs())
+        return arrays, rows, request
 
     def _classify(self, error: Exception) -> tuple[int, str]:
         """ONNX Runtime's InvalidArgument is the client's input; anything else is ours (logged once)."""
@@ -281,10 +385,9 @@ class ServingApp:
 
     async def _read_body(self, receive: Receive, length: int | None) -> bytes:
         """The request body, refusing (413) past the payload limit without buffering it all:
-        the declared Content-Length is checked first, then the bytes as they stream in."""
+        the declared Content-Length is checked first (_reservation), then the bytes as they
+        stream in."""
         limit = self.config.max_payload_bytes
-        if length is not None and length > limit:
-            raise HTTPError(413, f"payload of {length} bytes is over the limit of {limit} bytes")
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -333,36 +436,37 @@ class ServingApp:
         status: int,
         body: bytes,
         content_type: bytes,
-        extra: tuple[tuple[bytes, bytes], ...] = (),
+        extra: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]] = (),
     ) -> None:
         headers = [
             (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
-            self._variant_header,
+            *self._static_headers,
             *extra,
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _error(self, send: Send, error: HTTPError) -> None:
-        extra: tuple[tuple[bytes, bytes], ...] = ()
-        if error.retry_after is not None:
-            extra = ((b"retry-after", str(error.retry_after).encode()),)
-        if error.code == 413:
-            # The rest of an oversized body is never read: do not reuse this connection.
-            extra = (*extra, (b"connection", b"close"))
+    async def _error(
+        self, send: Send, error: HTTPError, v2: bool, id_header: tuple[bytes, bytes] | None = None
+    ) -> None:
         if error.code >= 500 and error.code not in (503, 504):
             pass  # already logged with its traceback by _classify
         elif error.code >= 400:
             log.info("request refused", extra={"fields": {"code": error.code, "error": error.message}})
-        body = codecs.dumps({"error": {"code": error.code, "message": error.message}})
-        await self._respond(send, error.code, body, _JSON, extra)
+        extra = error_headers(error)
+        if id_header is not None:
+            extra.append(id_header)
+        await self._respond(send, error.code, error_body(error, v2), _JSON, extra)
 
-    # --- used by the REST routes -----------------------------------------------------
+    # --- the DataPlane the REST routes read ---------------------------------------------
     def metadata(self, name: str) -> dict[str, Any]:
         model = self.model
         if model is None:
             raise not_ready()
-        if name != model.name:
-            raise HTTPError(404, f"unknown model {name!r}; this server serves {model.name!r}")
-        return model_metadata(model.signature, model.name)
+        if name not in model.names:
+            raise self._unknown_model(name, model)
+        return model_metadata(model.signature, name)
+
+    def exposition(self) -> bytes:
+        return self.metrics.exposition()

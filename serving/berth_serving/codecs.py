@@ -1,18 +1,29 @@
 """Request bodies in (JSON, CSV, NPY) and responses out, for `/invocations`.
 
 JSON accepts `{"instances": [...]}`, a bare list, or `{"inputs": {NAME: ...}}` for several
-inputs (also a list of per-row objects `[{NAME: ...}, ...]`). CSV is a row per record for a
-single-input model; NPY is one array for a single-input model. A single output answers
-`{"predictions": [...]}`, several `{"outputs": {NAME: [...]}}`. CSV and NPY answers carry
-one tensor: the output named by the `X-Berth-Output` header, else the model's first output.
+inputs (also a list of per-row objects `[{NAME: ...}, ...]`, and Open Inference Protocol
+tensors `{"inputs": [{"name", "shape", "datatype", "data"}]}`). CSV is a row per record for a
+single-input model; NPY is one array for a single-input model (its header is checked against
+the body before anything is allocated).
+
+`Accept` picks the answer's type: JSON when it is absent, `*/*`, `application/*` or JSON;
+CSV for `text/csv` or `text/*`; NPY for `application/x-npy`; q-values are honoured and
+`q=0` refuses a type. Anything else is a 406 naming the three types offered.
+
+A single output answers `{"predictions": [...]}`, several `{"outputs": {NAME: [...]}}`. CSV
+and NPY carry one tensor: for a model with several outputs the `X-Berth-Output` header must
+name it, else the answer is a 406 saying so (choosing one silently would drop the others). An
+`X-Berth-Output` naming no output is a 400; JSON answers carry every output whatever it says.
 ZipMap outputs (skl2onnx classifiers: a list of {class: probability}) stay dicts in JSON and
-become a [rows, classes] matrix (classes in sorted order) in CSV and NPY.
+become a [rows, classes] matrix (classes in sorted order) in CSV and NPY. NaN and infinity
+travel in CSV (`nan`, `inf`) and NPY; JSON has neither, and a JSON answer writes them as null.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,11 +31,22 @@ import orjson
 
 from berth_serving.errors import HTTPError, bad_request
 from berth_serving.signature import Signature
+from berth_serving.tensors import as_matrix, dumps
 
 JSON = "application/json"
 CSV = "text/csv"
 NPY = "application/x-npy"
-_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+OFFERED = f"{JSON}, {CSV} or {NPY}"
+# Media ranges of an Accept header -> the answer type they select.
+_ANSWER_TYPES = {
+    JSON: JSON,
+    "*/*": JSON,
+    "application/*": JSON,
+    CSV: CSV,
+    "text/*": CSV,
+    NPY: NPY,
+    "application/npy": NPY,
+}
 
 
 def media_type(header: bytes | str | None) -> str:
@@ -36,15 +58,54 @@ def media_type(header: bytes | str | None) -> str:
 
 
 def response_type(accept: bytes | str | None) -> str:
-    """The answer's type from `Accept`: CSV or NPY when asked for, JSON otherwise."""
-    if not accept:
+    """The answer's type from `Accept` (see the module docstring); HTTPError 406 when none of
+    the types it accepts can be served."""
+    if not accept or accept in (b"*/*", "*/*", b"application/json", JSON):
         return JSON
     text = accept.decode("latin-1") if isinstance(accept, bytes) else accept
+    best, best_q = None, 0.0
     for part in text.split(","):
-        kind = media_type(part)
-        if kind in (JSON, CSV, NPY):
-            return kind
-    return JSON
+        kind, _, parameters = part.partition(";")
+        answer = _ANSWER_TYPES.get(kind.strip().lower())
+        if answer is None:
+            continue
+        q = _quality(parameters)
+        if q > best_q:
+            best, best_q = answer, q
+    if best is None:
+        asked = ", ".join(media_type(part) for part in text.split(",") if part.strip())
+        raise HTTPError(406, f"cannot answer in {asked}; this server answers {OFFERED}")
+    return best
+
+
+def _quality(parameters: str) -> float:
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
+def carried_output(kind: str, wanted: str | None, output_names: Sequence[str]) -> str | None:
+    """The output a CSV or NPY answer carries (None for JSON, which carries them all);
+    HTTPError 400 for an unknown X-Berth-Output, 406 when several outputs leave it unsaid.
+    Checked before the model runs."""
+    if wanted is not None and wanted not in output_names:
+        raise bad_request(f"unknown output {wanted!r}; the model has {', '.join(map(repr, output_names))}")
+    if kind == JSON:
+        return None
+    if wanted is not None:
+        return wanted
+    if len(output_names) == 1:
+        return output_names[0]
+    raise HTTPError(
+        406,
+        f"{kind} carries one output and the model has {len(output_names)} "
+        f"({', '.join(map(repr, output_names))}): name one in the X-Berth-Output header",
+    )
 
 
 def decode(content_type: str, body: bytes, signature: Signature) -> dict[str, Any]:
@@ -54,8 +115,8 @@ def decode(content_type: str, body: bytes, signature: Signature) -> dict[str, An
     if content_type in (CSV, "application/csv"):
         return {_single_input(signature, "CSV"): _decode_csv(body)}
     if content_type in (NPY, "application/npy"):
-        return {_single_input(signature, "NPY"): _decode_npy(body)}
-    raise HTTPError(415, f"unsupported content type {content_type!r}; use {JSON}, {CSV} or {NPY}")
+        return {_single_input(signature, "NPY"): decode_npy(body)}
+    raise HTTPError(415, f"unsupported content type {content_type!r}; use {OFFERED}")
 
 
 def _single_input(signature: Signature, what: str) -> str:
@@ -111,59 +172,48 @@ def _decode_csv(body: bytes) -> list[list[float]]:
     return rows
 
 
-def _decode_npy(body: bytes) -> np.ndarray:
+def decode_npy(body: bytes) -> np.ndarray:
+    """A .npy body as an array over the body's own bytes. The header's shape and dtype must
+    account for exactly the bytes that follow it: a header claiming (99999999999, 4) is a
+    400, not an allocation. Object arrays (pickles) are refused."""
+    stream = io.BytesIO(body)
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as error:
         raise bad_request(f"body is not a valid .npy array: {error}") from None
-    if not isinstance(array, np.ndarray):
-        raise bad_request("body is not a single .npy array")
-    return array
+    if dtype.hasobject:
+        raise bad_request("body is a .npy array of Python objects, which this server does not read")
+    offset = stream.tell()
+    count = math.prod(shape)
+    expected = count * dtype.itemsize
+    if expected != len(body) - offset:
+        raise bad_request(
+            f"the .npy header says shape {shape} of {dtype} ({expected} bytes), "
+            f"the body has {len(body) - offset} bytes after it"
+        )
+    array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
-def _json_default(value: Any) -> Any:
-    # orjson hands over what it cannot write natively: non-contiguous or float16 arrays, numpy scalars.
-    if isinstance(value, np.ndarray):
-        return value.astype(np.float32).tolist() if value.dtype == np.float16 else value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot serialize {type(value).__name__}")
-
-
-def dumps(document: Any) -> bytes:
-    return orjson.dumps(document, default=_json_default, option=_JSON_OPTIONS)
-
-
-def encode(outputs: Mapping[str, Any], kind: str, wanted: str | None = None) -> bytes:
-    """Per-request outputs -> the response body in `kind` (JSON, CSV or NPY)."""
+def encode(outputs: Mapping[str, Any], kind: str, carried: str | None = None) -> bytes:
+    """Per-request outputs -> the response body in `kind` (JSON, CSV or NPY); CSV and NPY carry
+    the output `carried` (see carried_output)."""
     if kind == JSON:
         if len(outputs) == 1:
             return dumps({"predictions": next(iter(outputs.values()))})
         return dumps({"outputs": outputs})
-    array = as_matrix(_pick(outputs, wanted))
+    array = as_matrix(outputs[carried] if carried is not None else next(iter(outputs.values())))
     if kind == NPY:
+        if array.dtype == np.dtype(object):  # strings: a unicode array, not a pickle
+            array = array.astype(str)
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
         return buffer.getvalue()
     return _csv(array)
-
-
-def _pick(outputs: Mapping[str, Any], wanted: str | None) -> Any:
-    if wanted:
-        if wanted not in outputs:
-            raise bad_request(f"unknown output {wanted!r}; the model has {', '.join(map(repr, outputs))}")
-        return outputs[wanted]
-    return next(iter(outputs.values()))
-
-
-def as_matrix(value: Any) -> np.ndarray:
-    """An output as an array; ZipMap's list of {class: probability} becomes [rows, classes]."""
-    if isinstance(value, np.ndarray):
-        return value
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        classes = sorted(value[0])
-        return np.asarray([[row[c] for c in classes] for row in value], dtype=np.float32)
-    return np.asarray(value)
 
 
 def _csv(array: np.ndarray) -> bytes:

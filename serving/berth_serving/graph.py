@@ -25,13 +25,80 @@ ML = "ai.onnx.ml"
 SEQUENCE = -1
 
 _UNARY = frozenset(
-    ["Identity", "Cast", "Relu", "Sigmoid", "Tanh", "Exp", "Log", "Abs", "Neg", "Sqrt", "Softplus", "Softsign", "LeakyRelu", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish", "Erf", "Floor", "Ceil", "Round", "Not", "IsNaN", "IsInf", "Sign", "Reciprocal", "Sin", "Cos", "Gelu", "Mish", "ThresholdedRelu", "Dropout"]
+    [
+        "Identity",
+        "Cast",
+        "Relu",
+        "Sigmoid",
+        "Tanh",
+        "Exp",
+        "Log",
+        "Abs",
+        "Neg",
+        "Sqrt",
+        "Softplus",
+        "Softsign",
+        "LeakyRelu",
+        "Elu",
+        "Selu",
+        "Celu",
+        "HardSigmoid",
+        "HardSwish",
+        "Erf",
+        "Floor",
+        "Ceil",
+        "Round",
+        "Not",
+        "IsNaN",
+        "IsInf",
+        "Sign",
+        "Reciprocal",
+        "Sin",
+        "Cos",
+        "Gelu",
+        "Mish",
+        "ThresholdedRelu",
+        "Dropout",
+    ]
 )
 _BROADCAST = frozenset(
-    ["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "And", "Or", "Xor", "Where", "Mod", "PRelu", "Clip"]
+    [
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Max",
+        "Min",
+        "Sum",
+        "Mean",
+        "Equal",
+        "Greater",
+        "GreaterOrEqual",
+        "Less",
+        "LessOrEqual",
+        "And",
+        "Or",
+        "Xor",
+        "Where",
+        "Mod",
+        "PRelu",
+        "Clip",
+    ]
 )
 _REDUCE = frozenset(
-    ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"]
+    [
+        "ReduceSum",
+        "ReduceMean",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceSumSquare",
+    ]
 )
 _ML_CLASSIFIERS = frozenset({"LinearClassifier", "SVMClassifier", "TreeEnsembleClassifier"})
 _ML_REGRESSORS = frozenset({"LinearRegressor", "SVMRegressor", "TreeEnsembleRegressor", "TreeEnsemble"})

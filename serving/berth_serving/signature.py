@@ -1,12 +1,6 @@
 """The model's input/output signature, read from ONNX Runtime, and the checks that turn
 whatever a client sent into exactly the arrays the model takes.
-
-A value the model's dtype cannot hold is refused, never wrapped or rounded: 300 for int8,
--1 for uint8, 2**63 for int64, 0.1 for an integer, 1e39 for float32 (it would become inf).
-Floats become integers only when they are whole and within +-2**53 (JSON parsers turn
-integers beyond 64 bits into floats, so a larger one may not be what the client wrote). NaN
-and infinity reach the model as sent where the format can carry them (CSV `nan`/`inf`,
-NPY, v2 binary); JSON has neither.
+(tensors.to_dtype: a value the model's dtype cannot hold is a 400, never wrapped or rounded).
 """
 
 from __future__ import annotations
@@ -20,10 +14,7 @@ from typing import Any
 import numpy as np
 
 from berth_serving.graph import row_aligned_outputs
-from berth_serving.tensors import ORT_DTYPES, STRING, dtype_name
-
-# Floats are whole numbers exactly only up to this magnitude.
-_EXACT_FLOAT_INTEGER = 2**53
+from berth_serving.tensors import ORT_DTYPES, ValueMismatch, dtype_name, to_dtype
 
 
 class SignatureError(ValueError):
@@ -158,99 +149,9 @@ class Signature:
         return array
 
     def _as_dtype(self, spec: TensorSpec, value: Any) -> np.ndarray:
-        dtype = spec.dtype
-        if dtype is None:
+        if spec.dtype is None:
             raise SignatureError(f"input {spec.name!r} is {spec.onnx_type}, which this server cannot feed")
-        if isinstance(value, np.ndarray):
-            array = value
-        elif dtype.kind == "f":
-            # Numbers from JSON or CSV convert straight to the float type (the fast path).
-            try:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    array = np.asarray(value, dtype=dtype)
-                source = None if np.isfinite(array).all() else np.asarray(value, dtype=np.float64)
-            except (ValueError, TypeError, OverflowError):
-                raise SignatureError(self._not_numeric(spec)) from None
-            if source is not None:
-                self._check_overflow(spec, source, array)
-            return array
-        else:
-            try:
-                array = np.asarray(value)
-            except (ValueError, TypeError, OverflowError):
-                raise SignatureError(self._not_numeric(spec)) from None
-        if array.dtype == dtype:
-            return array
-        kind = array.dtype.kind
-        if dtype == STRING:
-            if kind == "U" or (kind == "O" and all(isinstance(v, str) for v in array.flat)):
-                return array.astype(object)
-            raise SignatureError(f"input {spec.name!r} takes strings; {self.expected()}")
-        if kind == "O" and array.size and all(type(v) is int for v in array.flat):
-            # Python integers numpy could not fit in one 64-bit type: beyond any integer dtype.
-            bad = max(array.flat, key=abs)
-            raise SignatureError(f"input {spec.name!r}: {bad} is out of range for {dtype}; {self.expected()}")
-        if kind not in "biuf":
-            raise SignatureError(self._not_numeric(spec))
-        if dtype.kind == "b":
-            if kind != "b":
-                raise SignatureError(f"input {spec.name!r} takes true/false; {self.expected()}")
-            return array
-        if dtype.kind == "f":
-            with np.errstate(over="ignore", invalid="ignore"):
-                converted = array.astype(dtype)
-            if not np.isfinite(converted).all():
-                self._check_overflow(spec, array, converted)
-            return converted
-        return self._to_integer(spec, array)
-
-    def _to_integer(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
-        dtype = spec.dtype
-        assert dtype is not None
-        if array.dtype.kind == "b" or np.can_cast(array.dtype, dtype, casting="safe"):
-            return array.astype(dtype)
-        if array.size == 0:
-            return array.astype(dtype)
-        info = np.iinfo(dtype)
-        if array.dtype.kind == "f":
-            with np.errstate(invalid="ignore"):
-                whole = np.isfinite(array) & (np.mod(array, 1) == 0)
-            if not whole.all():
-                bad = array[~whole].flat[0]
-                raise SignatureError(
-                    f"input {spec.name!r} takes whole numbers, got {bad!r}; {self.expected()}"
-                )
-            big = np.abs(array) > _EXACT_FLOAT_INTEGER
-            if big.any():
-                raise SignatureError(
-                    f"input {spec.name!r}: {array[big].flat[0]:.17g} is not an exact integer "
-                    f"(send integers beyond 2**53 as JSON integers, NPY or v2 binary); {self.expected()}"
-                )
-        low, high = array.min(), array.max()
-        if low < info.min or high > info.max:
-            bad = low if low < info.min else high
-            raise SignatureError(
-                f"input {spec.name!r}: {_number(bad)} is out of range for {dtype} "
-                f"({info.min}..{info.max}); {self.expected()}"
-            )
-        return array.astype(dtype)
-
-    def _check_overflow(self, spec: TensorSpec, source: np.ndarray, converted: np.ndarray) -> None:
-        """A finite value that became infinite in the model's float type does not fit it."""
-        overflowed = ~np.isfinite(converted) & np.isfinite(source)
-        if overflowed.any():
-            bad = source[overflowed].flat[0]
-            largest = np.finfo(converted.dtype).max
-            raise SignatureError(
-                f"input {spec.name!r}: {_number(bad)} is out of range for {converted.dtype} "
-                f"(largest magnitude {largest:.8g}); {self.expected()}"
-            )
-
-    def _not_numeric(self, spec: TensorSpec) -> str:
-        what = "a regular array of strings" if spec.dtype == STRING else "a regular numeric array"
-        return f"input {spec.name!r} is not {what}; {self.expected()}"
-
-
-def _number(value: Any) -> str:
-    value = value.item() if isinstance(value, np.generic) else value
-    return f"{value:.9g}" if isinstance(value, float) else str(value)
+        try:
+            return to_dtype(value, spec.dtype)
+        except ValueMismatch as error:
+            raise SignatureError(f"input {spec.name!r}: {error}; {self.expected()}") from None

@@ -69,6 +69,117 @@ def as_matrix(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+# Floats are whole numbers exactly only up to this magnitude.
+_EXACT_FLOAT_INTEGER = 2**53
+
+
+class ValueMismatch(ValueError):
+    """Values that a dtype cannot hold; the message says which and why."""
+
+
+def to_dtype(value: Any, dtype: np.dtype[Any]) -> np.ndarray:
+    """Values (nested lists or an array) as an array of `dtype`, refusing (ValueMismatch) any
+    value the dtype cannot hold instead of wrapping, rounding or overflowing it: 300 for int8,
+    -1 for uint8, 0.1 for an integer, 1e39 for float32 (it would become inf). Floats become
+    integers only when whole and within +-2**53 (JSON parsers read integers beyond 64 bits as
+    floats, so a larger one may not be what the client wrote). NaN and infinity pass as they
+    are into float dtypes; booleans become 0/1 in numbers, and only booleans feed booleans."""
+    if isinstance(value, np.ndarray):
+        array = value
+    elif dtype.kind == "f":
+        # Numbers from JSON or CSV convert straight to the float type (the fast path).
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                array = np.asarray(value, dtype=dtype)
+            source = None if np.isfinite(array).all() else np.asarray(value, dtype=np.float64)
+        except (ValueError, TypeError, OverflowError):
+            raise ValueMismatch("not a regular numeric array") from None
+        if source is not None:
+            _check_overflow(source, array)
+        return array
+    else:
+        try:
+            array = np.asarray(value)
+            if dtype.kind in "iu" and array.dtype.kind == "f":
+                # Maybe Python integers numpy could only hold as floats (0 and 2**64-1): keep them exact.
+                exact = np.asarray(value, dtype=object)
+                if all(type(v) is int for v in exact.flat):
+                    array = exact
+        except (ValueError, TypeError, OverflowError):
+            raise ValueMismatch(f"not a regular {_what(dtype)} array") from None
+    if array.dtype == dtype:
+        return array
+    kind = array.dtype.kind
+    if dtype == STRING:
+        if kind == "U" or (kind == "O" and all(isinstance(v, str) for v in array.flat)):
+            return array.astype(object)
+        raise ValueMismatch("strings only")
+    if kind == "O" and array.size and all(type(v) is int for v in array.flat):
+        # Python integers numpy could not put in one 64-bit type.
+        if dtype.kind in "iu":
+            return _to_integer(array, dtype)
+        raise ValueMismatch(f"{max(array.flat, key=abs)} is out of range for {dtype}")
+    if kind not in "biuf":
+        raise ValueMismatch("not a regular numeric array")
+    if dtype.kind == "b":
+        if kind != "b":
+            raise ValueMismatch("true/false only")
+        return array
+    if dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            converted = array.astype(dtype)
+        if not np.isfinite(converted).all():
+            _check_overflow(array, converted)
+        return converted
+    return _to_integer(array, dtype)
+
+
+def _what(dtype: np.dtype[Any]) -> str:
+    return "string" if dtype == STRING else "numeric"
+
+
+def _to_integer(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    if (
+        array.size == 0
+        or array.dtype.kind == "b"
+        or (array.dtype.kind != "O" and np.can_cast(array.dtype, dtype, casting="safe"))
+    ):
+        return array.astype(dtype)
+    info = np.iinfo(dtype)
+    if array.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(array) & (np.mod(array, 1) == 0)
+        if not whole.all():
+            raise ValueMismatch(f"whole numbers only, got {_number(array[~whole].flat[0])}")
+        big = np.abs(array) > _EXACT_FLOAT_INTEGER
+        if big.any():
+            raise ValueMismatch(
+                f"{array[big].flat[0]:.17g} is not an exact integer "
+                "(send integers beyond 2**53 as JSON integers, NPY or v2 binary)"
+            )
+    low, high = array.min(), array.max()
+    if low < info.min or high > info.max:
+        bad = low if low < info.min else high
+        raise ValueMismatch(f"{_number(bad)} is out of range for {dtype} ({info.min}..{info.max})")
+    return array.astype(dtype)
+
+
+def _check_overflow(source: np.ndarray, converted: np.ndarray) -> None:
+    """A finite value that became infinite in the float dtype does not fit it."""
+    overflowed = ~np.isfinite(converted) & np.isfinite(source)
+    if overflowed.any():
+        largest = np.finfo(converted.dtype).max
+        raise ValueMismatch(
+            f"{_number(source[overflowed].flat[0])} is out of range for {converted.dtype} "
+            f"(largest magnitude {largest:.8g})"
+        )
+
+
+def _number(value: Any) -> str:
+    value = value.item() if isinstance(value, np.generic) else value
+    return f"{value:.9g}" if isinstance(value, float) else str(value)
+
+
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 

@@ -261,17 +261,6 @@ def build_anonymous_rows(path: Path | str) -> Path:
     return _save(_model(graph), path)
 
 
-def build_typed_identity(path: Path | str, elem_type: int, n_features: int = 4) -> Path:
-    """`x` of the given ONNX element type [N, n_features] -> `y` (the same tensor): for dtype checks."""
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "typed_identity",
-        [helper.make_tensor_value_info("x", elem_type, ["N", n_features])],
-        [helper.make_tensor_value_info("y", elem_type, ["N", n_features])],
-    )
-    return _save(_model(graph), path)
-
-
 def build_label_encoder(path: Path | str) -> Path:
     """A string-input model: `text` string[N, 1] -> `code` int64[N, 1] (ai.onnx.ml LabelEncoder:
     "cat" 0, "dog" 1, "bird" 2, anything else -1) and `echo` string[N, 1] (the input)."""
@@ -301,3 +290,27 @@ def build_label_encoder(path: Path | str) -> Path:
         producer_name="berth-tests",
     )
     return _save(model, path)
+
+
+# The element types build_typed takes, by input name.
+TYPED_INPUTS = {
+    "i8": TensorProto.INT8,
+    "u8": TensorProto.UINT8,
+    "i64": TensorProto.INT64,
+    "u64": TensorProto.UINT64,
+    "f16": TensorProto.FLOAT16,
+    "f32": TensorProto.FLOAT,
+    "flag": TensorProto.BOOL,
+}
+
+
+def build_typed(path: Path | str) -> Path:
+    """One input per element type in TYPED_INPUTS, each [N, 1], each answered as is by an
+    Identity output `NAME_out`: for checking what each dtype accepts and refuses."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [name], [f"{name}_out"]) for name in TYPED_INPUTS],
+        "typed",
+        [helper.make_tensor_value_info(name, kind, ["N", 1]) for name, kind in TYPED_INPUTS.items()],
+        [helper.make_tensor_value_info(f"{name}_out", kind, ["N", 1]) for name, kind in TYPED_INPUTS.items()],
+    )
+    return _save(_model(graph), path)
