@@ -24,6 +24,8 @@ from .replica import Replica, ReplicaSpec
 
 FetchState = Literal["Fetching", "Fetched", "Failed"]
 FETCH_MAX_BACKOFF = 30.0
+# How a replica's crash reason starts when `berth serve` could not load the model (server.py).
+MODEL_LOAD_FAILED = "model load failed"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class LocalDeployment:
         self.fetch_failures = 0
         self.model_path: Path | None = None
         self._fetched_hash = ""
+        self._evicted_hash = ""  # the template whose cached model was dropped after a load failure
         self._cache = cache
         self._run_dir = run_dir
         self._base_env = base_env
@@ -125,6 +128,12 @@ class LocalDeployment:
     async def _reconcile(self) -> None:
         spec = self.spec
         tag = spec.template_hash
+        if self._fetched_hash == tag and self._evicted_hash != tag and self._model_failed_to_load():
+            # The cache gave the replicas a file they cannot load: drop it and fetch again, once
+            # per template (one that still fails, freshly fetched, is the model's own fault).
+            self._evicted_hash = tag
+            self._cache.evict(spec.model_uri, spec.sha256)
+            self._fetched_hash = ""
         if self._fetched_hash != tag:
             if not await self._fetch(spec):
                 return
@@ -140,6 +149,12 @@ class LocalDeployment:
         if old and ready_new >= spec.replicas:
             for replica in old:
                 self._stop_replica(replica)
+
+    def _model_failed_to_load(self) -> bool:
+        return any(
+            r.state == "CrashLoopBackOff" and r.last_error.startswith(MODEL_LOAD_FAILED)
+            for r in self.current()
+        )
 
     async def _fetch(self, spec: DeploymentSpec) -> bool:
         wait = self._retry_at - time.monotonic()
