@@ -18,8 +18,9 @@ from berth_serving.errors import HTTPError
 
 # Request bodies held at once, in payload limits: 4 x 6 MiB by default.
 BODY_BUDGET_PAYLOADS = 4
-# How long a request waits for room before it is refused.
-ADMISSION_WAIT_SECONDS = 10.0
+# How long a request waits for room before it is refused: brief, as its unread body looks
+# stalled to the client (and to an HTTP edge that drops bodies idle for 10 s).
+ADMISSION_WAIT_SECONDS = 5.0
 
 
 class BodyBudget:
