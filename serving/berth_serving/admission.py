@@ -29,10 +29,16 @@ class BodyBudget:
         self.used = 0
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
+    def try_acquire(self, size: int) -> bool:
+        """Reserve `size` bytes if they fit now and nobody waits ahead (the usual case)."""
+        if not self._waiting and self.used + size <= self.limit:
+            self.used += size
+            return True
+        return False
+
     async def acquire(self, size: int, wait_seconds: float) -> None:
         """Reserve `size` bytes, waiting at most `wait_seconds` for them (HTTPError 503)."""
-        if not self._waiting and self.used + size <= self.limit:
-            self.used += size  # the usual case: no await, no allocation
+        if self.try_acquire(size):
             return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()

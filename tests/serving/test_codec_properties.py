@@ -29,7 +29,11 @@ from hypothesis.extra import numpy as hnp
 from tests.serving import models
 from tests.serving.support import ThreadedServer, serving
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [
+    pytest.mark.timeout(300),
+    # The server silences numpy's overflow warning (it checks overflow itself); pytest restores it.
+    pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning"),
+]
 
 PROPERTIES = settings(
     max_examples=80,

@@ -20,7 +20,11 @@ from tests.serving import models
 from tests.serving.support import Response, ThreadedServer, request, serving
 from tests.serving.test_server import error_of, npy, post
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [
+    pytest.mark.timeout(120),
+    # The server silences numpy's overflow warning (it checks overflow itself); pytest restores it.
+    pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning"),
+]
 
 
 def v2_error_of(response: Response) -> str:
