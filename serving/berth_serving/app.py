@@ -168,9 +168,9 @@ class ServingApp:
         self._variants = frozenset(name.encode() for name in config.endpoint_variants)
         self.body_budget = BodyBudget(BODY_BUDGET_PAYLOADS * config.max_payload_bytes)
         self._new_ids = InferenceIds()
-        # tensors.to_dtype checks float overflow itself; numpy's warning would only be a stray
-        # non-JSON line on stderr.
-        warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
+        # tensors.to_dtype checks float overflow itself; numpy's warnings would only be stray
+        # non-JSON lines on stderr.
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"berth_serving\.tensors")
         # Where remote models are fetched; created only when needed (a local model is used in place).
         self._scratch = Path(tempfile.gettempdir()) / f"berth-model-{uuid.uuid4().hex[:12]}"
         self._loop: asyncio.AbstractEventLoop | None = None

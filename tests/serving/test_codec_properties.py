@@ -31,8 +31,8 @@ from tests.serving.support import ThreadedServer, serving
 
 pytestmark = [
     pytest.mark.timeout(300),
-    # The server silences numpy's overflow warning (it checks overflow itself); pytest restores it.
-    pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning"),
+    # The server silences numpy's overflow warnings (it checks overflow itself); pytest restores them.
+    pytest.mark.filterwarnings("ignore::RuntimeWarning:berth_serving.tensors"),
 ]
 
 PROPERTIES = settings(

@@ -22,8 +22,8 @@ from tests.serving.test_server import error_of, npy, post
 
 pytestmark = [
     pytest.mark.timeout(120),
-    # The server silences numpy's overflow warning (it checks overflow itself); pytest restores it.
-    pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning"),
+    # The server silences numpy's overflow warnings (it checks overflow itself); pytest restores them.
+    pytest.mark.filterwarnings("ignore::RuntimeWarning:berth_serving.tensors"),
 ]
 
 
