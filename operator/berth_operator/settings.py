@@ -30,6 +30,8 @@ class InstanceType(SettingsModel):
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    # The model volume's sizeLimit: the largest model (unpacked) a replica of this type can hold.
+    model_volume_size_limit: str = Field(default="10Gi", alias="modelVolumeSizeLimit")
 
 
 def default_catalog() -> dict[str, InstanceType]:

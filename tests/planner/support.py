@@ -17,6 +17,8 @@ from berth_operator.api import Endpoint, EndpointConfig, Model
 from berth_operator.planner import FleetMetrics, Observed, Plan, PlanInput, plan_endpoint
 from berth_operator.settings import Settings
 
+from tests.support.routestatus import parents_status
+
 NAMESPACE = "prod"
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -106,6 +108,8 @@ class Cluster:
     metrics: dict[str, FleetMetrics] = field(default_factory=dict)
     auto_ready: bool = True  # Deployments become ready as soon as they are applied
     not_ready: set[str] = field(default_factory=set)  # Deployment names that never get ready
+    gateway_accepts: bool = True  # the Gateway's controller accepts every route it is given
+    unavailable_kinds: frozenset[str] = frozenset()  # kinds this cluster has no CRD for
 
     def observed(self) -> Observed:
         return Observed(
@@ -113,6 +117,7 @@ class Cluster:
             children=[copy.deepcopy(o) for _, o in sorted(self.objects.items())],
             pods=copy.deepcopy(self.pods),
             metrics=dict(self.metrics),
+            unavailable_kinds=self.unavailable_kinds,
         )
 
     def plan(self) -> Plan:
@@ -133,6 +138,8 @@ class Cluster:
                 stored["metadata"]["generation"] = old["metadata"]["generation"] + (
                     old.get("spec") != stored.get("spec")
                 )
+            if obj["kind"] == "HTTPRoute" and self.gateway_accepts:
+                stored["status"] = parents_status(stored)  # the Gateway's controller
             self.objects[key] = stored
         for ref in plan.delete:
             self.objects.pop((ref.kind, ref.name), None)
@@ -181,3 +188,18 @@ class Cluster:
 
     def names(self, kind: str) -> list[str]:
         return sorted(name for (k, name) in self.objects if k == kind)
+
+
+def header_rules(route: dict[str, Any]) -> list[dict[str, Any]]:
+    """The route's per-variant rules (X-Berth-Target-Variant), in order."""
+    return [r for r in route["spec"]["rules"] if any(m.get("headers") for m in r["matches"])]
+
+
+def model_rules(route: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The route's per-model v2 rules, by the model named in their path."""
+    found = {}
+    for rule in route["spec"]["rules"]:
+        value = rule["matches"][0]["path"]["value"]
+        if "/v2/models/" in value:
+            found[value.rsplit("/", 1)[-1]] = rule
+    return found

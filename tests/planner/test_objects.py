@@ -155,6 +155,8 @@ def test_deployment_shape() -> None:
         "fetch-model",
         "s3://models/fraud-v1/model.onnx",
         "/mnt/models",
+        "--max-bytes",
+        str(10 * 2**30),  # the model volume's sizeLimit: an unpack past it is refused, not evicted
         "--sha256",
         "a" * 64,
     ]
@@ -164,13 +166,25 @@ def test_deployment_shape() -> None:
     assert main["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert main["readinessProbe"]["httpGet"]["path"] == "/ping"
     assert main["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    # Liveness waits until the model loaded: ten minutes for a large model, then restarts.
+    startup = main["startupProbe"]
+    assert startup["httpGet"]["path"] == "/ping"
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 600
     assert main["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
     assert pod["terminationGracePeriodSeconds"] > 5
     assert {"name": "model", "mountPath": "/mnt/models", "readOnly": True} in main["volumeMounts"]
+    # The scheduler needs room for both emptyDirs (model 10Gi, /tmp 1Gi), which have limits.
     assert main["resources"] == {
         "limits": {"cpu": "1", "memory": "2Gi"},
-        "requests": {"cpu": "1", "memory": "2Gi"},
+        "requests": {"cpu": "1", "ephemeral-storage": "11Gi", "memory": "2Gi"},
     }
+    assert {v["name"]: v["emptyDir"] for v in pod["volumes"]} == {
+        "model": {"sizeLimit": "10Gi"},
+        "tmp": {"sizeLimit": "1Gi"},
+    }
+    assert (
+        pod["securityContext"]["runAsUser"] == pod["securityContext"]["runAsGroup"] == 10001
+    )  # the images' uid
     for container in (fetch, main):
         security = container["securityContext"]
         assert security["allowPrivilegeEscalation"] is False
@@ -284,7 +298,7 @@ def test_catalog_node_selector_and_resource_override() -> None:
     assert deployment["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
     assert server(deployment)["resources"] == {
         "limits": {"memory": "4Gi"},
-        "requests": {"cpu": "2", "memory": "1Gi"},
+        "requests": {"cpu": "2", "ephemeral-storage": "11Gi", "memory": "1Gi"},
     }
     assert_admitted(plan.objects)
 
@@ -408,10 +422,14 @@ def test_long_names_give_valid_labels_and_admitted_objects() -> None:
     assert L.endpoint_selector(long_endpoint) == f"berth.dev/endpoint={label_value(long_endpoint)}"
 
 
-def test_numeric_quantities_are_written_as_the_api_server_returns_them() -> None:
-    from berth_operator.planner.workload import quantity
+def test_quantities_are_written_as_the_api_server_stores_them() -> None:
+    from berth_operator.planner.quantity import canonical
 
-    assert [quantity(1), quantity(2.0), quantity(0.5), quantity("2Gi")] == ["1", "2", "500m", "2Gi"]
+    # As kube-apiserver 1.36 stored them: a planned "0.5" read back as 500m was patched forever.
+    written = [1, 2.0, 0.5, "0.5", "1000m", "1024Mi", "1536Mi", "1.5Gi", "1000", "1500", "2Gi", "100m", "0"]
+    stored = ["1", "2", "500m", "500m", "1", "1Gi", "1536Mi", "1536Mi", "1k", "1500", "2Gi", "100m", "0"]
+    assert [canonical(q) for q in written] == stored
+    assert canonical("not a quantity") == "not a quantity"  # the API server refuses it, naming the field
     cfg = config("c", variant("v", "m", instanceType="gpu-small", resources={"requests": {"cpu": 3}}))
     main = server(only(plan_of(endpoint("c"), [cfg], [model("m")]), "Deployment"))
     assert main["resources"]["limits"]["nvidia.com/gpu"] == "1"

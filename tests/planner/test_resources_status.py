@@ -55,7 +55,7 @@ def test_valid_model_is_ready_accepted() -> None:
         "status": "True",
         "reason": "Accepted",
         "message": "",
-        "lastTransitionTime": "2026-03-01T12:00:00Z",
+        "lastTransitionTime": "2026-03-01T12:00:00.000000Z",
         "observedGeneration": 1,
     }
 
@@ -100,19 +100,19 @@ def test_unchanged_status_keeps_last_transition_time() -> None:
     raw = model()
     raw["status"] = model_status(raw, NOW)
     again = ready(model_status(raw, LATER))
-    assert again["lastTransitionTime"] == "2026-03-01T12:00:00Z"
+    assert again["lastTransitionTime"] == "2026-03-01T12:00:00.000000Z"
 
     cfg = config(variant("a", "m-a"))
     cfg["status"] = config_status(cfg, set(), NOW)
     still_missing = ready(config_status(cfg, set(), LATER))
-    assert still_missing["lastTransitionTime"] == "2026-03-01T12:00:00Z"
+    assert still_missing["lastTransitionTime"] == "2026-03-01T12:00:00.000000Z"
 
 
 def test_changed_status_moves_last_transition_time() -> None:
     cfg = config(variant("a", "m-a"))
     cfg["status"] = config_status(cfg, set(), NOW)
     found = ready(config_status(cfg, {"m-a"}, LATER))
-    assert (found["status"], found["lastTransitionTime"]) == ("True", "2026-03-01T12:05:00Z")
+    assert (found["status"], found["lastTransitionTime"]) == ("True", "2026-03-01T12:05:00.000000Z")
 
 
 def test_generation_is_copied() -> None:

@@ -11,6 +11,7 @@ from berth_operator.planner import FleetMetrics
 from berth_operator.planner import labels as L
 
 from .support import Cluster, config, endpoint, model, variant
+from .support import header_rules as support_header_rules
 from .validation import assert_admitted
 
 OLD = "fraud-cfg1-blue"
@@ -515,7 +516,7 @@ def test_header_rules_follow_the_fleets_with_traffic() -> None:
         assert route is not None
         return {
             rule["matches"][0]["headers"][0]["value"]: [(r["name"], r["weight"]) for r in rule["backendRefs"]]
-            for rule in route["spec"]["rules"][:-1]
+            for rule in support_header_rules(route)
         }
 
     assert header_rules() == {"blue": [(OLD, 100)]}  # nothing of cfg2 until it takes traffic

@@ -8,7 +8,8 @@ import pytest
 from berth_operator.planner.routing import WEIGHT_TOTAL, apportion
 from berth_operator.settings import Routing, Settings
 
-from .support import Cluster, config, endpoint, model, variant
+from .support import Cluster, config, endpoint, model, model_rules, variant
+from .support import header_rules as support_header_rules
 from .validation import assert_admitted
 
 
@@ -57,7 +58,7 @@ def test_gateway_route() -> None:
         "type": "URLRewrite",
         "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
     }
-    header_rules = rules[:-1]
+    header_rules = support_header_rules(route)
     # one rule per live variant, by header, even for a variant with weight 0; never for the shadow
     assert [r["matches"][0]["headers"][0]["value"] for r in header_rules] == ["blue", "dark", "green"]
     for rule in header_rules:
@@ -68,6 +69,25 @@ def test_gateway_route() -> None:
         assert [ref["name"] for ref in rule["backendRefs"]] == [
             f"fraud-cfg1-{rule['matches'][0]['headers'][0]['value']}"
         ]
+    # v2 clients name the model in the path: each served model's requests reach a variant serving it
+    # (blue and green both serve m1, by their weights; dark has none, the shadow never answers).
+    assert model_rules(route) == {
+        "m1": {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/endpoints/prod/fraud/v2/models/m1"}}],
+            "filters": [
+                {
+                    "type": "URLRewrite",
+                    "urlRewrite": {
+                        "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2/models/m1"}
+                    },
+                }
+            ],
+            "backendRefs": [
+                {"name": "fraud-cfg1-blue", "port": 8080, "weight": 750},
+                {"name": "fraud-cfg1-green", "port": 8080, "weight": 250},
+            ],
+        }
+    }
     default = rules[-1]
     assert default["matches"] == [{"path": prefix}]
     assert default["backendRefs"] == [
@@ -78,7 +98,8 @@ def test_gateway_route() -> None:
         rewrite,
         {
             "type": "RequestMirror",
-            "requestMirror": {"backendRef": {"name": "fraud-cfg1-shadow", "port": 8080}, "percent": 100},
+            # no `percent`: absent before Gateway API v1.3, and 100 is the default
+            "requestMirror": {"backendRef": {"name": "fraud-cfg1-shadow", "port": 8080}},
         },
     ]
     assert not any(f.get("type") == "ResponseHeaderModifier" for r in rules for f in r["filters"])

@@ -9,7 +9,7 @@ from berth_operator.planner import labels as L
 from berth_operator.planner import plan_endpoint
 from berth_operator.planner.types import ObjectRef, Observed, PlanInput
 
-from .support import Cluster, config, endpoint, model, variant
+from .support import Cluster, config, endpoint, header_rules, model, variant
 from .validation import assert_admitted
 
 
@@ -103,7 +103,7 @@ def test_no_op_reconcile_is_identical() -> None:
     second = cluster.plan()
     assert first == second
     assert second.status == cluster.endpoint.status
-    assert second.status.conditions[0].last_transition_time == "2026-01-01T00:00:00Z"
+    assert second.status.conditions[0].last_transition_time == "2026-01-01T00:00:00.000000Z"
     assert second.events == [] and second.delete == [] and second.requeue_after is None
 
 
@@ -118,9 +118,9 @@ def test_transition_time_moves_only_when_status_changes() -> None:
     assert status is not None
     times = {c.type: c.last_transition_time for c in status.conditions}
     assert times == {
-        "Ready": "2026-01-01T00:00:42Z",
-        "Progressing": "2026-01-01T00:00:42Z",
-        "Degraded": "2026-01-01T00:00:00Z",
+        "Ready": "2026-01-01T00:00:42.000000Z",
+        "Progressing": "2026-01-01T00:00:42.000000Z",
+        "Degraded": "2026-01-01T00:00:00.000000Z",
     }
 
 
@@ -183,8 +183,9 @@ def test_unknown_instance_type_fails() -> None:
         {"m1": model("m1")},
     )
     plan = cluster.step()
-    assert (
-        plan.status.failure_reason == 'EndpointConfig fraud-v2: variant blue: unknown instanceType "gpu-huge"'
+    assert plan.status.failure_reason == (
+        'EndpointConfig fraud-v2: variant blue: unknown instanceType "gpu-huge" (known: cpu-large, '
+        "cpu-small, gpu-small; the catalog is the operator settings' instanceTypes)"
     )
     assert plan.status.phase == "Failed"
     assert not [o for o in plan.objects if o["kind"] == "Deployment"]
@@ -321,12 +322,16 @@ def test_objects_follow_the_observed_children_and_validate() -> None:
     plan = cluster.step()
     assert_admitted(plan.objects)
     assert plan.status.phase == "InService"
-    # The HPA scaled to 4: the desired count follows it, and 4 ready replicas are needed.
+    # The HPA scaled to 4: the desired count follows it, but the variant stays ready at its floor
+    # while the new pods start (it answered with 1 before; it must not flap out of InService).
     deployment = cluster.objects[("Deployment", "fraud-cfg1-blue")]
     deployment["spec"]["replicas"] = 4
     plan = cluster.plan()
     assert plan.status.production_variants[0].desired_instance_count == 4
-    assert plan.status.phase == "Updating"
+    assert plan.status.production_variants[0].ready_instance_count == 1
+    assert plan.status.phase == "InService"
+    assert conditions_of(plan)["Ready"] == ("True", "Serving")
+    assert not [e for e in plan.events if e.reason == "InService"]  # no event storm either
 
 
 def test_overrides_that_zero_every_weight_are_ignored_and_reported() -> None:
@@ -357,7 +362,7 @@ def test_one_override_weight_zero_takes_a_variant_out_of_the_default_rule() -> N
     assert cluster.weights() == {"fraud-cfg1-green": 1000}
     route = cluster.route()
     assert route is not None
-    headers = [r["matches"][0]["headers"][0]["value"] for r in route["spec"]["rules"][:-1]]
+    headers = [r["matches"][0]["headers"][0]["value"] for r in header_rules(route)]
     assert headers == ["blue", "green"]  # still reachable by header
 
 

@@ -138,13 +138,19 @@ def test_job_shape() -> None:
     assert spec["template"]["metadata"]["labels"] == meta["labels"]
     assert pod_spec["restartPolicy"] == "Never"
     [init] = pod_spec["initContainers"]
-    assert init["args"] == ["fetch-model", "s3://models/fraud-v1/model.onnx", "/mnt/models"]
+    assert init["args"] == [
+        "fetch-model",
+        "s3://models/fraud-v1/model.onnx",
+        "/mnt/models",
+        "--max-bytes",
+        str(10 * 2**30),  # the model volume's sizeLimit, as for serving pods
+    ]
     [container] = pod_spec["containers"]
     assert container["command"] == ["berth"] and container["args"][:2] == ["transform", "--model"]
     assert container["image"] == SETTINGS.images.cpu
     assert container["resources"] == {
         "limits": {"cpu": "1", "memory": "2Gi"},
-        "requests": {"cpu": "1", "memory": "2Gi"},
+        "requests": {"cpu": "1", "ephemeral-storage": "11Gi", "memory": "2Gi"},
     }
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
@@ -363,6 +369,34 @@ def test_finished_transforms_stay_finished_when_the_job_is_gone() -> None:
     failed = {"phase": "Failed", "failureReason": "bad data"}
     plan = plan_transform_job(transform_job(status=failed), None, SETTINGS, observed())
     assert plan.job is None and plan.status.failure_reason == "bad data"
+
+
+@pytest.mark.parametrize("phase", ["Pending", "Running"])
+def test_a_job_gone_before_the_outcome_was_recorded_is_never_run_again(phase: str) -> None:
+    # The TTL controller or a person deleted the Job while our status still said Running (a lost
+    # status write): a new Job would transform the whole dataset a second time.
+    running = {"phase": phase, "jobName": "score-march", "recordsDone": 4, "startTime": "2026-01-01T00:00:00Z"}
+    plan = plan_transform_job(transform_job(status=running), model(), SETTINGS, observed())
+    assert plan.job is None
+    assert plan.status.phase == "Failed"
+    assert plan.status.job_name == "score-march" and plan.status.records_done == 4
+    assert plan.status.failure_reason is not None
+    assert "Job score-march is gone" in plan.status.failure_reason
+    assert "never runs twice" in plan.status.failure_reason
+    failed = next(c for c in plan.status.conditions if c.type == "Failed")
+    assert (failed.status, failed.reason) == ("True", "JobLost")
+    assert [e.reason for e in plan.events] == ["Failed"]
+
+
+def test_an_invalid_spec_gets_a_planned_failed_status() -> None:
+    from berth_operator.planner.transform import invalid_transform_status
+
+    raw = {"metadata": {"name": "t", "generation": 3}, "status": {"phase": "Pending"}}
+    status = invalid_transform_status(raw, "spec.instanceCount: must be at least 1", NOW)
+    assert status["phase"] == "Failed" and status["observedGeneration"] == 3
+    assert status["failureReason"] == "spec.instanceCount: must be at least 1"
+    by_type = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert by_type == {"Complete": ("False", "Failed"), "Failed": ("True", "InvalidSpec")}
 
 
 def test_condition_times_hold_while_nothing_changes() -> None:

@@ -91,6 +91,13 @@ class ProductionVariant(ApiModel):
         default=1, ge=0, le=1_000_000, description="Relative traffic weight; share = weight / sum of weights."
     )
     autoscaling: Autoscaling | None = Field(default=None, description="Optional horizontal autoscaling.")
+    volume_size_in_gb: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        alias="volumeSizeInGB",
+        description="Size of each replica's model volume in GiB (default: the instance type's).",
+    )
 
 
 class EndpointConfigSpec(ApiModel):

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from ..api import Condition
+from .clock import stamp
 
 Status = Literal["True", "False", "Unknown"]
-
-
-def rfc3339(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def condition(
@@ -33,7 +25,7 @@ def condition(
 ) -> Condition:
     value: Status = "True" if status else "False"
     before = next((c for c in previous if c.type == type_), None)
-    since = before.last_transition_time if before is not None and before.status == value else rfc3339(now)
+    since = before.last_transition_time if before is not None and before.status == value else stamp(now)
     return Condition(
         type=type_,
         status=value,
@@ -42,3 +34,14 @@ def condition(
         last_transition_time=since,
         observed_generation=generation,
     )
+
+
+def parsed_conditions(stored: Iterable[Mapping[str, Any]] | None) -> list[Condition]:
+    """The stored conditions that parse; one that does not cannot keep its lastTransitionTime."""
+    previous = []
+    for item in stored or []:
+        try:
+            previous.append(Condition.model_validate(item))
+        except ValidationError:
+            continue
+    return previous

@@ -25,6 +25,7 @@ class VariantPlan:
     weight: float  # effective weight: variantOverrides.desiredWeight or initialVariantWeight
     replicas: int  # wanted replicas; with autoscaling the HPA's minReplicas
     autoscaling: Autoscaling | None
+    production_names: tuple[str, ...] = ()  # every production variant of the config
 
     @property
     def name(self) -> str:
@@ -83,7 +84,7 @@ def resolve_fleet(
             errors.append(f"{where}: Model {spec.model_name} not found")
             continue
         if instance_type is None:
-            errors.append(f'{where}: unknown instanceType "{spec.instance_type}"')
+            errors.append(f"{where}: {unknown_instance_type(spec.instance_type, settings)}")
             continue
         override = by_name.get(spec.variant_name)
         weight = spec.initial_variant_weight
@@ -102,6 +103,8 @@ def resolve_fleet(
                 autoscaling=spec.autoscaling,
             )
         )
+    names = tuple(v.variant_name for v in config.spec.production_variants)
+    variants = [replace(v, production_names=names) for v in variants]
     invalid = any("unknown instanceType" in e for e in errors)
     warnings: tuple[str, ...] = ()
     production = [v for v in variants if not v.shadow]
@@ -110,6 +113,11 @@ def resolve_fleet(
         variants = [replace(v, weight=v.spec.initial_variant_weight) for v in variants]
         warnings = ("variantOverrides give every production variant weight 0: the config's weights apply",)
     return Fleet(config_name, tuple(variants), tuple(errors), invalid=invalid, warnings=warnings)
+
+
+def unknown_instance_type(name: str, settings: Settings) -> str:
+    known = ", ".join(sorted(settings.instance_types)) or "none"
+    return f'unknown instanceType "{name}" (known: {known}; the catalog is the operator settings\' instanceTypes)'
 
 
 def _replicas(spec: ProductionVariant, override: VariantOverride | None, retained: int | None) -> int:

@@ -6,6 +6,8 @@ a Deployment's selector names endpoint, config and variant.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .names import label_value
 
 NAME = "app.kubernetes.io/name"
@@ -58,3 +60,8 @@ def variant_labels(endpoint: str, config: str, variant: str, model: str) -> dict
         **selector_labels(endpoint, config, variant),
         MODEL: label_value(model),
     }
+
+
+def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """An equality label selector (a Service's or a Deployment's) matches these labels."""
+    return all(labels.get(key) == value for key, value in selector.items())

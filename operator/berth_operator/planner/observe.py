@@ -23,12 +23,22 @@ def numbers_equal(a: Any, b: Any) -> bool:
     return both_numbers and not isinstance(a, bool) and not isinstance(b, bool) and float(a) == float(b)
 
 
+def is_empty(value: Any) -> bool:
+    """A value the API server stores as absent (Go's omitempty): "", false, 0, [], {} and null."""
+    if isinstance(value, bool):
+        return value is False
+    if isinstance(value, int | float):
+        return value == 0
+    return value is None or value in ("", [], {})
+
+
 def is_subset(desired: Any, observed: Any) -> bool:
-    """True when observed has everything desired has (the API server may add defaults); lists
-    compare item by item."""
+    """True when observed has everything desired has (the API server may add defaults, and drops
+    empty values such as an env var's `value: ""`); lists compare item by item."""
     if isinstance(desired, Mapping):
         return isinstance(observed, Mapping) and all(
-            key in observed and is_subset(value, observed[key]) for key, value in desired.items()
+            is_subset(value, observed[key]) if key in observed else is_empty(value)
+            for key, value in desired.items()
         )
     if isinstance(desired, list):
         return (
@@ -79,8 +89,24 @@ def deployment_readiness(children: Iterable[Manifest], variant: VariantPlan) -> 
     generation = observed.get("metadata", {}).get("generation")
     seen = status.get("observedGeneration")
     current_generation = generation is None or seen is None or _int(seen) >= _int(generation)
-    is_ready = current_generation and ready >= desired and updated >= desired
+    # An autoscaled variant is ready at its floor: pods the HPA adds while they start must not
+    # make the variant (and the Endpoint) flap out of Ready.
+    needed = variant.replicas if variant.autoscaling is not None else desired
+    is_ready = current_generation and ready >= needed and updated >= needed
     return Readiness(_int(status.get("replicas", ready)), ready, desired, is_ready)
+
+
+def is_default_rule(rule: Mapping[str, Any]) -> bool:
+    """The weighted rule of an Endpoint's HTTPRoute: no header to match, the whole prefix rewritten
+    to / (the per-variant header rules and the per-model v2 rules are the others)."""
+    if any(match.get("headers") for match in rule.get("matches", [])):
+        return False
+    rewrites = [
+        ((f.get("urlRewrite") or {}).get("path") or {}).get("replacePrefixMatch")
+        for f in rule.get("filters", [])
+        if f.get("type") == "URLRewrite"
+    ]
+    return all(value == "/" for value in rewrites)
 
 
 def observed_split(children: Iterable[Manifest]) -> dict[str, int]:
@@ -91,7 +117,7 @@ def observed_split(children: Iterable[Manifest]) -> dict[str, int]:
     for child in children:
         if child.get("kind") == "HTTPRoute":
             for rule in child.get("spec", {}).get("rules", []):
-                if any(match.get("headers") for match in rule.get("matches", [])):
+                if not is_default_rule(rule):
                     continue
                 for ref in rule.get("backendRefs", []):
                     split[ref.get("name", "")] = _int(ref.get("weight", 1))
@@ -109,3 +135,83 @@ def observed_split(children: Iterable[Manifest]) -> dict[str, int]:
     if ingress_main is not None:
         split[ingress_main] = max(0, 1000 - canary_weight) if len(split) else 1000
     return split
+
+
+@dataclass(frozen=True)
+class RouteAcceptance:
+    """What the Gateway controller said of a route: accepted, refused (with why), or nothing yet."""
+
+    accepted: bool
+    refused: str | None = None  # "Accepted=False (NotAllowedByListeners): ..." when the Gateway refused it
+    waiting: str | None = None  # no word yet from the Gateway's controller, or word on an older generation
+
+
+def _parent_key(ref: Mapping[str, Any], namespace: str) -> tuple[str, str, str]:
+    return (
+        str(ref.get("name", "")),
+        str(ref.get("namespace") or namespace),
+        str(ref.get("sectionName") or ""),
+    )
+
+
+def route_acceptance(desired: Manifest, observed: Manifest | None) -> RouteAcceptance:
+    """An HTTPRoute counts only when every Gateway it names accepted it, with every backend resolved,
+    for the route's current generation (status.parents, as Gateway API controllers write it)."""
+    name = desired["metadata"]["name"]
+    if observed is None:
+        return RouteAcceptance(False, waiting=f"waiting for HTTPRoute {name} to be created")
+    namespace = desired["metadata"].get("namespace", "default")
+    generation = observed.get("metadata", {}).get("generation")
+    parents = (observed.get("status") or {}).get("parents") or []
+    for parent in desired.get("spec", {}).get("parentRefs", []):
+        key = _parent_key(parent, namespace)
+        gateway = f"Gateway {key[1]}/{key[0]}" + (f" (listener {key[2]})" if key[2] else "")
+        reported = next((p for p in parents if _parent_key(p.get("parentRef") or {}, namespace) == key), None)
+        if reported is None:
+            return RouteAcceptance(
+                False,
+                waiting=f"waiting for {gateway} to accept HTTPRoute {name} (no word from a Gateway controller "
+                "yet: does the Gateway exist and is its controller running?)",
+            )
+        conditions = {c.get("type"): c for c in reported.get("conditions") or []}
+        for type_ in ("Accepted", "ResolvedRefs"):
+            cond = conditions.get(type_)
+            if cond is None:
+                return RouteAcceptance(
+                    False, waiting=f"waiting for {gateway} to report {type_} on HTTPRoute {name}"
+                )
+            seen = cond.get("observedGeneration")
+            if generation is not None and seen is not None and _int(seen) < _int(generation):
+                return RouteAcceptance(
+                    False, waiting=f"waiting for {gateway} to see the new HTTPRoute {name}"
+                )
+            if cond.get("status") != "True":
+                why = f"{cond.get('reason') or 'Unknown'}: {cond.get('message') or 'no message'}".rstrip(": ")
+                return RouteAcceptance(
+                    False, refused=f"HTTPRoute {name}: {gateway} reports {type_}=False ({why})"
+                )
+    return RouteAcceptance(True)
+
+
+AUTOSCALER_HINT = (
+    "request-based autoscaling needs a metrics adapter that serves berth_invocations_per_second "
+    "(prometheus-adapter), or CPU-based autoscaling (targetCPUUtilization) with metrics-server"
+)
+
+
+def autoscaler_problems(children: Iterable[Manifest], fleets: Iterable[Any]) -> list[str]:
+    """HorizontalPodAutoscalers that say they cannot scale (ScalingActive False): usually no metrics."""
+    problems = []
+    for fleet in fleets:
+        for variant in fleet.variants:
+            if variant.autoscaling is None:
+                continue
+            hpa = find(children, "HorizontalPodAutoscaler", variant.object_name)
+            for cond in ((hpa or {}).get("status") or {}).get("conditions") or []:
+                if cond.get("type") == "ScalingActive" and cond.get("status") == "False":
+                    why = f"{cond.get('reason') or 'Unknown'}: {cond.get('message') or ''}".rstrip(": ")
+                    hint = (
+                        f"; {AUTOSCALER_HINT}" if variant.autoscaling.target_invocations_per_replica else ""
+                    )
+                    problems.append(f"variant {variant.name}: the autoscaler cannot scale ({why}){hint}")
+    return problems

@@ -9,7 +9,16 @@ from ..api import EndpointStatus, VariantStatus
 from . import labels
 from .fleet import Fleet, VariantPlan, resolve_fleet
 from .names import label_value
-from .observe import Readiness, deployment_readiness, find, matches, observed_split
+from .observe import (
+    Readiness,
+    RouteAcceptance,
+    autoscaler_problems,
+    deployment_readiness,
+    find,
+    matches,
+    observed_split,
+    route_acceptance,
+)
 from .podfailures import PodFailure, deployment_failures, pod_failures
 from .rollout import Decision, FleetState, RolloutInput, decide
 from .routing import Backend, Routing, plan_routing
@@ -80,7 +89,8 @@ class _Planner:
             for v in fleet.variants
             if (observed := find(self.children, "Deployment", v.object_name)) is not None
         ]
-        found = pod_failures(self.inp.observed.pods, self.endpoint_label, models)
+        seen = self.inp.observed
+        found = pod_failures(seen.pods, self.endpoint_label, models, seen.now, seen.pod_events)
         return sorted(set(found + deployment_failures(deployments)))
 
     def fleet_state(self, config: str, retained: Mapping[str, int]) -> FleetState:
@@ -126,18 +136,41 @@ class _Planner:
             total = sum(v.weight for v in production)
             for v in production:
                 fraction = item.share / 100 * v.weight / total if total > 0 else 0.0
-                backends.append(Backend(v.name, v.object_name, fraction, item.share))
+                backends.append(Backend(v.name, v.object_name, fraction, item.share, model=v.model.name))
             backends += [
                 Backend(v.name, v.object_name, 0.0, item.share, shadow=True) for v in item.fleet.shadows
             ]
-        return plan_routing(self.endpoint, backends, self.inp.settings)
+        return plan_routing(self.endpoint, backends, self.inp.settings, self.inp.observed.unavailable_kinds)
+
+    def acceptance(self, routing: Routing) -> RouteAcceptance:
+        """What the Gateway said of the planned HTTPRoute (an Ingress or no route needs no word)."""
+        for obj in routing.objects:
+            if obj["kind"] == "HTTPRoute":
+                return route_acceptance(obj, find(self.children, "HTTPRoute", obj["metadata"]["name"]))
+        return RouteAcceptance(True)
 
     def route_in_place(self, routing: Routing) -> bool:
+        """The observed route carries this routing's split, and its Gateway accepted it."""
         if routing.error is not None:
             return False
         if not routing.objects:
             return self.inp.settings.routing.mode == "none"
-        return all(matches(obj, self.children) for obj in routing.objects)
+        in_place = all(matches(obj, self.children) for obj in routing.objects)
+        return in_place and self.acceptance(routing).accepted
+
+    def missing(self, objects: list[Manifest]) -> tuple[str, ...]:
+        """Planned objects that do not exist (yet, or because the API server refused them)."""
+        return tuple(
+            f"{obj['kind']} {obj['metadata']['name']}"
+            for obj in objects
+            if find(self.children, obj["kind"], obj["metadata"]["name"]) is None
+        )
+
+    def write_problems(self) -> list[str]:
+        return [
+            f"cannot apply {kind} {name}: {message}"
+            for (kind, name), message in sorted(self.inp.observed.write_failures.items())
+        ]
 
     # ---------------------------------------------------------------- plan
 
@@ -183,7 +216,7 @@ class _Planner:
         objects += routing.objects
         objects.sort(key=lambda o: (KIND_ORDER.get(o["kind"], 99), o["metadata"]["name"]))
         delete, deferred = self.deletes(objects, live, keep_route)
-        status, events = self.status(decision, live, routing, deferred)
+        status, events = self.status(decision, live, routing, deferred, objects)
         requeue = decision.requeue_after
         if deferred:
             requeue = DEFERRED_DELETE_SECONDS if requeue is None else min(requeue, DEFERRED_DELETE_SECONDS)
@@ -261,12 +294,26 @@ class _Planner:
         return result
 
     def status(
-        self, decision: Decision, live: list[_Live], routing: Routing, deferred: bool
+        self,
+        decision: Decision,
+        live: list[_Live],
+        routing: Routing,
+        deferred: bool,
+        objects: list[Manifest],
     ) -> tuple[EndpointStatus, list[Event]]:
         inp, previous, endpoint = self.inp, self.previous, self.endpoint
         serving = live[0].fleet
         route_ok = self.route_in_place(routing)
-        failures = tuple(self.failures([item.fleet for item in live]))
+        acceptance = self.acceptance(routing)
+        fleets = [item.fleet for item in live]
+        failures = tuple(self.failures(fleets))
+        serving_names = {v.object_name for v in serving.variants}
+        serving_objects = [
+            o for o in objects if o["metadata"]["name"] in serving_names or o["kind"] in ROUTE_KINDS
+        ]
+        extra = [*self.write_problems(), *autoscaler_problems(self.children, fleets)]
+        if acceptance.refused:
+            extra.append(acceptance.refused)
         facts = Facts(
             serving=serving,
             serving_ready=serving.complete and all(self.readiness(v).is_ready for v in serving.variants),
@@ -275,7 +322,10 @@ class _Planner:
             routing_error=routing.error,
             deferred=deferred,
             failures=failures,
-            problems=problems_of(decision, [item.fleet for item in live], failures, routing.error),
+            problems=problems_of(decision, fleets, failures, routing.error, extra),
+            missing=self.missing(serving_objects),
+            route_waiting=acceptance.waiting,
+            apply_failed=bool(inp.observed.write_failures),
         )
         phase = phase_of(previous, decision, facts)
         public = inp.settings.routing.public_url.rstrip("/")

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from . import labels
+from .clock import seconds_since
+from .pods import INIT_CONTAINER
 from .types import Manifest
-from .workload import INIT_CONTAINER
+
+# A pod scheduled this long ago whose containers never started is stuck (a volume that cannot be
+# mounted or attached, a sandbox that cannot be made); the init container's download is not.
+STUCK_STARTING_SECONDS = 180.0
+STARTING_REASONS = ("ContainerCreating", "PodInitializing")
 
 WAITING_FAILURES = (
     "ImagePullBackOff",
@@ -67,13 +74,61 @@ def _waiting_failure(statuses: Iterable[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def _scheduled_at(pod: Mapping[str, Any]) -> str | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "True":
+            return cond.get("lastTransitionTime") or (pod.get("metadata") or {}).get("creationTimestamp")
+    return None
+
+
+def stuck_starting(pod: Mapping[str, Any], now: datetime) -> float | None:
+    """Seconds a scheduled pod has waited with no container started, past the deadline; else None."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Pending" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    containers = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    waiting = [((c.get("state") or {}).get("waiting") or {}).get("reason") for c in containers]
+    if not containers or not all(reason in STARTING_REASONS for reason in waiting):
+        return None
+    scheduled = _scheduled_at(pod)
+    if scheduled is None:
+        return None
+    seconds = seconds_since(scheduled, now)
+    return seconds if seconds >= STUCK_STARTING_SECONDS else None
+
+
+def pods_stuck_starting(pods: Iterable[Manifest], now: datetime) -> list[str]:
+    """Names of the pods whose Warning events the planner wants to read (they say why)."""
+    return sorted(
+        pod["metadata"]["name"]
+        for pod in pods
+        if pod.get("metadata") and stuck_starting(pod, now) is not None
+    )
+
+
+def _stuck_message(pod: Mapping[str, Any], seconds: float, events: Iterable[tuple[str, str]]) -> str:
+    reasons = {
+        ((c.get("state") or {}).get("waiting") or {}).get("reason")
+        for c in [*((pod.get("status") or {}).get("containerStatuses") or [])]
+    }
+    state = "ContainerCreating" if "ContainerCreating" in reasons else "PodInitializing"
+    text = f"pod {pod['metadata']['name']} has not started a container for {int(seconds // 60)}m ({state})"
+    said = [f"{reason}: {message}".strip() for reason, message in events]
+    return text + (": " + "; ".join(dict.fromkeys(said)) if said else "")
+
+
 def pod_failures(
-    pods: Iterable[Manifest], endpoint_label: str, models: Mapping[tuple[str, str], str]
+    pods: Iterable[Manifest],
+    endpoint_label: str,
+    models: Mapping[tuple[str, str], str],
+    now: datetime | None = None,
+    events: Mapping[str, Iterable[tuple[str, str]]] | None = None,
 ) -> list[PodFailure]:
     """Failures of this endpoint's pods, one per distinct message, sorted.
 
     models maps (config label, variant label) to the model name, for the variants planned now;
-    pods of other variants (old fleets on their way out) are not reported.
+    pods of other variants (old fleets on their way out) are not reported. With `now`, pods stuck
+    before any container started are reported too, with the Warning events read for them.
     """
     found: set[PodFailure] = set()
     for pod in pods:
@@ -105,6 +160,11 @@ def pod_failures(
                 found.add(
                     PodFailure(*key, f"variant {variant}: unschedulable: {message}".rstrip(": "), False)
                 )
+        stuck = stuck_starting(pod, now) if now is not None else None
+        if stuck is not None:
+            said = (events or {}).get(pod["metadata"]["name"], ())
+            message = f"variant {variant} (model {model}): {_stuck_message(pod, stuck, said)}"
+            found.add(PodFailure(*key, message, False))
     return sorted(found)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api import Condition, EndpointConfig, EndpointConfigStatus, Model, ModelStatus, validation_message
-from .conditions import condition
+from .conditions import condition, parsed_conditions
 from .types import Manifest
 
 
@@ -74,12 +74,4 @@ def _ready(raw: Manifest, status: bool, reason: str, message: str, now: datetime
 
 
 def _previous(raw: Manifest) -> list[Condition]:
-    """The stored conditions that parse; one that does not cannot keep its lastTransitionTime."""
-    stored = (raw.get("status") or {}).get("conditions") or []
-    previous = []
-    for item in stored:
-        try:
-            previous.append(Condition.model_validate(item))
-        except ValidationError:
-            continue
-    return previous
+    return parsed_conditions((raw.get("status") or {}).get("conditions"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..api import DeploymentConfig, EndpointStatus, RollbackRecord, RolloutStatus, TrafficRouting
-from .conditions import parse_time, rfc3339
+from .clock import seconds_since, stamp
 from .types import Event, FleetMetrics
 
 # Fewest requests to the new fleet before its 5xx share can trigger a rollback.
@@ -83,12 +83,6 @@ class _Run:
         waiting: str | None = None,
     ) -> Decision:
         return Decision(serving, rollout, last, tuple(self.events), requeue_after, waiting)
-
-
-def _seconds_since(text: str | None, now: datetime) -> float:
-    if not text:
-        return 0.0
-    return (now - parse_time(text)).total_seconds()
 
 
 def first_step(routing: TrafficRouting) -> int:
@@ -160,7 +154,7 @@ def decide(inp: RolloutInput) -> Decision:
     if rollout is None:
         if spec_config == serving or last is not None:
             return run.done(serving, last)
-        now_text = rfc3339(inp.now)
+        now_text = stamp(inp.now)
         rollout = RolloutStatus(
             target_endpoint_config_name=spec_config,
             step=0,
@@ -180,9 +174,9 @@ def _advance(run: _Run, serving: str, rollout: RolloutStatus, last: RollbackReco
     blue_green = inp.policy.blue_green
     routing = blue_green.traffic_routing
     fleet = inp.fleet_state(target, rollout.retained_instance_counts)
-    elapsed = _seconds_since(rollout.started_at, inp.now)
+    elapsed = seconds_since(rollout.started_at, inp.now)
     timeout = blue_green.maximum_execution_timeout_seconds
-    now_text = rfc3339(inp.now)
+    now_text = stamp(inp.now)
 
     def rollback(reason: str) -> Decision:
         run.event("RolledBack", f"rolled back EndpointConfig {target}: {reason}", warning=True)
@@ -233,7 +227,7 @@ def _advance(run: _Run, serving: str, rollout: RolloutStatus, last: RollbackReco
             if elapsed >= timeout:
                 return rollback(f"new fleet not ready within {timeout}s")
             return going(rollout, WAIT_POLL_SECONDS, f"waiting for {target} to be ready again")
-        baked = _seconds_since(rollout.step_started_at, inp.now)
+        baked = seconds_since(rollout.step_started_at, inp.now)
         if baked < routing.wait_interval_seconds:
             return going(rollout, _bake_requeue(routing.wait_interval_seconds, baked))
         if not inp.route_in_place:
@@ -252,7 +246,7 @@ def _advance(run: _Run, serving: str, rollout: RolloutStatus, last: RollbackReco
         state = rollout.model_copy(update=dict(state="Terminating", step_started_at=now_text))
         return going(state, float(blue_green.termination_wait_seconds))
 
-    waited = _seconds_since(rollout.step_started_at, inp.now)
+    waited = seconds_since(rollout.step_started_at, inp.now)
     if waited < blue_green.termination_wait_seconds:
         return going(rollout, blue_green.termination_wait_seconds - waited)
     if not inp.route_in_place:

@@ -32,6 +32,7 @@ class Backend:
     fraction: float  # share of all requests, 0..1 (0 for shadows)
     fleet_share: int  # percent of traffic on the variant's fleet
     shadow: bool = False
+    model: str = ""  # the Model the variant serves: its v2 name
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,28 @@ def default_weights(backends: Sequence[Backend]) -> dict[str, int]:
     return dict(zip([b.service for b in serving], apportion([b.fraction for b in serving]), strict=True))
 
 
-def plan_routing(endpoint: Endpoint, backends: Sequence[Backend], settings: Settings) -> Routing:
+# The Gateway API release whose standard channel has everything the route uses (RequestMirror
+# without percent, ReplacePrefixMatch, exact header matches); docs/kubernetes.md installs it.
+GATEWAY_API_VERSION = "v1.3.0"
+MSG_NO_GATEWAY_API = (
+    "the Gateway API CRDs are not installed (the cluster serves no HTTPRoute in "
+    f"gateway.networking.k8s.io/v1): install Gateway API {GATEWAY_API_VERSION} or later (standard "
+    "channel), or set the operator setting routing.mode to ingress or none"
+)
+
+
+def plan_routing(
+    endpoint: Endpoint,
+    backends: Sequence[Backend],
+    settings: Settings,
+    unavailable_kinds: frozenset[str] = frozenset(),
+) -> Routing:
     weights = default_weights(backends)
     mode = settings.routing.mode
     if mode == "none" or not weights:
         return Routing([], weights)
+    if mode == "gateway" and "HTTPRoute" in unavailable_kinds:
+        return Routing([], weights, MSG_NO_GATEWAY_API)
     if mode == "ingress":
         return _ingress_routing(endpoint, backends, weights, settings)
     return _gateway_routing(endpoint, backends, weights, settings)
@@ -73,11 +91,11 @@ def path_prefix(endpoint: Endpoint) -> str:
     return f"/endpoints/{endpoint.namespace}/{endpoint.name}/"
 
 
-def _rewrite() -> dict[str, Any]:
+def _rewrite(replacement: str = "/") -> dict[str, Any]:
     """Strip /endpoints/NAMESPACE/NAME so the server sees /invocations, /ping, /v2/..."""
     return {
         "type": "URLRewrite",
-        "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
+        "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": replacement}},
     }
 
 
@@ -98,6 +116,21 @@ def _header_rules(backends: Sequence[Backend]) -> list[tuple[str, list[dict[str,
     ]
 
 
+def _model_rules(backends: Sequence[Backend]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Per Model served by a live variant: the variants that serve it, by their share of the traffic.
+
+    Open Inference Protocol clients name a model in the path; each replica knows only its own
+    model (and the Endpoint's name), so /v2/models/MODEL/... must reach a variant that serves it.
+    """
+    live = [b for b in backends if not b.shadow and b.fraction > 0 and b.model]
+    rules = []
+    for model in sorted({b.model for b in live}):
+        serving = [b for b in live if b.model == model]
+        weights = apportion([b.fraction for b in serving])
+        rules.append((model, [_backend_ref(b.service, w) for b, w in zip(serving, weights, strict=True)]))
+    return rules
+
+
 def _mirrors(backends: Sequence[Backend]) -> list[Backend]:
     """Shadow variants of the fleets that take traffic; one per name, from the fleet with most traffic."""
     chosen: dict[str, Backend] = {}
@@ -116,9 +149,10 @@ def _gateway_routing(
 ) -> Routing:
     prefix = path_prefix(endpoint)
     header_rules = _header_rules(backends)
+    model_rules = [(m, refs) for m, refs in _model_rules(backends) if m != endpoint.name]
     mirrors = _mirrors(backends)
     too_many = (
-        len(header_rules) + 1 > MAX_RULES
+        len(header_rules) + len(model_rules) + 1 > MAX_RULES
         or len(weights) > MAX_BACKENDS
         or any(len(refs) > MAX_BACKENDS for _, refs in header_rules)
         or len(mirrors) + 1 > MAX_FILTERS
@@ -140,11 +174,18 @@ def _gateway_routing(
         }
         for name, refs in header_rules
     ]
+    for model, refs in model_rules:
+        v2_path = f"/v2/models/{model}"
+        rules.append(
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": prefix + v2_path.lstrip("/")}}],
+                "filters": [_rewrite(v2_path)],
+                "backendRefs": refs,
+            }
+        )
+    # No `percent`: Gateway API before v1.3 has no such field, and every copy is the default.
     mirror_filters = [
-        {
-            "type": "RequestMirror",
-            "requestMirror": {"backendRef": {"name": b.service, "port": DEFAULT_PORT}, "percent": 100},
-        }
+        {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": b.service, "port": DEFAULT_PORT}}}
         for b in mirrors
     ]
     rules.append(

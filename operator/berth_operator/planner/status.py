@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from ..api import Condition, EndpointStatus, Phase, RollbackRecord
-from .conditions import condition
+from .conditions import condition, parsed_conditions
 from .fleet import Fleet
 from .podfailures import PodFailure
 from .rollout import Decision
@@ -24,6 +25,14 @@ class Facts:
     deferred: bool  # children that are going wait for the route to move off them
     failures: tuple[PodFailure, ...]
     problems: tuple[str, ...]  # everything a person should know, failureReason and Degraded
+    missing: tuple[str, ...] = ()  # planned children of the serving fleet and route that do not exist
+    route_waiting: str | None = None  # why the Gateway has not accepted the route yet
+    apply_failed: bool = False  # the API server refused to create or change a planned child
+
+    @property
+    def in_service(self) -> bool:
+        """Every variant has its ready replicas, every child exists, the route carries the weights."""
+        return self.serving_ready and self.route_ok and not self.missing
 
 
 def rollback_problem(rollback: RollbackRecord) -> str:
@@ -31,7 +40,11 @@ def rollback_problem(rollback: RollbackRecord) -> str:
 
 
 def problems_of(
-    decision: Decision, fleets: Sequence[Fleet], failures: Sequence[PodFailure], routing_error: str | None
+    decision: Decision,
+    fleets: Sequence[Fleet],
+    failures: Sequence[PodFailure],
+    routing_error: str | None,
+    extra: Sequence[str] = (),
 ) -> tuple[str, ...]:
     found: list[str] = []
     if decision.last_rollback is not None:
@@ -41,11 +54,12 @@ def problems_of(
     found += [f.message for f in failures]
     if routing_error:
         found.append(routing_error)
+    found += extra
     return tuple(found)
 
 
 def phase_of(previous: EndpointStatus, decision: Decision, facts: Facts) -> Phase:
-    ready = facts.serving_ready and facts.route_ok
+    ready = facts.in_service
     rolling_back = decision.last_rollback is not None and (
         previous.rollout is not None or previous.phase == "RollingBack"
     )
@@ -72,8 +86,10 @@ def _ready(facts: Facts) -> tuple[bool, str, str]:
         return False, "VariantsNotReady", f"waiting for the replicas of EndpointConfig {serving.config}"
     if facts.routing_error:
         return False, "RouteError", facts.routing_error
+    if facts.missing:
+        return False, "ChildrenMissing", f"waiting for {', '.join(facts.missing)} to exist"
     if not route:
-        return False, "RouteNotReady", "waiting for the route to carry the weights"
+        return False, "RouteNotReady", facts.route_waiting or "waiting for the route to carry the weights"
     return True, "Serving", f"every variant of EndpointConfig {serving.config} is ready"
 
 
@@ -107,6 +123,8 @@ def _degraded(decision: Decision, facts: Facts) -> tuple[bool, str, str]:
         reason = "RolledBack"
     elif facts.failures:
         reason = "PodFailures"
+    elif facts.apply_failed:
+        reason = "ApplyFailed"
     else:
         reason = "ConfigurationError"
     return True, reason, "; ".join(facts.problems)
@@ -139,3 +157,28 @@ def status_events(previous: EndpointStatus, status: EndpointStatus) -> list[Even
     if status.failure_reason and status.failure_reason != previous.failure_reason:
         events.append(Event("Warning", "Degraded", status.failure_reason))
     return events
+
+
+def invalid_endpoint_status(raw: Mapping[str, Any], message: str, now: datetime) -> dict[str, Any]:
+    """The status of an Endpoint whose spec does not parse (admission refuses it on a cluster with
+    the CRD; without, say why): Failed, Ready False, Degraded True, reason InvalidSpec. What it
+    served before stays in the status, as its children stay in the cluster."""
+    stored = dict(raw.get("status") or {})
+    generation = (raw.get("metadata") or {}).get("generation")
+    previous = parsed_conditions(stored.get("conditions"))
+    found = (
+        ("Ready", False, "the spec is invalid: " + message),
+        ("Progressing", False, "nothing is rolled out until the spec is fixed"),
+        ("Degraded", True, message),
+    )
+    conditions = [
+        condition(previous, type_, value, "InvalidSpec", text, now, generation)
+        for type_, value, text in found
+    ]
+    return {
+        **stored,
+        "observedGeneration": generation,
+        "phase": "Failed",
+        "failureReason": message,
+        "conditions": [c.to_wire() for c in conditions],
+    }

@@ -8,6 +8,7 @@ from what they see, call the planner, and carry out the Plan in their own way.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -18,7 +19,7 @@ from ..settings import Settings
 Manifest = dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class ObjectRef:
     api_version: str
     kind: str
@@ -53,6 +54,12 @@ class Observed:
     pods: list[Manifest] = field(default_factory=list)
     # Per EndpointConfig name: metrics of that config's fleet (filled during rollouts).
     metrics: dict[str, FleetMetrics] = field(default_factory=dict)
+    # Kinds the cluster does not serve (no CRD installed), e.g. {"HTTPRoute"}.
+    unavailable_kinds: frozenset[str] = frozenset()
+    # (kind, name) of a planned child -> why the API server refused to create or change it.
+    write_failures: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # Pod name -> Warning events about it (reason, message), read for pods that are stuck starting.
+    pod_events: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

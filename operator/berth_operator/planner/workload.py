@@ -2,37 +2,45 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from berth_serving.config import DEFAULT_PORT, DEFAULT_TIMEOUT_SECONDS, MODEL_MOUNT_PATH, ServeConfig
+from berth_serving.metrics import INVOCATIONS_PER_SECOND
 
-from ..api import Endpoint, ModelSpec
-from ..settings import InstanceType, Settings
+from ..api import Endpoint
+from ..settings import Settings
 from . import labels
 from .fleet import VariantPlan
 from .meta import object_meta
+from .pods import (
+    SERVER_CONTAINER,
+    container_resources,
+    container_security,
+    ephemeral_storage,
+    model_init_container,
+    model_volume_mounts,
+    model_volume_size,
+    model_volumes,
+    node_placement,
+    pod_scaffold,
+)
+from .quantity import canonical
 from .types import Manifest
 
-INIT_CONTAINER = "storage-initializer"
-SERVER_CONTAINER = "server"
 PORT_NAME = "http"
-MODEL_VOLUME = "model"
-TMP_VOLUME = "tmp"
-PVC_MOUNT_ROOT = "/mnt/pvc"
-RUN_AS = 1000
 PRE_STOP_SECONDS = 5  # time for the gateway to stop sending to a terminating pod
 # Enough to finish a request that started just before SIGTERM (the server's own timeout).
 TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + int(DEFAULT_TIMEOUT_SECONDS) + 5
 GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-INVOCATIONS_METRIC = "berth_invocations_per_second"
+# The startup probe gives a replica this long to fetch nothing more and load its model before the
+# liveness probe may restart it (large models take minutes to load).
+STARTUP_SECONDS = 600
 # For Prometheus (and prometheus-adapter, which serves the HPA's invocations metric).
 SCRAPE_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
     "prometheus.io/port": str(DEFAULT_PORT),
     "prometheus.io/path": "/metrics",
 }
-INIT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 
 
 def variant_objects(endpoint: Endpoint, variant: VariantPlan, settings: Settings) -> list[Manifest]:
@@ -52,35 +60,18 @@ def _selector(variant: VariantPlan) -> dict[str, str]:
     return labels.selector_labels(variant.endpoint, variant.config, variant.name)
 
 
-def _merged_resources(variant: VariantPlan) -> dict[str, Any]:
-    """The catalog's requests and limits, with the variant's overrides applied key by key."""
+def _merged_resources(variant: VariantPlan, size_limit: str) -> dict[str, Any]:
+    """The catalog's requests and limits with the variant's overrides applied key by key, and an
+    ephemeral-storage request for the model volume."""
     catalog = variant.instance_type.resources
     override = variant.spec.resources
-    result: dict[str, Any] = {}
+    quantities: dict[str, dict[str, int | float | str]] = {}
     for part in ("requests", "limits"):
         merged = dict(getattr(catalog, part))
         if override is not None:
             merged.update(getattr(override, part))
-        if merged:
-            result[part] = {key: quantity(merged[key]) for key in sorted(merged)}
-    return result
-
-
-def quantity(value: int | float | str) -> str:
-    """A quantity as the API server writes it back for plain numbers (1 -> "1", 0.5 -> "500m"),
-    so an observed Deployment compares equal to the planned one."""
-    if isinstance(value, str):
-        return value
-    if float(value).is_integer():
-        return str(int(value))
-    return f"{round(float(value) * 1000)}m"
-
-
-def _pvc_claim(uri: str) -> str | None:
-    """CLAIM of a pvc://CLAIM/PATH URI."""
-    if not uri.startswith("pvc://"):
-        return None
-    return uri[len("pvc://") :].partition("/")[0]
+        quantities[part] = merged
+    return container_resources(quantities, ephemeral_storage(size_limit))
 
 
 def _image(variant: VariantPlan, settings: Settings) -> str:
@@ -101,6 +92,9 @@ def _server_env(variant: VariantPlan) -> list[dict[str, Any]]:
         intra_op_threads=runtime.intra_op_threads,
         graph_optimization_level=runtime.graph_optimization_level,
         providers=GPU_PROVIDERS if variant.instance_type.accelerator == "nvidia" else (),
+        endpoint_config=variant.config,
+        endpoint_variants=variant.production_names,
+        model_aliases=(variant.endpoint,) if variant.endpoint != variant.model.name else (),
     )
     user_env = [e.to_wire() for e in variant.model.spec.env]
     user_names = {e["name"] for e in user_env}
@@ -108,110 +102,10 @@ def _server_env(variant: VariantPlan) -> list[dict[str, Any]]:
     return ours + user_env
 
 
-# ---- the pod scaffolding shared by serving pods and TransformJob pods (planner/transform.py)
-
-
-def container_security() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
-
-
-def model_volumes(model: ModelSpec) -> list[dict[str, Any]]:
-    """The pod's volumes: the model and /tmp emptyDirs, and the claim of a pvc:// model URI."""
-    volumes: list[dict[str, Any]] = [
-        {"name": MODEL_VOLUME, "emptyDir": {}},
-        {"name": TMP_VOLUME, "emptyDir": {}},
-    ]
-    claim = _pvc_claim(model.model_uri)
-    if claim is not None:  # the init container reads the model from the claim
-        volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-    return volumes
-
-
-def model_volume_mounts() -> list[dict[str, Any]]:
-    """The main container's mounts: the fetched model, read-only, and /tmp."""
-    return [
-        {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT_PATH, "readOnly": True},
-        {"name": TMP_VOLUME, "mountPath": "/tmp"},
-    ]
-
-
-def model_init_container(model: ModelSpec, settings: Settings) -> dict[str, Any]:
-    """The storage-initializer: `berth fetch-model` of the model into the model volume."""
-    uri = model.model_uri
-    mounts: list[dict[str, Any]] = [
-        {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT_PATH},
-        {"name": TMP_VOLUME, "mountPath": "/tmp"},
-    ]
-    claim = _pvc_claim(uri)
-    if claim is not None:
-        # fetch-model reads pvc://CLAIM/PATH at /mnt/pvc/CLAIM/PATH
-        mounts.append({"name": "pvc", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
-    args = ["fetch-model", uri, MODEL_MOUNT_PATH]
-    if model.sha256:
-        args += ["--sha256", model.sha256]
-    container: dict[str, Any] = {
-        "name": INIT_CONTAINER,
-        # Berth's own image always has `berth fetch-model`, even when the server image is BYO.
-        "image": settings.images.cpu,
-        "imagePullPolicy": settings.images.pull_policy,
-        "command": ["berth"],
-        "args": args,
-        "resources": copy.deepcopy(INIT_RESOURCES),
-        # berth writes its error to /dev/termination-log; the log tail stands in if it could not.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": container_security(),
-        "volumeMounts": mounts,
-    }
-    if model.env:
-        container["env"] = [e.to_wire() for e in model.env]
-    if model.credentials_secret_ref is not None:
-        container["envFrom"] = [{"secretRef": {"name": model.credentials_secret_ref.name}}]
-    return container
-
-
-def pod_scaffold(model: ModelSpec) -> dict[str, Any]:
-    """The pod-level fields every pod that runs the model has, in the order the pod spec lists them:
-    serviceAccountName (when the model has one), no API token or service links, and a non-root
-    securityContext."""
-    spec: dict[str, Any] = {}
-    if model.service_account_name:
-        spec["serviceAccountName"] = model.service_account_name
-    spec.update(
-        {
-            # The pods never call the Kubernetes API; IRSA and workload identity need no token here.
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": RUN_AS,
-                "runAsGroup": RUN_AS,
-                "fsGroup": RUN_AS,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-        }
-    )
-    return spec
-
-
-def node_placement(instance_type: InstanceType) -> dict[str, Any]:
-    """The instance type's nodeSelector and tolerations, those it has."""
-    placement: dict[str, Any] = {}
-    if instance_type.node_selector:
-        placement["nodeSelector"] = dict(sorted(instance_type.node_selector.items()))
-    if instance_type.tolerations:
-        placement["tolerations"] = [dict(t) for t in instance_type.tolerations]
-    return placement
-
-
 # ---- serving pods
 
 
-def _server_container(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
+def _server_container(variant: VariantPlan, settings: Settings, size_limit: str) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
         "image": _image(variant, settings),
@@ -224,6 +118,12 @@ def _server_container(variant: VariantPlan, settings: Settings) -> dict[str, Any
         {
             "env": _server_env(variant),
             "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
+            "startupProbe": {
+                "httpGet": {"path": "/ping", "port": PORT_NAME},
+                "periodSeconds": 5,
+                "timeoutSeconds": 2,
+                "failureThreshold": STARTUP_SECONDS // 5,
+            },
             "readinessProbe": {
                 "httpGet": {"path": "/ping", "port": PORT_NAME},
                 "periodSeconds": 5,
@@ -238,7 +138,7 @@ def _server_container(variant: VariantPlan, settings: Settings) -> dict[str, Any
             },
             "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
             "terminationMessagePolicy": "FallbackToLogsOnError",
-            "resources": _merged_resources(variant),
+            "resources": _merged_resources(variant, size_limit),
             "securityContext": container_security(),
             "volumeMounts": model_volume_mounts(),
         }
@@ -248,13 +148,14 @@ def _server_container(variant: VariantPlan, settings: Settings) -> dict[str, Any
 
 def _pod_spec(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
     model = variant.model.spec
+    size_limit = model_volume_size(variant.instance_type, variant.spec.volume_size_in_gb)
     spec = pod_scaffold(model)
     spec.update(
         {
             "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-            "initContainers": [model_init_container(model, settings)],
-            "containers": [_server_container(variant, settings)],
-            "volumes": model_volumes(model),
+            "initContainers": [model_init_container(model, settings, size_limit)],
+            "containers": [_server_container(variant, settings, size_limit)],
+            "volumes": model_volumes(model, size_limit),
             "topologySpreadConstraints": [
                 {
                     "maxSkew": 1,
@@ -320,13 +221,14 @@ def horizontal_pod_autoscaler(endpoint: Endpoint, variant: VariantPlan) -> Manif
             },
         }
     else:
+        assert scaling.target_invocations_per_replica is not None  # admission: exactly one target
         metric = {
             "type": "Pods",
             "pods": {
-                "metric": {"name": INVOCATIONS_METRIC},
+                "metric": {"name": INVOCATIONS_PER_SECOND},
                 "target": {
                     "type": "AverageValue",
-                    "averageValue": str(scaling.target_invocations_per_replica),
+                    "averageValue": canonical(scaling.target_invocations_per_replica),
                 },
             },
         }

@@ -1,0 +1,167 @@
+"""The pod scaffolding every pod that runs a model has: serving pods (workload.py) and
+TransformJob pods (transform/job.py).
+
+The container names and the storage-initializer's arguments are spelled here once; local mode
+reads them from here instead of parsing planned objects back.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from berth_serving.config import MODEL_MOUNT_PATH
+
+from ..api import ModelSpec
+from ..settings import InstanceType, Settings
+from .quantity import canonical, to_bytes
+
+INIT_CONTAINER = "storage-initializer"
+SERVER_CONTAINER = "server"
+TRANSFORM_CONTAINER = "transform"
+MODEL_VOLUME = "model"
+TMP_VOLUME = "tmp"
+TMP_SIZE_LIMIT = "1Gi"  # scratch of the serving runtime and of batch transform's partial outputs
+PVC_MOUNT_ROOT = "/mnt/pvc"
+RUN_AS = 10001  # the uid and gid the Berth images are built with
+INIT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+
+
+def pvc_claim(uri: str) -> str | None:
+    """CLAIM of a pvc://CLAIM/PATH URI."""
+    if not uri.startswith("pvc://"):
+        return None
+    return uri[len("pvc://") :].partition("/")[0]
+
+
+def container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def model_volume_size(instance_type: InstanceType, volume_size_in_gb: int | None = None) -> str:
+    """The model emptyDir's sizeLimit: the variant's volumeSizeInGB, else the instance type's."""
+    if volume_size_in_gb is not None:
+        return f"{volume_size_in_gb}Gi"
+    return canonical(instance_type.model_volume_size_limit)
+
+
+def model_volumes(model: ModelSpec, size_limit: str) -> list[dict[str, Any]]:
+    """The pod's volumes: the model and /tmp emptyDirs (bounded, so a runaway download or unpack
+    evicts this pod rather than filling the node), and the claim of a pvc:// model URI."""
+    volumes: list[dict[str, Any]] = [
+        {"name": MODEL_VOLUME, "emptyDir": {"sizeLimit": size_limit}},
+        {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
+    ]
+    claim = pvc_claim(model.model_uri)
+    if claim is not None:  # the init container reads the model from the claim
+        volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    return volumes
+
+
+def ephemeral_storage(size_limit: str) -> str:
+    """The main container's ephemeral-storage request: both emptyDirs, so the scheduler places the
+    pod on a node with room for the model."""
+    total = to_bytes(size_limit) + to_bytes(TMP_SIZE_LIMIT)
+    return canonical(f"{total // 1024}Ki" if total % 1024 == 0 else total)
+
+
+def model_volume_mounts() -> list[dict[str, Any]]:
+    """The main container's mounts: the fetched model, read-only, and /tmp."""
+    return [
+        {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT_PATH, "readOnly": True},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+    ]
+
+
+def fetch_model_args(model: ModelSpec, size_limit: str) -> list[str]:
+    """`berth fetch-model URI DEST`: verified by sha256 when given, and never more bytes than the
+    model volume holds (an archive that would unpack past it is refused with that reason)."""
+    args = ["fetch-model", model.model_uri, MODEL_MOUNT_PATH, "--max-bytes", str(to_bytes(size_limit))]
+    if model.sha256:
+        args += ["--sha256", model.sha256]
+    return args
+
+
+def model_init_container(model: ModelSpec, settings: Settings, size_limit: str) -> dict[str, Any]:
+    """The storage-initializer: `berth fetch-model` of the model into the model volume."""
+    mounts: list[dict[str, Any]] = [
+        {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT_PATH},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+    ]
+    claim = pvc_claim(model.model_uri)
+    if claim is not None:
+        # fetch-model reads pvc://CLAIM/PATH at /mnt/pvc/CLAIM/PATH
+        mounts.append({"name": "pvc", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    container: dict[str, Any] = {
+        "name": INIT_CONTAINER,
+        # Berth's own image always has `berth fetch-model`, even when the server image is BYO.
+        "image": settings.images.cpu,
+        "imagePullPolicy": settings.images.pull_policy,
+        "command": ["berth"],
+        "args": fetch_model_args(model, size_limit),
+        "resources": copy.deepcopy(INIT_RESOURCES),
+        # berth writes its error to /dev/termination-log; the log tail stands in if it could not.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security(),
+        "volumeMounts": mounts,
+    }
+    if model.env:
+        container["env"] = [e.to_wire() for e in model.env]
+    if model.credentials_secret_ref is not None:
+        container["envFrom"] = [{"secretRef": {"name": model.credentials_secret_ref.name}}]
+    return container
+
+
+def pod_scaffold(model: ModelSpec) -> dict[str, Any]:
+    """The pod-level fields every pod that runs the model has, in the order the pod spec lists them:
+    serviceAccountName (when the model has one), no API token or service links, and a non-root
+    securityContext with the images' uid."""
+    spec: dict[str, Any] = {}
+    if model.service_account_name:
+        spec["serviceAccountName"] = model.service_account_name
+    spec.update(
+        {
+            # The pods never call the Kubernetes API; IRSA and workload identity need no token here.
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": RUN_AS,
+                "runAsGroup": RUN_AS,
+                "fsGroup": RUN_AS,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+        }
+    )
+    return spec
+
+
+def node_placement(instance_type: InstanceType) -> dict[str, Any]:
+    """The instance type's nodeSelector and tolerations, those it has."""
+    placement: dict[str, Any] = {}
+    if instance_type.node_selector:
+        placement["nodeSelector"] = dict(sorted(instance_type.node_selector.items()))
+    if instance_type.tolerations:
+        placement["tolerations"] = [dict(t) for t in instance_type.tolerations]
+    return placement
+
+
+def container_resources(
+    quantities: Mapping[str, Mapping[str, int | float | str]], ephemeral: str | None
+) -> dict[str, Any]:
+    """requests and limits in the API server's spelling, keys sorted, with the ephemeral-storage
+    request for the pod's emptyDirs (unless the quantities name one)."""
+    result: dict[str, Any] = {}
+    requests = dict(quantities.get("requests") or {})
+    if ephemeral is not None:
+        requests.setdefault("ephemeral-storage", ephemeral)
+    for part, values in (("requests", requests), ("limits", dict(quantities.get("limits") or {}))):
+        if values:
+            result[part] = {key: canonical(values[key]) for key in sorted(values)}
+    return result
