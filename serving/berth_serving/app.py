@@ -82,7 +82,7 @@ class RequestHeaders:
                 elif key == b"x-berth-target-variant":
                     self.target_variant = value
             elif key == b"inference-header-content-length":
-                self.inference_header_length = int(value) if value.isdigit() else -1
+                self.inference_header_length = int(value) if value.isdigit() else -1  # refused by v2
 
 
 def valid_inference_id(value: bytes) -> bool:

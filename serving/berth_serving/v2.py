@@ -155,9 +155,10 @@ class InferRequest:
     __slots__ = ("_inputs", "binary_default", "id", "requested")
 
     def __init__(self, body: bytes, header_length: int | None) -> None:
-        if header_length is not None and header_length > len(body):
+        if header_length is not None and not 0 <= header_length <= len(body):
             raise bad_request(
-                f"Inference-Header-Content-Length {header_length} is more than the {len(body)} bytes sent"
+                f"Inference-Header-Content-Length must be the byte length of the JSON header, "
+                f"a whole number from 0 to the {len(body)} bytes sent"
             )
         json_part = body if header_length is None else body[:header_length]
         try:

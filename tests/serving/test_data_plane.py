@@ -259,8 +259,9 @@ def test_v2_binary_sizes_must_match_the_bytes_sent(typed: ThreadedServer) -> Non
     body, headers = binary_request(tensors, b"\x01\x02\x03")
     answer = post(url, body, **headers)
     assert answer.status == 400 and "3 bytes do not fit shape [2, 1] of INT8" in v2_error_of(answer)
-    answer = post(url, b"{}", **{"Inference-Header-Content-Length": "99"})
-    assert answer.status == 400 and "Inference-Header-Content-Length" in v2_error_of(answer)
+    for length in ("99", "abc", "-1"):
+        answer = post(url, b"{}", **{"Inference-Header-Content-Length": length})
+        assert answer.status == 400 and "Inference-Header-Content-Length" in v2_error_of(answer), length
 
 
 # --- strings ---------------------------------------------------------------------------------------
