@@ -1,49 +1,61 @@
-"""Pure diffing of a Plan against what exists: which objects to create, patch and delete.
+"""Which planned children need a write, and the status patch. Pure.
 
-The API server adds defaults to what we create (imagePullPolicy, protocol, revisionHistoryLimit
-and so on), so an existing child is compared with "desired is a subset of observed": only a
-field we set and that now differs causes a write, and a resync with nothing changed writes
-nothing.
+Children are written by server-side apply, which makes the fields Berth sets what the plan says
+and removes the ones it stopped setting. A write is sent only when it would change something:
+the object carries the digest of the last applied plan in an annotation, so a plan that changed
+(a field added, changed or dropped) is applied; and a field Berth sets that someone else changed
+since is applied back (drift). Quantities are planned in the API server's spelling
+(planner/quantity.py), so a read compares equal to the plan and an idle resync writes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import hashlib
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from .planner.observe import is_subset, numbers_equal
-from .planner.types import Manifest, ObjectRef
+from .planner.types import Manifest
 
+DIGEST_ANNOTATION = "berth.dev/applied-digest"
 # Metadata fields the planner owns on its children; the rest (uid, resourceVersion, managed
 # fields, other controllers' annotations) belongs to the API server and others.
 OWNED_METADATA = ("labels", "annotations", "ownerReferences")
-NOT_PATCHED = ("apiVersion", "kind", "metadata", "status")
 
 
-def subset_patch(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch setting the fields of desired that observed lacks or has otherwise."""
-    patch: dict[str, Any] = {}
-    for key, value in desired.items():
-        current = observed.get(key)
-        if is_subset(value, current):
-            continue
-        if isinstance(value, Mapping) and isinstance(current, Mapping):
-            patch[key] = subset_patch(value, current)
-        else:
-            patch[key] = value  # scalars and lists are replaced whole (merge-patch semantics)
-    return patch
+def digest(desired: Manifest) -> str:
+    """A short digest of everything the plan says about a child."""
+    material = json.dumps(desired, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(material).hexdigest()[:16]
 
 
-def child_patch(desired: Manifest, observed: Manifest) -> dict[str, Any] | None:
-    """The merge patch that brings an existing child to the desired state, or None if it is there."""
-    wanted: dict[str, Any] = {key: value for key, value in desired.items() if key not in NOT_PATCHED}
+def applied(desired: Manifest) -> Manifest:
+    """The object to apply: the plan with its digest stamped in an annotation."""
+    meta = dict(desired["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), DIGEST_ANNOTATION: digest(desired)}
+    return {**desired, "metadata": meta}
+
+
+def owned_view(desired: Manifest) -> dict[str, Any]:
+    """The fields of a planned child that the API server keeps as written (not apiVersion, kind,
+    or metadata it manages itself)."""
+    view: dict[str, Any] = {
+        k: v for k, v in desired.items() if k not in ("apiVersion", "kind", "metadata", "status")
+    }
     meta = desired.get("metadata") or {}
-    owned_meta = {key: meta[key] for key in OWNED_METADATA if key in meta}
-    if owned_meta:
-        wanted["metadata"] = owned_meta
-    patch = subset_patch(wanted, observed)
-    return patch or None
+    view["metadata"] = {key: meta[key] for key in OWNED_METADATA if key in meta}
+    return view
+
+
+def needs_apply(desired: Manifest, observed: Manifest | None) -> bool:
+    """True unless the observed child was applied from this very plan and nobody changed a field of it."""
+    if observed is None:
+        return True
+    annotations = (observed.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(DIGEST_ANNOTATION) != digest(desired):
+        return True
+    return not is_subset(owned_view(desired), observed)
 
 
 def status_patch(observed: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -62,42 +74,3 @@ def status_patch(observed: Mapping[str, Any] | None, desired: Mapping[str, Any])
         if key not in desired:
             patch[key] = None
     return patch or None
-
-
-def object_key(obj: Manifest) -> tuple[str, str, str, str]:
-    meta = obj["metadata"]
-    return (obj["apiVersion"], obj["kind"], meta.get("namespace", "default"), meta["name"])
-
-
-def ref_key(ref: ObjectRef) -> tuple[str, str, str, str]:
-    return (ref.api_version, ref.kind, ref.namespace, ref.name)
-
-
-@dataclass
-class Actions:
-    create: list[Manifest] = field(default_factory=list)
-    patch: list[tuple[Manifest, dict[str, Any]]] = field(default_factory=list)  # (observed, patch)
-    delete: list[ObjectRef] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.create or self.patch or self.delete)
-
-
-def diff_children(
-    desired: Iterable[Manifest], delete: Iterable[ObjectRef], observed: Iterable[Manifest]
-) -> Actions:
-    """What to create, patch and delete so that observed becomes desired."""
-    existing = {object_key(obj): obj for obj in observed}
-    actions = Actions()
-    for obj in desired:
-        current = existing.get(object_key(obj))
-        if current is None or current.get("metadata", {}).get("deletionTimestamp"):
-            if current is None:
-                actions.create.append(obj)
-            continue  # being deleted: create it again once it is gone
-        patch = child_patch(obj, current)
-        if patch is not None:
-            actions.patch.append((current, patch))
-    actions.delete = [ref for ref in delete if ref_key(ref) in existing]
-    return actions

@@ -1,48 +1,104 @@
-"""kopf handlers: thin. They wake reconciles; `reconcile` reads and writes; the planner decides.
+"""kopf handlers: thin. kopf's watches fill indexes; handlers wake reconciles; reconcile.py reads the
+indexes and writes; the planner decides.
 
 Level-triggered: one daemon per Endpoint runs a reconcile whenever it is woken (the Endpoint,
-one of its children or Pods, or a referenced EndpointConfig or Model changed) or when the
+one of its children or pods, or a referenced EndpointConfig or Model changed) or when the
 plan's requeue_after is due (a bake, a termination wait), and otherwise every resync interval.
-Handlers return None so kopf writes no progress of its own into our status.
+Children, pods and Jobs are watched with a server-side label selector on Berth's managed-by
+label, so the operator never receives the rest of the cluster. Lookups across kinds (which
+Endpoints use this Model?) are kopf indexes, not lists. Handlers return None so kopf writes no
+progress of its own into our status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import kopf
-from pydantic import ValidationError
 
-from . import reconcile
-from .api import validation_message
-from .kube import ApiError, KubeClient
-from .planner import labels as planner_labels
-from .planner import plan_endpoint
-from .reconcile import ENDPOINTS, References
+from . import api
+from .events import EventRecorder
+from .kube import ApiError, KubeClient, describe_error
+from .planner import labels as berth_labels
+from .reconcile import (
+    ENDPOINTS,
+    Memory,
+    Outcome,
+    Shell,
+    Snapshot,
+    config_names_of,
+    delete_children,
+    reconcile_endpoint,
+)
 from .settings import Settings
+from .sync_status import sync_config_status, sync_model_status
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION = "berth.dev", "v1alpha1"
+GROUP, VERSION = api.GROUP, api.VERSION
 FINALIZER = "berth.dev/finalizer"
+MANAGED = f"{berth_labels.MANAGED_BY}={berth_labels.MANAGED_BY_VALUE}"  # every object Berth makes carries it
 ERROR_BACKOFF_MAX = 30.0
 WAKE_COALESCE = 0.05
 MIN_REQUEUE = 0.1  # a plan due "now" is looked at again soon, not in a hot loop
-WATCHED_CHILDREN = [
-    ("apps", "v1", "deployments"),
-    ("", "v1", "pods"),
-    ("", "v1", "services"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("gateway.networking.k8s.io", "v1", "httproutes"),
-    ("networking.k8s.io", "v1", "ingresses"),
-]
+# Index id -> (group, version, plural) of each kind of Endpoint child.
+CHILD_INDEXES = {
+    "deployments_by_endpoint": ("apps", "v1", "deployments"),
+    "services_by_endpoint": ("", "v1", "services"),
+    "hpas_by_endpoint": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "pdbs_by_endpoint": ("policy", "v1", "poddisruptionbudgets"),
+    "httproutes_by_endpoint": ("gateway.networking.k8s.io", "v1", "httproutes"),
+    "ingresses_by_endpoint": ("networking.k8s.io", "v1", "ingresses"),
+}
+PODS = ("", "v1", "pods")
+JOBS = ("batch", "v1", "jobs")
+Key = tuple[str, str]  # (namespace, name)
+
+
+def plain(body: Any) -> dict[str, Any]:
+    """A kopf Body as an independent plain dict, without managedFields (never read, often large)."""
+    raw: dict[str, Any] = copy.deepcopy(dict(body))
+    meta = dict(raw.get("metadata") or {})
+    meta.pop("managedFields", None)
+    meta.setdefault("namespace", "default")
+    raw["metadata"] = meta
+    return raw
+
+
+def first(index: Any, key: Any) -> Any:
+    """The one value an index holds under key (an object indexed by its own name), or None."""
+    store = index.get(key) if index is not None else None
+    return next(iter(store), None) if store else None
+
+
+class NamespaceObjects(Mapping[str, dict[str, Any]]):
+    """One namespace's objects of a kind by name, read from an index keyed by (namespace, name)."""
+
+    def __init__(self, index: Any, namespace: str) -> None:
+        self._index, self._namespace = index, namespace
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        found = first(self._index, (self._namespace, name))
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __contains__(self, name: object) -> bool:
+        return first(self._index, (self._namespace, name)) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for namespace, name in self._index if namespace == self._namespace)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 @dataclass
@@ -53,70 +109,51 @@ class OperatorContext:
     server_url: str | None = None  # tests: log in to this API server URL, TLS unchecked
     resync_seconds: float = 300.0
     kube: KubeClient | None = None
-    references: References = field(default_factory=References)
-    wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
-    deleting: set[tuple[str, str]] = field(default_factory=set)
+    shell: Shell | None = None
+    wakers: dict[Key, asyncio.Event] = field(default_factory=dict)
+    memories: dict[Key, Memory] = field(default_factory=dict)
+    deleting: set[Key] = field(default_factory=set)
     # Held during a reconcile; the delete handler takes it so no reconcile creates a child
     # after the children were listed for deletion.
-    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
-    scrape_session: aiohttp.ClientSession | None = None
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     reconciles: int = 0
+    last_outcomes: dict[Key, Outcome] = field(default_factory=dict)
 
-    def client(self) -> KubeClient:
-        if self.kube is None:
-            raise kopf.TemporaryError("not logged in yet", delay=1)
-        return self.kube
+    def waker(self, key: Key) -> asyncio.Event:
+        return self.wakers.setdefault(key, asyncio.Event())
 
-    def waker(self, namespace: str, name: str) -> asyncio.Event:
-        return self.wakers.setdefault((namespace, name), asyncio.Event())
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
 
-    def lock(self, namespace: str, name: str) -> asyncio.Lock:
-        return self.locks.setdefault((namespace, name), asyncio.Lock())
+    def wake(self, key: Key) -> None:
+        if key in self.wakers:
+            self.wakers[key].set()
 
-    def wake(self, namespace: str, name: str) -> None:
-        self.waker(namespace, name).set()
+    def forget(self, key: Key) -> None:
+        for table in (self.wakers, self.locks, self.memories, self.last_outcomes):
+            table.pop(key, None)
+        self.deleting.discard(key)
 
-    def wake_by_label(self, namespace: str, label: str) -> None:
-        name = self.references.endpoint_by_label.get((namespace, label), label)
-        if (namespace, name) in self.wakers:
-            self.wakers[(namespace, name)].set()
-
-    def session(self) -> aiohttp.ClientSession:
-        if self.scrape_session is None or self.scrape_session.closed:
-            self.scrape_session = aiohttp.ClientSession()
-        return self.scrape_session
+    def require_shell(self) -> Shell:
+        if self.shell is None:
+            raise RuntimeError("the operator has not logged in to the API server yet")
+        return self.shell
 
 
-async def reconcile_endpoint(ctx: OperatorContext, namespace: str, name: str) -> float | None:
-    """Read, plan, apply. Returns seconds until the plan wants to look again (None: only on change)."""
-    kube = ctx.client()
-    raw = await kube.get(ENDPOINTS, namespace, name)
-    if raw is None or raw["metadata"].get("deletionTimestamp") or (namespace, name) in ctx.deleting:
-        return None
-    raw.setdefault("apiVersion", f"{GROUP}/{VERSION}")
-    raw.setdefault("kind", "Endpoint")
-    ctx.references.endpoint_by_label[(namespace, planner_labels.endpoint_label(name))] = name
-    try:
-        state = await reconcile.read_endpoint_state(kube, raw)
-    except ValidationError as exc:
-        # Admission normally refuses this; without the CRD's validation say why in the status.
-        failed = {**(raw.get("status") or {}), "phase": "Failed", "failureReason": validation_message(exc)}
-        body = reconcile.status_patch(raw.get("status"), failed)
-        if body:
-            await kube.patch_status(ENDPOINTS, namespace, name, body)
-        return None
-    ctx.references.endpoint_configs[(namespace, name)] = reconcile.config_names_of(state.endpoint)
-    ctx.references.endpoint_models[(namespace, name)] = state.referenced_models
-    metrics = await reconcile.fleet_metrics(ctx.session(), ctx.settings, state)
-    plan = plan_endpoint(reconcile.planner_input(state, ctx.settings, metrics))
-    if (namespace, name) in ctx.deleting:
-        return None
-    result = await reconcile.apply_plan(kube, plan, state)
-    ctx.reconciles += 1
-    if result.errors:
-        raise kopf.TemporaryError("; ".join(result.errors), delay=1)
-    requeue: float | None = plan.requeue_after
-    return requeue
+def snapshot(namespace: str, name: str, body: Any, indexes: Mapping[str, Any]) -> Snapshot:
+    """The Endpoint and everything it refers to, from kopf's live body and indexes."""
+    raw = plain(body)
+    configs = NamespaceObjects(indexes["configs_by_name"], namespace)
+    wanted = {n: configs[n] for n in config_names_of(raw) if n in configs}
+    key = (namespace, berth_labels.endpoint_label(name))
+    children = [child for index in CHILD_INDEXES for child in (indexes[index].get(key) or ())]
+    return Snapshot(
+        raw=raw,
+        configs=wanted,
+        models=NamespaceObjects(indexes["models_by_name"], namespace),
+        children=children,
+        pods=list(indexes["pods_by_endpoint"].get(key) or ()),
+    )
 
 
 async def _wait_woken(waker: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:
@@ -143,6 +180,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
         if info is not None:
             old, ctx.kube = ctx.kube, KubeClient(info)
+            session = ctx.shell.scrape_session if ctx.shell is not None else aiohttp.ClientSession()
+            ctx.shell = Shell(ctx.kube, ctx.settings, EventRecorder(ctx.kube), session)
             if old is not None:
                 await old.close()
         return info
@@ -151,40 +190,91 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     async def cleanup(**_: Any) -> None:
         if ctx.kube is not None:
             await ctx.kube.close()
-        if ctx.scrape_session is not None:
-            await ctx.scrape_session.close()
+        if ctx.shell is not None:
+            await ctx.shell.scrape_session.close()
+
+    # ------------------------------------------------------------------ indexes
+
+    @kopf.index(GROUP, VERSION, "endpointconfigs", registry=registry, id="configs_by_name")
+    def configs_by_name(namespace: str | None, name: str, body: Any, **_: Any) -> Any:
+        return {(namespace or "default", name): plain(body)}
+
+    @kopf.index(GROUP, VERSION, "models", registry=registry, id="models_by_name")
+    def models_by_name(namespace: str | None, name: str, body: Any, **_: Any) -> Any:
+        return {(namespace or "default", name): plain(body)}
+
+    @kopf.index(GROUP, VERSION, "endpointconfigs", registry=registry, id="configs_by_model")
+    def configs_by_model(namespace: str | None, name: str, spec: Any, **_: Any) -> Any:
+        variants = [*(spec.get("productionVariants") or []), *(spec.get("shadowProductionVariants") or [])]
+        return {
+            (namespace or "default", str(v.get("modelName"))): name for v in variants if isinstance(v, dict)
+        }
+
+    @kopf.index(GROUP, VERSION, "endpoints", registry=registry, id="endpoints_by_config")
+    def endpoints_by_config(namespace: str | None, name: str, body: Any, **_: Any) -> Any:
+        return {(namespace or "default", config): name for config in config_names_of(dict(body))}
+
+    @kopf.index(GROUP, VERSION, "endpoints", registry=registry, id="endpoints_by_label")
+    def endpoints_by_label(namespace: str | None, name: str, **_: Any) -> Any:
+        return {(namespace or "default", berth_labels.endpoint_label(name)): name}
+
+    def child_index(namespace: str | None, labels: Any, body: Any, **_: Any) -> Any:
+        return {(namespace or "default", labels[berth_labels.ENDPOINT]): plain(body)}
+
+    owned = {berth_labels.ENDPOINT: kopf.PRESENT}
+    for index_id, (group, version, plural) in CHILD_INDEXES.items():
+        kopf.index(group, version, plural, labels=owned, registry=registry, id=index_id)(child_index)
+    kopf.index(*PODS, labels=owned, registry=registry, id="pods_by_endpoint")(child_index)
 
     # ------------------------------------------------------------------ Endpoint
 
     @kopf.on.event(GROUP, VERSION, "endpoints", registry=registry)
     def endpoint_changed(*, type: str, namespace: str | None, name: str, **_: Any) -> None:
-        namespace = namespace or "default"
+        key = (namespace or "default", name)
         if type == "DELETED":
-            ctx.wakers.pop((namespace, name), None)
-            ctx.locks.pop((namespace, name), None)
-            ctx.deleting.discard((namespace, name))
-            ctx.references.forget_endpoint((namespace, name))
+            ctx.forget(key)
         else:
-            ctx.wake(namespace, name)
+            ctx.wake(key)
 
     @kopf.daemon(GROUP, VERSION, "endpoints", registry=registry, cancellation_timeout=5.0)
     async def endpoint_daemon(
-        *, stopped: kopf.DaemonStopped, namespace: str | None, name: str, **_: Any
+        *, stopped: kopf.DaemonStopped, namespace: str | None, name: str, body: Any, **kwargs: Any
     ) -> None:
-        namespace = namespace or "default"
-        waker = ctx.waker(namespace, name)
+        key = (namespace or "default", name)
+        waker = ctx.waker(key)
         backoff = 0.5
         while not stopped:
             waker.clear()
+            requeue: float | None
             try:
-                async with ctx.lock(namespace, name):
-                    requeue = await reconcile_endpoint(ctx, namespace, name)
-                backoff = 0.5
+                async with ctx.lock(key):
+                    if key in ctx.deleting:
+                        return
+                    memory = ctx.memories.setdefault(key, Memory())
+                    found = snapshot(key[0], name, body, kwargs)
+                    outcome = await reconcile_endpoint(ctx.require_shell(), found, memory)
+                ctx.reconciles += 1
+                ctx.last_outcomes[key] = outcome
+                requeue = outcome.requeue_after
+                if outcome.failures:
+                    refused = "; ".join(f"{k} {n}: {why}" for (k, n), why in sorted(outcome.failures.items()))
+                    log.warning("Endpoint %s/%s: writes refused, again in %.1fs: %s", *key, backoff, refused)
+                    requeue, backoff = backoff, min(backoff * 2, ERROR_BACKOFF_MAX)
+                else:
+                    backoff = 0.5
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except (ApiError, TimeoutError, aiohttp.ClientError) as exc:
                 log.warning(
-                    "reconcile of Endpoint %s/%s failed, retrying in %.1fs: %s", namespace, name, backoff, exc
+                    "reconcile of Endpoint %s/%s failed, retrying in %.1fs: %s",
+                    *key,
+                    backoff,
+                    describe_error(exc),
+                )
+                requeue, backoff = backoff, min(backoff * 2, ERROR_BACKOFF_MAX)
+            except Exception:
+                log.exception(
+                    "reconcile of Endpoint %s/%s failed unexpectedly, retrying in %.1fs", *key, backoff
                 )
                 requeue, backoff = backoff, min(backoff * 2, ERROR_BACKOFF_MAX)
             timeout = (
@@ -197,70 +287,75 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
 
     @kopf.on.delete(GROUP, VERSION, "endpoints", registry=registry)
     async def endpoint_deleted(*, namespace: str | None, name: str, status: Any, **_: Any) -> None:
-        namespace = namespace or "default"
-        ctx.deleting.add((namespace, name))
-        kube = ctx.client()
-        async with ctx.lock(namespace, name):
+        key = (namespace or "default", name)
+        ctx.deleting.add(key)
+        kube = ctx.require_shell().kube
+        async with ctx.lock(key):
             if (status or {}).get("phase") != "Deleting":
                 try:
-                    await kube.patch_status(ENDPOINTS, namespace, name, {"phase": "Deleting"})
+                    await kube.patch_status(ENDPOINTS, key[0], name, {"phase": "Deleting"})
                 except ApiError as exc:
                     if exc.status != 404:
                         raise
-            count = await reconcile.delete_children(kube, namespace, name)
-        log.info("Endpoint %s/%s deleted with %d children", namespace, name, count)
+            count = await delete_children(kube, key[0], name)
+        log.info("Endpoint %s/%s deleted with %d children", *key, count)
 
     # ------------------------------------------------------------------ children
 
-    def child_changed(*, namespace: str | None, labels: Any, **_: Any) -> None:
-        ctx.wake_by_label(namespace or "default", labels[planner_labels.ENDPOINT])
+    def child_changed(*, namespace: str | None, labels: Any, **kwargs: Any) -> None:
+        namespace = namespace or "default"
+        endpoint = first(kwargs["endpoints_by_label"], (namespace, labels[berth_labels.ENDPOINT]))
+        if endpoint is not None:
+            ctx.wake((namespace, endpoint))
 
     # Children (drift, deletion by hand, the Deployment controller's status) and pods (readiness,
     # failures) wake the Endpoint that owns them. Kinds absent from the cluster are skipped by kopf.
-    owned = {planner_labels.ENDPOINT: kopf.PRESENT}
-    for group, version, plural in WATCHED_CHILDREN:
+    for group, version, plural in [*CHILD_INDEXES.values(), PODS]:
         kopf.on.event(group, version, plural, labels=owned, registry=registry, id=f"{plural}-changed")(
             child_changed
         )
 
     # ------------------------------------------------------------------ Model / EndpointConfig
 
+    def wake_users_of_config(namespace: str, config: str, indexes: Mapping[str, Any]) -> None:
+        for endpoint in indexes["endpoints_by_config"].get((namespace, config)) or ():
+            ctx.wake((namespace, endpoint))
+
+    async def sync_config(namespace: str, raw: dict[str, Any], indexes: Mapping[str, Any]) -> None:
+        models = NamespaceObjects(indexes["models_by_name"], namespace)
+        variants = (raw.get("spec") or {}).get("productionVariants") or []
+        shadows = (raw.get("spec") or {}).get("shadowProductionVariants") or []
+        names = {str(v.get("modelName")) for v in [*variants, *shadows] if isinstance(v, dict)}
+        await sync_config_status(
+            ctx.require_shell().kube, raw, {n for n in names if n in models}, datetime.now(UTC)
+        )
+
     @kopf.on.event(GROUP, VERSION, "models", registry=registry)
-    async def model_changed(*, type: str, body: Any, namespace: str | None, name: str, **_: Any) -> None:
+    async def model_changed(*, type: str, body: Any, namespace: str | None, name: str, **kwargs: Any) -> None:
         namespace = namespace or "default"
-        kube = ctx.client()
-        now = datetime.now(UTC)
         if type != "DELETED":
-            await reconcile.sync_model_status(kube, _plain(body), now)
-        for config in ctx.references.configs_using_model(namespace, name):
-            raw = await kube.get(reconcile.CONFIGS, namespace, config)
+            await sync_model_status(ctx.require_shell().kube, plain(body), datetime.now(UTC))
+        for config in kwargs["configs_by_model"].get((namespace, name)) or ():
+            raw = first(kwargs["configs_by_name"], (namespace, config))
             if raw is not None:
-                await reconcile.sync_config_status(kube, ctx.references, raw, now)
-        for endpoint in ctx.references.endpoints_using_model(namespace, name):
-            ctx.wake(namespace, endpoint)
+                await sync_config(namespace, raw, kwargs)
+            wake_users_of_config(namespace, config, kwargs)
 
     @kopf.on.event(GROUP, VERSION, "endpointconfigs", registry=registry)
-    async def config_changed(*, type: str, body: Any, namespace: str | None, name: str, **_: Any) -> None:
+    async def config_changed(
+        *, type: str, body: Any, namespace: str | None, name: str, **kwargs: Any
+    ) -> None:
         namespace = namespace or "default"
-        if type == "DELETED":
-            ctx.references.config_models.pop((namespace, name), None)
-        else:
-            await reconcile.sync_config_status(ctx.client(), ctx.references, _plain(body), datetime.now(UTC))
-        for endpoint in ctx.references.endpoints_using_config(namespace, name):
-            ctx.wake(namespace, endpoint)
+        if type != "DELETED":
+            await sync_config(namespace, plain(body), kwargs)
+        wake_users_of_config(namespace, name, kwargs)
 
     return registry
 
 
-def _plain(body: Any) -> dict[str, Any]:
-    """kopf's Body as a plain dict with the namespace filled in."""
-    raw: dict[str, Any] = dict(body)
-    raw["metadata"] = {"namespace": "default", **dict(body.get("metadata", {}))}
-    return raw
-
-
 def operator_settings(settings: kopf.OperatorSettings, *, peering_name: str, standalone: bool) -> None:
-    """kopf's own settings: our finalizer, progress in annotations only, few events of its own."""
+    """kopf's own settings: our finalizer, progress in annotations only, few events of its own,
+    and server-side label selectors so only Berth's children, pods and Jobs are watched."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="berth.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -276,3 +371,5 @@ def operator_settings(settings: kopf.OperatorSettings, *, peering_name: str, sta
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
+    for resource in [*CHILD_INDEXES.values(), PODS, JOBS]:
+        settings.watching.label_selectors[resource] = MANAGED

@@ -1,14 +1,16 @@
 """A small asynchronous Kubernetes client on aiohttp, built from the credentials kopf logged in with.
 
 Only what the operator needs: get, list (label selector, also filtered here because some
-API emulators ignore selectors), create, merge-patch, JSON-patch, status patch, delete and
-core v1 Events. Every call is a coroutine on the operator's event loop; nothing blocks.
+API emulators ignore selectors), server-side apply with one field manager, create, merge-patch,
+status patch, delete, core v1 Events, and whether the cluster serves a kind at all (discovery).
+Every call is a coroutine on the operator's event loop; nothing blocks.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,12 +19,17 @@ from urllib.parse import quote
 
 import aiohttp
 
+from .api import API_VERSION, RESOURCE_KINDS
+from .planner.labels import selects
+
 if TYPE_CHECKING:
     import kopf
 
 log = logging.getLogger(__name__)
 
 Manifest = dict[str, Any]
+FIELD_MANAGER = "berth-operator"  # the one field manager that owns every field Berth sets
+DISCOVERY_TTL_SECONDS = 60.0  # a CRD installed later (Gateway API) is noticed within a minute
 
 
 @dataclass(frozen=True)
@@ -55,10 +62,7 @@ class ResourceKind:
 RESOURCES: dict[tuple[str, str], ResourceKind] = {
     (kind.api_version, kind.kind): kind
     for kind in (
-        ResourceKind("berth.dev/v1alpha1", "Model", "models"),
-        ResourceKind("berth.dev/v1alpha1", "EndpointConfig", "endpointconfigs"),
-        ResourceKind("berth.dev/v1alpha1", "Endpoint", "endpoints"),
-        ResourceKind("berth.dev/v1alpha1", "TransformJob", "transformjobs"),
+        *(ResourceKind(API_VERSION, cls.KIND, cls.PLURAL) for cls in RESOURCE_KINDS.values()),
         ResourceKind("batch/v1", "Job", "jobs"),
         ResourceKind("apps/v1", "Deployment", "deployments"),
         ResourceKind("v1", "Service", "services"),
@@ -83,6 +87,11 @@ def kind_of(obj: Mapping[str, Any]) -> ResourceKind:
     return resource_kind(obj["apiVersion"], obj["kind"])
 
 
+def berth_kind(kind: str) -> ResourceKind:
+    """Where one of Berth's own kinds (Endpoint, Model...) lives, from the API types."""
+    return RESOURCES[(API_VERSION, kind)]
+
+
 class ApiError(Exception):
     """A non-2xx answer of the API server."""
 
@@ -91,11 +100,27 @@ class ApiError(Exception):
         super().__init__(f"{method} {path}: {status} {message}")
         self.status = status
         self.body = body
+        self.message = str(message or "").strip()
+        self.reason = str(body.get("reason") or "") if isinstance(body, dict) else ""
+
+    def describe(self) -> str:
+        """What a person reading the Endpoint's status needs: the code, the reason, the server's words."""
+        reason = f" {self.reason}" if self.reason else ""
+        return f"{self.status}{reason}: {self.message or 'no message from the API server'}"
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a log or a status, also for errors whose str() is empty (a TimeoutError)."""
+    if isinstance(error, ApiError):
+        return error.describe()
+    if isinstance(error, TimeoutError):
+        return "timed out talking to the API server"
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def matches_labels(obj: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
-    labels = obj.get("metadata", {}).get("labels") or {}
-    return all(labels.get(key) == value for key, value in selector.items())
+    return selects(selector, obj.get("metadata", {}).get("labels") or {})
 
 
 class KubeClient:
@@ -107,6 +132,8 @@ class KubeClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._served: dict[str, tuple[float, frozenset[str]]] = {}  # group/version -> (when, plurals)
+        self.requests = 0  # every request this client made, for the benchmark and tests
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._closed:  # a straggling reconcile after shutdown must not open a new session
@@ -137,6 +164,7 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> Any:
         session = self._ensure_session()
+        self.requests += 1
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
         async with session.request(
@@ -197,21 +225,41 @@ class KubeClient:
         )
         return result
 
-    async def json_patch(
-        self,
-        kind: ResourceKind,
-        namespace: str,
-        name: str,
-        ops: list[dict[str, Any]],
-        subresource: str | None = None,
-    ) -> Manifest:
+    async def apply(self, obj: Manifest) -> Manifest:
+        """Server-side apply as Berth's one field manager: creates the object or makes the fields we
+        set what we say, takes them over from anyone else (force), and removes the fields we set
+        before and no longer do. Unknown fields are refused, not dropped (fieldValidation=Strict)."""
+        kind = kind_of(obj)
+        meta = obj["metadata"]
+        params = {"fieldManager": FIELD_MANAGER, "force": "true", "fieldValidation": "Strict"}
         result: Manifest = await self.request(
             "PATCH",
-            kind.path(namespace, name, subresource),
-            body=ops,
-            content_type="application/json-patch+json",
+            kind.path(meta.get("namespace"), meta["name"]),
+            body=obj,  # JSON is YAML
+            params=params,
+            content_type="application/apply-patch+yaml",
         )
         return result
+
+    async def serves(self, kind: ResourceKind) -> bool:
+        """Whether the cluster serves this kind (its CRD is installed), asked at most once a minute."""
+        now = time.monotonic()
+        known = self._served.get(kind.api_version)
+        if known is None or now - known[0] > DISCOVERY_TTL_SECONDS:
+            try:
+                document = await self.request("GET", kind.base)
+                plurals = frozenset(r.get("name", "") for r in (document or {}).get("resources", []))
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                plurals = frozenset()
+            known = (now, plurals)
+            self._served[kind.api_version] = known
+        return kind.plural in known[1]
+
+    def forget_discovery(self) -> None:
+        """Ask again next time (a create answered 404: a CRD may have gone)."""
+        self._served.clear()
 
     async def patch_status(
         self, kind: ResourceKind, namespace: str, name: str, status: Mapping[str, Any]
@@ -228,15 +276,33 @@ class KubeClient:
             raise
         return True
 
-    async def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core v1 Event about `involved`; failures are logged, never raised (events are best effort)."""
+    async def warning_events(self, namespace: str, kind: str, name: str) -> list[tuple[str, str]]:
+        """(reason, message) of the Warning events about one object, oldest first."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name},type=Warning"
+        result = await self.request(
+            "GET", RESOURCES[("v1", "Event")].path(namespace), params={"fieldSelector": selector}
+        )
+        items = [
+            i
+            for i in (result or {}).get("items") or []
+            if (i.get("involvedObject") or {}).get("name") == name and i.get("type") == "Warning"
+        ]
+        items.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        return [(str(e.get("reason") or ""), str(e.get("message") or "").strip()) for e in items]
+
+    async def post_event(
+        self, involved: Mapping[str, Any], type_: str, reason: str, message: str, count: int = 1
+    ) -> str | None:
+        """A core v1 Event about `involved`; its name, or None when it could not be posted (events are
+        best effort: failures are logged, never raised)."""
         meta = involved["metadata"]
         namespace = meta.get("namespace", "default")
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        name = f"{meta['name']}.{_event_suffix()}"
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"namespace": namespace, "name": f"{meta['name']}.{_event_suffix()}"},
+            "metadata": {"namespace": namespace, "name": name},
             "involvedObject": {
                 "apiVersion": involved.get("apiVersion"),
                 "kind": involved.get("kind"),
@@ -255,12 +321,24 @@ class KubeClient:
             "lastTimestamp": now,
             "eventTime": now,
             "action": reason,
-            "count": 1,
+            "count": count,
         }
         try:
             await self.create(event)
         except (TimeoutError, ApiError, aiohttp.ClientError) as exc:
-            log.warning("could not post event %s on %s: %s", reason, meta["name"], exc)
+            log.warning("could not post event %s on %s: %s", reason, meta["name"], describe_error(exc))
+            return None
+        return name
+
+    async def count_event(self, namespace: str, name: str, count: int) -> None:
+        """Raise the count of an Event posted before (a repeat of the same event); best effort."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            await self.merge_patch(
+                RESOURCES[("v1", "Event")], namespace, name, {"count": count, "lastTimestamp": now}
+            )
+        except (TimeoutError, ApiError, aiohttp.ClientError) as exc:
+            log.info("could not count event %s: %s", name, describe_error(exc))
 
 
 _event_counter = 0

@@ -1,15 +1,23 @@
-"""One reconcile of an Endpoint (read, plan, apply) and the status of Models and EndpointConfigs.
+"""One reconcile of an Endpoint: plan from what the watches delivered, apply, write the status.
 
-kopf-free on purpose: the handlers call these with a KubeClient, so the logic can be read and
-tested without the framework. The planner decides; this module only reads and writes.
+kopf-free on purpose: handlers.py builds a Snapshot from kopf's indexes (the Endpoint, its
+EndpointConfigs and Models, its children and pods, all already in memory) and calls
+`reconcile_endpoint`; a reconcile with nothing new reads nothing from the API server and writes
+nothing. The planner decides; this module only reads what the planner asks for and writes.
+
+Writes: every planned child is server-side applied when it differs from the plan (apply.py);
+a child that does not exist yet is looked up first, so an object of that name that is not ours
+(a user's own HTTPRoute named like the Endpoint) is reported, never taken over. A write the API
+server refuses (403, 422, a quota, a full Service range) is planned again into the status:
+failureReason and Degraded, and the Endpoint is not InService while a child is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,256 +25,274 @@ import aiohttp
 from pydantic import ValidationError
 
 from . import scrape
-from .api import Endpoint, EndpointConfig, Model
-from .apply import diff_children, status_patch
-from .kube import RESOURCES, ApiError, KubeClient, ResourceKind, kind_of
+from .api import Endpoint, EndpointConfig, Model, validation_message
+from .apply import applied, needs_apply, status_patch
+from .events import EventRecorder
+from .kube import RESOURCES, ApiError, KubeClient, berth_kind, describe_error, kind_of
 from .planner import labels as planner_labels
+from .planner import plan_endpoint
+from .planner.fleetmetrics import metrics_wanted
 from .planner.names import label_value
-from .planner.resources import config_model_names, config_status, model_names_of, model_status
-from .planner.types import FleetMetrics, Manifest, Observed, Plan, PlanInput
+from .planner.observe import find
+from .planner.podfailures import pods_stuck_starting
+from .planner.resources import model_names_of
+from .planner.status import invalid_endpoint_status
+from .planner.types import FleetMetrics, Manifest, ObjectRef, Observed, Plan, PlanInput
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-GROUP_VERSION = "berth.dev/v1alpha1"
-ENDPOINTS = RESOURCES[(GROUP_VERSION, "Endpoint")]
-CONFIGS = RESOURCES[(GROUP_VERSION, "EndpointConfig")]
-MODELS = RESOURCES[(GROUP_VERSION, "Model")]
-DEPLOYMENTS = RESOURCES[("apps/v1", "Deployment")]
-SERVICES = RESOURCES[("v1", "Service")]
+ENDPOINTS = berth_kind("Endpoint")
 PODS = RESOURCES[("v1", "Pod")]
-HPAS = RESOURCES[("autoscaling/v2", "HorizontalPodAutoscaler")]
-PDBS = RESOURCES[("policy/v1", "PodDisruptionBudget")]
-INGRESSES = RESOURCES[("networking.k8s.io/v1", "Ingress")]
 HTTPROUTES = RESOURCES[("gateway.networking.k8s.io/v1", "HTTPRoute")]
-
-Key = tuple[str, str]  # (namespace, name)
-
-
 # Both route kinds whatever settings.routing.mode says: after a change of mode the planner
-# must see the old kind's objects to delete them. A kind the cluster lacks lists as empty.
-ALL_CHILD_KINDS = [DEPLOYMENTS, SERVICES, HPAS, PDBS, HTTPROUTES, INGRESSES]
+# must see the old kind's objects to delete them.
+CHILD_KINDS = [
+    RESOURCES[("apps/v1", "Deployment")],
+    RESOURCES[("v1", "Service")],
+    RESOURCES[("autoscaling/v2", "HorizontalPodAutoscaler")],
+    RESOURCES[("policy/v1", "PodDisruptionBudget")],
+    HTTPROUTES,
+    RESOURCES[("networking.k8s.io/v1", "Ingress")],
+]
 
 
-@dataclass
-class References:
-    """What each Endpoint and EndpointConfig last referred to, to wake them when it changes."""
+@dataclass(frozen=True)
+class Snapshot:
+    """What the watches hold for one Endpoint, as plain dicts."""
 
-    endpoint_configs: dict[Key, set[str]] = field(default_factory=dict)
-    endpoint_models: dict[Key, set[str]] = field(default_factory=dict)
-    config_models: dict[Key, set[str]] = field(default_factory=dict)
-    endpoint_by_label: dict[Key, str] = field(default_factory=dict)  # (ns, label value) -> name
-
-    def endpoints_using_config(self, namespace: str, config: str) -> list[str]:
-        return [n for (ns, n), names in self.endpoint_configs.items() if ns == namespace and config in names]
-
-    def endpoints_using_model(self, namespace: str, model: str) -> list[str]:
-        return [n for (ns, n), names in self.endpoint_models.items() if ns == namespace and model in names]
-
-    def configs_using_model(self, namespace: str, model: str) -> list[str]:
-        return [n for (ns, n), names in self.config_models.items() if ns == namespace and model in names]
-
-    def forget_endpoint(self, key: Key) -> None:
-        self.endpoint_configs.pop(key, None)
-        self.endpoint_models.pop(key, None)
-        for label_key, name in list(self.endpoint_by_label.items()):
-            if label_key[0] == key[0] and name == key[1]:
-                del self.endpoint_by_label[label_key]
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _parse_optional(cls: type[Model] | type[EndpointConfig], raw: Manifest | None) -> Any:
-    if raw is None:
-        return None
-    try:
-        return cls.model_validate(raw)
-    except ValidationError as exc:
-        log.warning("ignoring invalid %s %s: %s", raw.get("kind"), raw["metadata"].get("name"), exc)
-        return None
-
-
-async def _get_many(
-    kube: KubeClient, kind: ResourceKind, namespace: str, names: Iterable[str]
-) -> dict[str, Manifest]:
-    unique = sorted(set(names))
-    found = await asyncio.gather(*(kube.get(kind, namespace, name) for name in unique))
-    return {name: obj for name, obj in zip(unique, found, strict=True) if obj is not None}
-
-
-async def _list_optional(
-    kube: KubeClient, kind: ResourceKind, namespace: str, labels: Mapping[str, str]
-) -> list[Manifest]:
-    try:
-        return await kube.list_objects(kind, namespace, labels)
-    except ApiError as exc:
-        if exc.status == 404:  # e.g. no Gateway API CRDs in this cluster
-            return []
-        raise
-
-
-def config_names_of(endpoint: Endpoint) -> set[str]:
-    names = {endpoint.spec.endpoint_config_name}
-    status = endpoint.status
-    if status is not None:
-        for name in (status.endpoint_config_name, status.pending_endpoint_config_name):
-            if name:
-                names.add(name)
-        if status.rollout is not None:
-            names.add(status.rollout.target_endpoint_config_name)
-    return names
-
-
-@dataclass
-class EndpointState:
-    raw: Manifest
-    endpoint: Endpoint
-    configs: dict[str, EndpointConfig]
-    models: dict[str, Model]
-    children: list[Manifest]
+    raw: Manifest  # the Endpoint
+    configs: Mapping[str, Manifest]  # EndpointConfigs of its namespace by name (those it may need)
+    models: Mapping[str, Manifest]  # Models of its namespace by name
+    children: list[Manifest]  # objects labelled berth.dev/endpoint=<label>
     pods: list[Manifest]
-    referenced_models: set[str]
 
 
-async def read_endpoint_state(kube: KubeClient, raw: Manifest) -> EndpointState:
-    endpoint = Endpoint.model_validate(raw)
-    namespace, name = endpoint.namespace, endpoint.name
-    selector = {planner_labels.ENDPOINT: planner_labels.endpoint_label(name)}
-    lists = [_list_optional(kube, kind, namespace, selector) for kind in ALL_CHILD_KINDS]
-    lists.append(_list_optional(kube, PODS, namespace, selector))
-    configs_raw_task = _get_many(kube, CONFIGS, namespace, config_names_of(endpoint))
-    configs_raw, listed = await asyncio.gather(configs_raw_task, asyncio.gather(*lists))
-    configs = {n: c for n, raw_c in configs_raw.items() if (c := _parse_optional(EndpointConfig, raw_c))}
-    model_names = model_names_of(configs.values())
-    models_raw = await _get_many(kube, MODELS, namespace, model_names)
-    models = {n: m for n, raw_m in models_raw.items() if (m := _parse_optional(Model, raw_m))}
-    children = [obj for group in listed[:-1] for obj in group]
-    return EndpointState(raw, endpoint, configs, models, children, listed[-1], model_names)
+@dataclass
+class Memory:
+    """What the operator remembers of one Endpoint between reconciles."""
+
+    # The status last written, and the resourceVersion the Endpoint had when it was: while the
+    # watch still delivers that older version, the written status is the newer truth.
+    written_status: dict[str, Any] | None = None
+    written_over: str | None = None
+
+    def status_of(self, raw: Manifest) -> Any:
+        if self.written_status is not None and raw["metadata"].get("resourceVersion") == self.written_over:
+            return self.written_status
+        self.written_status = self.written_over = None  # the watch has moved past our write
+        return raw.get("status")
 
 
-# --------------------------------------------------------------------------- metrics
+@dataclass
+class Outcome:
+    requeue_after: float | None = None  # seconds until the plan wants to look again
+    writes: int = 0
+    failures: dict[tuple[str, str], str] = field(default_factory=dict)  # refused child writes
 
 
-async def fleet_metrics(
-    session: aiohttp.ClientSession, settings: Settings, state: EndpointState
-) -> dict[str, FleetMetrics]:
-    """Metrics of the new fleet while a rollout bakes (the only time the planner judges them)."""
-    rollout = state.endpoint.status.rollout if state.endpoint.status else None
-    if rollout is None or rollout.state != "Baking":
-        return {}
-    target = rollout.target_endpoint_config_name
-    config_label = label_value(target)
-    pods = [
-        pod
-        for pod in state.pods
-        if (pod["metadata"].get("labels") or {}).get(planner_labels.ENDPOINT_CONFIG) == config_label
-    ]
-    if settings.rollback.prometheus_url:
-        names = [pod["metadata"]["name"] for pod in pods]
-        metrics = await scrape.query_prometheus(
-            session, settings.rollback.prometheus_url, state.endpoint.namespace, names
+@dataclass
+class Shell:
+    """The I/O a reconcile may do, shared by every Endpoint of one operator run."""
+
+    kube: KubeClient
+    settings: Settings
+    events: EventRecorder
+    scrape_session: aiohttp.ClientSession
+
+
+def config_names_of(endpoint: Manifest) -> set[str]:
+    """The EndpointConfigs an Endpoint refers to: its spec's, and those its status serves or rolls out."""
+    names = {str((endpoint.get("spec") or {}).get("endpointConfigName") or "")}
+    status = endpoint.get("status") or {}
+    names.update(str(status.get(key) or "") for key in ("endpointConfigName", "pendingEndpointConfigName"))
+    names.add(str((status.get("rollout") or {}).get("targetEndpointConfigName") or ""))
+    return {name for name in names if name}
+
+
+def _parse_all(cls: type[Model] | type[EndpointConfig], raws: Mapping[str, Manifest]) -> dict[str, Any]:
+    parsed = {}
+    for name, raw in raws.items():
+        try:
+            parsed[name] = cls.model_validate(raw)
+        except ValidationError as exc:
+            # Its own status says why (InvalidSpec); the Endpoint reports it as not found.
+            log.debug("ignoring invalid %s %s: %s", cls.KIND, name, validation_message(exc))
+    return parsed
+
+
+async def reconcile_endpoint(shell: Shell, snapshot: Snapshot, memory: Memory) -> Outcome:
+    """Plan the Endpoint from the snapshot, apply what differs, write the status if it changed."""
+    raw = {"apiVersion": ENDPOINTS.api_version, "kind": "Endpoint", **snapshot.raw}
+    if raw["metadata"].get("deletionTimestamp"):
+        return Outcome()
+    stored_status = memory.status_of(raw)
+    now = datetime.now(UTC)
+    outcome = Outcome()
+    try:
+        endpoint = Endpoint.model_validate({**raw, "status": stored_status})
+    except ValidationError as exc:
+        # Admission refuses this where the CRD is installed; without it, the status says why.
+        await _write_status(
+            shell,
+            raw,
+            stored_status,
+            invalid_endpoint_status(raw, validation_message(exc), now),
+            memory,
+            outcome,
         )
+        return outcome
+    configs = _parse_all(EndpointConfig, snapshot.configs)
+    models = _parse_all(
+        Model, {n: m for n, m in snapshot.models.items() if n in model_names_of(configs.values())}
+    )
+    observed = Observed(
+        now=now,
+        children=snapshot.children,
+        pods=snapshot.pods,
+        metrics=await _metrics(shell, endpoint, snapshot.pods),
+        unavailable_kinds=await _unavailable_kinds(shell),
+        pod_events=await _pod_events(shell, endpoint.namespace, snapshot.pods, now),
+    )
+    inp = PlanInput(
+        endpoint=endpoint, configs=configs, models=models, settings=shell.settings, observed=observed
+    )
+    plan = plan_endpoint(inp)
+    outcome.failures = await _apply_children(shell, plan, snapshot.children, outcome)
+    if outcome.failures:  # plan once more knowing what the API server refused, for the status
+        failed = replace(observed, write_failures=dict(outcome.failures))
+        plan = plan_endpoint(PlanInput(endpoint, configs, models, shell.settings, failed))
+    await _write_status(shell, raw, stored_status, plan.status.to_wire(), memory, outcome)
+    for event in plan.events:
+        await shell.events.record(raw, event.type, event.reason, event.message)
+    outcome.requeue_after = plan.requeue_after
+    return outcome
+
+
+async def _metrics(shell: Shell, endpoint: Endpoint, pods: list[Manifest]) -> dict[str, FleetMetrics]:
+    """The metrics the planner asked for: the new fleet's, while a rollout bakes."""
+    target = metrics_wanted(endpoint.status)
+    if target is None:
+        return {}
+    label = label_value(target)
+    fleet = [
+        p for p in pods if (p["metadata"].get("labels") or {}).get(planner_labels.ENDPOINT_CONFIG) == label
+    ]
+    prometheus = shell.settings.rollback.prometheus_url
+    if prometheus:
+        names = [pod["metadata"]["name"] for pod in fleet]
+        metrics = await scrape.query_prometheus(shell.scrape_session, prometheus, endpoint.namespace, names)
     else:
-        metrics = await scrape.scrape_pods(session, pods)
+        metrics = await scrape.scrape_pods(shell.scrape_session, fleet)
     return {target: metrics} if metrics is not None else {}
 
 
-# --------------------------------------------------------------------------- writing
+async def _unavailable_kinds(shell: Shell) -> frozenset[str]:
+    if shell.settings.routing.mode != "gateway":
+        return frozenset()
+    return frozenset() if await shell.kube.serves(HTTPROUTES) else frozenset({"HTTPRoute"})
 
 
-@dataclass
-class ApplyResult:
-    writes: int = 0
-    errors: list[str] = field(default_factory=list)
-
-
-async def apply_plan(kube: KubeClient, plan: Plan, state: EndpointState) -> ApplyResult:
-    """Create, patch and delete children, then the status, then post events. Writes only differences."""
-    result = ApplyResult()
-    actions = diff_children(plan.objects, plan.delete, state.children)
-
-    async def create(obj: Manifest) -> None:
-        try:
-            await kube.create(obj)
-        except ApiError as exc:
-            if exc.status != 409:  # 409: made meanwhile; the next reconcile compares it
-                raise
-        result.writes += 1
-
-    async def patch(observed: Manifest, body: dict[str, Any]) -> None:
-        meta = observed["metadata"]
-        await kube.merge_patch(kind_of(observed), meta["namespace"], meta["name"], body)
-        result.writes += 1
-
-    async def delete(ref: Any) -> None:
-        await kube.delete(RESOURCES[(ref.api_version, ref.kind)], ref.namespace, ref.name)
-        result.writes += 1
-
-    outcomes = await asyncio.gather(
-        *(create(obj) for obj in actions.create),
-        *(patch(obs, body) for obs, body in actions.patch),
-        *(delete(ref) for ref in actions.delete),
-        return_exceptions=True,
+async def _pod_events(
+    shell: Shell, namespace: str, pods: list[Manifest], now: datetime
+) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Warning events of the pods the planner finds stuck before any container started (rare)."""
+    stuck = pods_stuck_starting(pods, now)
+    found = await asyncio.gather(
+        *(shell.kube.warning_events(namespace, "Pod", name) for name in stuck), return_exceptions=True
     )
-    result.errors = [str(o) for o in outcomes if isinstance(o, BaseException)]
-
-    desired_status = plan.status.to_wire()
-    body = status_patch(state.raw.get("status"), desired_status)
-    if body is not None:
-        meta = state.raw["metadata"]
-        await kube.patch_status(ENDPOINTS, meta["namespace"], meta["name"], body)
-        result.writes += 1
-    for event in plan.events:
-        await kube.post_event(state.raw, event.type, event.reason, event.message)
-    return result
+    return {
+        name: tuple(events) for name, events in zip(stuck, found, strict=True) if isinstance(events, list)
+    }
 
 
-# --------------------------------------------------------------------------- Model / EndpointConfig status
+def _ours(obj: Manifest, desired: Manifest) -> bool:
+    """An existing object is ours when it carries the Endpoint's label (Berth made it)."""
+    want = (desired["metadata"].get("labels") or {}).get(planner_labels.ENDPOINT)
+    return (obj.get("metadata", {}).get("labels") or {}).get(planner_labels.ENDPOINT) == want
 
 
-async def sync_model_status(kube: KubeClient, raw: Manifest, now: datetime) -> bool:
-    body = status_patch(raw.get("status"), model_status(raw, now))
+async def _apply_children(
+    shell: Shell, plan: Plan, children: list[Manifest], outcome: Outcome
+) -> dict[tuple[str, str], str]:
+    """Apply what differs, delete what must go; what the API server refused, by (kind, name)."""
+    kube = shell.kube
+    failures: dict[tuple[str, str], str] = {}
+
+    async def write(desired: Manifest) -> None:
+        kind, meta = desired["kind"], desired["metadata"]
+        observed = find(children, kind, meta["name"])
+        if observed is not None and observed.get("metadata", {}).get("deletionTimestamp"):
+            return  # being deleted: applied again once it is gone
+        if not needs_apply(desired, observed):
+            return
+        try:
+            if observed is None:  # not in the watch: new, not ours, or the watch lags
+                existing = await kube.get(kind_of(desired), meta["namespace"], meta["name"])
+                if existing is not None and not _ours(existing, desired):
+                    failures[(kind, meta["name"])] = (
+                        f"{kind} {meta['namespace']}/{meta['name']} exists and is not managed by Berth "
+                        f"(it lacks the label {planner_labels.ENDPOINT}): delete or rename it"
+                    )
+                    return
+                if existing is not None and not needs_apply(desired, existing):
+                    return
+            await kube.apply(applied(desired))
+            outcome.writes += 1
+        except ApiError as exc:
+            if exc.status == 404:
+                kube.forget_discovery()  # a CRD may have gone: ask again next time
+            failures[(kind, meta["name"])] = exc.describe()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            failures[(kind, meta["name"])] = describe_error(exc)
+
+    async def delete(ref: ObjectRef) -> None:
+        try:
+            if await kube.delete(RESOURCES[(ref.api_version, ref.kind)], ref.namespace, ref.name):
+                outcome.writes += 1
+        except (ApiError, TimeoutError, aiohttp.ClientError) as exc:
+            log.warning(
+                "could not delete %s %s/%s: %s", ref.kind, ref.namespace, ref.name, describe_error(exc)
+            )
+
+    existing = {(c.get("kind"), c.get("metadata", {}).get("name")) for c in children}
+    await asyncio.gather(
+        *(write(obj) for obj in plan.objects),
+        *(delete(ref) for ref in plan.delete if (ref.kind, ref.name) in existing),
+    )
+    return failures
+
+
+async def _write_status(
+    shell: Shell,
+    raw: Manifest,
+    stored: Mapping[str, Any] | None,
+    desired: dict[str, Any],
+    memory: Memory,
+    outcome: Outcome,
+) -> None:
+    body = status_patch(stored, desired)
     if body is None:
-        return False
+        return
     meta = raw["metadata"]
-    await kube.patch_status(MODELS, meta["namespace"], meta["name"], body)
-    return True
-
-
-async def sync_config_status(kube: KubeClient, references: References, raw: Manifest, now: datetime) -> bool:
-    meta = raw["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    wanted = config_model_names(raw)
-    if wanted is None:  # invalid spec: config_status says why
-        references.config_models.pop((namespace, name), None)
-        found: dict[str, Manifest] = {}
-    else:
-        references.config_models[(namespace, name)] = wanted
-        found = await _get_many(kube, MODELS, namespace, wanted)
-    body = status_patch(raw.get("status"), config_status(raw, set(found), now))
-    if body is None:
-        return False
-    await kube.patch_status(CONFIGS, namespace, name, body)
-    return True
+    await shell.kube.patch_status(ENDPOINTS, meta["namespace"], meta["name"], body)
+    memory.written_status, memory.written_over = desired, meta.get("resourceVersion")
+    outcome.writes += 1
 
 
 async def delete_children(kube: KubeClient, namespace: str, name: str) -> int:
     """Delete every object labelled as the Endpoint's child (no garbage collector needed)."""
     selector = {planner_labels.ENDPOINT: planner_labels.endpoint_label(name)}
-    listed = await asyncio.gather(
-        *(_list_optional(kube, kind, namespace, selector) for kind in ALL_CHILD_KINDS)
-    )
-    doomed = [obj for group in listed for obj in group]
+
+    async def listed(kind: Any) -> list[Manifest]:
+        try:
+            return await kube.list_objects(kind, namespace, selector)
+        except ApiError as exc:
+            if exc.status == 404:  # e.g. no Gateway API CRDs in this cluster
+                return []
+            raise
+
+    groups = await asyncio.gather(*(listed(kind) for kind in CHILD_KINDS))
+    doomed = [obj for group in groups for obj in group]
     await asyncio.gather(*(kube.delete(kind_of(obj), namespace, obj["metadata"]["name"]) for obj in doomed))
     return len(doomed)
-
-
-def planner_input(state: EndpointState, settings: Settings, metrics: dict[str, FleetMetrics]) -> PlanInput:
-    return PlanInput(
-        endpoint=state.endpoint,
-        configs=state.configs,
-        models=state.models,
-        settings=settings,
-        observed=Observed(now=datetime.now(UTC), children=state.children, pods=state.pods, metrics=metrics),
-    )

@@ -38,9 +38,11 @@ async def run_operator(
     *,
     ready_flag: asyncio.Event | threading.Event | None = None,
     stop_flag: asyncio.Event | threading.Event | None = None,
+    context: OperatorContext | None = None,
 ) -> OperatorContext:
-    """Run until stop_flag is set (or forever); returns the context for inspection."""
-    ctx = OperatorContext(
+    """Run until stop_flag is set (or forever); returns the context (pass one in to watch it run:
+    reconcile counts, API requests)."""
+    ctx = context or OperatorContext(
         settings=options.settings, server_url=options.server_url, resync_seconds=options.resync_seconds
     )
     registry = build_registry(ctx)

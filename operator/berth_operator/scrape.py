@@ -1,4 +1,5 @@
-"""Metrics of a fleet for auto rollback: its pods' own /metrics, or a Prometheus query.
+"""Metrics of a fleet for auto rollback: its pods' own /metrics, or a Prometheus query. The I/O
+only: planner/fleetmetrics.py reduces what is read, as it does for local mode.
 
 Counters are cumulative since each pod started; the planner compares them over a bake. A pod
 that cannot be scraped within the short timeout is skipped with a log line: a slow pod must
@@ -9,87 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
+from berth_serving.config import DEFAULT_PORT
+from berth_serving.metrics import INVOCATIONS_TOTAL, MODEL_LATENCY
 
+from .planner.fleetmetrics import from_series, from_texts
 from .planner.types import FleetMetrics, Manifest
 
 log = logging.getLogger(__name__)
 
-INVOCATIONS = "berth_invocations_total"
-LATENCY = "berth_model_latency_seconds"
-DEFAULT_PORT = 8080
 SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
 
-# --------------------------------------------------------------------------- parsing (pure)
-
-
-def _is_5xx(code: str) -> bool:
-    return code.startswith("5")
-
-
-def _quantile(buckets: Mapping[float, float], q: float) -> float | None:
-    """Prometheus' histogram_quantile over cumulative buckets {upper bound: count}."""
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return None
-    total = buckets[bounds[-1]]
-    rank = q * total
-    previous_bound, previous_count = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if math.isinf(bound):
-                return previous_bound  # the answer lies above the largest finite bucket
-            if count == previous_count:
-                return bound
-            return previous_bound + (bound - previous_bound) * (rank - previous_count) / (
-                count - previous_count
-            )
-        previous_bound, previous_count = bound, count
-    return previous_bound
-
-
-class MetricsSum:
-    """Counters summed over pods: requests, 5xx answers and latency histogram buckets."""
-
-    def __init__(self) -> None:
-        self.requests = 0.0
-        self.errors_5xx = 0.0
-        self.buckets: dict[float, float] = {}
-
-    def add_text(self, text: str) -> None:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == INVOCATIONS:
-                    self.requests += sample.value
-                    if _is_5xx(str(sample.labels.get("code", ""))):
-                        self.errors_5xx += sample.value
-                elif sample.name == f"{LATENCY}_bucket":
-                    bound = float(sample.labels["le"])
-                    self.buckets[bound] = self.buckets.get(bound, 0.0) + sample.value
-
-    def result(self) -> FleetMetrics:
-        p99 = _quantile(self.buckets, 0.99)
-        return FleetMetrics(
-            requests=self.requests,
-            errors_5xx=self.errors_5xx,
-            p99_latency_ms=None if p99 is None else p99 * 1000.0,
-        )
-
-
-def parse_metrics(texts: Iterable[str]) -> FleetMetrics:
-    """FleetMetrics from the Prometheus text of each pod of a fleet."""
-    total = MetricsSum()
-    for text in texts:
-        total.add_text(text)
-    return total.result()
+# --------------------------------------------------------------------------- addresses (pure)
 
 
 def pod_metrics_url(pod: Manifest) -> str | None:
@@ -132,7 +69,7 @@ async def scrape_pods(session: aiohttp.ClientSession, pods: Iterable[Manifest]) 
         return None
     texts = await asyncio.gather(*(_scrape_pod(session, url) for url in urls))
     scraped = [text for text in texts if text is not None]
-    return parse_metrics(scraped) if scraped else None
+    return from_texts(scraped) if scraped else None
 
 
 def _promql_selector(namespace: str, pod_names: Iterable[str]) -> str:
@@ -160,19 +97,16 @@ async def query_prometheus(
         return None
     selector = _promql_selector(namespace, names)
     try:
-        by_code = await _prom_query(session, base, f"sum by (code) ({INVOCATIONS}{{{selector}}})")
-        buckets = await _prom_query(session, base, f"sum by (le) ({LATENCY}_bucket{{{selector}}})")
+        by_code = await _prom_query(session, base, f"sum by (code) ({INVOCATIONS_TOTAL}{{{selector}}})")
+        buckets = await _prom_query(session, base, f"sum by (le) ({MODEL_LATENCY}_bucket{{{selector}}})")
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         log.info("prometheus query at %s failed: %s", base, exc)
         return None
     if not by_code and not buckets:
         return None
-    total = MetricsSum()
+    requests: dict[str, float] = {}
     for series in by_code:
-        value = float(series["value"][1])
-        total.requests += value
-        if _is_5xx(str(series.get("metric", {}).get("code", ""))):
-            total.errors_5xx += value
-    for series in buckets:
-        total.buckets[float(series["metric"]["le"])] = float(series["value"][1])
-    return total.result()
+        code = str(series.get("metric", {}).get("code", ""))
+        requests[code] = requests.get(code, 0.0) + float(series["value"][1])
+    latency = {float(series["metric"]["le"]): float(series["value"][1]) for series in buckets}
+    return from_series(requests, latency)

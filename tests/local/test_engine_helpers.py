@@ -15,10 +15,9 @@ from berth_operator.local.engine import (
     desired_replicas,
     local_settings,
     model_source,
-    object_key,
 )
 from berth_operator.local.modelcache import ModelCache
-from berth_operator.planner import Observed, PlanInput, plan_endpoint
+from berth_operator.planner import ObjectRef, Observed, PlanInput, plan_endpoint
 from berth_operator.settings import Settings
 from berth_serving.config import ENV
 
@@ -62,12 +61,13 @@ def test_model_source_and_replicas() -> None:
     objects, deployment = plan_objects()
     models = {("default", "m"): Model.model_validate(model("m", "file:///models/m.onnx"))}
     assert model_source(deployment, models) == ("file:///models/m.onnx", None)
-    assert model_source(deployment, {}) == ("file:///models/m.onnx", None)  # from the init container
-    applied = {object_key(o): o for o in objects}
+    with pytest.raises(ValueError, match="no Model m to fetch"):  # the Model, never args parsed back
+        model_source(deployment, {})
+    applied = {ObjectRef.of(o): o for o in objects}
     assert desired_replicas(deployment, applied) == 2
     objects, deployment = plan_objects(autoscaling=True)
     assert "replicas" not in deployment["spec"]
-    assert desired_replicas(deployment, {object_key(o): o for o in objects}) == 3  # the HPA's floor
+    assert desired_replicas(deployment, {ObjectRef.of(o): o for o in objects}) == 3  # the HPA's floor
 
 
 def test_model_cache_fetches_once_and_follows_file_changes(tmp_path: Path) -> None:

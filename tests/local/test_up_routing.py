@@ -53,9 +53,12 @@ def test_header_picks_the_variant(shared_up: BerthUp) -> None:
             for _ in range(30)
         }
         assert answered == {name}
-    # An unknown name matches no variant rule: the weighted default answers, as on a Gateway.
+    # An unknown name matches no variant rule: the replica that gets it says which names there are
+    # (it used to answer 200 from the default, silently).
     response = shared_up.invoke("split", BODY, {"X-Berth-Target-Variant": "nobody"})
-    assert response.status_code == 200 and response.headers["x-berth-variant"] in {"a", "b"}
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "nobody" in message and "a" in message and "b" in message
 
 
 def test_mirror_reaches_the_shadow_without_delaying_the_answer(shared_up: BerthUp) -> None:

@@ -172,8 +172,8 @@ def test_delete_leaves_nothing(cluster, start_operator):
     assert "Deleting" in phases
 
 
-def test_resync_with_nothing_changed_writes_nothing(cluster, start_operator):
-    start_operator(resync_seconds=0.2)
+def test_resync_with_nothing_changed_reads_and_writes_nothing(cluster, start_operator):
+    operator = start_operator(resync_seconds=0.2)
     cluster.create(model("m1"))
     cluster.create(config("cfg1", variant("blue", "m1", count=2)))
     cluster.create(endpoint("ep", "cfg1"))
@@ -182,10 +182,12 @@ def test_resync_with_nothing_changed_writes_nothing(cluster, start_operator):
     wait_for(lambda: serving(cluster), message="InService")
     time.sleep(0.5)  # let the reconciles woken by our own writes settle
 
-    start = cluster.request_count()
-    endpoint_path = api_path("Endpoint", NS, "ep")
-    wait_for(lambda: cluster.reads_of(endpoint_path, start) >= 4, message="four resyncs")
+    start, context = cluster.request_count(), operator.context
+    reconciles, requests = context.reconciles, context.kube.requests
+    wait_for(lambda: context.reconciles >= reconciles + 4, message="four resyncs")
     assert cluster.writes_since(start) == []
+    # Everything a resync needs is in the watches' indexes: not one GET or LIST either.
+    assert context.kube.requests == requests
 
 
 def test_ingress_mode_makes_an_ingress(cluster, start_operator):

@@ -65,9 +65,7 @@ def test_get_patch_status_delete_and_events(cluster):
         try:
             created = await client.create(model("m"))
             await client.merge_patch(MODELS, "ml", "m", {"metadata": {"labels": {"x": "1"}}})
-            await client.json_patch(
-                MODELS, "ml", "m", [{"op": "add", "path": "/metadata/annotations", "value": {"a": "b"}}]
-            )
+            await client.merge_patch(MODELS, "ml", "m", {"metadata": {"annotations": {"a": "b"}}})
             await client.patch_status(MODELS, "ml", "m", {"observedGeneration": 1})
             current = await client.get(MODELS, "ml", "m")
             await client.post_event(created, "Normal", "Tested", "an event about the Model")
@@ -89,6 +87,32 @@ def test_get_patch_status_delete_and_events(cluster):
     assert result["gone"] is True and result["again"] is False and result["missing"] is None
     event = cluster.list("Event", "ml")[0]
     assert event["involvedObject"]["name"] == "m" and event["reason"] == "Tested"
+
+
+def test_server_side_apply_creates_then_changes_and_drops_fields(cluster):
+    async def scenario() -> tuple[dict, dict, int]:
+        client = KubeClient(kopf.ConnectionInfo(server=cluster.url, insecure=True))
+        try:
+            body = model("m")
+            body["metadata"]["labels"] = {"a": "1", "b": "2"}
+            created = await client.apply(body)
+            body["metadata"]["labels"] = {"a": "1"}  # b is no longer set: it goes
+            changed = await client.apply(body)
+            return created, changed, client.requests
+        finally:
+            await client.close()
+
+    loop = LoopThread("client")
+    try:
+        created, changed, requests = loop.run(scenario())
+    finally:
+        loop.stop()
+    assert created["metadata"]["labels"] == {"a": "1", "b": "2"}
+    assert changed["metadata"]["labels"] == {"a": "1"}
+    assert requests == 2
+    [first, second] = [r for r in cluster.requests_since(0) if r.method.value == "PATCH"]
+    assert first.headers["Content-Type"] == "application/apply-patch+yaml"
+    assert dict(first.url.query) == {"fieldManager": "berth-operator", "force": "true", "fieldValidation": "Strict"}
 
 
 def test_resource_table_paths():

@@ -10,7 +10,8 @@ from urllib.parse import parse_qs, urlparse
 
 import aiohttp
 import pytest
-from berth_operator.scrape import parse_metrics, pod_metrics_url, query_prometheus, scrape_pods
+from berth_operator.planner.fleetmetrics import from_texts as parse_metrics
+from berth_operator.scrape import pod_metrics_url, query_prometheus, scrape_pods
 
 from tests.operator.metrics_server import FleetMetricsServer
 

@@ -35,6 +35,8 @@ import jsonpatch
 import kmock
 from kmock._internal import apps, enums, k8s, rendering
 
+from tests.support.routestatus import parents_status
+
 T = TypeVar("T")
 Manifest = dict[str, Any]
 
@@ -67,6 +69,28 @@ def selector_matches(obj: Manifest, selector: str) -> bool:
     return True
 
 
+def _is_apply(request: Any) -> bool:
+    return str(request.headers.get("Content-Type", "")).startswith("application/apply-patch")
+
+
+def applied_by_sole_manager(stored: Manifest, applied: Manifest) -> Manifest:
+    """Server-side apply when one field manager owns every field it sets and nobody else set any
+    (the operator's children): the applied labels, annotations, ownerReferences and spec replace
+    the stored ones, so a field the applier stopped setting is gone; status and server metadata stay.
+    KMock has no server-side apply; the real API server tier tests the real one."""
+    after = copy.deepcopy(stored)
+    meta = after.setdefault("metadata", {})
+    for key in ("labels", "annotations", "ownerReferences"):
+        if key in applied.get("metadata", {}):
+            meta[key] = copy.deepcopy(applied["metadata"][key])
+        else:
+            meta.pop(key, None)
+    for key, value in applied.items():
+        if key not in ("apiVersion", "kind", "metadata", "status"):
+            after[key] = copy.deepcopy(value)
+    return after
+
+
 def _now() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -79,6 +103,10 @@ class BerthKMock(k8s.KubernetesEmulator):
     # it watches named namespaces.
     namespaces: tuple[str, ...] = ("default", "ml", "other")
     _rv: int = attrs.field(default=0, init=False)
+    applies: int = attrs.field(default=0, init=False)  # server-side apply requests served
+    # Play the Gateway's controller: every HTTPRoute written is accepted (status.parents) for its
+    # generation, as Envoy Gateway does on kind. A test of refusals turns this off.
+    gateway_accepts_routes: bool = True
     _fallback_count: int = attrs.field(default=0, init=False)
     # resourceVersion at which each object was deleted, for watches resumed from an older version.
     _deleted_at: dict[Any, int] = attrs.field(factory=dict, init=False)
@@ -183,6 +211,7 @@ class BerthKMock(k8s.KubernetesEmulator):
             meta["generation"] = 1
             meta.setdefault("creationTimestamp", _now())
             meta.pop("deletionTimestamp", None)
+            self._play_gateway(request, obj)
             if object_key not in self._objects:
                 self._objects[object_key] = obj
             else:
@@ -206,6 +235,37 @@ class BerthKMock(k8s.KubernetesEmulator):
                 self._deleted_at[object_key] = self._rv
                 stored.delete()
                 await bus.put({"type": "DELETED", "object": raw})
+        elif request.action == enums.action.UPDATE and request.name is not None and _is_apply(request):
+            object_key = (request.resource, request.namespace, request.name)
+            obj = request.data
+            obj.setdefault("metadata", {})["namespace"] = request.namespace
+            if object_key not in self._objects or self._objects[object_key].deleted:
+                meta = obj["metadata"]
+                meta["uid"] = str(uuid.uuid4())
+                meta["resourceVersion"] = self._next_rv()
+                meta["generation"] = 1
+                meta.setdefault("creationTimestamp", _now())
+                self._play_gateway(request, obj)
+                if object_key not in self._objects:
+                    self._objects[object_key] = obj
+                else:
+                    self._objects[object_key].create(obj)
+                self._deleted_at.pop(object_key, None)
+                self.applies += 1
+                await bus.put({"type": "ADDED", "object": self._objects[object_key].last.raw})
+                return None
+            stored = self._objects[object_key]
+            before = copy.deepcopy(stored.raw)
+            after = applied_by_sole_manager(before, obj)
+            self.applies += 1
+            if after == before:  # the API server answers an apply that changes nothing without a write
+                return None
+            after["metadata"]["resourceVersion"] = self._next_rv()
+            if after.get("spec") != before.get("spec"):
+                after["metadata"]["generation"] = (before["metadata"].get("generation") or 1) + 1
+            self._play_gateway(request, after)
+            stored.history.append(after)
+            await bus.put({"type": "MODIFIED", "object": after})
         elif request.action == enums.action.UPDATE and request.name is not None:
             object_key = (request.resource, request.namespace, request.name)
             if object_key not in self._objects or self._objects[object_key].deleted:
@@ -232,6 +292,8 @@ class BerthKMock(k8s.KubernetesEmulator):
             if after.get("spec") != before.get("spec"):
                 generation += 1
             after["metadata"]["generation"] = generation
+            if request.subresource is None:
+                self._play_gateway(request, after)
             stored.history[-1] = after
             await bus.put({"type": "MODIFIED", "object": after})
 
@@ -240,6 +302,14 @@ class BerthKMock(k8s.KubernetesEmulator):
             if meta.get("deletionTimestamp") and not meta.get("finalizers"):
                 return object_key
         return None
+
+    def _play_gateway(self, request: rendering.Request, obj: Manifest) -> None:
+        if (
+            self.gateway_accepts_routes
+            and request.resource is not None
+            and request.resource.plural == "httproutes"
+        ):
+            obj["status"] = parents_status(obj)
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         payload: Any = await super()._serve_list(request)
@@ -488,18 +558,25 @@ class OperatorThread:
             server_url=cluster.url,
             resync_seconds=resync_seconds,
         )
+        from berth_operator.handlers import OperatorContext
+
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.error: BaseException | None = None
-        self.context: Any = None
+        # Read while it runs: reconciles counted, requests its Kubernetes client made.
+        self.context = OperatorContext(
+            settings=self.options.settings, server_url=cluster.url, resync_seconds=resync_seconds
+        )
         self._thread = threading.Thread(target=self._main, name="berth-operator", daemon=True)
 
     def _main(self) -> None:
         from berth_operator.runner import run_operator
 
         try:
-            self.context = asyncio.run(
-                run_operator(self.options, ready_flag=self.ready, stop_flag=self.stopping)
+            asyncio.run(
+                run_operator(
+                    self.options, ready_flag=self.ready, stop_flag=self.stopping, context=self.context
+                )
             )
         except BaseException as exc:  # surfaced by start()/stop()
             self.error = exc

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,32 +24,23 @@ from berth_serving.config import ENV
 
 from ..api import Endpoint, EndpointStatus
 from ..planner import labels
+from ..planner.fleetmetrics import from_texts, metrics_wanted
+from ..planner.pods import SERVER_CONTAINER
 from ..planner.types import Event, FleetMetrics, Manifest, ObjectRef, Observed, PlanInput
 from ..settings import Settings
 from .deployment import DeploymentSpec, LocalDeployment
-from .metrics import fleet_metrics
 from .modelcache import ModelCache
-from .podstatus import observed_deployment, observed_pods
+from .reported import observed_deployment, observed_pods, observed_route
 from .router import Router, Upstream
 from .source import Resources
 
 log = logging.getLogger("berth.up")
 
 Key = tuple[str, str]  # (namespace, name)
-ObjectKey = tuple[str, str, str, str]  # (apiVersion, kind, namespace, name)
 # Serving settings that belong to the pod, not to a local process.
 NOT_LOCAL = frozenset({ENV["host"], ENV["port"], ENV["model_uri"], ENV["sha256"]})
 TICK_SECONDS = 1.0
 MIN_TICK_SECONDS = 0.05
-
-
-def object_key(obj: Manifest) -> ObjectKey:
-    meta = obj["metadata"]
-    return (obj["apiVersion"], obj["kind"], meta.get("namespace", "default"), meta["name"])
-
-
-def ref_key(ref: ObjectRef) -> ObjectKey:
-    return (ref.api_version, ref.kind, ref.namespace, ref.name)
 
 
 def local_settings(settings: Settings, port: int) -> Settings:
@@ -64,7 +56,9 @@ def container_env(deployment: Manifest) -> tuple[dict[str, str], list[str]]:
     and the names that could not be carried over (valueFrom)."""
     pod = deployment["spec"]["template"]["spec"]
     containers = pod.get("containers", [])
-    server = next((c for c in containers if c.get("name") == "server"), containers[0] if containers else {})
+    server = next(
+        (c for c in containers if c.get("name") == SERVER_CONTAINER), containers[0] if containers else {}
+    )
     env: dict[str, str] = {}
     skipped: list[str] = []
     for var in server.get("env", []):
@@ -78,22 +72,16 @@ def container_env(deployment: Manifest) -> tuple[dict[str, str], list[str]]:
 
 
 def model_source(deployment: Manifest, models: Mapping[Key, Any]) -> tuple[str, str | None]:
-    """(modelUri, sha256) the Deployment's storage-initializer would fetch."""
+    """(modelUri, sha256) the Deployment's storage-initializer would fetch: the Model its pods name."""
     namespace = deployment["metadata"].get("namespace", "default")
     model_name = deployment["spec"]["template"]["metadata"].get("labels", {}).get(labels.MODEL)
     for (ns, name), model in models.items():
         if ns == namespace and labels.label_value(name) == model_name:
             return model.spec.model_uri, model.spec.sha256
-    for init in deployment["spec"]["template"]["spec"].get("initContainers", []):
-        args = list(init.get("args", []))
-        if "fetch-model" in args:
-            rest = args[args.index("fetch-model") + 1 :]
-            sha = rest[rest.index("--sha256") + 1] if "--sha256" in rest else None
-            return rest[0], sha
-    raise ValueError(f"Deployment {deployment['metadata']['name']}: no model to fetch")
+    raise ValueError(f"Deployment {deployment['metadata']['name']}: no Model {model_name} to fetch")
 
 
-def desired_replicas(deployment: Manifest, applied: Mapping[ObjectKey, Manifest]) -> int:
+def desired_replicas(deployment: Manifest, applied: Mapping[ObjectRef, Manifest]) -> int:
     if "replicas" in deployment["spec"]:
         return int(deployment["spec"]["replicas"])
     name = deployment["metadata"]["name"]
@@ -101,10 +89,6 @@ def desired_replicas(deployment: Manifest, applied: Mapping[ObjectKey, Manifest]
         if obj["kind"] == "HorizontalPodAutoscaler" and obj["spec"]["scaleTargetRef"]["name"] == name:
             return int(obj["spec"].get("minReplicas", 1))
     return 1
-
-
-def selects(selector: Mapping[str, str], labels_: Mapping[str, str]) -> bool:
-    return all(labels_.get(k) == v for k, v in selector.items())
 
 
 @dataclass
@@ -135,7 +119,7 @@ class Engine:
         self.router = router
         self.resources = Resources()
         self.endpoints: dict[Key, EndpointState] = {}
-        self.applied: dict[ObjectKey, Manifest] = {}
+        self.applied: dict[ObjectRef, Manifest] = {}
         self.deployments: dict[Key, LocalDeployment] = {}
         self.wake = asyncio.Event()
         self._echo = echo
@@ -144,6 +128,7 @@ class Engine:
         self._warned_env: set[str] = set()
         self._base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._scrape: aiohttp.ClientSession | None = None
+        self._started = time.time()
 
     # ------------------------------------------------------------------ inputs
 
@@ -204,8 +189,8 @@ class Engine:
                     log.exception("%s", message)
                 state.error = message
         gone = {
-            (obj_key[2], obj["metadata"].get("labels", {}).get(labels.ENDPOINT, ""))
-            for obj_key, obj in self.applied.items()
+            (ref.namespace, obj["metadata"].get("labels", {}).get(labels.ENDPOINT, ""))
+            for ref, obj in self.applied.items()
         }
         for namespace, endpoint_label in gone:
             if not any(
@@ -233,8 +218,8 @@ class Engine:
             )
         )
         for obj in plan.objects:
-            self.applied[object_key(obj)] = obj
-        deleted = [self.applied.pop(ref_key(ref)) for ref in plan.delete if ref_key(ref) in self.applied]
+            self.applied[ObjectRef.of(obj)] = obj
+        deleted = [self.applied.pop(ref) for ref in plan.delete if ref in self.applied]
         self._sync_fleets()
         self._sync_routes()
         for obj in deleted:
@@ -253,8 +238,9 @@ class Engine:
     def _children(self, namespace: str, endpoint_label: str) -> list[Manifest]:
         return [
             obj
-            for (_, _, ns, _), obj in sorted(self.applied.items())
-            if ns == namespace and obj["metadata"].get("labels", {}).get(labels.ENDPOINT) == endpoint_label
+            for ref, obj in sorted(self.applied.items())
+            if ref.namespace == namespace
+            and obj["metadata"].get("labels", {}).get(labels.ENDPOINT) == endpoint_label
         ]
 
     def _observed(self, obj: Manifest) -> Manifest:
@@ -264,6 +250,8 @@ class Engine:
             )
             if fleet is not None:
                 return observed_deployment(obj, fleet)
+        if obj["kind"] == "HTTPRoute":
+            return observed_route(obj, self._started)
         return obj
 
     def _pods(self, deployment: Manifest) -> list[Manifest]:
@@ -275,25 +263,30 @@ class Engine:
     async def _metrics(
         self, namespace: str, name: str, status: EndpointStatus | None
     ) -> dict[str, FleetMetrics]:
-        """During a bake, the new fleet's own /metrics, as the operator scrapes them."""
-        rollout = status.rollout if status is not None else None
-        if rollout is None or rollout.state != "Baking":
+        """The metrics the planner asked for (the new fleet's, during a bake), from the replicas'
+        own /metrics, reduced as the operator reduces its pods'."""
+        target = metrics_wanted(status)
+        if target is None:
             return {}
-        target = labels.label_value(rollout.target_endpoint_config_name)
+        config_label = labels.label_value(target)
         endpoint_label = labels.endpoint_label(name)
         upstreams = [
             replica.upstream
             for (ns, _), fleet in self.deployments.items()
             if ns == namespace
             and fleet.spec.labels.get(labels.ENDPOINT) == endpoint_label
-            and fleet.spec.labels.get(labels.ENDPOINT_CONFIG) == target
+            and fleet.spec.labels.get(labels.ENDPOINT_CONFIG) == config_label
             for replica in fleet.routable()
             if replica.upstream is not None
         ]
+        return {target: await self.scrape([u.base_url + "/metrics" for u in upstreams])}
+
+    async def scrape(self, urls: list[str]) -> FleetMetrics:
+        """The Prometheus text at each URL (those that answer), reduced to a fleet's health."""
         if self._scrape is None:
             self._scrape = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
-        texts = await asyncio.gather(*(self._fetch_text(u.base_url + "/metrics") for u in upstreams))
-        return {rollout.target_endpoint_config_name: fleet_metrics(t for t in texts if t)}
+        texts = await asyncio.gather(*(self._fetch_text(url) for url in urls))
+        return from_texts(text for text in texts if text)
 
     async def _fetch_text(self, url: str) -> str:
         assert self._scrape is not None
@@ -306,9 +299,10 @@ class Engine:
     # ------------------------------------------------------------------ carrying out
 
     def _sync_fleets(self) -> None:
-        for (_, kind, namespace, name), obj in self.applied.items():
-            if kind != "Deployment":
+        for ref, obj in self.applied.items():
+            if ref.kind != "Deployment":
                 continue
+            namespace, name = ref.namespace, ref.name
             spec = self._fleet_spec(obj)
             if spec is None:
                 continue
@@ -359,7 +353,8 @@ class Engine:
         doomed = [
             k
             for k, obj in self.applied.items()
-            if k[2] == namespace and obj["metadata"].get("labels", {}).get(labels.ENDPOINT) == endpoint_label
+            if k.namespace == namespace
+            and obj["metadata"].get("labels", {}).get(labels.ENDPOINT) == endpoint_label
         ]
         for key in doomed:
             obj = self.applied.pop(key)
@@ -373,14 +368,15 @@ class Engine:
 
     def _sync_pools(self) -> None:
         pools: dict[Key, list[Upstream]] = {}
-        for (_, kind, namespace, name), obj in self.applied.items():
-            if kind != "Service":
+        for ref, obj in self.applied.items():
+            if ref.kind != "Service":
                 continue
+            namespace, name = ref.namespace, ref.name
             selector = obj["spec"].get("selector", {})
             pools[(namespace, name)] = [
                 replica.upstream
                 for (ns, _), fleet in sorted(self.deployments.items())
-                if ns == namespace and selector and selects(selector, fleet.spec.labels)
+                if ns == namespace and selector and labels.selects(selector, fleet.spec.labels)
                 for replica in fleet.routable()
                 if replica.upstream is not None
             ]

@@ -1,9 +1,10 @@
-"""What the planner observes in local mode: Deployments and Pods synthesized from local processes.
+"""What the planner observes in local mode: the status local processes and the router report.
 
-The shapes are the ones kubelet and the Deployment controller would report, so the
-planner reads local processes exactly as it reads a cluster: readyReplicas from /ping,
-a crashed replica as a CrashLoopBackOff waiting state with its last stderr line, a failed
-model fetch as a terminated storage-initializer with the error as its message.
+The shapes are the ones kubelet, the Deployment controller and a Gateway's controller would
+write, so the planner reads local processes exactly as it reads a cluster: readyReplicas from
+/ping, a crashed replica as a CrashLoopBackOff waiting state with its last stderr line, a failed
+model fetch as a terminated storage-initializer with the error as its message, and every
+HTTPRoute accepted (the local router serves every route it is given).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
+from ..planner.pods import INIT_CONTAINER, SERVER_CONTAINER
 from .deployment import LocalDeployment
 from .replica import Replica
 
 Manifest = dict[str, Any]
 
-SERVER_CONTAINER = "server"
-INIT_CONTAINER = "storage-initializer"
+ROUTER = "berth.dev/local-router"  # the controllerName the local router reports routes with
 
 
 def _time(epoch: float) -> str:
@@ -128,3 +129,26 @@ def observed_pods(fleet: LocalDeployment) -> list[Manifest]:
     if fleet.fetch_state != "Fetched" and len(fleet.current()) < fleet.spec.replicas:
         pods += _initializing_pods(fleet)
     return pods
+
+
+def observed_route(route: Manifest, since: float) -> Manifest:
+    """The HTTPRoute with the status a Gateway writes once it serves it: every parent accepted it."""
+    observed = copy.deepcopy(route)
+    generation = observed["metadata"].setdefault("generation", 1)
+    conditions = [
+        {
+            "type": type_,
+            "status": "True",
+            "reason": type_,
+            "message": "served by the berth up router",
+            "observedGeneration": generation,
+            "lastTransitionTime": _time(since),
+        }
+        for type_ in ("Accepted", "ResolvedRefs")
+    ]
+    parents = [
+        {"parentRef": dict(ref), "controllerName": ROUTER, "conditions": conditions}
+        for ref in observed.get("spec", {}).get("parentRefs", [])
+    ]
+    observed["status"] = {"parents": parents}
+    return observed
