@@ -5,7 +5,7 @@ and removes the ones it stopped setting. A write is sent only when it would chan
 the object carries the digest of the last applied plan in an annotation, so a plan that changed
 (a field added, changed or dropped) is applied; and a field Berth sets that someone else changed
 since is applied back (drift). Quantities are planned in the API server's spelling
-(planner/quantity.py), so a read compares equal to the plan and an idle resync writes nothing.
+(quantity.py), so a read compares equal to the plan and an idle resync writes nothing.
 """
 
 from __future__ import annotations

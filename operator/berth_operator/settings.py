@@ -7,13 +7,14 @@ defaults below apply.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .api import ResourceRequirements
+from .quantity import QUANTITY_PATTERN
 
 DEFAULT_CPU_IMAGE = "ghcr.io/berth-dev/berth-serving:0.1.0"
 DEFAULT_GPU_IMAGE = "ghcr.io/berth-dev/berth-serving-gpu:0.1.0"
@@ -23,30 +24,50 @@ class SettingsModel(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+Quantity = int | float | str  # 1, 0.5 or "500m", as a YAML file or a Helm value gives it
+
+
+class Quantities(SettingsModel):
+    """Requests and limits of one replica; numbers are allowed (cpu: 0.5), as Helm values give them."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)  # true is not 1
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _quantities(cls, values: dict[str, Quantity]) -> dict[str, Quantity]:
+        for name, value in values.items():
+            if not re.match(QUANTITY_PATTERN, str(value)):
+                raise ValueError(f"{name}: {value!r} is not a quantity (like 2, 0.5, 500m or 2Gi)")
+        return values
+
+
 class InstanceType(SettingsModel):
     """Hardware for one replica: what a variant's instanceType names."""
 
     accelerator: Literal["nvidia"] | None = None
-    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    resources: Quantities = Field(default_factory=Quantities)
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     # The model volume's sizeLimit: the largest model (unpacked) a replica of this type can hold.
-    model_volume_size_limit: str = Field(default="10Gi", alias="modelVolumeSizeLimit")
+    model_volume_size_limit: str = Field(
+        default="10Gi", alias="modelVolumeSizeLimit", pattern=QUANTITY_PATTERN
+    )
 
 
 def default_catalog() -> dict[str, InstanceType]:
     def cpu(cores: str, memory: str) -> InstanceType:
-        quantities: dict[str, int | str] = {"cpu": cores, "memory": memory}
-        return InstanceType(resources=ResourceRequirements(requests=quantities, limits=dict(quantities)))
+        quantities: dict[str, Quantity] = {"cpu": cores, "memory": memory}
+        return InstanceType(resources=Quantities(requests=quantities, limits=dict(quantities)))
 
     return {
         "cpu-small": cpu("1", "2Gi"),
         "cpu-large": cpu("4", "8Gi"),
         "gpu-small": InstanceType(
             accelerator="nvidia",
-            resources=ResourceRequirements(
-                requests={"cpu": "2", "memory": "8Gi"}, limits={"nvidia.com/gpu": 1}
-            ),
+            resources=Quantities(requests={"cpu": "2", "memory": "8Gi"}, limits={"nvidia.com/gpu": 1}),
             tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         ),
     }

@@ -80,3 +80,55 @@ def test_operator_refuses_what_the_schema_would_miss(tmp_path: Path) -> None:
     path.write_text("routing: {mode: gateway, gatway: {}}\n")
     with pytest.raises(SettingsError, match="gatway"):
         load_settings(path)
+
+
+# (values under settings.instanceTypes.t, accepted?) -- the chart's schema and the operator's
+# loader must give the same answer for each: `cpu: 0.5` once passed the schema and then
+# crash-looped the operator.
+INSTANCE_TYPE_CASES = [
+    ({"resources": {"requests": {"cpu": 0.5}}}, True),
+    ({"resources": {"requests": {"cpu": 2, "memory": "2Gi"}}}, True),
+    ({"resources": {"requests": {"cpu": "500m"}, "limits": {"nvidia.com/gpu": 1}}}, True),
+    ({"resources": {"requests": {"cpu": "lots"}}}, False),
+    ({"resources": {"requests": {"cpu": -1}}}, False),
+    ({"resources": {"requests": {"cpu": "-1"}}}, False),
+    ({"resources": {"requests": {"cpu": True}}}, False),
+    ({"resources": {"request": {"cpu": 1}}}, False),
+    ({"modelVolumeSizeLimit": "40Gi"}, True),
+    ({"modelVolumeSizeLimit": "forty"}, False),
+    ({"accelerator": "nvidia"}, True),
+    ({"accelerator": "tpu"}, False),
+    ({"nodeSelector": {"pool": "gpu"}}, True),
+    ({"nodeSelector": {"pool": 1}}, False),
+    ({"tolerations": [{"key": "k", "operator": "Exists"}]}, True),
+    ({"gpus": 1}, False),
+]
+
+
+@pytest.mark.parametrize(("instance_type", "accepted"), INSTANCE_TYPE_CASES)
+def test_schema_and_loader_agree(instance_type: dict[str, object], accepted: bool) -> None:
+    import json
+
+    import jsonschema
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    values = {"settings": {"instanceTypes": {"t": instance_type}}}
+    schema_says = jsonschema.Draft7Validator(schema).is_valid(values)
+    try:
+        Settings.model_validate({"instanceTypes": {"t": instance_type}})
+        loader_says = True
+    except ValueError:
+        loader_says = False
+    assert (schema_says, loader_says) == (accepted, accepted)
+
+
+def test_the_schema_spells_quantities_as_the_operator_does() -> None:
+    import json
+
+    from berth_operator.quantity import QUANTITY_PATTERN
+
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    instance = schema["properties"]["settings"]["properties"]["instanceTypes"]["additionalProperties"]["anyOf"][0]
+    requests = instance["properties"]["resources"]["properties"]["requests"]["additionalProperties"]
+    assert {"type": "string", "pattern": QUANTITY_PATTERN} in requests["anyOf"]
+    assert instance["properties"]["modelVolumeSizeLimit"]["pattern"] == QUANTITY_PATTERN

@@ -423,7 +423,7 @@ def test_long_names_give_valid_labels_and_admitted_objects() -> None:
 
 
 def test_quantities_are_written_as_the_api_server_stores_them() -> None:
-    from berth_operator.planner.quantity import canonical
+    from berth_operator.quantity import canonical
 
     # As kube-apiserver 1.36 stored them: a planned "0.5" read back as 500m was patched forever.
     written = [1, 2.0, 0.5, "0.5", "1000m", "1024Mi", "1536Mi", "1.5Gi", "1000", "1500", "2Gi", "100m", "0"]

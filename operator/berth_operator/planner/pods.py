@@ -15,7 +15,7 @@ from berth_serving.config import MODEL_MOUNT_PATH
 
 from ..api import ModelSpec
 from ..settings import InstanceType, Settings
-from .quantity import canonical, to_bytes
+from ..quantity import canonical, to_bytes
 
 INIT_CONTAINER = "storage-initializer"
 SERVER_CONTAINER = "server"

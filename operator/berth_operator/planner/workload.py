@@ -24,7 +24,7 @@ from .pods import (
     node_placement,
     pod_scaffold,
 )
-from .quantity import canonical
+from ..quantity import canonical
 from .types import Manifest
 
 PORT_NAME = "http"

@@ -15,7 +15,11 @@ from __future__ import annotations
 import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
-_PATTERN = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
+_SUFFIX = r"(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?"
+_PATTERN = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))" + _SUFFIX + "$")
+# A resource quantity as settings and the chart's values.schema.json accept it (never negative);
+# a test keeps the chart's pattern equal to this one.
+QUANTITY_PATTERN = r"^(\d+\.?\d*|\.\d+)" + _SUFFIX + "$"
 _BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 _DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 _DECIMAL_SUFFIX = {exponent: suffix for suffix, exponent in _DECIMAL.items()}
