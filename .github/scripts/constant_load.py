@@ -5,6 +5,10 @@ Standard library only (runs on a bare CI runner). Writes a JSON summary and exit
 request failed (non-200 answer, connection error or timeout), or when none was sent.
 
     constant_load.py --url URL --stop-file /tmp/stop --summary /tmp/load.json [--workers 4]
+                     [--min-requests 1]
+
+It stops once the stop file exists and at least --min-requests requests were made (answered or
+failed), so a slow start never ends a run with nothing measured.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ class Tally:
         self.variants: Counter[str] = Counter()
         self.failures: list[str] = []
 
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.statuses.values())
+
     def record(self, status: str, variant: str | None, failure: str | None) -> None:
         with self.lock:
             self.statuses[status] += 1
@@ -37,8 +45,8 @@ class Tally:
                 self.failures.append(failure)
 
 
-def worker(url: str, stop_file: Path, tally: Tally, timeout: float) -> None:
-    while not stop_file.exists():
+def worker(url: str, stop_file: Path, tally: Tally, timeout: float, min_requests: int) -> None:
+    while not stop_file.exists() or tally.total() < min_requests:
         request = urllib.request.Request(url, data=BODY, headers={"Content-Type": "application/json"})
         started = time.strftime("%H:%M:%S")
         try:
@@ -59,13 +67,12 @@ def main() -> int:
     parser.add_argument("--summary", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--min-requests", type=int, default=1)
     args = parser.parse_args()
 
     tally = Tally()
-    threads = [
-        threading.Thread(target=worker, args=(args.url, args.stop_file, tally, args.timeout), daemon=True)
-        for _ in range(args.workers)
-    ]
+    work = (args.url, args.stop_file, tally, args.timeout, args.min_requests)
+    threads = [threading.Thread(target=worker, args=work, daemon=True) for _ in range(args.workers)]
     started = time.monotonic()
     for thread in threads:
         thread.start()

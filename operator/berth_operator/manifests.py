@@ -8,7 +8,7 @@ the operator, so a bad manifest is refused with the words the cluster would use,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,6 @@ class Manifests:
 
     def endpoint_resources(self) -> list[Endpoint]:
         return [item.resource for item in self.endpoints if isinstance(item.resource, Endpoint)]
-
-    def model_base_dir(self, name: str, namespace: str) -> Path | None:
-        for item in self.models:
-            if item.resource.name == name and item.resource.namespace == namespace:
-                return item.base_dir
-        return None
 
 
 def resolve_file_uri(uri: str, base_dir: Path | str) -> str:
@@ -161,10 +155,3 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
     if problems:
         raise ManifestError("\n".join(problems))
     return result
-
-
-def load_resources(paths: Sequence[str | Path]) -> list[Resource]:
-    """All loaded resources, in file order."""
-    manifests = load_manifests(paths)
-    items = manifests.models + manifests.configs + manifests.endpoints
-    return [item.resource for item in sorted(items, key=lambda i: (str(i.source), i.document))]

@@ -8,7 +8,6 @@ drift from what kopf looks for.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import helm_python as helm
@@ -71,12 +70,17 @@ def test_two_replicas_elect_one_active_operator(cluster: KMockCluster) -> None:
             replica.options.standalone = False
             replica.options.peering_name = peering_name
             replicas.append(replica.start())
-        time.sleep(1.0)  # both have announced themselves in the peering object
+        path = f"/apis/kopf.dev/v1/clusterkopfpeerings/{peering_name}"
+        wait_for(
+            lambda: len(cluster.http.get(path).json().get("status") or {}) == 2,
+            timeout=20,
+            message="both replicas announced in the peering object",
+        )
         cluster.create(model("m1"))
         cluster.create(config("cfg1", variant("blue", "m1")))
         cluster.create(endpoint("ep", "cfg1"))
         wait_for(lambda: children_of(cluster, "Deployment", "ep"), timeout=20, message="a replica reconciled")
-        peers = cluster.http.get(f"/apis/kopf.dev/v1/clusterkopfpeerings/{peering_name}").json()["status"]
+        peers = cluster.http.get(path).json()["status"]
         assert len(peers) == 2
         assert len({peer["priority"] for peer in peers.values()}) == 2, "equal priorities pause both replicas"
     finally:

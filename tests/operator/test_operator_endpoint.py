@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import pytest
 from berth_operator.settings import Settings
@@ -17,7 +17,7 @@ from tests.operator.builders import (
     set_deployments_ready,
     variant,
 )
-from tests.support.kmockk8s import KMockCluster, api_path, wait_for
+from tests.support.kmockk8s import KMockCluster, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 CHILD_KINDS = ("Deployment", "Service", "HTTPRoute", "HorizontalPodAutoscaler", "PodDisruptionBudget")
@@ -172,6 +172,17 @@ def test_delete_leaves_nothing(cluster, start_operator):
     assert "Deleting" in phases
 
 
+def settle(cluster: KMockCluster, context: Any) -> None:
+    """Until two reconciles in a row wrote nothing (the echoes of our own writes are answered)."""
+
+    def quiet() -> bool:
+        start, reconciles = cluster.request_count(), context.reconciles
+        wait_for(lambda: context.reconciles >= reconciles + 2, message="two reconciles")
+        return cluster.writes_since(start) == []
+
+    wait_for(quiet, timeout=20, interval=0, message="a reconcile that writes nothing")
+
+
 def test_resync_with_nothing_changed_reads_and_writes_nothing(cluster, start_operator):
     operator = start_operator(resync_seconds=0.2)
     cluster.create(model("m1"))
@@ -180,7 +191,7 @@ def test_resync_with_nothing_changed_reads_and_writes_nothing(cluster, start_ope
     wait_for(lambda: children(cluster, "HTTPRoute", "ep"), message="children")
     set_deployments_ready(cluster, "ep")
     wait_for(lambda: serving(cluster), message="InService")
-    time.sleep(0.5)  # let the reconciles woken by our own writes settle
+    settle(cluster, operator.context)  # the reconciles woken by our own writes are answered
 
     start, context = cluster.request_count(), operator.context
     reconciles, requests = context.reconciles, context.kube.requests

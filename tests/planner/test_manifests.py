@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from berth_operator.api import Endpoint, EndpointConfig, Model
-from berth_operator.manifests import ManifestError, load_manifests, load_resources, resolve_file_uri
+from berth_operator.manifests import ManifestError, load_manifests, resolve_file_uri
 
 MODEL = """\
 apiVersion: berth.dev/v1alpha1
@@ -56,11 +56,11 @@ def test_directory_recursive_and_sorted(tmp_path: Path) -> None:
     write(tmp_path / "a" / "config.yaml", CONFIG)
     write(tmp_path / "c.yaml", ENDPOINT)
     write(tmp_path / "notes.txt", "not yaml: [")
-    resources = load_resources([tmp_path])
-    assert [type(r) for r in resources] == [EndpointConfig, Model, Endpoint]
     loaded = load_manifests([tmp_path])
+    in_file_order = sorted(loaded.models + loaded.configs + loaded.endpoints, key=lambda i: str(i.source))
+    assert [type(i.resource) for i in in_file_order] == [EndpointConfig, Model, Endpoint]
     assert loaded.models[0].source == tmp_path / "b" / "model.yml"
-    assert loaded.model_base_dir("m1", "default") == tmp_path / "b"
+    assert loaded.models[0].base_dir == tmp_path / "b"  # relative file:// URIs resolve from here
 
 
 def test_several_paths(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """KMock (the kopf author's Kubernetes API emulator) made fit to run kopf, plus a threaded harness.
 
-Plain KMock 0.8 does not run kopf (see /work/shared/design/TESTING.md). `BerthKMock` fixes it:
+Plain KMock 0.8 does not run kopf (see the project's design notes on testing). `BerthKMock` fixes it:
 resourceVersion/uid/generation on create, resourceVersion bumps on every write and generation
 bumps on spec changes, a resourceVersion on lists, 422 for a failed JSON-patch `test`, the URL's
 namespace copied into created objects, watches that take their snapshot and subscribe to the
@@ -33,7 +33,6 @@ import attrs
 import httpx
 import jsonpatch
 import kmock
-from kmock._internal import apps, enums, k8s, rendering
 
 from tests.support.routestatus import parents_status
 
@@ -96,7 +95,7 @@ def _now() -> str:
 
 
 @attrs.define(kw_only=True)
-class BerthKMock(k8s.KubernetesEmulator):
+class BerthKMock(kmock.KubernetesEmulator):
     """KubernetesEmulator with the fixes kopf needs (see the module docstring)."""
 
     # Namespaces that exist (static): KMock cannot parse /api/v1/namespaces, kopf lists it when
@@ -156,7 +155,7 @@ class BerthKMock(k8s.KubernetesEmulator):
         self._rv += 1
         return str(self._rv)
 
-    async def _handle(self, request: rendering.Request) -> Any:
+    async def _handle(self, request: kmock.Request) -> Any:
         delete_key = None
         if request.resource is not None:
             async with self._lock:
@@ -164,8 +163,8 @@ class BerthKMock(k8s.KubernetesEmulator):
         try:
             serve = self._fast_path(request)
             if serve is not None:
-                return await rendering.Response(payload=serve)(request)
-            return await apps.RawHandler._handle(self, request)
+                return await kmock.Response(payload=serve)(request)
+            return await kmock.RawHandler._handle(self, request)
         finally:
             if delete_key is not None and request.resource is not None:
                 async with self._lock:
@@ -175,17 +174,17 @@ class BerthKMock(k8s.KubernetesEmulator):
                     self._objects[delete_key].delete()
                     await self._buses[request.resource].put({"type": "DELETED", "object": raw})
 
-    def _fast_path(self, request: rendering.Request) -> Any:
+    def _fast_path(self, request: kmock.Request) -> Any:
         """The serving method for a plain resource request, skipping KMock's reaction matching
         (about 10 ms a request; this harness adds no reactions of its own)."""
         if self._payloads_are_fallbacks_only and request.resource is not None and request.resource.plural:
             return {
-                enums.action.LIST: self._serve_list,
-                enums.action.WATCH: self._serve_watch,
-                enums.action.FETCH: self._serve_fetch,
-                enums.action.CREATE: self._serve_create,
-                enums.action.UPDATE: self._serve_update,
-                enums.action.DELETE: self._serve_delete,
+                kmock.action.LIST: self._serve_list,
+                kmock.action.WATCH: self._serve_watch,
+                kmock.action.FETCH: self._serve_fetch,
+                kmock.action.CREATE: self._serve_create,
+                kmock.action.UPDATE: self._serve_update,
+                kmock.action.DELETE: self._serve_delete,
             }.get(request.action)  # type: ignore[arg-type]
         return None
 
@@ -193,19 +192,19 @@ class BerthKMock(k8s.KubernetesEmulator):
     def _payloads_are_fallbacks_only(self) -> bool:
         return len(self._payloads) == self._fallback_count
 
-    async def _mutate(self, request: rendering.Request) -> Any:
+    async def _mutate(self, request: kmock.Request) -> Any:
         """Apply a write to the stored objects; return the key to purge after responding, if any."""
         assert request.resource is not None
         object_key = None
         bus = self._buses[request.resource]
-        if request.action == enums.action.CREATE:
+        if request.action == kmock.action.CREATE:
             obj = request.data
             meta = obj.setdefault("metadata", {})
             if request.namespace:
                 meta["namespace"] = request.namespace
             object_key = (request.resource, meta.get("namespace"), meta.get("name"))
             if object_key in self._objects and not self._objects[object_key].deleted:
-                raise k8s.KubernetesObjectConflictError()
+                raise kmock.KubernetesError(status=409, reason="AlreadyExists", message="the object exists")
             meta["uid"] = str(uuid.uuid4())
             meta["resourceVersion"] = self._next_rv()
             meta["generation"] = 1
@@ -218,10 +217,10 @@ class BerthKMock(k8s.KubernetesEmulator):
                 self._objects[object_key].create(obj)
             self._deleted_at.pop(object_key, None)
             await bus.put({"type": "ADDED", "object": self._objects[object_key].last.raw})
-        elif request.action == enums.action.DELETE and request.name is not None:
+        elif request.action == kmock.action.DELETE and request.name is not None:
             object_key = (request.resource, request.namespace, request.name)
             if object_key not in self._objects or self._objects[object_key].deleted:
-                raise k8s.KubernetesObjectNotFoundError()
+                raise kmock.KubernetesObjectNotFoundError()
             stored = self._objects[object_key]
             meta = stored.raw.get("metadata", {})
             if meta.get("deletionTimestamp"):
@@ -235,7 +234,7 @@ class BerthKMock(k8s.KubernetesEmulator):
                 self._deleted_at[object_key] = self._rv
                 stored.delete()
                 await bus.put({"type": "DELETED", "object": raw})
-        elif request.action == enums.action.UPDATE and request.name is not None and _is_apply(request):
+        elif request.action == kmock.action.UPDATE and request.name is not None and _is_apply(request):
             object_key = (request.resource, request.namespace, request.name)
             obj = request.data
             obj.setdefault("metadata", {})["namespace"] = request.namespace
@@ -266,25 +265,25 @@ class BerthKMock(k8s.KubernetesEmulator):
             self._play_gateway(request, after)
             stored.history.append(after)
             await bus.put({"type": "MODIFIED", "object": after})
-        elif request.action == enums.action.UPDATE and request.name is not None:
+        elif request.action == kmock.action.UPDATE and request.name is not None:
             object_key = (request.resource, request.namespace, request.name)
             if object_key not in self._objects or self._objects[object_key].deleted:
-                raise k8s.KubernetesObjectNotFoundError()
+                raise kmock.KubernetesObjectNotFoundError()
             stored = self._objects[object_key]
             before = copy.deepcopy(stored.raw)
             patch = request.data
             if isinstance(patch, dict):
                 expected = (patch.get("metadata") or {}).get("resourceVersion")
                 if expected is not None and expected != before["metadata"].get("resourceVersion"):
-                    raise k8s.KubernetesError(status=409, reason="Conflict", message="stale resourceVersion")
+                    raise kmock.KubernetesError(status=409, reason="Conflict", message="stale resourceVersion")
                 stored.patch(patch)
             else:
                 try:
                     after = jsonpatch.apply_patch(before, list(patch or []), in_place=False)
                 except jsonpatch.JsonPatchTestFailed as exc:
-                    raise k8s.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
+                    raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
                 except (jsonpatch.JsonPatchConflict, jsonpatch.JsonPointerException) as exc:
-                    raise k8s.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
+                    raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
                 stored.history.append(after)
             after = copy.deepcopy(stored.raw)
             after["metadata"]["resourceVersion"] = self._next_rv()
@@ -303,7 +302,7 @@ class BerthKMock(k8s.KubernetesEmulator):
                 return object_key
         return None
 
-    def _play_gateway(self, request: rendering.Request, obj: Manifest) -> None:
+    def _play_gateway(self, request: kmock.Request, obj: Manifest) -> None:
         if (
             self.gateway_accepts_routes
             and request.resource is not None
@@ -311,7 +310,7 @@ class BerthKMock(k8s.KubernetesEmulator):
         ):
             obj["status"] = parents_status(obj)
 
-    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+    async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         payload: Any = await super()._serve_list(request)
         payload["metadata"]["resourceVersion"] = str(self._rv)
         selector = request.params.get("labelSelector")
@@ -319,7 +318,7 @@ class BerthKMock(k8s.KubernetesEmulator):
             payload["items"] = [item for item in payload["items"] if selector_matches(item, selector)]
         return payload  # type: ignore[no-any-return]
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
         yield b""
         assert request.resource is not None
         since = int(request.params.get("resourceVersion") or 0)
@@ -369,7 +368,7 @@ class BerthKMock(k8s.KubernetesEmulator):
         return created
 
     @staticmethod
-    def _matches(request: rendering.Request, resource: Any, namespace: str | None, name: str) -> bool:
+    def _matches(request: kmock.Request, resource: Any, namespace: str | None, name: str) -> bool:
         return bool(
             resource == request.resource
             and (request.namespace is None or namespace == request.namespace)
@@ -502,7 +501,7 @@ class KMockCluster:
     def request_count(self) -> int:
         return len(self.handler._requests)
 
-    def requests_since(self, start: int) -> list[rendering.Request]:
+    def requests_since(self, start: int) -> list[kmock.Request]:
         return list(self.handler._requests[start:])
 
     def writes_since(self, start: int, agents: tuple[str, ...] = ("berth-operator", "kopf")) -> list[str]:
