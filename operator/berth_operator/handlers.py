@@ -26,10 +26,9 @@ import kopf
 
 from . import api
 from .events import EventRecorder
-from .kube import ApiError, KubeClient, describe_error
+from .kube import ApiError, KubeClient, berth_kind, describe_error
 from .planner import labels as berth_labels
 from .reconcile import (
-    ENDPOINTS,
     Memory,
     Outcome,
     Shell,
@@ -43,7 +42,11 @@ from .sync_status import sync_config_status, sync_model_status
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION = api.GROUP, api.VERSION
+# (group, version, plural) of Berth's own kinds, from the API types.
+MODELS, CONFIGS, ENDPOINTS, TRANSFORMJOBS = (
+    (api.GROUP, api.VERSION, cls.PLURAL)
+    for cls in (api.Model, api.EndpointConfig, api.Endpoint, api.TransformJob)
+)
 FINALIZER = "berth.dev/finalizer"
 MANAGED = f"{berth_labels.MANAGED_BY}={berth_labels.MANAGED_BY_VALUE}"  # every object Berth makes carries it
 ERROR_BACKOFF_MAX = 30.0
@@ -195,26 +198,26 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
 
     # ------------------------------------------------------------------ indexes
 
-    @kopf.index(GROUP, VERSION, "endpointconfigs", registry=registry, id="configs_by_name")
+    @kopf.index(*CONFIGS, registry=registry, id="configs_by_name")
     def configs_by_name(namespace: str | None, name: str, body: Any, **_: Any) -> Any:
         return {(namespace or "default", name): plain(body)}
 
-    @kopf.index(GROUP, VERSION, "models", registry=registry, id="models_by_name")
+    @kopf.index(*MODELS, registry=registry, id="models_by_name")
     def models_by_name(namespace: str | None, name: str, body: Any, **_: Any) -> Any:
         return {(namespace or "default", name): plain(body)}
 
-    @kopf.index(GROUP, VERSION, "endpointconfigs", registry=registry, id="configs_by_model")
+    @kopf.index(*CONFIGS, registry=registry, id="configs_by_model")
     def configs_by_model(namespace: str | None, name: str, spec: Any, **_: Any) -> Any:
         variants = [*(spec.get("productionVariants") or []), *(spec.get("shadowProductionVariants") or [])]
         return {
             (namespace or "default", str(v.get("modelName"))): name for v in variants if isinstance(v, dict)
         }
 
-    @kopf.index(GROUP, VERSION, "endpoints", registry=registry, id="endpoints_by_config")
+    @kopf.index(*ENDPOINTS, registry=registry, id="endpoints_by_config")
     def endpoints_by_config(namespace: str | None, name: str, body: Any, **_: Any) -> Any:
         return {(namespace or "default", config): name for config in config_names_of(dict(body))}
 
-    @kopf.index(GROUP, VERSION, "endpoints", registry=registry, id="endpoints_by_label")
+    @kopf.index(*ENDPOINTS, registry=registry, id="endpoints_by_label")
     def endpoints_by_label(namespace: str | None, name: str, **_: Any) -> Any:
         return {(namespace or "default", berth_labels.endpoint_label(name)): name}
 
@@ -228,7 +231,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
 
     # ------------------------------------------------------------------ Endpoint
 
-    @kopf.on.event(GROUP, VERSION, "endpoints", registry=registry)
+    @kopf.on.event(*ENDPOINTS, registry=registry)
     def endpoint_changed(*, type: str, namespace: str | None, name: str, **_: Any) -> None:
         key = (namespace or "default", name)
         if type == "DELETED":
@@ -236,7 +239,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         else:
             ctx.wake(key)
 
-    @kopf.daemon(GROUP, VERSION, "endpoints", registry=registry, cancellation_timeout=5.0)
+    @kopf.daemon(*ENDPOINTS, registry=registry, cancellation_timeout=5.0)
     async def endpoint_daemon(
         *, stopped: kopf.DaemonStopped, namespace: str | None, name: str, body: Any, **kwargs: Any
     ) -> None:
@@ -285,7 +288,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
                 # Our own writes come back as a burst of events: one reconcile answers them all.
                 await asyncio.sleep(WAKE_COALESCE)
 
-    @kopf.on.delete(GROUP, VERSION, "endpoints", registry=registry)
+    @kopf.on.delete(*ENDPOINTS, registry=registry)
     async def endpoint_deleted(*, namespace: str | None, name: str, status: Any, **_: Any) -> None:
         key = (namespace or "default", name)
         ctx.deleting.add(key)
@@ -293,7 +296,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         async with ctx.lock(key):
             if (status or {}).get("phase") != "Deleting":
                 try:
-                    await kube.patch_status(ENDPOINTS, key[0], name, {"phase": "Deleting"})
+                    await kube.patch_status(berth_kind("Endpoint"), key[0], name, {"phase": "Deleting"})
                 except ApiError as exc:
                     if exc.status != 404:
                         raise
@@ -330,7 +333,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             ctx.require_shell().kube, raw, {n for n in names if n in models}, datetime.now(UTC)
         )
 
-    @kopf.on.event(GROUP, VERSION, "models", registry=registry)
+    @kopf.on.event(*MODELS, registry=registry)
     async def model_changed(*, type: str, body: Any, namespace: str | None, name: str, **kwargs: Any) -> None:
         namespace = namespace or "default"
         if type != "DELETED":
@@ -341,7 +344,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
                 await sync_config(namespace, raw, kwargs)
             wake_users_of_config(namespace, config, kwargs)
 
-    @kopf.on.event(GROUP, VERSION, "endpointconfigs", registry=registry)
+    @kopf.on.event(*CONFIGS, registry=registry)
     async def config_changed(
         *, type: str, body: Any, namespace: str | None, name: str, **kwargs: Any
     ) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import kopf
 
-from .handlers import GROUP, JOBS, PODS, VERSION, first, plain
+from .handlers import JOBS, MODELS, PODS, TRANSFORMJOBS, first, plain
 from .kube import describe_error
 from .planner.transform import TRANSFORM_JOB, transform_selector
 from .reconcile_transform import TransformSnapshot, reconcile_transform
@@ -28,11 +28,11 @@ def register_transform_handlers(registry: kopf.OperatorRegistry, ctx: OperatorCo
     """The TransformJob handlers, on the registry of one operator run (see handlers.build_registry)."""
     owned = {TRANSFORM_JOB: kopf.PRESENT}
 
-    @kopf.index(GROUP, VERSION, "transformjobs", registry=registry, id="transforms_by_label")
+    @kopf.index(*TRANSFORMJOBS, registry=registry, id="transforms_by_label")
     def transforms_by_label(namespace: str | None, name: str, body: Any, **_: Any) -> Any:
         return {(namespace or "default", transform_selector(name)[TRANSFORM_JOB]): plain(body)}
 
-    @kopf.index(GROUP, VERSION, "transformjobs", registry=registry, id="waiting_transforms_by_model")
+    @kopf.index(*TRANSFORMJOBS, registry=registry, id="waiting_transforms_by_model")
     def waiting_transforms_by_model(
         namespace: str | None, name: str, spec: Any, status: Any, **_: Any
     ) -> Any:
@@ -69,12 +69,12 @@ def register_transform_handlers(registry: kopf.OperatorRegistry, ctx: OperatorCo
             )
             raise
 
-    @kopf.on.event(GROUP, VERSION, "transformjobs", registry=registry)
+    @kopf.on.event(*TRANSFORMJOBS, registry=registry)
     async def transform_changed(*, type: str, namespace: str | None, name: str, **kwargs: Any) -> None:
         if type != "DELETED":
             await reconcile(namespace or "default", transform_selector(name)[TRANSFORM_JOB], kwargs)
 
-    @kopf.on.event(GROUP, VERSION, "models", id="transform_model_changed", registry=registry)
+    @kopf.on.event(*MODELS, id="transform_model_changed", registry=registry)
     async def model_changed(*, type: str, namespace: str | None, name: str, **kwargs: Any) -> None:
         """A TransformJob waiting for this Model starts when it appears."""
         namespace = namespace or "default"
