@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -108,3 +109,85 @@ def test_pod_mode_s3_shard_from_job_completion_index(
     assert result.returncode == 0, result.stderr
     listing = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix="out/")
     assert sorted(item["Key"] for item in listing["Contents"]) == ["out/p1.csv.out", "out/p3.csv.out"]
+
+
+# --- a record larger than maxPayloadBytes ------------------------------------------------------------
+
+
+def peak_rss_bytes(command: list[str], env: dict[str, str]) -> tuple[int, int, str]:
+    """(exit code, peak RSS of that process alone, stderr): wait4 gives the child's own rusage."""
+    import os
+
+    with open(os.devnull, "wb") as devnull, tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, env=env, stdout=devnull, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        errors.seek(0)
+        return process.returncode, usage.ru_maxrss * 1024, errors.read().decode()
+
+
+@pytest.mark.timeout(180)
+def test_a_huge_line_is_a_malformed_record_read_in_bounded_memory(
+    transform_models: SimpleNamespace, tmp_path: Path
+) -> None:
+    line_bytes = 32 * 2**20
+    good = csv_bytes(rows(200, 4))
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "x.csv").write_bytes(good + good)
+    (tmp_path / "huge").mkdir()
+    with (tmp_path / "huge" / "x.csv").open("wb") as out:
+        out.write(good)
+        out.write(b"0.5," * (line_bytes // 4) + b"\n")  # line 201: 32 MiB, a record no payload holds
+        out.write(good)
+    limit = str(2**20)
+    env = berth_env(BERTH_TERMINATION_LOG=str(tmp_path / "log"))
+
+    def run(name: str) -> tuple[int, int, str]:
+        command = [
+            *BERTH,
+            "transform",
+            "--model",
+            str(transform_models.logreg),
+            "--input",
+            str(tmp_path / name),
+        ]
+        command += [
+            "--output",
+            str(tmp_path / f"{name}-out"),
+            "--max-payload-bytes",
+            limit,
+            "--max-errors",
+            "1",
+        ]
+        return peak_rss_bytes(command, env)
+
+    code, baseline, stderr = run("small")
+    assert code == 0, stderr
+    code, peak, stderr = run("huge")
+    assert code == 0, stderr
+    assert "400 records, 1 malformed" in stderr
+    errors = (tmp_path / "huge-out" / "x.csv.errors").read_text().splitlines()
+    assert errors == [
+        '{"line":201,"error":"a record of 33554432 bytes, over the payload limit (maxPayloadBytes) of 1048576"}'
+    ]
+    assert (tmp_path / "huge-out" / "x.csv.out").read_bytes() == (
+        tmp_path / "small-out" / "x.csv.out"
+    ).read_bytes()
+    growth = peak - baseline
+    assert growth < line_bytes / 4, (
+        f"peak RSS grew {growth / 2**20:.1f} MiB for a {line_bytes / 2**20:.0f} MiB line"
+    )
+
+
+def test_a_huge_line_without_an_error_budget_fails_with_file_and_line(
+    transform_models: SimpleNamespace, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.csv").write_bytes(csv_bytes(rows(3, 4)) + b"1," * 600_000 + b"\n")
+    args = ["transform", "--model", str(transform_models.logreg), "--input", str(tmp_path / "in" / "x.csv")]
+    result = run_berth([*args, "--output", str(tmp_path / "out"), "--max-payload-bytes", "1000000"])
+    assert result.returncode == 1, result.stderr
+    assert (
+        f"malformed record at {tmp_path}/in/x.csv:4: a record of 1200000 bytes, over the payload limit"
+        in (result.stderr)
+    )

@@ -14,7 +14,7 @@ import pytest
 from berth_serving.transform import storage
 from berth_serving.transform.engine import LoadedModel, TransformError, load_model, run_transform
 from berth_serving.transform.options import TransformOptions
-from berth_serving.transform.records import read_blocks
+from berth_serving.transform.records import BadRecord, read_blocks
 
 from tests.transform.support import csv_bytes, raw_outputs, read_csv_out, rows, write_csv
 
@@ -331,3 +331,99 @@ def test_local_writer_is_atomic(tmp_path: Path) -> None:
     assert not target.exists() and list((tmp_path / "o").iterdir()) == []
     storage.write_object(storage.parse_uri(str(target)), iter([b"a", b"b"]))
     assert target.read_bytes() == b"ab"
+
+
+class OneHugeLine(io.RawIOBase):
+    """`before`, then a line of `size` bytes generated as it is read (never held whole), then `after`."""
+
+    def __init__(self, before: bytes, size: int, after: bytes) -> None:
+        self.parts = [before, None, after]
+        self.size = size
+        self.sent = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while self.parts:
+            part = self.parts[0]
+            if part is None:
+                left = self.size - self.sent
+                if left == 0:
+                    self.parts[0] = b"\n"
+                    continue
+                count = min(len(buffer), left)
+                buffer[:count] = b"7" * count
+                self.sent += count
+                return count
+            if not part:
+                self.parts.pop(0)
+                continue
+            count = min(len(buffer), len(part))
+            buffer[:count] = part[:count]
+            self.parts[0] = part[count:]
+            return count
+        return 0
+
+
+def test_a_line_over_max_bytes_is_a_bad_record_and_is_not_held() -> None:
+    import tracemalloc
+
+    before, after = b"1,2,3,4\n" * 10, b"5,6,7,8\n" * 10
+    stream = io.BufferedReader(OneHugeLine(before, 64 * 2**20, after), buffer_size=64 * 1024)
+    tracemalloc.start()
+    try:
+        blocks = list(
+            read_blocks(stream, content_type="text/csv", split_type="Line", max_bytes=100_000, max_rows=8)
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2**20, f"{peak / 2**20:.1f} MiB held while reading a 64 MiB line"
+    bad = [record for block in blocks for record in block.bad]
+    assert bad == [
+        BadRecord(11, f"a record of {64 * 2**20} bytes, over the payload limit (maxPayloadBytes) of 100000")
+    ]
+    lines = [(block.first_line + i, line) for block in blocks for i, line in enumerate(block.lines)]
+    assert [n for n, line in lines if line.strip()] == [*range(1, 11), *range(12, 22)]  # numbering holds
+    assert all(len(block.lines) <= 8 for block in blocks)
+
+
+@pytest.mark.parametrize("content_type", ["text/csv", "application/jsonlines"])
+def test_records_at_the_limit_pass_and_one_byte_more_does_not(
+    transform_models: SimpleNamespace, tmp_path: Path, content_type: str
+) -> None:
+    record = b"[" + b",".join([b"1.0"] * 3) + b",2." + b"0" * 40 + b"]"
+    if content_type == "text/csv":
+        record = record[1:-1]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x").write_bytes(record + b"\n" + record + b"9\n" + record + b"\n")
+    summary = run(
+        transform_models.logreg,
+        tmp_path,
+        content_type=content_type,
+        max_payload_bytes=len(record),
+        max_errors=1,
+    )
+    assert (summary.records, summary.failed) == (2, 1)  # type: ignore[attr-defined]
+    errors = [json.loads(line) for line in (tmp_path / "out" / "x.errors").read_text().splitlines()]
+    assert errors == [
+        {
+            "line": 2,
+            "error": f"a record of {len(record) + 1} bytes, over the payload limit (maxPayloadBytes) of {len(record)}",
+        }
+    ]
+
+
+def test_a_whole_object_payload_over_the_limit_is_a_bad_record(
+    transform_models: SimpleNamespace, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "big.csv").write_bytes(csv_bytes(rows(2000, 4)))
+    (tmp_path / "in" / "small.csv").write_bytes(csv_bytes(rows(3, 4)))
+    with pytest.raises(TransformError, match=r"big\.csv:1: a record of \d+ bytes, over the payload limit"):
+        run(transform_models.logreg, tmp_path, split_type="None", max_payload_bytes=10_000)
+    summary = run(
+        transform_models.logreg, tmp_path, split_type="None", max_payload_bytes=10_000, max_errors=1
+    )
+    assert (summary.records, summary.failed) == (3, 1)  # type: ignore[attr-defined]
