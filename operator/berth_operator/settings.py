@@ -114,14 +114,51 @@ class SettingsError(ValueError):
     """The settings file is missing or invalid; the message says which field and why."""
 
 
+def _helm_merge(base: Any, override: Any) -> Any:
+    """Helm's merge of values over defaults: maps merge key by key, null removes a key."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _helm_merge(base.get(key), value)
+    return merged
+
+
+def settings_from_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The settings a Helm install of charts/berth with these values gives the operator, as its
+    `berth.settings` helper makes them: the values' settings merged over the defaults (which are
+    the chart's own defaults), an empty image or Gateway namespace meaning the default, and
+    watchNamespaces as the namespaces. `berth render` and `berth up` read a values file so."""
+    defaults = Settings().model_dump(by_alias=True, mode="json")
+    merged: dict[str, Any] = _helm_merge(defaults, values.get("settings") or {})
+    for images_key in ("cpu", "gpu"):
+        if not (merged.get("images") or {}).get(images_key):
+            merged.setdefault("images", {})[images_key] = defaults["images"][images_key]
+    gateway = (merged.get("routing") or {}).get("gateway") or {}
+    if not gateway.get("namespace"):
+        gateway["namespace"] = defaults["routing"]["gateway"]["namespace"]
+    merged["namespaces"] = list(values.get("watchNamespaces") or [])
+    return merged
+
+
 def load_settings(path: str | Path | None) -> Settings:
-    """Settings from a YAML file, or the defaults when path is None."""
+    """Settings from a YAML file, or the defaults when path is None. The file is an operator
+    settings file (the chart's ConfigMap) or a chart values file with a `settings:` block."""
     if path is None:
         return Settings()
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise SettingsError(f"cannot read settings {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SettingsError(f"invalid settings {path}: expected a mapping at the top")
+    if "settings" in raw or "watchNamespaces" in raw:  # chart values: no settings file has these
+        if not isinstance(raw.get("settings") or {}, dict):
+            raise SettingsError(f"invalid settings {path}: the chart values' settings must be a mapping")
+        raw = settings_from_values(raw)
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:

@@ -128,7 +128,26 @@ def test_the_schema_spells_quantities_as_the_operator_does() -> None:
     from berth_operator.quantity import QUANTITY_PATTERN
 
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
-    instance = schema["properties"]["settings"]["properties"]["instanceTypes"]["additionalProperties"]["anyOf"][0]
+    instance = schema["properties"]["settings"]["properties"]["instanceTypes"]["additionalProperties"][
+        "anyOf"
+    ][0]
     requests = instance["properties"]["resources"]["properties"]["requests"]["additionalProperties"]
     assert {"type": "string", "pattern": QUANTITY_PATTERN} in requests["anyOf"]
     assert instance["properties"]["modelVolumeSizeLimit"]["pattern"] == QUANTITY_PATTERN
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_a_values_file_gives_what_the_chart_gives(chart: helm.Chart, tmp_path: Path, name: str) -> None:
+    """`berth render --settings values.yaml` and `berth up` read a chart values file as Helm would."""
+    import yaml
+
+    from_chart = load_rendered(chart, VALUE_SETS[name], tmp_path)
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(VALUE_SETS[name]))
+    assert load_settings(values) == from_chart
+
+
+def test_the_kind_example_values_work_for_render(tmp_path: Path) -> None:
+    # `berth render -f examples/kind --settings examples/kind/values.yaml` was refused (`image:`).
+    settings = load_settings(CHART_DIR.parent.parent / "examples" / "kind" / "values.yaml")
+    assert "kind-small" in settings.instance_types and "cpu-small" in settings.instance_types
