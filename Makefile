@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit crds bench clean
+.PHONY: demo test lint typecheck unit test-cluster crds bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +24,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Everything, the real API server tier (tests/cluster) included when its binaries are found;
+# without them that tier is skipped with one line saying why (docs/testing.md).
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The real API server tier alone: etcd, kube-apiserver and kube-controller-manager from
+# KUBEBUILDER_ASSETS or setup-envtest's store (docs/testing.md). No binaries is an error here.
+test-cluster: $(STAMP)
+	BERTH_REQUIRE_CLUSTER=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/cluster
+
 test: lint typecheck unit
 
-# Regenerate the checked-in CRDs from the API types.
+# Regenerate the checked-in CRDs and docs/api.md from the API types.
 crds: $(STAMP)
-	$(BIN)/berth crds --output-dir crds
+	$(BIN)/berth crds --output-dir crds --docs docs/api.md
 	cp crds/berth.dev_*.yaml charts/berth/crds/
 
 # Benchmarks print ratios against baselines measured in the same run (minutes each).
