@@ -258,8 +258,19 @@ def crd_documents() -> dict[str, str]:
     default=None,
     help="Write one file per CRD here instead of printing them all.",
 )
-def crds_command(output_dir: Path | None) -> None:
+@click.option(
+    "--docs",
+    "docs_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the API reference (Markdown) to this file.",
+)
+def crds_command(output_dir: Path | None, docs_path: Path | None) -> None:
     """Print the CustomResourceDefinitions (the same bytes as `cat crds/*.yaml`)."""
+    if docs_path is not None:
+        from .apidocs import api_reference
+
+        docs_path.write_text(api_reference())
     documents = crd_documents()
     if output_dir is None:
         click.echo("".join(documents.values()), nl=False)

@@ -326,3 +326,14 @@ def test_generator_on_a_synthetic_model() -> None:
     union = Either.model_json_schema()
     with pytest.raises(ValueError, match="no structural schema"):
         crdgen.StructuralSchema(union, {}).convert(union["properties"]["either"])
+
+
+def test_api_reference_is_current() -> None:
+    from berth_operator.apidocs import api_reference
+
+    path = CRD_DIR.parent / "docs" / "api.md"
+    assert path.exists() and path.read_text() == api_reference(), f"{path} is stale: run `make crds`"
+    text = path.read_text()
+    for resource in api.RESOURCE_KINDS.values():
+        assert f"## {resource.KIND}" in text
+    assert "`spec.endpointConfigName`" in text and api.MSG_CONFIG_IMMUTABLE in text
