@@ -111,6 +111,105 @@ def test_pod_mode_s3_shard_from_job_completion_index(
     assert sorted(item["Key"] for item in listing["Contents"]) == ["out/p1.csv.out", "out/p3.csv.out"]
 
 
+# --- where the output goes: mistakes are usage errors (exit 2, never retried) -----------------------
+
+
+@pytest.mark.parametrize(
+    ("output", "says"),
+    [
+        ("in", "the output prefix {tmp}/in holds the input {tmp}/in/x.csv"),
+        ("{tmp}", "the output prefix {tmp} holds the input {tmp}/in/x.csv"),
+        ("outfile", "the output {tmp}/outfile is an existing file"),
+    ],
+    ids=["beside the input file", "above it", "an existing file"],
+)
+def test_an_output_that_cannot_work_is_a_one_line_usage_error(
+    transform_models: SimpleNamespace, tmp_path: Path, output: str, says: str
+) -> None:
+    write_csv(tmp_path / "in" / "x.csv", rows(5, 4))
+    (tmp_path / "outfile").write_text("not a directory")
+    log = tmp_path / "termination-log"
+    target = output.format(tmp=tmp_path) if output.startswith("{") else str(tmp_path / output)
+    args = ["transform", "--model", str(transform_models.logreg), "--input", str(tmp_path / "in" / "x.csv")]
+    result = run_berth([*args, "--output", target], berth_env(BERTH_TERMINATION_LOG=str(log)))
+    assert result.returncode == 2, result.stderr  # EXIT_USAGE: the Job's podFailurePolicy fails the Job
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("berth transform: " + says.format(tmp=tmp_path)), line
+    assert log.read_text() == line.removeprefix("berth transform: ")
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["x.csv"]
+
+
+def test_a_directory_input_under_its_output_is_a_usage_error(
+    transform_models: SimpleNamespace, tmp_path: Path
+) -> None:
+    write_csv(tmp_path / "data" / "in" / "x.csv", rows(5, 4))
+    args = ["transform", "--model", str(transform_models.logreg), "--input", str(tmp_path / "data" / "in")]
+    result = run_berth([*args, "--output", str(tmp_path / "data")])
+    assert result.returncode == 2, result.stderr
+    assert "holds the input" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_exit_codes_are_the_planners() -> None:
+    """The Job's podFailurePolicy fails the Job on these codes: the CLI must use the same ones."""
+    from berth_operator.planner import transform as planner
+    from berth_serving.transform import cli
+
+    assert (cli.EXIT_DATA, cli.EXIT_USAGE) == (planner.EXIT_DATA, planner.EXIT_USAGE) == (1, 2)
+
+
+# --- SIGTERM --------------------------------------------------------------------------------------
+
+
+def test_sigterm_removes_the_scratch_directory_and_partial_output(
+    transform_models: SimpleNamespace, tmp_path: Path
+) -> None:
+    import tarfile
+
+    archive = tmp_path / "model.tar.gz"  # unpacked into the scratch directory
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(transform_models.mlp, arcname="model/mlp.onnx")
+    for i in range(3):
+        write_csv(tmp_path / "in" / f"p{i}.csv", rows(20_000, 8, seed=i))
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    out = tmp_path / "out"
+    command = [
+        *BERTH,
+        "transform",
+        "--model",
+        str(archive),
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(out),
+    ]
+    command += ["--max-batch-size", "4", "--max-concurrent-transforms", "1"]
+    log = tmp_path / "termination-log"
+    process = subprocess.Popen(
+        command,
+        env=berth_env(TMPDIR=str(scratch_root), BERTH_TERMINATION_LOG=str(log)),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(out.glob(".berth-partial-*")):
+            time.sleep(0.02)
+        assert list(scratch_root.glob("berth-transform-*/model/mlp.onnx")), "the model is unpacked by now"
+        assert list(out.glob(".berth-partial-*")), "the run should be writing an output by now"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 128 + signal.SIGTERM, stderr.decode()
+    # (ONNX Runtime's own library leaves a 51-byte $TMPDIR/.ses behind on import, in any run)
+    assert list(scratch_root.glob("berth-transform-*")) == [], "the scratch directory was left behind"
+    assert list(out.glob(".berth-partial-*")) == [], "the partial output was left behind"
+    assert "stopped by SIGTERM" in log.read_text()
+    assert "Traceback" not in stderr.decode()
+
+
 # --- a record larger than maxPayloadBytes ------------------------------------------------------------
 
 

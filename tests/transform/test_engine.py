@@ -427,3 +427,35 @@ def test_a_whole_object_payload_over_the_limit_is_a_bad_record(
         transform_models.logreg, tmp_path, split_type="None", max_payload_bytes=10_000, max_errors=1
     )
     assert (summary.records, summary.failed) == (3, 1)  # type: ignore[attr-defined]
+
+
+def test_outputs_among_the_inputs_or_in_a_file_are_refused(
+    transform_models: SimpleNamespace, tmp_path: Path
+) -> None:
+    from berth_serving.transform.engine import BadOptions
+
+    write_csv(tmp_path / "in" / "x.csv", rows(3, 4))
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (str(tmp_path / "in" / "x.csv"), str(tmp_path / "in"), "holds the input"),
+        (str(tmp_path / "in"), str(tmp_path), "holds the input"),
+        (f"file://{tmp_path}/in/x.csv", f"{tmp_path}/in/", "holds the input"),
+        (str(tmp_path / "in"), str(tmp_path / "file"), "is an existing file"),
+        (str(tmp_path / "in"), "ftp://host/out", "unsupported URI scheme"),
+    ]
+    for input_uri, output_uri, says in cases:
+        with pytest.raises(BadOptions, match=says):
+            run(transform_models.logreg, tmp_path, input_uri=input_uri, output_uri=output_uri)
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["x.csv"]
+
+
+def test_an_output_that_cannot_be_written_names_it(transform_models: SimpleNamespace, tmp_path: Path) -> None:
+    from berth_serving.transform.engine import StorageFailure
+
+    write_csv(tmp_path / "in" / "sub" / "x.csv", rows(3, 4))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").write_text("a file where the outputs of in/sub/ go")
+    with pytest.raises(
+        StorageFailure, match=rf"^cannot write {tmp_path}/out/sub/x\.csv\.out: File exists$"
+    ):
+        run(transform_models.logreg, tmp_path)

@@ -2,17 +2,21 @@
 
 In a pod the operator passes every option as a flag; the shard index comes from the Indexed
 Job's JOB_COMPLETION_INDEX. The exit status is 0 when every object of the shard is done, 1 when
-the data or the model is at fault (a retry cannot help), 2 for bad options and 3 when object
-storage failed (a retry may help); the Kubernetes termination message carries the counts (or
-the reason).
+the data or the model is at fault (a retry cannot help), 2 for options that cannot work (the
+Job's podFailurePolicy fails the Job on 1 and 2), 3 when object storage failed (a retry may
+help) and 143 on SIGTERM, after the scratch directory and partial outputs are removed. The
+Kubernetes termination message carries the counts (or the reason, the line printed on stderr).
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -26,6 +30,7 @@ from berth_serving.transform.options import (
 )
 
 EXIT_DATA = 1  # malformed input, a model that does not fit the data: retrying cannot help
+EXIT_USAGE = 2  # options that cannot work (click's own usage errors exit 2 as well)
 EXIT_STORAGE = 3  # listing, reading or writing objects failed: a retry may help
 _LEVELS = click.Choice(["disable", "basic", "extended", "all"], case_sensitive=False)
 
@@ -90,9 +95,11 @@ def transform(
     from berth_serving.logs import setup_logging
     from berth_serving.termination import write_termination_message
     from berth_serving.transform.engine import (
+        BadOptions,
         Listener,
         StorageFailure,
         TransformError,
+        check_locations,
         load_model,
         run_transform,
     )
@@ -106,7 +113,8 @@ def transform(
     setup_logging("warning")
     show = sys.stderr.isatty() if progress is None else progress
     try:
-        with tempfile.TemporaryDirectory(prefix="berth-transform-") as scratch:
+        with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="berth-transform-") as scratch:
+            check_locations(options)  # before the model is fetched and loaded
             model = load_model(
                 model_uri,
                 Path(scratch),
@@ -116,16 +124,44 @@ def transform(
                 providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
             )
             summary = run_transform(options, model, ProgressLine() if show else Listener())
-    except (FetchError, TransformError) as error:
-        write_termination_message(str(error))
-        click.echo(f"berth transform: {error}", err=True)
-        sys.exit(EXIT_STORAGE if isinstance(error, StorageFailure) else EXIT_DATA)
+    except FetchError as error:
+        _fail(f"cannot fetch the model: {error}", EXIT_DATA)
+    except TransformError as error:
+        code = EXIT_USAGE if isinstance(error, BadOptions) else EXIT_DATA
+        _fail(str(error), EXIT_STORAGE if isinstance(error, StorageFailure) else code)
     write_termination_message(summary.as_message())
     click.echo(
         f"berth transform: {summary.done} objects done, {summary.skipped} already done, "
         f"{summary.records} records, {summary.failed} malformed",
         err=True,
     )
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """One line on stderr, the same in the termination message, and the exit status."""
+    from berth_serving.termination import one_line, write_termination_message
+
+    write_termination_message(message)
+    click.echo(f"berth transform: {one_line(message)}", err=True)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (the pod is being stopped) raises SystemExit in the main thread, so every `with`
+    and `finally` runs: the scratch directory goes, the partial outputs are aborted; exit 143."""
+    from berth_serving.termination import write_termination_message
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # unwind once; the kubelet's SIGKILL follows
+        write_termination_message("stopped by SIGTERM before the shard was done")
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _threads(configured: int, options: TransformOptions) -> int:

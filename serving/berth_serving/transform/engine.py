@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections import deque
 from dataclasses import dataclass, field
@@ -36,6 +37,30 @@ class TransformError(Exception):
 
 class StorageFailure(TransformError):
     """Object storage failed (listing, reading, writing): unlike bad data, a retry may succeed."""
+
+
+class BadOptions(TransformError):
+    """The options cannot work (where the output would go): a retry cannot help."""
+
+
+def check_locations(options: TransformOptions) -> None:
+    """Refuse an output that cannot work, before any model is loaded: outputs among the inputs
+    (the output prefix is the input or holds it: the listing would skip every input), or an
+    output that is an existing file (INPUT.out objects go under it)."""
+    try:
+        source, output = storage.parse_uri(options.input_uri), storage.parse_uri(options.output_uri)
+    except storage.StorageError as error:
+        raise BadOptions(str(error)) from None
+    if storage.holds(output, source):
+        raise BadOptions(
+            f"the output prefix {options.output_uri} holds the input {options.input_uri}: the outputs "
+            "would land among the inputs; give an output prefix outside the input"
+        )
+    if output.scheme == "file" and os.path.exists(output.path) and not os.path.isdir(output.path):
+        raise BadOptions(
+            f"the output {options.output_uri} is an existing file; give a directory (the prefix of the "
+            "INPUT.out objects)"
+        )
 
 
 @dataclass
@@ -126,6 +151,7 @@ def shard(items: list[Any], index: int, count: int) -> list[Any]:
 
 def run_transform(options: TransformOptions, model: LoadedModel, listener: Listener | None = None) -> Summary:
     options.check()
+    check_locations(options)
     # The event loop thread parses while ONNX Runtime runs on the Batcher's worker, which needs
     # the GIL for a moment between batches: a short switch interval keeps it from waiting 5 ms.
     interval = sys.getswitchinterval()

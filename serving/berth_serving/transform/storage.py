@@ -94,6 +94,14 @@ def _comparable(where: Location) -> str:
     return where.uri if where.scheme == "s3" else os.path.abspath(where.path)
 
 
+def holds(prefix: Location, where: Location) -> bool:
+    """Whether `where` is `prefix` or lies under it, taken as a prefix (a directory)."""
+    if prefix.scheme != where.scheme:
+        return False
+    outer, inner = _comparable(prefix).rstrip("/"), _comparable(where).rstrip("/")
+    return inner == outer or inner.startswith(outer + "/")
+
+
 def _list_local(where: Location) -> list[tuple[Location, str]]:
     root = Path(where.path)
     if root.is_file():
@@ -196,22 +204,32 @@ class LocalWriter:
     """Writes a hidden file beside the target; `commit` renames it into place."""
 
     def __init__(self, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
         self._target = target
         self._partial = target.with_name(f"{TEMP_PREFIX}{os.getpid()}-{target.name}")
-        # A run killed before its commit left its partial file; only this target's writer owns them.
-        for stale in target.parent.glob(f"{TEMP_PREFIX}*-{target.name}"):
-            stale.unlink(missing_ok=True)
-        self._stream = open(self._partial, "wb", buffering=READ_BUFFER)  # noqa: SIM115 - closed in commit/abort
+        with self._errors():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # A run killed before its commit left its partial file; only this target's writer owns them.
+            for stale in target.parent.glob(f"{TEMP_PREFIX}*-{target.name}"):
+                stale.unlink(missing_ok=True)
+            self._stream = open(self._partial, "wb", buffering=READ_BUFFER)  # noqa: SIM115 - closed in commit/abort
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as error:
+            raise StorageError(f"cannot write {self._target}: {error.strerror or error}") from error
 
     def write(self, data: bytes) -> None:
-        self._stream.write(data)
+        with self._errors():
+            self._stream.write(data)
 
     def commit(self) -> None:
-        self._stream.flush()
-        os.fsync(self._stream.fileno())
-        self._stream.close()
-        os.replace(self._partial, self._target)
+        with self._errors():
+            self._stream.flush()
+            os.fsync(self._stream.fileno())
+            self._stream.close()
+            os.replace(self._partial, self._target)
 
     def abort(self) -> None:
         self._stream.close()
