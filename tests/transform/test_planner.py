@@ -342,10 +342,7 @@ def test_model_download_failure_is_surfaced_while_retrying() -> None:
         transform_job(), model(), SETTINGS, observed(job, [pod(0, "Failed", init=init)])
     )
     assert plan.status.phase == "Running"
-    assert (
-        plan.status.failure_reason
-        == "model fraud-v1: download failed: 403 Forbidden from s3://models/x"
-    )
+    assert plan.status.failure_reason == "model fraud-v1: download failed: 403 Forbidden from s3://models/x"
 
 
 def test_image_pull_problem_while_pending() -> None:
