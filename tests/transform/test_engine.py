@@ -455,7 +455,5 @@ def test_an_output_that_cannot_be_written_names_it(transform_models: SimpleNames
     write_csv(tmp_path / "in" / "sub" / "x.csv", rows(3, 4))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "sub").write_text("a file where the outputs of in/sub/ go")
-    with pytest.raises(
-        StorageFailure, match=rf"^cannot write {tmp_path}/out/sub/x\.csv\.out: File exists$"
-    ):
+    with pytest.raises(StorageFailure, match=rf"^cannot write {tmp_path}/out/sub/x\.csv\.out: File exists$"):
         run(transform_models.logreg, tmp_path)

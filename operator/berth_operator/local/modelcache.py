@@ -170,15 +170,15 @@ class ModelCache:
         return None
 
     def _fetch(self, key: str, uri: str, sha256: str | None) -> Path:
-        from berth_serving.fetch import fetch_model
+        from berth_serving.fetch import DEFAULT_RETRY, fetch_model
 
         final = self.root / key
         staging = self.root / f".{key}.{os.getpid()}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
-            retry = {"retry": self._retry} if self._retry is not None else {}
-            served = Path(fetch_model(uri, staging, sha256=sha256, **retry)).resolve()
+            retry = self._retry or DEFAULT_RETRY
+            served = Path(fetch_model(uri, staging, sha256=sha256, retry=retry)).resolve()
             try:
                 recorded = str(served.relative_to(staging.resolve()))
                 in_place = final / recorded
