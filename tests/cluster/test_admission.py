@@ -10,7 +10,6 @@ and its status then written through the subresource, the only way a status reach
 from __future__ import annotations
 
 import copy
-import re
 
 import pytest
 
@@ -61,64 +60,12 @@ def verdict(kube: Kube, row: Row, namespace: str) -> str | None:
     return None
 
 
-# Rows whose expected words the real server does not use. crdcheck (tests/support/crdcheck.py)
-# words these errors, and the rows expect its words; kube-apiserver says them otherwise. Each is a
-# strict xfail: it turns red the day the table and crdcheck say what the server says.
-# KIND-row id -> (first kube-apiserver minor that differs, what it answers instead)
-IN_BODY_MINIMUM = (
-    "numeric bounds: crdcheck words them 'Invalid value: V: must be greater/less than or equal to N', "
-    "kube-apiserver 'Invalid value: V: FIELD in body should be greater/less than or equal to N'"
-)
-KNOWN_DIFFERENCES: dict[str, tuple[int, str]] = {
-    "EndpointConfig-negative-weight": (0, IN_BODY_MINIMUM),
-    "EndpointConfig-autoscaling-cpu-over-100": (0, IN_BODY_MINIMUM),
-    "Endpoint-canary-over-100": (0, IN_BODY_MINIMUM),
-    "Endpoint-timeout-under-a-minute": (0, IN_BODY_MINIMUM),
-    "TransformJob-payload-zero": (0, IN_BODY_MINIMUM),
-    "TransformJob-instance-count-zero": (0, IN_BODY_MINIMUM),
-    "EndpointConfig-zero-variants": (
-        0,
-        "minItems: crdcheck 'Invalid value: 0: must have at least 1 items', kube-apiserver "
-        "'Invalid value: 0: spec.productionVariants in body should have at least 1 items'",
-    ),
-    "EndpointConfig-resource-quantity-float": (
-        0,
-        "map entries: crdcheck names the field 'resources.limits[cpu]', kube-apiserver "
-        "'resources.limits.cpu' ('Invalid value: \"number\": ... must be of type integer,string: \"number\"')",
-    ),
-    "EndpointConfig-autoscaling-min-over-max": (
-        35,
-        "CEL rule on an object: crdcheck 'autoscaling: Invalid value: \"object\": MSG', kube-apiserver "
-        "1.35+ (kubernetes#133832) 'autoscaling: Invalid value: MSG' (MSG, api.MSG_AUTOSCALING_BOUNDS, matches)",
-    ),
-    "Model-wrong-api-version": (
-        0,
-        "the row expects 'apiVersion' in the message; kube-apiserver answers 'the API version in the data "
-        "(berth.dev/v1) does not match the expected API version (berth.dev/v1alpha1)', and kubectl refuses "
-        'it before sending: no matches for kind "Model" in version "berth.dev/v1"',
-    ),
-}
-
-
-def server_minor(kube: Kube) -> int:
-    return int(re.match(r"\d+", kube.request("GET", "/version")["minor"]).group())  # type: ignore[union-attr]
-
-
-def expect_known_difference(request: pytest.FixtureRequest, kube: Kube, row: Row) -> None:
-    known = KNOWN_DIFFERENCES.get(row_id(row))
-    if known is not None and server_minor(kube) >= known[0]:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"issue 10: row {row_id(row)}: {known[1]}"))
-
-
 def row_id(row: Row) -> str:
     return f"{row.obj['kind']}-{row.id}"
 
 
 @pytest.mark.parametrize("row", BAD, ids=row_id)
-def test_refused_rows_are_refused_with_the_same_message(
-    request: pytest.FixtureRequest, kube: Kube, namespace: str, row: Row
-) -> None:
-    expect_known_difference(request, kube, row)
+def test_refused_rows_are_refused_with_the_same_message(kube: Kube, namespace: str, row: Row) -> None:
     message = verdict(kube, row, namespace)
     assert message is not None, "admitted by the API server"
     assert row.refused_with is not None

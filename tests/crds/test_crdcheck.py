@@ -167,7 +167,7 @@ BAD_ROUTES = [
     (
         "weight-too-big",
         lambda s: s["rules"][1]["backendRefs"][0].update(weight=2_000_000),
-        "must be less than or equal to 1000000",
+        "in body should be less than or equal to 1000000",
     ),
     (
         "rewrite-with-two-matches",

@@ -113,14 +113,14 @@ BAD = [
     Row(
         "payload-zero",
         job(maxPayloadBytes=0),
-        "spec.maxPayloadBytes: Invalid value: 0: must be greater than or equal to 1",
+        "spec.maxPayloadBytes: Invalid value: 0: spec.maxPayloadBytes in body should be greater than or equal to 1",
     ),
     Row("payload-over-100mib", job(maxPayloadBytes=200 * 1024 * 1024), "spec.maxPayloadBytes"),
     Row("concurrency-zero", job(maxConcurrentTransforms=0), "spec.maxConcurrentTransforms"),
     Row(
         "instance-count-zero",
         job(instanceCount=0),
-        "spec.instanceCount: Invalid value: 0: must be greater than or equal to 1",
+        "spec.instanceCount: Invalid value: 0: spec.instanceCount in body should be greater than or equal to 1",
     ),
     Row("instance-count-string", job(instanceCount="2"), "must be of type integer"),
     Row("negative-errors", job(maxErrors=-1), "spec.maxErrors"),
