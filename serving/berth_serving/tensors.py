@@ -137,12 +137,17 @@ def to_dtype(value: Any, dtype: np.dtype[Any]) -> np.ndarray:
 
 
 def _all_finite(array: np.ndarray) -> bool:
-    """No NaN or infinity in a float array. The dot product of the values with themselves is
-    finite only when every value is, and costs a third of isfinite().all() on a row (numpy's
-    reductions are slow on small arrays, BLAS is not); one that overflows (values beyond
-    ~1e19 in float32) is a false alarm that the exact check after it settles."""
-    flat = array.ravel()
-    return math.isfinite(flat.dot(flat))
+    """No NaN or infinity in a float array: its sum is finite only when every value is (a sum
+    that overflows is a false alarm the exact check after it settles). A row of a few values
+    is summed in Python: a numpy reduction costs more than the conversion itself there. Not a
+    BLAS dot either: it releases the GIL, which hands the ORT worker a batch before the
+    requests queued behind this one could join it."""
+    if array.size <= _SMALL:
+        return math.isfinite(sum(array.ravel().tolist()))
+    return math.isfinite(array.sum())
+
+
+_SMALL = 64
 
 
 def _what(dtype: np.dtype[Any]) -> str:
