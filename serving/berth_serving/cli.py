@@ -14,6 +14,9 @@ from typing import Any
 import click
 
 from berth_serving.config import (
+    DEFAULT_BODY_TIMEOUT_SECONDS,
+    DEFAULT_KEEP_ALIVE_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_PORT,
     DEFAULT_TIMEOUT_SECONDS,
@@ -91,6 +94,27 @@ _LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive
     default="",
     envvar=ENV["model_aliases"],
     help="More v2 model names to answer for, comma separated (the Endpoint's name).",
+)
+@click.option(
+    "--body-timeout-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_BODY_TIMEOUT_SECONDS,
+    envvar=ENV["body_timeout_seconds"],
+    help="Longest a request body may take to arrive (a body that stalls 10 s is cut off sooner).",
+)
+@click.option(
+    "--keep-alive-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_KEEP_ALIVE_SECONDS,
+    envvar=ENV["keep_alive_seconds"],
+    help="How long an idle keep-alive connection is kept; above the idle timeout of a proxy in front.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONNECTIONS,
+    envvar=ENV["max_connections"],
+    help="Connections served at once; past it idle ones are closed, then requests get 503 (not /ping).",
 )
 def serve(
     model_uri: str,

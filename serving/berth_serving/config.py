@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 DEFAULT_PORT = 8080
 DEFAULT_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 DEFAULT_TIMEOUT_SECONDS = 60.0
+# The HTTP edge (berth_serving.httpedge): how long a body may take to arrive, how long an idle
+# keep-alive connection is kept, how many connections are served at once.
+DEFAULT_BODY_TIMEOUT_SECONDS = 60.0
+DEFAULT_KEEP_ALIVE_SECONDS = 5.0
+DEFAULT_MAX_CONNECTIONS = 1024
 # Where the storage-initializer puts the model inside a serving pod.
 MODEL_MOUNT_PATH = "/mnt/models"
 
@@ -36,6 +41,9 @@ ENV = {
     "endpoint_config": "BERTH_ENDPOINT_CONFIG",
     "endpoint_variants": "BERTH_ENDPOINT_VARIANTS",
     "model_aliases": "BERTH_MODEL_ALIASES",
+    "body_timeout_seconds": "BERTH_BODY_TIMEOUT_SECONDS",
+    "keep_alive_seconds": "BERTH_KEEP_ALIVE_SECONDS",
+    "max_connections": "BERTH_MAX_CONNECTIONS",
 }
 
 
@@ -64,6 +72,12 @@ class ServeConfig:
     endpoint_variants: tuple[str, ...] = field(default_factory=tuple)
     # More names the v2 routes answer for besides model_name (the Endpoint's own name).
     model_aliases: tuple[str, ...] = field(default_factory=tuple)
+    # A client on a slow link needs longer for a large payload than the default allows.
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
+    # Keep above the idle timeout of the proxy or load balancer in front, or it may reuse a
+    # connection just as this server closes it.
+    keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     def to_env(self) -> dict[str, str]:
         """BERTH_* variables for every setting that differs from the default."""
