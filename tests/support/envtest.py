@@ -798,6 +798,7 @@ class ControlPlane:
     processes: list[ManagedProcess] = field(default_factory=list)
     server: str = ""
     started_seconds: float = 0.0
+    audit_policy: str = AUDIT_POLICY  # bench/reconcile_cluster.py logs every request of the operator
 
     @property
     def ca_file(self) -> Path:
@@ -897,7 +898,7 @@ class ControlPlane:
         tokens = self.workdir / "tokens.csv"
         tokens.write_text(f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
         policy = self.workdir / "audit-policy.yaml"
-        policy.write_text(AUDIT_POLICY)
+        policy.write_text(self.audit_policy)
         private, public = _signing_key(self.workdir)
         apiserver = self._spawn(
             "kube-apiserver",
