@@ -58,10 +58,15 @@ def test_lookup_rewrite_and_rules() -> None:
     default = select_rule(rules, {})
     assert default is not None and not default.headers
     assert (
-        rewrite_path("/endpoints/default/ep/v2/models/m/infer", prefix, default.replace_prefix)
-        == "/v2/models/m/infer"
+        rewrite_path(b"/endpoints/default/ep/v2/models/m/infer", prefix, default.replace_prefix)
+        == b"/v2/models/m/infer"
     )
-    assert rewrite_path("/endpoints/default/ep", prefix, "/") == "/"
+    assert rewrite_path(b"/endpoints/default/ep", prefix, "/") == b"/"
+    # The rewrite keeps the rest as sent: percent-encoding is the replica's to decode.
+    assert rewrite_path(b"/endpoints/default/ep/v2/models/a%2Fb/infer", prefix, "/") == (
+        b"/v2/models/a%2Fb/infer"
+    )
+    assert rewrite_path(b"/endpoints/default/ep/x", prefix, None) == b"/endpoints/default/ep/x"
     assert table.lookup("/endpoints/default/other/invocations") is None
     assert table.lookup("/endpoints/default/epx/invocations") is None  # element-wise, not string prefix
     by_variant = services(route)

@@ -3,6 +3,10 @@
 A raw ASGI app (no framework on the hot path) behind uvicorn with uvloop + httptools,
 forwarding over pooled keep-alive connections (`upstream.py`). Replicas are counted in
 flight so a fleet can be drained (taken off the route, then waited for) before it stops.
+
+The path is matched and rewritten as sent, still percent-encoded, and forwarded so: a
+decoded path written into the request line to a replica would let `%0d%0a` in a client's
+path end that line and smuggle a request of the client's own.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from berth_serving.httpedge import unsafe_target
 
 from .routetable import (
     BackendRef,
@@ -27,13 +32,14 @@ from .routetable import (
     rewrite_path,
     select_rule,
 )
-from .upstream import ConnectionPool, UpstreamError
+from .upstream import ConnectionPool, UnsafeRequest, UpstreamError
 
 ASGIReceive = Callable[[], Awaitable[dict[str, Any]]]
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
 log = logging.getLogger("berth.up")
 STATUS_PATH = "/_berth/status"
+_STATUS_RAW_PATH = STATUS_PATH.encode()
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MIRROR_LIMIT = 64  # mirrored requests in flight at most; beyond that copies are dropped
 HOP_BY_HOP = frozenset(
@@ -139,10 +145,16 @@ class Router:
             return
         if scope["type"] != "http":
             return
-        path: str = scope["path"]
-        if path == STATUS_PATH:
+        raw_path: bytes = scope["raw_path"]
+        if raw_path == _STATUS_RAW_PATH:
             await _respond(send, 200, orjson.dumps(self.status(), option=orjson.OPT_NON_STR_KEYS))
             return
+        query: bytes = scope.get("query_string", b"")
+        unsafe = unsafe_target(raw_path, query)
+        if unsafe is not None:
+            await _respond(send, *_error(400, f"bad request path: {unsafe}"), close=True)
+            return
+        path = raw_path.decode("latin-1")
         found = self.table.lookup(path)
         if found is None:
             code, body = _error(404, f"no endpoint at {path}", knownEndpoints=self.known_endpoints())
@@ -159,9 +171,9 @@ class Router:
         if request_body is None:
             await _respond(send, *_error(413, f"request body over {MAX_BODY_BYTES} bytes"))
             return
-        target = rewrite_path(path, prefix, rule.replace_prefix)
-        if scope.get("query_string"):
-            target += "?" + scope["query_string"].decode("latin-1")
+        target = rewrite_path(raw_path, prefix, rule.replace_prefix)
+        if query:
+            target += b"?" + query
         forward = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
         for mirror in rule.mirrors:
             self._mirror(mirror, scope["method"], target, forward, request_body)
@@ -169,6 +181,9 @@ class Router:
             status, response_headers, payload = await self._forward(
                 rule.backends, scope["method"], target, forward, request_body
             )
+        except UnsafeRequest as exc:
+            status, payload = _error(400, str(exc))
+            response_headers = _json_headers(payload)
         except Exception as exc:  # a client never sees a traceback, whatever went wrong
             log.exception("router: %s %s failed", scope["method"], path)
             status, payload = _error(502, f"router error: {type(exc).__name__}")
@@ -193,7 +208,7 @@ class Router:
         self,
         backends: tuple[BackendRef, ...],
         method: str,
-        target: str,
+        target: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -224,7 +239,7 @@ class Router:
         return self.pools[backend.key].take(avoid=failed)
 
     async def _send(
-        self, upstream: Upstream, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+        self, upstream: Upstream, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         upstream.inflight += 1
         try:
@@ -236,7 +251,7 @@ class Router:
         return status, out, payload
 
     def _mirror(
-        self, mirror: Mirror, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+        self, mirror: Mirror, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
         """Fire and forget: the answer never waits for the shadow, and copies beyond the
         limit are dropped rather than queued."""
@@ -256,12 +271,12 @@ class Router:
         task.add_done_callback(self._mirror_tasks.discard)
 
     async def _send_mirror(
-        self, upstream: Upstream, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+        self, upstream: Upstream, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
         try:
             await self._send(upstream, method, target, headers, body)
             self.mirrors_sent += 1
-        except UpstreamError:
+        except (UpstreamError, UnsafeRequest):
             self.mirrors_dropped += 1
 
 
@@ -284,8 +299,11 @@ def _json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
     return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
 
-async def _respond(send: ASGISend, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": _json_headers(body)})
+async def _respond(send: ASGISend, status: int, body: bytes, close: bool = False) -> None:
+    headers = _json_headers(body)
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

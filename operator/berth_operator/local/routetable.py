@@ -54,7 +54,9 @@ class RouteTable:
     owners: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def lookup(self, path: str) -> tuple[str, tuple[Rule, ...]] | None:
-        """The longest prefix that matches `path` element-wise, and its rules."""
+        """The longest prefix that matches `path` element-wise, and its rules. The router passes
+        the path as sent (percent-encoded), as a Gateway matches it, so the rewrite that
+        follows works on the same bytes."""
         candidate = path.rstrip("/")
         while True:
             rules = self.prefixes.get(candidate)
@@ -69,13 +71,15 @@ def normalize_prefix(value: str) -> str:
     return value.rstrip("/")
 
 
-def rewrite_path(path: str, prefix: str, replace_prefix: str | None) -> str:
-    """URLRewrite ReplacePrefixMatch: `/endpoints/ns/x/invocations` with `/` -> `/invocations`."""
+def rewrite_path(raw_path: bytes, prefix: str, replace_prefix: str | None) -> bytes:
+    """URLRewrite ReplacePrefixMatch on the path as sent, still percent-encoded:
+    `/endpoints/ns/x/invocations` with `/` -> `/invocations`. `raw_path` starts with `prefix`
+    (the table matched it on these same bytes)."""
     if replace_prefix is None:
-        return path
-    rest = path[len(prefix) :]
-    rewritten = replace_prefix.rstrip("/") + rest
-    return rewritten if rewritten.startswith("/") else "/" + rewritten
+        return raw_path
+    rest = raw_path[len(prefix) :]
+    rewritten = replace_prefix.rstrip("/").encode() + rest
+    return rewritten if rewritten.startswith(b"/") else b"/" + rewritten
 
 
 def _backend(ref: Mapping[str, Any], namespace: str) -> BackendRef:

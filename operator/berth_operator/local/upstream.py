@@ -2,11 +2,17 @@
 responses parsed by httptools (the parser uvicorn uses), no per-request task or timer
 beyond one call_later. Measured against aiohttp's client, it roughly halves the router's
 added latency.
+
+The request head is built from bytes that are checked here, whatever the caller did: the
+target must be a clean origin-form path (no space, control character or non-ASCII byte) and
+no header name or value may hold CR, LF or another control character, so nothing a client
+sends can end the head early and smuggle a request of its own onto a pooled connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import httptools
@@ -16,9 +22,17 @@ Response = tuple[int, Headers, bytes]
 TIMEOUT_SECONDS = 300.0
 MAX_IDLE_PER_UPSTREAM = 64
 
+_TARGET_OUTSIDE_VISIBLE_ASCII = re.compile(rb"[^\x21-\x7e]")
+_NOT_A_TOKEN = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+_CONTROL_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
 
 class UpstreamError(ConnectionError):
     """The replica closed the connection or did not answer in time."""
+
+
+class UnsafeRequest(ValueError):
+    """A target or header that cannot be written into a request head as it is."""
 
 
 class _Connection(asyncio.Protocol):
@@ -91,11 +105,17 @@ class _Connection(asyncio.Protocol):
             self._waiter = None
 
 
-def encode_request(method: str, target: str, host: bytes, headers: Headers, body: bytes) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), b"host: ", host, b"\r\n"]
+def encode_head(method: str, target: bytes, host: bytes, headers: Headers, length: int) -> bytes:
+    """The request head, or UnsafeRequest when the target or a header would change its framing."""
+    if not target.startswith(b"/") or _TARGET_OUTSIDE_VISIBLE_ASCII.search(target):
+        raise UnsafeRequest(f"refusing to forward request target {target[:200]!r}")
+    lines = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+    not_a_token, control_in_value = _NOT_A_TOKEN.search, _CONTROL_IN_VALUE.search
     for name, value in headers:
+        if not name or not_a_token(name) or control_in_value(value):
+            raise UnsafeRequest(f"refusing to forward header {name[:100]!r}")
         lines += [name, b": ", value, b"\r\n"]
-    lines += [b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", body]
+    lines += [b"content-length: ", str(length).encode(), b"\r\n\r\n"]
     return b"".join(lines)
 
 
@@ -110,10 +130,11 @@ class ConnectionPool:
         self.hostport = f"{host}:{port}".encode()
         self.idle: list[_Connection] = []
 
-    async def send(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
-        """One request; UpstreamError when the connection fails before a full answer."""
+    async def send(self, method: str, target: bytes, headers: Headers, body: bytes) -> Response:
+        """One request; UpstreamError when the connection fails before a full answer,
+        UnsafeRequest (before anything is sent) when it cannot be encoded safely."""
+        payload = encode_head(method, target, self.hostport, headers, len(body)) + body
         connection, reused = await self._acquire()
-        payload = encode_request(method, target, self.hostport, headers, body)
         try:
             response = await connection.request(payload)
         except UpstreamError:
