@@ -49,22 +49,13 @@ def load_crd(path: str | Path) -> Schema:
     raise ValueError(f"{path} holds no CustomResourceDefinition")
 
 
-# The Gateway API HTTPRoute CRD lives in the shared design folder beside the checkout.
-HTTPROUTE_CRD_CANDIDATES = (
-    Path(__file__).resolve().parents[3] / "shared/data/gateway-api/httproute-crd.yaml",
-    Path("/work/shared/data/gateway-api/httproute-crd.yaml"),
-)
-
-
 @cache
 def httproute_crd() -> Schema:
-    """The standard-channel HTTPRoute CRD; a missing file fails loudly, it never skips a check."""
-    for path in HTTPROUTE_CRD_CANDIDATES:
-        if path.exists():
-            return load_crd(path)
-    raise FileNotFoundError(
-        f"Gateway API HTTPRoute CRD not found in {[str(p) for p in HTTPROUTE_CRD_CANDIDATES]}"
-    )
+    """The standard-channel HTTPRoute CRD (tests/support/testdata.py finds it); a missing file
+    fails loudly, it never skips a check."""
+    from tests.support.testdata import HTTPROUTE_CRD, data_file
+
+    return load_crd(data_file(HTTPROUTE_CRD))
 
 
 def berth_crds() -> dict[str, Schema]:
