@@ -1,7 +1,8 @@
 """Local mode speed, in one run: `python bench/local.py [--requests 10000] [--latency-requests 3000]`
 
 1. The router's added p50 latency: the same request sent straight to a replica and through
-   `berth up`'s router, interleaved, one keep-alive connection each (target: within 1 ms).
+   `berth up`'s router, interleaved, one keep-alive connection each (target: within 1 ms),
+   and how many connections the router opened to the replica for them (target: a few).
 2. The share of each variant over N requests through the router (target: within 2 points).
 3. Failed requests while the Endpoint moves to a new EndpointConfig under constant load
    (target: 0).
@@ -141,15 +142,29 @@ def p50_ms(host: str, port: int, path: str, count: int) -> list[float]:
     return samples
 
 
-def added_latency(port: int, replica_port: int, count: int) -> tuple[float, float]:
+def sockets_to(port: int) -> set[int]:
+    """Local ports of the IPv4 TCP sockets on this host connected to `port`, TIME-WAIT included."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote = line.split()[1:3]
+        if int(remote.rsplit(":", 1)[1], 16) == port:
+            found.add(int(local.rsplit(":", 1)[1], 16))
+    return found
+
+
+def added_latency(port: int, replica_port: int, count: int) -> tuple[float, float, int]:
+    """p50 direct and through the router, and the connections the router opened to the replica."""
     direct: list[float] = []
     routed: list[float] = []
+    opened: set[int] = set()
     p50_ms("127.0.0.1", replica_port, "/invocations", 200)  # warm up both paths
     p50_ms("127.0.0.1", port, "/endpoints/default/split/invocations", 200)
     for _ in range(10):  # interleaved rounds: the machine's drift hits both alike
         direct += p50_ms("127.0.0.1", replica_port, "/invocations", count // 10)
+        before = sockets_to(replica_port)
         routed += p50_ms("127.0.0.1", port, "/endpoints/default/split/invocations", count // 10)
-    return statistics.median(direct), statistics.median(routed)
+        opened |= sockets_to(replica_port) - before
+    return statistics.median(direct), statistics.median(routed), len(opened)
 
 
 async def load(
@@ -248,13 +263,16 @@ def main() -> None:
             replica = next(
                 r for r in endpoint_status(port, "split")["replicas"] if r["variant"] == "champion"
             )
-            direct, routed = added_latency(port, replica["port"], args.latency_requests)
+            direct, routed, opened = added_latency(port, replica["port"], args.latency_requests)
             added = routed - direct
             verdict = "ok" if added <= 1.0 else "MISSED"
             print("\n1. Router overhead (one keep-alive connection, sequential, p50):")
             print(f"   direct to a replica   {direct:.3f} ms  (baseline)")
             print(f"   through the router    {routed:.3f} ms")
             print(f"   added                 {added:.3f} ms  (target <= 1 ms: {verdict})")
+            print(
+                f"   connections the router opened to the replica for {args.latency_requests:,} requests: {opened}"
+            )
 
             started = time.perf_counter()
             variants, failures = asyncio.run(

@@ -1,10 +1,13 @@
 """The router of `berth up` forwards what it is sent and nothing more: the path stays
-percent-encoded on its way to the replica, and a target or header that would end the
-request line or head early is refused. Raw sockets against the real Router and QuietServer,
-in front of a replica that records every byte it gets."""
+percent-encoded on its way to the replica, a target or header that would end the request
+line or head early is refused, and requests share pooled connections to the replica.
+Raw sockets against the real Router and QuietServer, in front of a replica that records
+every byte it gets."""
 
 from __future__ import annotations
 
+import http.client
+import threading
 import time
 from collections.abc import Iterator
 
@@ -108,3 +111,42 @@ def test_a_head_with_cr_or_lf_in_a_header_is_never_encoded(header: tuple[bytes, 
 def test_a_target_that_is_not_a_clean_origin_form_is_never_encoded(target: bytes) -> None:
     with pytest.raises(ValueError, match="target"):
         encode_head("GET", target, b"replica:1", [], 0)
+
+
+# --- keep-alive ------------------------------------------------------------------------------
+
+
+def test_sequential_requests_reuse_one_replica_connection(
+    router: RouterServer, replica: RecordingReplica
+) -> None:
+    """200 requests one after another: the replica sees one connection (before: 200)."""
+    connection = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
+    try:
+        for index in range(200):
+            connection.request("POST", PREFIX + "/invocations", body=b"[[%d]]" % index)
+            response = connection.getresponse()
+            assert response.read() == b"ok" and response.status == 200
+    finally:
+        connection.close()
+    assert len(replica.requests) == 200
+    assert [r.body for r in replica.requests] == [b"[[%d]]" % i for i in range(200)]
+    assert replica.connections == 1
+
+
+def test_concurrent_clients_share_a_bounded_set_of_replica_connections(
+    router: RouterServer, replica: RecordingReplica
+) -> None:
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
+        for _ in range(50):
+            connection.request("GET", PREFIX + "/ping")
+            connection.getresponse().read()
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(replica.requests) == 400
+    assert replica.connections <= 8

@@ -18,9 +18,13 @@ from typing import Any
 import httptools
 
 Headers = list[tuple[bytes, bytes]]
+Body = bytes | bytearray
 Response = tuple[int, Headers, bytes]
 TIMEOUT_SECONDS = 300.0
 MAX_IDLE_PER_UPSTREAM = 64
+# A pooled connection idle longer than this is not reused: `berth serve` closes keep-alive
+# connections after 5 s idle, and one reused just then costs a failed write and a retry.
+POOL_IDLE_SECONDS = 4.0
 
 _TARGET_OUTSIDE_VISIBLE_ASCII = re.compile(rb"[^\x21-\x7e]")
 _NOT_A_TOKEN = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
@@ -44,6 +48,9 @@ class _Connection(asyncio.Protocol):
         self._headers: Headers = []
         self._body: list[bytes] = []
         self._complete = False
+        self._keep_alive = False
+        self._head_request = False
+        self.idle_since = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -64,6 +71,12 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
 
+    def on_headers_complete(self) -> None:
+        # An answer to HEAD has a Content-Length but no body, which a response parser cannot
+        # know: the answer is complete here, and the connection is not reused.
+        if self._head_request and self._parser.get_status_code() >= 200:
+            self._finish(keep_alive=False)
+
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
@@ -71,7 +84,14 @@ class _Connection(asyncio.Protocol):
         if self._parser.get_status_code() < 200:  # an interim answer (100 Continue): wait on
             self._headers, self._body = [], []
             return
+        # Read now: once the message is complete httptools says False for every connection.
+        self._finish(keep_alive=self._parser.should_keep_alive())
+
+    def _finish(self, keep_alive: bool) -> None:
+        if self._complete:
+            return
         self._complete = True
+        self._keep_alive = keep_alive
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
@@ -84,19 +104,23 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(exc)
 
     def reusable(self) -> bool:
-        return not self.closed and self._complete and self._parser.should_keep_alive()
+        return not self.closed and self._complete and self._keep_alive
 
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
 
-    async def request(self, payload: bytes) -> Response:
+    async def request(self, head: bytes, body: Body, head_request: bool) -> Response:
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
         self._headers, self._body, self._complete = [], [], False
+        self._head_request = head_request
         assert self.transport is not None
-        self.transport.write(payload)
+        # Head and body written apart: a body of tens of MiB is not copied into one payload.
+        self.transport.write(head)
+        if body:
+            self.transport.write(body)
         timer = loop.call_later(TIMEOUT_SECONDS, self._fail, UpstreamError("replica did not answer in time"))
         try:
             return await self._waiter
@@ -130,13 +154,14 @@ class ConnectionPool:
         self.hostport = f"{host}:{port}".encode()
         self.idle: list[_Connection] = []
 
-    async def send(self, method: str, target: bytes, headers: Headers, body: bytes) -> Response:
+    async def send(self, method: str, target: bytes, headers: Headers, body: Body) -> Response:
         """One request; UpstreamError when the connection fails before a full answer,
         UnsafeRequest (before anything is sent) when it cannot be encoded safely."""
-        payload = encode_head(method, target, self.hostport, headers, len(body)) + body
+        head = encode_head(method, target, self.hostport, headers, len(body))
+        head_request = method == "HEAD"
         connection, reused = await self._acquire()
         try:
-            response = await connection.request(payload)
+            response = await connection.request(head, body, head_request)
         except UpstreamError:
             connection.close()
             if not reused:
@@ -144,7 +169,7 @@ class ConnectionPool:
             # A pooled connection the replica had closed: once more on a fresh one.
             connection = await self._connect()
             try:
-                response = await connection.request(payload)
+                response = await connection.request(head, body, head_request)
             except UpstreamError:
                 connection.close()
                 raise
@@ -152,16 +177,19 @@ class ConnectionPool:
             connection.close()  # cancelled mid-request: the connection state is unknown
             raise
         if connection.reusable() and len(self.idle) < MAX_IDLE_PER_UPSTREAM:
+            connection.idle_since = asyncio.get_running_loop().time()
             self.idle.append(connection)
         else:
             connection.close()
         return response
 
     async def _acquire(self) -> tuple[_Connection, bool]:
+        now = asyncio.get_running_loop().time()
         while self.idle:
             connection = self.idle.pop()
-            if not connection.closed:
+            if not connection.closed and now - connection.idle_since < POOL_IDLE_SECONDS:
                 return connection, True
+            connection.close()
         return await self._connect(), False
 
     async def _connect(self) -> _Connection:
