@@ -179,6 +179,7 @@ async def _serve(
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait([stopper, server_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
     stop.set()
+    server.drain()  # idle client connections and stalled uploads go now, not after the replicas
     log.info("berth up: stopping every replica")
     for task in tasks:
         task.cancel()

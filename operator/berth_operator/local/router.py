@@ -1,12 +1,14 @@
 """The local router: carries out the planned HTTPRoutes on one port, as a Gateway would.
 
-A raw ASGI app (no framework on the hot path) behind uvicorn with uvloop + httptools,
-forwarding over pooled keep-alive connections (`upstream.py`). Replicas are counted in
-flight so a fleet can be drained (taken off the route, then waited for) before it stops.
+A raw ASGI app (no framework on the hot path) behind uvicorn with uvloop + httptools and
+the serving runtime's HTTP edge (`berth_serving.httpedge`: time, size and connection
+limits), forwarding over pooled keep-alive connections (`upstream.py`). Replicas are counted
+in flight so a fleet can be drained (taken off the route, then waited for) before it stops.
 
 The path is matched and rewritten as sent, still percent-encoded, and forwarded so: a
 decoded path written into the request line to a replica would let `%0d%0a` in a client's
-path end that line and smuggle a request of the client's own.
+path end that line and smuggle a request of the client's own. A body is forwarded only once
+it is whole; a client that leaves mid-upload sends nothing on.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from berth_serving.httpedge import unsafe_target
+from berth_serving.httpedge import Edge, EdgeLimits, unsafe_target
 
 from .routetable import (
     BackendRef,
@@ -32,7 +34,7 @@ from .routetable import (
     rewrite_path,
     select_rule,
 )
-from .upstream import ConnectionPool, UnsafeRequest, UpstreamError
+from .upstream import Body, ConnectionPool, UnsafeRequest, UpstreamError
 
 ASGIReceive = Callable[[], Awaitable[dict[str, Any]]]
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
@@ -41,6 +43,11 @@ log = logging.getLogger("berth.up")
 STATUS_PATH = "/_berth/status"
 _STATUS_RAW_PATH = STATUS_PATH.encode()
 MAX_BODY_BYTES = 64 * 1024 * 1024
+# The edge of `berth up`: /_berth/status answers even when every connection is busy, and the
+# bodies in transit at once are bounded in memory (four of the largest the router takes).
+ROUTER_LIMITS = EdgeLimits(probe_paths=frozenset({STATUS_PATH}), max_body_bytes_in_transit=4 * MAX_BODY_BYTES)
+# How long a stop waits for requests in flight, and bodies still arriving, before it drops them.
+SHUTDOWN_GRACE_SECONDS = 5
 MIRROR_LIMIT = 64  # mirrored requests in flight at most; beyond that copies are dropped
 HOP_BY_HOP = frozenset(
     {
@@ -167,9 +174,17 @@ class Router:
             code, body = _error(404, f"no route matches {path}", knownEndpoints=self.known_endpoints())
             await _respond(send, code, body)
             return
-        request_body = await _read_body(receive)
-        if request_body is None:
-            await _respond(send, *_error(413, f"request body over {MAX_BODY_BYTES} bytes"))
+        declared = headers.get("content-length")
+        if declared is not None and int(declared) > MAX_BODY_BYTES:
+            # Refused before a byte of it is read; the rest is never read, so the connection closes.
+            await _respond(send, *_error(413, f"request body over {MAX_BODY_BYTES} bytes"), close=True)
+            return
+        try:
+            request_body = await _read_body(receive, None if declared is None else int(declared))
+        except _ClientGone:
+            return  # nothing to answer, and nothing is forwarded
+        except _TooLarge:
+            await _respond(send, *_error(413, f"request body over {MAX_BODY_BYTES} bytes"), close=True)
             return
         target = rewrite_path(raw_path, prefix, rule.replace_prefix)
         if query:
@@ -210,7 +225,7 @@ class Router:
         method: str,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
-        body: bytes,
+        body: Body,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         backend = pick_backend(backends, self.ready_counts, self._rng)
         if backend is None:
@@ -239,7 +254,7 @@ class Router:
         return self.pools[backend.key].take(avoid=failed)
 
     async def _send(
-        self, upstream: Upstream, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+        self, upstream: Upstream, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: Body
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         upstream.inflight += 1
         try:
@@ -251,7 +266,7 @@ class Router:
         return status, out, payload
 
     def _mirror(
-        self, mirror: Mirror, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+        self, mirror: Mirror, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: Body
     ) -> None:
         """Fire and forget: the answer never waits for the shadow, and copies beyond the
         limit are dropped rather than queued."""
@@ -271,7 +286,7 @@ class Router:
         task.add_done_callback(self._mirror_tasks.discard)
 
     async def _send_mirror(
-        self, upstream: Upstream, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+        self, upstream: Upstream, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: Body
     ) -> None:
         try:
             await self._send(upstream, method, target, headers, body)
@@ -280,19 +295,51 @@ class Router:
             self.mirrors_dropped += 1
 
 
-async def _read_body(receive: ASGIReceive) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        if chunk:
+class _ClientGone(Exception):
+    """The client disconnected (or the edge cut it off) before its body was whole."""
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: ASGIReceive, declared: int | None) -> Body:
+    """The whole body; _ClientGone when it never arrives whole. With a Content-Length the
+    chunks are copied into one buffer of that size as they come: no list of chunks joined
+    later, so a large upload costs its size once, not twice."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _ClientGone()
+    chunk: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return chunk
+    if declared is None:  # chunked: no size known in advance
+        chunks, size = [chunk], len(chunk)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone()
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY_BYTES:
-                return None
+                raise _TooLarge()
             chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    buffer = bytearray(declared)
+    view = memoryview(buffer)
+    filled = 0
+    while True:
+        view[filled : filled + len(chunk)] = chunk  # the parser keeps a body within its Content-Length
+        filled += len(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+            break
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone()
+        chunk = message.get("body", b"")
+    view.release()
+    return buffer
 
 
 def _json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
@@ -308,9 +355,10 @@ async def _respond(send: ASGISend, status: int, body: bytes, close: bool = False
 
 
 class QuietServer:
-    """uvicorn's Server without its signal capture: `berth up` owns SIGINT/SIGTERM."""
+    """uvicorn's Server with the shared HTTP edge and without its signal capture: `berth up`
+    owns SIGINT/SIGTERM, and calls drain() when it starts to stop."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int, limits: EdgeLimits = ROUTER_LIMITS) -> None:
         import uvicorn
 
         class _Server(uvicorn.Server):
@@ -318,19 +366,20 @@ class QuietServer:
             def capture_signals(self) -> Iterator[None]:
                 yield
 
+        self.edge = Edge(limits)
         config = uvicorn.Config(
             app,
             host=host,
             port=port,
             loop="uvloop",
-            http="httptools",
             lifespan="on",
             access_log=False,
             log_level="warning",
             proxy_headers=False,
             server_header=False,  # the replica's own Date and Server headers pass through
             date_header=False,
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+            **self.edge.uvicorn_options(),
         )
         self.server = _Server(config)
 
@@ -340,6 +389,11 @@ class QuietServer:
     @property
     def started(self) -> bool:
         return bool(self.server.started)
+
+    def drain(self) -> None:
+        """Close idle client connections and drop stalled uploads now (call on the loop)."""
+        if self.server.started:
+            self.edge.drain(SHUTDOWN_GRACE_SECONDS)
 
     def stop(self) -> None:
         self.server.should_exit = True
