@@ -105,7 +105,7 @@ def to_dtype(value: Any, dtype: np.dtype[Any]) -> np.ndarray:
             if dtype.kind in "iu" and array.dtype.kind == "f":
                 # Maybe Python integers numpy could only hold as floats (0 and 2**64-1): keep them exact.
                 exact = np.asarray(value, dtype=object)
-                if all(type(v) is int for v in exact.flat):
+                if all(type(v) is int or type(v) is bool for v in exact.flat):
                     array = exact
         except (ValueError, TypeError, OverflowError):
             raise ValueMismatch(f"not a regular {_what(dtype)} array") from None
@@ -116,7 +116,7 @@ def to_dtype(value: Any, dtype: np.dtype[Any]) -> np.ndarray:
         if kind == "U" or (kind == "O" and all(isinstance(v, str) for v in array.flat)):
             return array.astype(object)
         raise ValueMismatch("strings only")
-    if kind == "O" and array.size and all(type(v) is int for v in array.flat):
+    if kind == "O" and array.size and all(type(v) is int or type(v) is bool for v in array.flat):
         # Python integers numpy could not put in one 64-bit type.
         if dtype.kind in "iu":
             return _to_integer(array, dtype)

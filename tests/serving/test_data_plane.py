@@ -104,6 +104,10 @@ def test_valid_values_of_every_dtype_come_back_exactly(typed: ThreadedServer) ->
         expected = np.asarray(value, dtype=np.float32) if name == "f32" else np.asarray(value)
         np.testing.assert_array_equal(np.asarray(outputs[f"{name}_out"], dtype=expected.dtype), expected)
     assert outputs["u64_out"] == [[0], [2**64 - 1]]
+    # Booleans beside integers numpy can only hold as floats (found by the property suite).
+    mixed = post(typed.url + "/invocations", orjson.dumps({"inputs": {**edges, "u64": [[False], [2**63]]}}))
+    assert mixed.status == 200, mixed.body
+    assert orjson.loads(mixed.body)["outputs"]["u64_out"] == [[0], [2**63]]
     assert outputs["i64_out"] == [[-(2**63)], [2**63 - 1]]
 
 
