@@ -105,9 +105,12 @@ def test_valid_values_of_every_dtype_come_back_exactly(typed: ThreadedServer) ->
         np.testing.assert_array_equal(np.asarray(outputs[f"{name}_out"], dtype=expected.dtype), expected)
     assert outputs["u64_out"] == [[0], [2**64 - 1]]
     # Booleans beside integers numpy can only hold as floats (found by the property suite).
-    mixed = post(typed.url + "/invocations", orjson.dumps({"inputs": {**edges, "u64": [[False], [2**63]]}}))
+    three_rows = {name: [value[0]] * 3 for name, value in edges.items()}
+    mixed = post(
+        typed.url + "/invocations", orjson.dumps({"inputs": {**three_rows, "u64": [[False], [0], [2**63]]}})
+    )
     assert mixed.status == 200, mixed.body
-    assert orjson.loads(mixed.body)["outputs"]["u64_out"] == [[0], [2**63]]
+    assert orjson.loads(mixed.body)["outputs"]["u64_out"] == [[0], [0], [2**63]]
     assert outputs["i64_out"] == [[-(2**63)], [2**63 - 1]]
 
 
