@@ -51,7 +51,17 @@ def services(route: dict) -> dict[str, str]:
 def test_lookup_rewrite_and_rules() -> None:
     route = planned_route()
     table = compile_routes([route])
+    # v2 requests naming a model have a rule of their own (to the variants serving that model)
     found = table.lookup("/endpoints/default/ep/v2/models/m/infer")
+    assert found is not None
+    model_prefix, model_rules = found
+    assert model_prefix == "/endpoints/default/ep/v2/models/m"
+    model_rule = select_rule(model_rules, {})
+    assert model_rule is not None and model_rule.replace_prefix == "/v2/models/m"
+    assert rewrite_path(
+        b"/endpoints/default/ep/v2/models/m/infer", model_prefix, model_rule.replace_prefix
+    ) == (b"/v2/models/m/infer")
+    found = table.lookup("/endpoints/default/ep/invocations")
     assert found is not None
     prefix, rules = found
     assert prefix == "/endpoints/default/ep"
