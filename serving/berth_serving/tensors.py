@@ -103,10 +103,7 @@ def to_dtype(value: Any, dtype: np.dtype[Any]) -> np.ndarray:
         try:
             array = np.asarray(value)
             if dtype.kind in "iu" and array.dtype.kind == "f":
-                # Maybe Python integers numpy could only hold as floats (0 and 2**64-1): keep them exact.
-                exact = np.asarray(value, dtype=object)
-                if all(type(v) is int or type(v) is bool for v in exact.flat):
-                    array = exact
+                array = _exact_integers(value, array)
         except (ValueError, TypeError, OverflowError):
             raise ValueMismatch(f"not a regular {_what(dtype)} array") from None
     if array.dtype == dtype:
@@ -116,8 +113,8 @@ def to_dtype(value: Any, dtype: np.dtype[Any]) -> np.ndarray:
         if kind == "U" or (kind == "O" and all(isinstance(v, str) for v in array.flat)):
             return array.astype(object)
         raise ValueMismatch("strings only")
-    if kind == "O" and array.size and all(type(v) is int or type(v) is bool for v in array.flat):
-        # Python integers numpy could not put in one 64-bit type.
+    if kind == "O" and array.size and all(type(v) in (int, bool, float) for v in array.flat):
+        # Python numbers numpy could not put in one 64-bit type (see _exact_integers).
         if dtype.kind in "iu":
             return _to_integer(array, dtype)
         raise ValueMismatch(f"{max(array.flat, key=abs)} is out of range for {dtype}")
@@ -148,6 +145,20 @@ def _all_finite(array: np.ndarray) -> bool:
 
 
 _SMALL = 64
+
+
+def _exact_integers(value: Any, floats: np.ndarray) -> np.ndarray:
+    """Values numpy read as float64 for an integer input. When some are Python integers
+    beyond 2**53 (2**64-1 beside 0, or 2**53+1 beside 0.0), float64 would round them: keep
+    the Python numbers instead (an object array), with any float beside them whole and
+    exact. Otherwise the floats are exact and _to_integer checks them."""
+    exact = np.asarray(value, dtype=object)
+    if not any(type(v) is int and abs(v) > _EXACT_FLOAT_INTEGER for v in exact.flat):
+        return floats
+    for v in exact.flat:
+        if type(v) is float and not (math.isfinite(v) and v.is_integer() and abs(v) <= _EXACT_FLOAT_INTEGER):
+            raise ValueMismatch(f"whole numbers within 2**53 only beside large integers, got {_number(v)}")
+    return exact
 
 
 def _what(dtype: np.dtype[Any]) -> str:

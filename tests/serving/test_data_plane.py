@@ -111,6 +111,12 @@ def test_valid_values_of_every_dtype_come_back_exactly(typed: ThreadedServer) ->
     )
     assert mixed.status == 200, mixed.body
     assert orjson.loads(mixed.body)["outputs"]["u64_out"] == [[0], [0], [2**63]]
+    # A float beside an integer float64 would round (2**53 + 1): kept exact, not off by one.
+    beside = post(
+        typed.url + "/invocations", orjson.dumps({"inputs": {**three_rows, "i64": [[0.0], [1], [2**53 + 1]]}})
+    )
+    assert beside.status == 200, beside.body
+    assert orjson.loads(beside.body)["outputs"]["i64_out"] == [[0], [1], [2**53 + 1]]
     assert outputs["i64_out"] == [[-(2**63)], [2**63 - 1]]
 
 
