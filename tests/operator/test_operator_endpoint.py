@@ -137,7 +137,7 @@ def test_failed_model_download_reaches_failure_reason(cluster, start_operator):
         lambda: next(iter(children(cluster, "Deployment", "ep")), None), message="Deployment"
     )
     init_name = deployment["spec"]["template"]["spec"]["initContainers"][0]["name"]
-    message = "download failed: 403 Forbidden from s3://models/fraud/missing.onnx"
+    message = "403 Forbidden from s3://models/fraud/missing.onnx"  # what fetch-model writes
     terminated = {"exitCode": 1, "reason": "Error", "message": message}
     pod_status = {
         "phase": "Pending",
@@ -151,7 +151,7 @@ def test_failed_model_download_reaches_failure_reason(cluster, start_operator):
     }
     cluster.create(pod_of(deployment, "ep-blue-abc12", pod_status))
     reason = wait_for(lambda: status(cluster).get("failureReason"), message="failureReason")
-    assert "403 Forbidden" in reason and "m1" in reason
+    assert reason == "model m1: download failed: 403 Forbidden from s3://models/fraud/missing.onnx"
     assert condition(cluster, "Degraded")["status"] == "True"
 
 
