@@ -59,7 +59,9 @@ async def reconcile_transform(
     model = _model(snapshot.model)
     observed = TransformObserved(now, snapshot.job, snapshot.pods)
     plan = plan_transform_job(transform, model, settings, observed)
-    if snapshot.job is None and (plan.job is not None or (transform.status and transform.status.job_name)):
+    status = transform.status
+    unfinished = status is not None and bool(status.job_name) and status.phase not in ("Succeeded", "Failed")
+    if snapshot.job is None and (plan.job is not None or unfinished):
         # About to create a Job, or to fail for a lost one: the watch may just not show it yet.
         job = await kube.get(JOBS, transform.namespace, job_name(transform.name))
         if job is not None:
