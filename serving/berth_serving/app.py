@@ -328,7 +328,9 @@ class ServingApp:
                 raise self._unknown_model(v2_name, model)
             kind = codecs.JSON
             carried = None
-            if v2_name is None:  # the answer's type is settled before anything is read or run
+            # The answer's type is settled before anything is read or run (a JSON answer with
+            # no X-Berth-Output, the usual case, needs no call).
+            if v2_name is None and (headers.accept or headers.output is not None):
                 kind = codecs.response_type(headers.accept)
                 carried = codecs.carried_output(kind, headers.output, model.output_names)
             size = self._reservation(headers.content_length)
