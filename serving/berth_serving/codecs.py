@@ -32,6 +32,7 @@ import orjson
 from berth_serving.errors import HTTPError, bad_request
 from berth_serving.signature import Signature
 from berth_serving.tensors import as_matrix, dumps
+from berth_serving.v2 import decode_json_tensors
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -137,8 +138,6 @@ def _decode_json(body: bytes, signature: Signature) -> dict[str, Any]:
         if isinstance(inputs, dict):
             return inputs
         if isinstance(inputs, list):  # Open Inference Protocol tensors, posted to /invocations
-            from berth_serving.v2 import decode_json_tensors
-
             return decode_json_tensors(inputs)
     elif isinstance(document, list):
         return _from_instances(document, signature)
