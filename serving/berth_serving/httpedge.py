@@ -42,8 +42,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from berth_serving.errors import HTTPError, error_body
 
 ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
 Headers = tuple[tuple[bytes, bytes], ...]
@@ -95,7 +96,7 @@ def answer_bytes(
     status: int, message: str, *, v2: bool, retry_after: bool, extra: Headers = ()
 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Headers and body of one of the edge's own JSON answers, in the shape the path's API uses."""
-    body = orjson.dumps({"error": message} if v2 else {"error": {"code": status, "message": message}})
+    body = error_body(HTTPError(status, message), v2)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -24,7 +24,14 @@ class RuntimeSettings(ApiModel):
     """Tuning of the built-in ONNX Runtime server."""
 
     max_batch_size: int = Field(
-        default=32, ge=1, le=4096, description="Largest number of rows merged into one ONNX Runtime call."
+        default=32,
+        ge=1,
+        le=4096,
+        description=(
+            "Largest number of rows merged into one ONNX Runtime call. Requests merge only when every"
+            " output follows the batch's rows; a model whose answer for a row depends on the other rows"
+            " (a batch mean, a sort across rows) must set 1, which the runtime cannot detect."
+        ),
     )
     max_batch_delay_ms: float = Field(
         default=2,

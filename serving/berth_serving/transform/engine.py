@@ -91,8 +91,9 @@ class LoadedModel:
     output_names: list[str]
 
     @classmethod
-    def from_session(cls, session: Any) -> LoadedModel:
-        signature = Signature.from_session(session)
+    def from_session(cls, session: Any, model_path: Path) -> LoadedModel:
+        # The path lets the signature read the graph: batches merge only where rows provably align.
+        signature = Signature.from_session(session, model_path)
         return cls(session, signature, [spec.name for spec in signature.outputs])
 
     def run(self, feed: dict[str, Any]) -> list[Any]:
@@ -113,7 +114,7 @@ def load_model(
 
     path = resolve_model(uri, scratch, sha256)
     return LoadedModel.from_session(
-        load_session(path, threads=threads, optimization=optimization, providers=providers)
+        load_session(path, threads=threads, optimization=optimization, providers=providers), path
     )
 
 
