@@ -53,7 +53,14 @@ class _Walker:
         if class_name is not None:
             for rule in getattr(self.classes.get(class_name), "x_kubernetes_validations", []) or []:
                 self.rules.append((path, rule["message"]))
-        self.rows.append((path, _type(node, self.resolve) + (", required" if required else ""), _default(node), _about(node)))
+        self.rows.append(
+            (
+                path,
+                _type(node, self.resolve) + (", required" if required else ""),
+                _default(node),
+                _about(node),
+            )
+        )
         if "properties" in node:
             needed = set(node.get("required", []))
             for name, child in node["properties"].items():
@@ -97,7 +104,12 @@ def _default(node: Schema) -> str:
 def _about(node: Schema) -> str:
     text = " ".join(str(node.get("description", "")).split())
     bounds = []
-    for key, word in (("minimum", ">="), ("maximum", "<="), ("minLength", "length >="), ("maxLength", "length <=")):
+    for key, word in (
+        ("minimum", ">="),
+        ("maximum", "<="),
+        ("minLength", "length >="),
+        ("maxLength", "length <="),
+    ):
         if key in node:
             bounds.append(f"{word} {node[key]}")
     if "minItems" in node or "maxItems" in node:
@@ -125,7 +137,11 @@ def kind_section(resource: type[api.Resource]) -> str:
     ]
     lines += [f"| `{path}` | {kind} | {default} | {about} |" for path, kind, default, about in walker.rows]
     if walker.rules:
-        lines += ["", "Admission refuses (the CRD's CEL rules, the same words in `berth render` and `berth up`):", ""]
+        lines += [
+            "",
+            "Admission refuses (the CRD's CEL rules, the same words in `berth render` and `berth up`):",
+            "",
+        ]
         lines += [f"- `{path}`: {message}" for path, message in walker.rules]
     return "\n".join(lines) + "\n"
 

@@ -76,6 +76,29 @@ def plain(body: Any) -> dict[str, Any]:
     return raw
 
 
+POD_METADATA = ("name", "namespace", "labels", "annotations", "uid", "creationTimestamp", "deletionTimestamp")
+
+
+def pod_view(body: Any) -> dict[str, Any]:
+    """The part of a Pod the planner reads (identity, container ports, status): a pod's spec is
+    most of its size, and hundreds of pods are held in memory."""
+    meta = body.get("metadata") or {}
+    containers = [
+        {"name": c.get("name"), "ports": copy.deepcopy(c.get("ports") or [])}
+        for c in (body.get("spec") or {}).get("containers") or []
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "namespace": "default",
+            **{k: copy.deepcopy(meta[k]) for k in POD_METADATA if k in meta},
+        },
+        "spec": {"containers": containers},
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+
+
 def first(index: Any, key: Any) -> Any:
     """The one value an index holds under key (an object indexed by its own name), or None."""
     store = index.get(key) if index is not None else None
@@ -224,10 +247,13 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     def child_index(namespace: str | None, labels: Any, body: Any, **_: Any) -> Any:
         return {(namespace or "default", labels[berth_labels.ENDPOINT]): plain(body)}
 
+    def pod_index(namespace: str | None, labels: Any, body: Any, **_: Any) -> Any:
+        return {(namespace or "default", labels[berth_labels.ENDPOINT]): pod_view(body)}
+
     owned = {berth_labels.ENDPOINT: kopf.PRESENT}
     for index_id, (group, version, plural) in CHILD_INDEXES.items():
         kopf.index(group, version, plural, labels=owned, registry=registry, id=index_id)(child_index)
-    kopf.index(*PODS, labels=owned, registry=registry, id="pods_by_endpoint")(child_index)
+    kopf.index(*PODS, labels=owned, registry=registry, id="pods_by_endpoint")(pod_index)
 
     # ------------------------------------------------------------------ Endpoint
 

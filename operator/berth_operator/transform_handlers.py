@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import kopf
 
-from .handlers import JOBS, MODELS, PODS, TRANSFORMJOBS, first, plain
+from .handlers import JOBS, MODELS, PODS, TRANSFORMJOBS, first, plain, pod_view
 from .kube import describe_error
 from .planner.transform import TRANSFORM_JOB, transform_selector
 from .reconcile_transform import TransformSnapshot, reconcile_transform
@@ -40,11 +40,14 @@ def register_transform_handlers(registry: kopf.OperatorRegistry, ctx: OperatorCo
             return None
         return {(namespace or "default", str(spec.get("modelName"))): name}
 
-    def by_transform(namespace: str | None, labels: Any, body: Any, **_: Any) -> Any:
+    def job_index(namespace: str | None, labels: Any, body: Any, **_: Any) -> Any:
         return {(namespace or "default", labels[TRANSFORM_JOB]): plain(body)}
 
-    kopf.index(*JOBS, labels=owned, registry=registry, id="jobs_by_transform")(by_transform)
-    kopf.index(*PODS, labels=owned, registry=registry, id="transform_pods")(by_transform)
+    def pod_index(namespace: str | None, labels: Any, body: Any, **_: Any) -> Any:
+        return {(namespace or "default", labels[TRANSFORM_JOB]): pod_view(body)}
+
+    kopf.index(*JOBS, labels=owned, registry=registry, id="jobs_by_transform")(job_index)
+    kopf.index(*PODS, labels=owned, registry=registry, id="transform_pods")(pod_index)
 
     async def reconcile(namespace: str, label: str, indexes: Any) -> None:
         raw = first(indexes["transforms_by_label"], (namespace, label))

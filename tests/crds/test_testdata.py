@@ -26,7 +26,9 @@ def test_a_cached_download_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert data_file(wanted) == cached
 
 
-def test_nothing_anywhere_fails_saying_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_anywhere_fails_saying_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     wanted = DataFile("nowhere/thing.yaml", "v9", "http://127.0.0.1:9/thing.yaml")  # nothing listens there
     monkeypatch.setenv("BERTH_TEST_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("BERTH_TEST_DATA_CACHE", str(tmp_path / "cache"))

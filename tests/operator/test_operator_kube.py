@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 from collections.abc import Iterator
 
 import kmock
@@ -110,9 +111,15 @@ def test_server_side_apply_creates_then_changes_and_drops_fields(cluster):
     assert created["metadata"]["labels"] == {"a": "1", "b": "2"}
     assert changed["metadata"]["labels"] == {"a": "1"}
     assert requests == 2
-    [first, second] = [r for r in cluster.requests_since(0) if r.method.value == "PATCH"]
-    assert first.headers["Content-Type"] == "application/apply-patch+yaml"
-    assert dict(first.url.query) == {"fieldManager": "berth-operator", "force": "true", "fieldValidation": "Strict"}
+    patches = [r for r in cluster.requests_since(0) if r.method.value == "PATCH"]
+    assert len(patches) == 2
+    for patch in patches:
+        assert patch.headers["Content-Type"] == "application/apply-patch+yaml"
+        assert dict(patch.url.query) == {
+            "fieldManager": "berth-operator",
+            "force": "true",
+            "fieldValidation": "Strict",
+        }
 
 
 def test_resource_table_paths():
@@ -125,3 +132,53 @@ def test_resource_table_paths():
     )
     with pytest.raises(ValueError, match="unknown kind"):
         resource_kind("v1", "Secret")
+
+
+def test_the_pod_view_keeps_everything_the_planner_reads():
+    """The pods index keeps a view of each pod (hundreds are held in memory): every decision made
+    from a whole pod is made the same from its view."""
+    from berth_operator.handlers import pod_view
+    from berth_operator.planner.podfailures import pod_failures, pods_stuck_starting
+    from berth_operator.planner.transform import record_counts
+    from berth_operator.scrape import pod_is_running, pod_metrics_url
+
+    labels = {"berth.dev/endpoint": "ep", "berth.dev/endpoint-config": "c", "berth.dev/variant": "v"}
+    terminated = {"exitCode": 1, "reason": "Error", "message": "403 Forbidden from s3://m"}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "p",
+            "namespace": "ml",
+            "labels": labels,
+            "annotations": {"batch.kubernetes.io/job-completion-index": "0"},
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "managedFields": [{"manager": "kubelet"}],
+        },
+        "spec": {
+            "containers": [
+                {"name": "server", "image": "x", "ports": [{"name": "http", "containerPort": 8081}]}
+            ],
+            "volumes": [{"name": "model", "emptyDir": {}}],
+        },
+        "status": {
+            "phase": "Pending",
+            "podIP": "127.0.0.9",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            ],
+            "initContainerStatuses": [
+                {"name": "storage-initializer", "lastState": {"terminated": terminated}}
+            ],
+            "containerStatuses": [{"name": "server", "state": {"waiting": {"reason": "PodInitializing"}}}],
+        },
+    }
+    view = pod_view(pod)
+    assert "volumes" not in view["spec"] and "managedFields" not in view["metadata"]
+    models = {("c", "v"): "m"}
+    assert pod_failures([view], "ep", models) == pod_failures([pod], "ep", models) != []
+    later = datetime.datetime(2026, 1, 1, 1, tzinfo=datetime.UTC)
+    assert pods_stuck_starting([view], later) == pods_stuck_starting([pod], later)
+    assert pod_metrics_url(view) == pod_metrics_url(pod) == "http://127.0.0.9:8081/metrics"
+    assert pod_is_running(view) == pod_is_running(pod)
+    assert record_counts([view], 1) == record_counts([pod], 1)

@@ -275,7 +275,9 @@ class BerthKMock(kmock.KubernetesEmulator):
             if isinstance(patch, dict):
                 expected = (patch.get("metadata") or {}).get("resourceVersion")
                 if expected is not None and expected != before["metadata"].get("resourceVersion"):
-                    raise kmock.KubernetesError(status=409, reason="Conflict", message="stale resourceVersion")
+                    raise kmock.KubernetesError(
+                        status=409, reason="Conflict", message="stale resourceVersion"
+                    )
                 stored.patch(patch)
             else:
                 try:

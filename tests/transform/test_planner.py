@@ -372,7 +372,12 @@ def test_finished_transforms_stay_finished_when_the_job_is_gone() -> None:
 def test_a_job_gone_before_the_outcome_was_recorded_is_never_run_again(phase: str) -> None:
     # The TTL controller or a person deleted the Job while our status still said Running (a lost
     # status write): a new Job would transform the whole dataset a second time.
-    running = {"phase": phase, "jobName": "score-march", "recordsDone": 4, "startTime": "2026-01-01T00:00:00Z"}
+    running = {
+        "phase": phase,
+        "jobName": "score-march",
+        "recordsDone": 4,
+        "startTime": "2026-01-01T00:00:00Z",
+    }
     plan = plan_transform_job(transform_job(status=running), model(), SETTINGS, observed())
     assert plan.job is None
     assert plan.status.phase == "Failed"

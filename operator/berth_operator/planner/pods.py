@@ -14,8 +14,8 @@ from typing import Any
 from berth_serving.config import MODEL_MOUNT_PATH
 
 from ..api import ModelSpec
-from ..settings import InstanceType, Settings
 from ..quantity import canonical, to_bytes
+from ..settings import InstanceType, Settings
 
 INIT_CONTAINER = "storage-initializer"
 SERVER_CONTAINER = "server"

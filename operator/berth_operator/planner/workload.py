@@ -8,6 +8,7 @@ from berth_serving.config import DEFAULT_PORT, DEFAULT_TIMEOUT_SECONDS, MODEL_MO
 from berth_serving.metrics import INVOCATIONS_PER_SECOND
 
 from ..api import Endpoint
+from ..quantity import canonical
 from ..settings import Settings
 from . import labels
 from .fleet import VariantPlan
@@ -24,7 +25,6 @@ from .pods import (
     node_placement,
     pod_scaffold,
 )
-from ..quantity import canonical
 from .types import Manifest
 
 PORT_NAME = "http"
