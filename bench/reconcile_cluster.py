@@ -17,6 +17,7 @@ the 13 writes and 80 reads measured before while creating; operator RSS within 2
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -45,6 +46,7 @@ from tests.support.gateway import GatewayController  # noqa: E402
 from tests.support.kubelet import Kubelet, register_node  # noqa: E402
 
 NS = "bench"
+print = functools.partial(print, flush=True)  # each phase's figures as soon as they are known
 # Every request of the operator's ServiceAccount (reads too), nothing else.
 AUDIT_EVERYTHING = """\
 apiVersion: audit.k8s.io/v1
@@ -217,6 +219,22 @@ def main() -> int:
         in_service = progress.times("cfg1", created)
         creating_seconds = time.monotonic() - created
         verbs_create, detail_create, mark = audit_counts(plane.audit_log, install.user, mark)
+        n = len(names)
+        reads_c, writes_c = split(verbs_create)
+        print(f"real kube-apiserver from {binaries.source}: {n} two-variant Endpoints, 2 cores shared by all")
+        print(f"baseline: API create+get round trip p50 {baseline * 1000:.1f} ms")
+        print(
+            f"creating: {len(in_service)}/{n} InService in {creating_seconds:.1f} s; per Endpoint p50 "
+            f"{percentile(in_service, 0.5):.1f} s, p90 {percentile(in_service, 0.9):.1f} s "
+            f"({percentile(in_service, 0.5) / baseline:.0f}x the round trip)"
+        )
+        print(
+            f"  operator API requests per Endpoint: {reads_c / n:.1f} reads + {writes_c / n:.1f} writes "
+            f"= {(reads_c + writes_c) / n:.1f} (before: ~80 reads + ~13 writes)"
+        )
+        print("  per Endpoint: " + ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(detail_create.items())))
+        rss, cpu = process_usage(operator.process.pid)
+        print(f"  operator so far: peak RSS {rss:.0f} MB, CPU {cpu:.1f} s")
 
         rolled = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
@@ -238,33 +256,14 @@ def main() -> int:
         kube.close()
         plane.stop()
 
-    n = len(names)
-    reads_c, writes_c = split(verbs_create)
     reads_r, writes_r = split(verbs_rollout)
-    print(
-        f"real kube-apiserver ({binaries.describe()}), {n} two-variant Endpoints, 2 cores shared by everything"
-    )
-    print(f"baseline: API create+get round trip p50 {baseline * 1000:.1f} ms")
-    print(
-        f"creating: {len(in_service)}/{n} InService in {creating_seconds:.1f} s; per Endpoint p50 "
-        f"{percentile(in_service, 0.5):.1f} s, p90 {percentile(in_service, 0.9):.1f} s "
-        f"({percentile(in_service, 0.5) / baseline:.0f}x the round trip)"
-    )
-    print(
-        f"  operator API requests per Endpoint: {reads_c / n:.1f} reads + {writes_c / n:.1f} writes "
-        f"= {(reads_c + writes_c) / n:.1f} (before: ~80 reads + ~13 writes) {dict(sorted(verbs_create.items()))}"
-    )
     print(
         f"rollout: {len(rolled_out)}/{n} rolled out, all done in {rollout_seconds:.1f} s; per Endpoint p50 "
         f"{percentile(rolled_out, 0.5):.1f} s, p90 {percentile(rolled_out, 0.9):.1f} s"
     )
-    print(
-        f"  operator API requests per Endpoint: {reads_r / n:.1f} reads + {writes_r / n:.1f} writes "
-        f"{dict(sorted(verbs_rollout.items()))}"
-    )
+    print(f"  operator API requests per Endpoint: {reads_r / n:.1f} reads + {writes_r / n:.1f} writes")
+    print("  per Endpoint: " + ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(detail_rollout.items())))
     print(f"operator: peak RSS {rss:.0f} MB, CPU {cpu:.1f} s")
-    for phase, detail in (("creating", detail_create), ("rollout", detail_rollout)):
-        print(f"  {phase}, per Endpoint: " + ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(detail.items())))
     return 0 if len(in_service) == n and len(rolled_out) == n else 1
 
 

@@ -160,8 +160,13 @@ class GatewayController:
             self._guarded(route["metadata"]["name"])
 
     def _on_service(self, event: str, service: Manifest) -> None:
+        # Only the routes that send to this Service: a namespace of 200 Endpoints would otherwise
+        # re-read every route at every Service event (quadratic, and the stand-in's CPU, not the
+        # operator's, would set the pace of a benchmark).
+        name = service["metadata"]["name"]
         for route in self._routes.objects():
-            self._guarded(route["metadata"]["name"])
+            if any(ref.get("name") == name for ref in backend_refs(route)):
+                self._guarded(route["metadata"]["name"])
 
     def _guarded(self, name: str) -> None:
         try:
