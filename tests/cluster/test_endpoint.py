@@ -160,3 +160,25 @@ def test_a_route_no_gateway_accepted_keeps_the_endpoint_out_of_service(cluster: 
 
     cluster.wait(reported, "Ready=False naming the route the Gateway did not accept", timeout=20)
     assert cluster.status()["phase"] != "InService"
+
+
+def test_an_autoscaler_without_metrics_says_so_on_the_endpoint(cluster: Cluster) -> None:
+    # No metrics adapter here, as in many clusters: the real HPA controller reports it cannot
+    # scale, and the Endpoint (serving at its floor) says why and what is missing.
+    cluster.start_operator()
+    requests = {"autoscaling": {"minReplicas": 1, "maxReplicas": 3, "targetInvocationsPerReplica": 50}}
+    cluster.create(model("m1"))
+    cluster.create(config("cfg1", variant("blue", "m1", **requests)))
+    cluster.create(endpoint("ep", "cfg1"))
+    cluster.wait_in_service()
+    reason = cluster.wait(
+        lambda: (
+            (cluster.status().get("failureReason") or "")
+            if "autoscaler" in (cluster.status().get("failureReason") or "")
+            else None
+        ),
+        "the autoscaler's complaint on the Endpoint",
+    )
+    assert reason.startswith("variant blue: the autoscaler cannot scale (")
+    assert "berth_invocations_per_second" in reason and "prometheus-adapter" in reason
+    assert cluster.serving()  # it still serves, at its floor

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support.kmockk8s import KMockCluster
+from tests.support.kmockk8s import KMockCluster, wait_for
 
 NS = "ml"
 Manifest = dict[str, Any]
@@ -70,7 +70,15 @@ def set_deployments_ready(
         labels = deployment["metadata"].get("labels") or {}
         if config is not None and labels.get("berth.dev/endpoint-config") != config:
             continue
-        replicas = deployment["spec"].get("replicas", hpa_min.get(deployment["metadata"]["name"], 1))
+        name = deployment["metadata"]["name"]
+        if "replicas" not in deployment["spec"] and name not in hpa_min:
+            # Its HPA is applied beside it, maybe a moment later: it says where the count starts.
+            hpa = wait_for(
+                lambda name=name: cluster.get("HorizontalPodAutoscaler", namespace, name),
+                message=f"the HPA of {name}",
+            )
+            hpa_min[name] = hpa["spec"].get("minReplicas", 1)
+        replicas = deployment["spec"].get("replicas", hpa_min.get(name, 1))
         status = {
             "observedGeneration": deployment["metadata"].get("generation", 1),
             "replicas": replicas,

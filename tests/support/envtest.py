@@ -63,6 +63,8 @@ CONTROLLERS = (
     "disruption-controller",
     "serviceaccount-controller",
     "namespace-controller",
+    # Reports on HPAs as a cluster without a metrics adapter does (ScalingActive False).
+    "horizontal-pod-autoscaler-controller",
 )
 
 
@@ -958,6 +960,7 @@ class ControlPlane:
                 f"--secure-port={port}",
                 f"--cert-dir={self.workdir / 'kcm'}",
                 "--concurrent-gc-syncs=5",
+                "--horizontal-pod-autoscaler-sync-period=2s",
             ],
         )
 
