@@ -405,25 +405,21 @@ class EdgeProtocol(HttpToolsProtocol):
         else:
             write = not current  # else this request has had its answer; its body is still coming
         if write:
-            headers, body = answer_bytes(
-                status,
-                message,
-                v2=b"/v2/" in self.url,
-                retry_after=retry_after,
-                extra=self.edge.limits.answer_headers,
-            )
+            headers, body = self._answer_bytes(status, message, retry_after)
             lines = [STATUS_LINE[status], *(name + b": " + value + b"\r\n" for name, value in headers)]
             self.transport.write(b"".join([*lines, b"\r\n", body]))
         self.transport.close()
 
+    def _answer_bytes(
+        self, status: int, message: str, retry_after: bool
+    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The edge's own answer to this request, in its path's API's shape."""
+        v2 = b"/v2/" in self.url
+        extra = self.edge.limits.answer_headers
+        return answer_bytes(status, message, v2=v2, retry_after=retry_after, extra=extra)
+
     def _answer_app(self, status: int, message: str, retry_after: bool) -> ASGIApp:
-        headers, body = answer_bytes(
-            status,
-            message,
-            v2=b"/v2/" in self.url,
-            retry_after=retry_after,
-            extra=self.edge.limits.answer_headers,
-        )
+        headers, body = self._answer_bytes(status, message, retry_after)
 
         async def answer(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -32,6 +32,12 @@ def test_idle_endpoint_is_not_rewritten(cluster: Cluster) -> None:
     cluster.create(config("cfg1", variant("blue", "m1", count=2), variant("green", "m1", **AUTOSCALED)))
     cluster.create(endpoint("ep", "cfg1"))
     cluster.wait_in_service()
+    # The last news there is to tell: the HPA controller finds no metrics API (none here) and
+    # the Endpoint says so. After that, nothing changes.
+    cluster.wait(
+        lambda: "the autoscaler cannot scale" in (cluster.status().get("failureReason") or ""),
+        "the HPA's report on the Endpoint",
+    )
 
     kinds = ["Endpoint", "EndpointConfig", "Model", *CHILD_KINDS]
     watchers: list[Watcher] = [cluster.watch(kind) for kind in kinds]
