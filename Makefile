@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/local.py
 	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/reconcile_cluster.py
 	$(BIN)/python bench/transform.py
 
 clean:
