@@ -15,13 +15,20 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.rawhttp import connect, head, read_response, rss_mb, tcp_sockets_to
+from tests.support.rawhttp import (
+    MIB,
+    connect,
+    head,
+    read_response,
+    rss_mb,
+    stalled_uploads_rss,
+    tcp_sockets_to,
+)
 
 from .support import BerthUp, config, endpoint, model, variant, write_yaml
 
 pytestmark = pytest.mark.timeout(180)
 PATH = "/endpoints/default/ep"
-MIB = 2**20
 
 
 def manifests(directory: Path, model_dir: Path) -> Path:
@@ -111,20 +118,6 @@ def test_sequential_requests_reuse_the_connection_to_the_replica(up: BerthUp) ->
     assert len(opened) <= 2, f"{len(opened)} connections to the replica for 300 requests"
 
 
-async def stalled_upload(port: int, declared: int, sent: int) -> asyncio.StreamWriter | None:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(head("POST", PATH + "/invocations", declared, Content_Type="application/json"))
-        chunk = b" " * MIB
-        while sent > 0:
-            writer.write(chunk[: min(sent, MIB)])
-            sent -= min(sent, MIB)
-            await asyncio.wait_for(writer.drain(), 10)
-        return writer
-    except (OSError, TimeoutError):
-        return None
-
-
 def test_router_memory_under_stalled_uploads_is_bounded(up: BerthUp) -> None:
     """12 clients each declare 63 MiB and send one byte less (before: 58 -> 1,531 MB peak,
     814 MB while they stalled): the router admits bodies in transit up to its budget."""
@@ -132,26 +125,7 @@ def test_router_memory_under_stalled_uploads_is_bounded(up: BerthUp) -> None:
     idle = rss_mb(pid)
     before = invocations(replica_port(up))
 
-    async def run() -> tuple[float, float]:
-        peak = idle
-
-        async def sample() -> None:
-            nonlocal peak
-            while True:
-                peak = max(peak, rss_mb(pid))
-                await asyncio.sleep(0.05)
-
-        sampler = asyncio.ensure_future(sample())
-        writers = await asyncio.gather(*(stalled_upload(up.port, 63 * MIB, 63 * MIB - 1) for _ in range(12)))
-        await asyncio.sleep(1.0)
-        for writer in writers:
-            if writer is not None:
-                writer.close()
-        await asyncio.sleep(2.0)
-        sampler.cancel()
-        return peak, rss_mb(pid)
-
-    peak, after = asyncio.run(run())
+    peak, after = asyncio.run(stalled_uploads_rss(pid, up.port, PATH + "/invocations", 12, 63 * MIB))
     print(f"berth up RSS: idle {idle:.0f} MB, peak {peak:.0f} MB, after the clients closed {after:.0f} MB")
     assert peak - idle < 400, (idle, peak)
     assert after - idle < 100, (idle, after)

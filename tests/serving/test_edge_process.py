@@ -13,10 +13,9 @@ import pytest
 from berth_serving.server import DRAIN_GRACE_SECONDS
 
 from tests.serving.support import free_port, request, serve_subprocess, wait_until
-from tests.support.rawhttp import head, rss_mb
+from tests.support.rawhttp import MIB, head, rss_mb, stalled_uploads_rss
 
 pytestmark = pytest.mark.timeout(120)
-MIB = 2**20
 
 
 @pytest.fixture
@@ -39,48 +38,12 @@ def request_ok(port: int) -> bool:
     return request(f"http://127.0.0.1:{port}/ping").status == 200
 
 
-async def stalled_upload(port: int, declared: int, sent: int) -> asyncio.StreamWriter | None:
-    """Declares `declared` bytes and sends `sent`; None when the server refused or closed."""
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(head("POST", "/invocations", declared, Content_Type="application/json"))
-        chunk = b" " * MIB
-        while sent > 0:
-            writer.write(chunk[: min(sent, MIB)])
-            sent -= min(sent, MIB)
-            await asyncio.wait_for(writer.drain(), 10)
-        return writer
-    except (OSError, TimeoutError):
-        return None
-
-
-async def stalled_uploads_rss(pid: int, port: int, clients: int, declared: int) -> tuple[float, float]:
-    """Peak RSS of `pid` while `clients` uploads of declared-1 bytes stall, and RSS after they close."""
-    peak = rss_mb(pid)
-
-    async def sample() -> None:
-        nonlocal peak
-        while True:
-            peak = max(peak, rss_mb(pid))
-            await asyncio.sleep(0.05)
-
-    sampler = asyncio.ensure_future(sample())
-    writers = await asyncio.gather(*(stalled_upload(port, declared, declared - 1) for _ in range(clients)))
-    await asyncio.sleep(1.0)
-    for writer in writers:
-        if writer is not None:
-            writer.close()
-    await asyncio.sleep(2.0)
-    sampler.cancel()
-    return peak, rss_mb(pid)
-
-
 def test_memory_under_60_stalled_uploads_of_6_mib_is_bounded(process) -> None:  # type: ignore[no-untyped-def]
     """60 clients each declare 6 MiB and send one byte less. Unbounded, the server held all of
     it (101 -> 461 MB RSS here); the budget for bodies in transit admits 16 x 6 MiB at once."""
     proc, port = process
     idle = rss_mb(proc.pid)
-    peak, after = asyncio.run(stalled_uploads_rss(proc.pid, port, 60, 6 * MIB))
+    peak, after = asyncio.run(stalled_uploads_rss(proc.pid, port, "/invocations", 60, 6 * MIB))
     print(f"berth serve RSS: idle {idle:.0f} MB, peak {peak:.0f} MB, after the clients closed {after:.0f} MB")
     assert peak - idle < 200, (idle, peak)
     assert after - idle < 60, (idle, after)

@@ -6,6 +6,7 @@ its Content-Length, a percent-encoded CRLF. Every helper here is bounded in time
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import select
 import socket
@@ -164,3 +165,46 @@ def tcp_sockets_to(port: int) -> set[int]:
         if int(remote.rsplit(":", 1)[1], 16) == port:
             found.add(int(local.rsplit(":", 1)[1], 16))
     return found
+
+
+MIB = 2**20
+
+
+async def stalled_upload(port: int, path: str, declared: int, sent: int) -> asyncio.StreamWriter | None:
+    """Declares `declared` bytes and sends `sent`; None when the server refused or closed."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head("POST", path, declared, Content_Type="application/json"))
+        chunk = b" " * MIB
+        while sent > 0:
+            writer.write(chunk[: min(sent, MIB)])
+            sent -= min(sent, MIB)
+            await asyncio.wait_for(writer.drain(), 10)
+        return writer
+    except (OSError, TimeoutError):
+        return None
+
+
+async def stalled_uploads_rss(
+    pid: int, port: int, path: str, clients: int, declared: int
+) -> tuple[float, float]:
+    """Peak RSS of `pid` while `clients` uploads of declared-1 bytes stall, and RSS after they close."""
+    peak = rss_mb(pid)
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, rss_mb(pid))
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.ensure_future(sample())
+    writers = await asyncio.gather(
+        *(stalled_upload(port, path, declared, declared - 1) for _ in range(clients))
+    )
+    await asyncio.sleep(1.0)
+    for writer in writers:
+        if writer is not None:
+            writer.close()
+    await asyncio.sleep(2.0)
+    sampler.cancel()
+    return peak, rss_mb(pid)
