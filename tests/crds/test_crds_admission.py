@@ -159,6 +159,9 @@ GOOD = [
     ),
     # Updates: an Endpoint moves between configs; metadata of an immutable kind may change.
     Row("endpoint-update-config", endpoint(endpointConfigName="fraud-config-v2"), old=endpoint()),
+    Row("endpoint-auth-rbac", endpoint(auth={"mode": "KubernetesRBAC"})),
+    Row("endpoint-auth-api-key", endpoint(auth={"mode": "APIKey", "secretRef": {"name": "fraud-keys"}})),
+    Row("endpoint-auth-open", endpoint(auth={"mode": "None"})),
     Row("config-update-labels", changed(config(BLUE), "metadata.labels", {"team": "risk"}), old=config(BLUE)),
     Row("model-update-same-spec", model(), old=model()),
 ]
@@ -328,6 +331,18 @@ BAD = [
         "autoRollback.maxErrorRatePercent",
     ),
     Row("config-name-not-dns", endpoint(endpointConfigName="Fraud Config"), "spec.endpointConfigName"),
+    Row("auth-api-key-without-secret", endpoint(auth={"mode": "APIKey"}), api.MSG_API_KEY_NEEDS_SECRET),
+    Row(
+        "auth-secret-without-api-key",
+        endpoint(auth={"mode": "KubernetesRBAC", "secretRef": {"name": "k"}}),
+        api.MSG_SECRET_ONLY_FOR_API_KEY,
+    ),
+    Row(
+        "auth-secret-with-default-mode",
+        endpoint(auth={"secretRef": {"name": "k"}}),
+        api.MSG_SECRET_ONLY_FOR_API_KEY,
+    ),
+    Row("auth-unknown-mode", endpoint(auth={"mode": "Open"}), 'spec.auth.mode: Unsupported value: "Open"'),
     Row(
         "status-bad-phase",
         {**endpoint(), "status": {"phase": "Sleeping"}},

@@ -11,7 +11,11 @@ spec: Argo CD and Flux then see no drift.
 """
 
 from .endpoint import (
+    CLUSTER_DEFAULT_AUTH_MODE,
+    MSG_API_KEY_NEEDS_SECRET,
     MSG_OVERRIDE_NAMES_UNIQUE,
+    MSG_SECRET_ONLY_FOR_API_KEY,
+    AuthMode,
     AutoRollback,
     BlueGreen,
     CapacitySize,
@@ -19,12 +23,14 @@ from .endpoint import (
     Endpoint,
     EndpointSpec,
     EndpointStatus,
+    InvokeAuth,
     Phase,
     RollbackRecord,
     RolloutStatus,
     TrafficRouting,
     VariantOverride,
     VariantStatus,
+    auth_mode_of,
 )
 from .endpointconfig import (
     MSG_AUTOSCALING_BOUNDS,
@@ -84,10 +90,12 @@ RESOURCE_KINDS: dict[str, type[Resource]] = {
 
 __all__ = [
     "API_VERSION",
+    "CLUSTER_DEFAULT_AUTH_MODE",
     "DNS_LABEL",
     "DNS_SUBDOMAIN",
     "GROUP",
     "MODEL_URI",
+    "MSG_API_KEY_NEEDS_SECRET",
     "MSG_AUTOSCALING_BOUNDS",
     "MSG_AUTOSCALING_TARGET",
     "MSG_CONFIG_IMMUTABLE",
@@ -96,6 +104,7 @@ __all__ = [
     "MSG_NPY_NEEDS_NO_SPLIT",
     "MSG_OUTPUT_NOT_INPUT",
     "MSG_OVERRIDE_NAMES_UNIQUE",
+    "MSG_SECRET_ONLY_FOR_API_KEY",
     "MSG_TRANSFORM_IMMUTABLE",
     "MSG_VARIANT_NAMES_UNIQUE",
     "MSG_WEIGHTS_POSITIVE",
@@ -104,6 +113,7 @@ __all__ = [
     "STORAGE_URI",
     "VERSION",
     "ApiModel",
+    "AuthMode",
     "AutoRollback",
     "Autoscaling",
     "BlueGreen",
@@ -117,6 +127,7 @@ __all__ = [
     "EndpointSpec",
     "EndpointStatus",
     "EnvVar",
+    "InvokeAuth",
     "LocalObjectReference",
     "Model",
     "ModelSpec",
@@ -138,6 +149,7 @@ __all__ = [
     "TransformPhase",
     "VariantOverride",
     "VariantStatus",
+    "auth_mode_of",
     "conditions_field",
     "validation_message",
     "validation_problems",

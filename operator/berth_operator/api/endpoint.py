@@ -6,9 +6,23 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from .meta import DNS_LABEL, DNS_SUBDOMAIN, ApiModel, Condition, Resource, conditions_field
+from .meta import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    ApiModel,
+    Condition,
+    LocalObjectReference,
+    Resource,
+    conditions_field,
+)
 
 MSG_OVERRIDE_NAMES_UNIQUE = "variantOverrides: variantName must be unique"
+MSG_API_KEY_NEEDS_SECRET = "auth.secretRef: mode APIKey needs the Secret that holds the keys"
+MSG_SECRET_ONLY_FOR_API_KEY = "auth.secretRef: only mode APIKey reads a Secret"
+
+AuthMode = Literal["KubernetesRBAC", "APIKey", "None"]
+# What an Endpoint without spec.auth gets on a cluster. Local mode's default is None on loopback.
+CLUSTER_DEFAULT_AUTH_MODE: AuthMode = "KubernetesRBAC"
 
 
 class CapacitySize(ApiModel):
@@ -84,6 +98,46 @@ class VariantOverride(ApiModel):
     desired_instance_count: int | None = Field(default=None, ge=1, le=1000, description="New replica count.")
 
 
+class InvokeAuth(ApiModel):
+    """Who may invoke the Endpoint; checked by the serving runtime on every invoke."""
+
+    mode: AuthMode = Field(
+        default=CLUSTER_DEFAULT_AUTH_MODE,
+        description=(
+            "KubernetesRBAC: a bearer token the API server accepts (TokenReview) of a user allowed the verb"
+            " invoke on endpoints/NAME in group berth.dev (SubjectAccessReview). APIKey: a key of the"
+            " Secret in secretRef, as Authorization: Bearer KEY or X-Berth-Api-Key. None: open to"
+            " anyone who reaches it (written explicitly)."
+        ),
+    )
+    secret_ref: LocalObjectReference | None = Field(
+        default=None,
+        description=(
+            "APIKey: the Secret holding the keys, one entry per key (the entry's name names the caller);"
+            " a value sha256:HEX is the key stored hashed."
+        ),
+    )
+
+    x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "!has(self.mode) || self.mode != 'APIKey' || has(self.secretRef)",
+            "message": MSG_API_KEY_NEEDS_SECRET,
+        },
+        {
+            "rule": "(has(self.mode) && self.mode == 'APIKey') || !has(self.secretRef)",
+            "message": MSG_SECRET_ONLY_FOR_API_KEY,
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _check(self) -> InvokeAuth:
+        if self.mode == "APIKey" and self.secret_ref is None:
+            raise ValueError(MSG_API_KEY_NEEDS_SECRET)
+        if self.mode != "APIKey" and self.secret_ref is not None:
+            raise ValueError(MSG_SECRET_ONLY_FOR_API_KEY)
+        return self
+
+
 class EndpointSpec(ApiModel):
     """A stable URL that serves one EndpointConfig at a time."""
 
@@ -95,6 +149,13 @@ class EndpointSpec(ApiModel):
     )
     variant_overrides: list[VariantOverride] = Field(
         default_factory=list, max_length=10, description="Weights and instance counts changed in place."
+    )
+    auth: InvokeAuth | None = Field(
+        default=None,
+        description=(
+            "Invoke authentication. Absent: KubernetesRBAC on a cluster; in local mode (berth up) None on"
+            " loopback."
+        ),
     )
 
     x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [
@@ -179,6 +240,11 @@ class EndpointStatus(ApiModel):
         default=None, description="The last automatic rollback, if any."
     )
     conditions: list[Condition] = conditions_field("Ready, Progressing and Degraded.")
+
+
+def auth_mode_of(spec: EndpointSpec, default: AuthMode = CLUSTER_DEFAULT_AUTH_MODE) -> AuthMode:
+    """The mode the Endpoint is served with: its own, else the caller's default."""
+    return spec.auth.mode if spec.auth is not None else default
 
 
 class Endpoint(Resource):
