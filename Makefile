@@ -4,13 +4,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit test-cluster crds bench clean
+.PHONY: demo test lint typecheck unit test-cluster crds bench clean lock-check
 
-$(STAMP): pyproject.toml
+# uv.lock pins every package for every Python and platform: `make` installs exactly that
+# (the project itself editable). `--locked` stops with "The lockfile needs to be updated"
+# when pyproject.toml changed without `uv lock`; `--inexact` keeps pip and uv, which are not
+# in the lock. After editing pyproject.toml's dependencies, run `$(BIN)/uv lock` and commit uv.lock.
+UV_VERSION := 0.13.9
+$(STAMP): pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never \
+	  $(BIN)/uv sync --quiet --locked --inexact --extra dev --python $(BIN)/python
 	touch $(STAMP)
+
+# Fails when uv.lock no longer matches pyproject.toml (CI runs it; `uv lock` fixes it).
+lock-check: $(STAMP)
+	$(BIN)/uv lock --check
 
 # Local mode serving the quickstart endpoint (a small model built on the spot).
 demo: $(STAMP)

@@ -1,4 +1,4 @@
-"""The operator image: its Dockerfile, and that `.[operator]` is all `berth operator` imports."""
+"""The operator image: its Dockerfile, and that the operator extra is all `berth operator` imports."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def operator_extra_modules() -> set[str]:
 
 
 def test_operator_needs_only_the_operator_extra() -> None:
-    """The image installs `.[operator]`: anything else `berth operator` imports would crash it."""
+    """The image installs the operator extra: anything else `berth operator` imports would crash it."""
     needed = third_party_closure("berth_operator.runner")
     missing = {module: by for module, by in needed.items() if module not in operator_extra_modules()}
     assert missing == {}, f"imported by the operator but not in the operator extra: {missing}"
@@ -95,7 +95,9 @@ def test_dockerfile() -> None:
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, flags=re.MULTILINE)
     assert base and re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base[1]), "pinned python:3.11 slim"
     assert all(stage.startswith("${PYTHON_IMAGE}") for stage in stages)
-    assert '".[operator]"' in text
+    # The operator extra exactly as uv.lock pins it (test_delivery_lock.py checks the other images).
+    assert re.search(r"uv export --locked .*--extra operator", text), "installs from uv.lock"
+    assert "--require-hashes" in text
     user = re.findall(r"^USER (\S+)", text, flags=re.MULTILINE)
     assert user and user[-1].split(":")[0].isdigit() and user[-1].split(":")[0] != "0", (
         "numeric non-root user"
