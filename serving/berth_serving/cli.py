@@ -14,6 +14,9 @@ from typing import Any
 import click
 
 from berth_serving.config import (
+    AUTH_MODES,
+    AUTH_NONE,
+    DEFAULT_AUTH_CACHE_SECONDS,
     DEFAULT_BODY_TIMEOUT_SECONDS,
     DEFAULT_KEEP_ALIVE_SECONDS,
     DEFAULT_MAX_CONNECTIONS,
@@ -21,12 +24,15 @@ from berth_serving.config import (
     DEFAULT_PORT,
     DEFAULT_TIMEOUT_SECONDS,
     ENV,
+    IN_CLUSTER_CA_FILE,
+    IN_CLUSTER_TOKEN_FILE,
     ServeConfig,
 )
 from berth_serving.fetch import MAX_BYTES_ENV
 
 _LEVELS = click.Choice(["disable", "basic", "extended", "all"], case_sensitive=False)
 _LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+_AUTH_MODES = click.Choice(AUTH_MODES, case_sensitive=False)
 
 
 @click.command("serve", context_settings={"show_default": True})
@@ -116,12 +122,61 @@ _LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive
     envvar=ENV["max_connections"],
     help="Connections served at once; past it idle ones are closed, then requests get 503 (not /ping).",
 )
+@click.option(
+    "--auth-mode",
+    type=_AUTH_MODES,
+    default=AUTH_NONE,
+    envvar=ENV["auth_mode"],
+    help="Who may invoke: None (anyone), KubernetesRBAC (a bearer token of a user allowed verb invoke "
+    "on the endpoint), APIKey (a key of --api-keys-dir). /ping, /metrics, v2 health and metadata stay open.",
+)
+@click.option(
+    "--auth-endpoint",
+    default="",
+    envvar=ENV["auth_endpoint"],
+    metavar="NAMESPACE/NAME",
+    help="KubernetesRBAC: the Endpoint callers must be allowed to invoke (endpoints.berth.dev).",
+)
+@click.option(
+    "--api-keys-dir",
+    default="",
+    envvar=ENV["api_keys_dir"],
+    metavar="DIR",
+    help="APIKey: a mounted Secret, one file per key named as the key's name; each holds "
+    "sha256:HEX (recommended) or the key. Read again when it changes.",
+)
+@click.option(
+    "--kube-api-url",
+    default="",
+    envvar=ENV["kube_api_url"],
+    help="KubernetesRBAC: the API server [default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT].",
+)
+@click.option(
+    "--kube-token-file",
+    default=IN_CLUSTER_TOKEN_FILE,
+    envvar=ENV["kube_token_file"],
+    help="KubernetesRBAC: this pod's token for the reviews (read again when it rotates).",
+)
+@click.option(
+    "--kube-ca-file",
+    default=IN_CLUSTER_CA_FILE,
+    envvar=ENV["kube_ca_file"],
+    help="KubernetesRBAC: the API server's CA (\"\" = the system's trust store).",
+)
+@click.option(
+    "--auth-cache-seconds",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_AUTH_CACHE_SECONDS,
+    envvar=ENV["auth_cache_seconds"],
+    help="KubernetesRBAC: how long a review's answer, allowed or refused, is reused for the same token.",
+)
 def serve(
     model_uri: str,
     sha256: str | None,
     providers: str,
     endpoint_variants: str,
     model_aliases: str,
+    auth_mode: str,
     **options: Any,
 ) -> None:
     """Serve the ONNX model at MODEL_URI (file, directory, file://, http(s)://, s3://, pvc://)."""
@@ -130,8 +185,14 @@ def serve(
         providers=_names(providers),
         endpoint_variants=_names(endpoint_variants),
         model_aliases=_names(model_aliases),
+        auth_mode=next(mode for mode in AUTH_MODES if mode.lower() == auth_mode.lower()),
         **{**options, "graph_optimization_level": options["graph_optimization_level"].lower()},
     )
+    from berth_serving.auth import auth_problem
+
+    problem = auth_problem(config)
+    if problem is not None:
+        raise click.UsageError(problem)
     from berth_serving.logs import setup_logging
     from berth_serving.server import run
 

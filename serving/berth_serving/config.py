@@ -20,6 +20,17 @@ DEFAULT_MAX_CONNECTIONS = 1024
 # Where the storage-initializer puts the model inside a serving pod.
 MODEL_MOUNT_PATH = "/mnt/models"
 
+# Invoke authentication (`--auth-mode`, berth_serving.auth): the values of Endpoint.spec.auth.mode.
+AUTH_NONE = "None"
+AUTH_KUBERNETES_RBAC = "KubernetesRBAC"
+AUTH_API_KEY = "APIKey"
+AUTH_MODES = (AUTH_NONE, AUTH_KUBERNETES_RBAC, AUTH_API_KEY)
+# How a pod reaches the API server for its TokenReviews and SubjectAccessReviews: the
+# ServiceAccount files every pod gets (the URL comes from KUBERNETES_SERVICE_HOST/PORT).
+IN_CLUSTER_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+IN_CLUSTER_CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+DEFAULT_AUTH_CACHE_SECONDS = 10.0
+
 # Environment variable for each `berth serve` option (option name -> variable).
 ENV = {
     "model_uri": "BERTH_MODEL_URI",
@@ -44,6 +55,13 @@ ENV = {
     "body_timeout_seconds": "BERTH_BODY_TIMEOUT_SECONDS",
     "keep_alive_seconds": "BERTH_KEEP_ALIVE_SECONDS",
     "max_connections": "BERTH_MAX_CONNECTIONS",
+    "auth_mode": "BERTH_AUTH_MODE",
+    "auth_endpoint": "BERTH_AUTH_ENDPOINT",
+    "api_keys_dir": "BERTH_API_KEYS_DIR",
+    "kube_api_url": "BERTH_KUBE_API_URL",
+    "kube_token_file": "BERTH_KUBE_TOKEN_FILE",
+    "kube_ca_file": "BERTH_KUBE_CA_FILE",
+    "auth_cache_seconds": "BERTH_AUTH_CACHE_SECONDS",
 }
 
 
@@ -78,6 +96,20 @@ class ServeConfig:
     # connection just as this server closes it.
     keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # Who may invoke (berth_serving.auth): None, KubernetesRBAC (a TokenReview and a
+    # SubjectAccessReview for verb invoke on endpoints/NAME in group berth.dev) or APIKey.
+    auth_mode: str = AUTH_NONE
+    # KubernetesRBAC: the Endpoint the SubjectAccessReview asks about, NAMESPACE/NAME.
+    auth_endpoint: str = ""
+    # APIKey: a mounted Secret, one file per key (the file name is the key's name).
+    api_keys_dir: str = ""
+    # The API server; "" = the in-cluster one (https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT).
+    kube_api_url: str = ""
+    kube_token_file: str = IN_CLUSTER_TOKEN_FILE
+    # "" = the system's trust store.
+    kube_ca_file: str = IN_CLUSTER_CA_FILE
+    # How long a review's answer (allowed or not) is reused for the same token.
+    auth_cache_seconds: float = DEFAULT_AUTH_CACHE_SECONDS
 
     def to_env(self) -> dict[str, str]:
         """BERTH_* variables for every setting that differs from the default."""

@@ -23,6 +23,7 @@ from collections.abc import Generator
 import uvicorn
 
 from berth_serving.app import ServingApp
+from berth_serving.auth import AuthConfigError, AuthGuard, build_guard, describe_off
 from berth_serving.config import ServeConfig
 from berth_serving.httpedge import OVERFLOW_RESERVE, Edge, EdgeLimits
 from berth_serving.termination import write_termination_message
@@ -48,6 +49,14 @@ def serve_limits(config: ServeConfig) -> EdgeLimits:
         probe_paths=PROBE_PATHS,
         answer_headers=((b"x-berth-variant", (config.variant or "default").encode()),),
     )
+
+
+def answer_headers(config: ServeConfig) -> tuple[tuple[bytes, bytes], ...]:
+    """What every answer the app does not make itself carries (invoke auth's refusals)."""
+    headers: tuple[tuple[bytes, bytes], ...] = ((b"x-berth-variant", (config.variant or "default").encode()),)
+    if config.endpoint_config:
+        headers += ((b"x-berth-endpoint-config", config.endpoint_config.encode()),)
+    return headers
 
 
 class BerthServer(uvicorn.Server):
@@ -96,16 +105,21 @@ class BerthServer(uvicorn.Server):
 
 
 class Service:
-    """One `berth serve` process: the app, its uvicorn server and the model loading."""
+    """One `berth serve` process: the app behind its invoke auth, its uvicorn server and the
+    model loading. AuthConfigError when the auth flags cannot work."""
 
     def __init__(
         self, config: ServeConfig, sha256: str | None = None, limits: EdgeLimits | None = None
     ) -> None:
         self.app = ServingApp(config, sha256)
+        # Before the app: a refused request is never read, queued or counted as an invocation.
+        self.guard: AuthGuard | None = build_guard(self.app, config, answer_headers(config))
+        if self.guard is not None:
+            self.guard.export_to(self.app.metrics.registry)
         self.edge = Edge(limits or serve_limits(config))
         self.server = BerthServer(
             uvicorn.Config(
-                self.app,
+                self.guard or self.app,
                 host=config.host,
                 port=config.port,
                 loop="uvloop",
@@ -124,17 +138,26 @@ class Service:
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
+        if self.guard is None:
+            log.info(describe_off())
+        else:
+            self.guard.start()
+            log.info("invoke auth on", extra={"fields": {"auth": self.guard.authenticator.describe()}})
         loading = asyncio.create_task(self._load())
         try:
             await self.server.serve()
         finally:
             loading.cancel()
             self.app.close()
+            if self.guard is not None:
+                await self.guard.aclose()
         return self.app.exit_code
 
     async def _load(self) -> None:
         try:
             await self.app.load()
+            if self.guard is not None:  # loading may have made the app a new metrics registry
+                self.guard.export_to(self.app.metrics.registry)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -171,7 +194,13 @@ def run(config: ServeConfig, sha256: str | None = None) -> int:
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     _allow_open_files(config.max_connections + OVERFLOW_RESERVE + 256)
-    return uvloop.run(Service(config, sha256).run())
+    try:
+        service = Service(config, sha256)
+    except AuthConfigError as error:
+        log.error("invoke auth cannot start", extra={"fields": {"error": str(error)}})
+        write_termination_message(f"invoke auth: {error}")
+        return 2
+    return uvloop.run(service.run())
 
 
 def _allow_open_files(needed: int) -> None:
