@@ -60,6 +60,7 @@ CHILD_INDEXES = {
     "pdbs_by_endpoint": ("policy", "v1", "poddisruptionbudgets"),
     "httproutes_by_endpoint": ("gateway.networking.k8s.io", "v1", "httproutes"),
     "ingresses_by_endpoint": ("networking.k8s.io", "v1", "ingresses"),
+    "networkpolicies_by_endpoint": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 PODS = ("", "v1", "pods")
 JOBS = ("batch", "v1", "jobs")

@@ -71,6 +71,11 @@ RESOURCES: dict[tuple[str, str], ResourceKind] = {
         ResourceKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
         ResourceKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
         ResourceKind("networking.k8s.io/v1", "Ingress", "ingresses"),
+        ResourceKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+        ResourceKind("v1", "ServiceAccount", "serviceaccounts"),
+        ResourceKind(
+            "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False
+        ),
         ResourceKind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
     )
 }

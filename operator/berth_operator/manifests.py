@@ -8,6 +8,8 @@ the operator, so a bad manifest is refused with the words the cluster would use,
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +41,21 @@ class Loaded:
         return self.source.parent
 
 
+@dataclass(frozen=True)
+class SecretManifest:
+    """A core v1 Secret among the manifests (local mode reads an APIKey Endpoint's keys from it)."""
+
+    namespace: str
+    name: str
+    entries: dict[str, bytes]  # data (base64-decoded) and stringData, as the API server merges them
+
+
 @dataclass
 class Manifests:
     models: list[Loaded] = field(default_factory=list)
     configs: list[Loaded] = field(default_factory=list)
     endpoints: list[Loaded] = field(default_factory=list)
+    secrets: list[SecretManifest] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # documents that were skipped, and why
 
     def models_in(self, namespace: str) -> dict[str, Model]:
@@ -98,6 +110,31 @@ def parse_document(doc: Any, where: str) -> Resource | None:
         raise ManifestError("\n".join(problems)) from None
 
 
+def parse_secret(doc: dict[str, Any], where: str) -> SecretManifest:
+    """A v1 Secret's entries; stringData wins over data for the same key, as on a cluster."""
+    raw_meta = doc.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+    name = str(meta.get("name") or "")
+    if not name:
+        raise ManifestError(f"{where}: Secret: metadata.name: required")
+    entries: dict[str, bytes] = {}
+    for section in ("data", "stringData"):
+        values = doc.get(section) or {}
+        if not isinstance(values, dict):
+            raise ManifestError(f"{where}: Secret/{name}: {section}: must be a mapping")
+        for key, value in values.items():
+            if not isinstance(value, str):
+                raise ManifestError(f"{where}: Secret/{name}: {section}.{key}: must be a string")
+            if section == "stringData":
+                entries[str(key)] = value.encode()
+                continue
+            try:
+                entries[str(key)] = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ManifestError(f"{where}: Secret/{name}: data.{key}: not base64") from None
+    return SecretManifest(str(meta.get("namespace") or "default"), name, entries)
+
+
 def load_manifests(paths: Iterable[str | Path]) -> Manifests:
     """Every Berth resource in paths; ManifestError lists every problem found."""
     result = Manifests()
@@ -126,6 +163,13 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
                     result.notes.append(f"{where}: ignored (not a Kubernetes object)")
                     continue
                 try:
+                    if (
+                        isinstance(doc, dict)
+                        and doc.get("kind") == "Secret"
+                        and doc.get("apiVersion") == "v1"
+                    ):
+                        result.secrets.append(parse_secret(doc, where))
+                        continue
                     resource = parse_document(doc, where)
                 except ManifestError as exc:
                     problems.append(str(exc))

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from . import scrape
 from .api import Endpoint, EndpointConfig, Model, validation_message
-from .apply import applied, needs_apply, status_patch
+from .apply import applied, digest, needs_apply, status_patch
 from .events import EventRecorder
 from .kube import RESOURCES, ApiError, KubeClient, berth_kind, describe_error, kind_of
 from .planner import labels as planner_labels
@@ -54,6 +54,7 @@ CHILD_KINDS = [
     RESOURCES[("policy/v1", "PodDisruptionBudget")],
     HTTPROUTES,
     RESOURCES[("networking.k8s.io/v1", "Ingress")],
+    RESOURCES[("networking.k8s.io/v1", "NetworkPolicy")],
 ]
 
 
@@ -99,6 +100,9 @@ class Shell:
     settings: Settings
     events: EventRecorder
     scrape_session: aiohttp.ClientSession
+    # Shared objects (the serving pods' review identity) applied by this run: (kind, ns, name) ->
+    # digest. They are written once per run, not watched: nothing else of Berth's changes them.
+    shared_applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
 
 def config_names_of(endpoint: Manifest) -> set[str]:
@@ -158,7 +162,8 @@ async def reconcile_endpoint(shell: Shell, snapshot: Snapshot, memory: Memory) -
         endpoint=endpoint, configs=configs, models=models, settings=shell.settings, observed=observed
     )
     plan = plan_endpoint(inp)
-    outcome.failures = await _apply_children(shell, plan, snapshot.children, outcome)
+    outcome.failures = await _apply_shared(shell, plan, outcome)
+    outcome.failures |= await _apply_children(shell, plan, snapshot.children, outcome)
     if outcome.failures:  # plan once more knowing what the API server refused, for the status
         failed = replace(observed, write_failures=dict(outcome.failures))
         plan = plan_endpoint(PlanInput(endpoint, configs, models, shell.settings, failed))
@@ -210,6 +215,29 @@ def _ours(obj: Manifest, desired: Manifest) -> bool:
     """An existing object is ours when it carries the Endpoint's label (Berth made it)."""
     want = (desired["metadata"].get("labels") or {}).get(planner_labels.ENDPOINT)
     return (obj.get("metadata", {}).get("labels") or {}).get(planner_labels.ENDPOINT) == want
+
+
+async def _apply_shared(shell: Shell, plan: Plan, outcome: Outcome) -> dict[tuple[str, str], str]:
+    """Apply the shared objects this run has not applied in this form yet, before the children:
+    pods of a new Deployment need their ServiceAccount to exist."""
+    failures: dict[tuple[str, str], str] = {}
+    for desired in plan.shared:
+        meta = desired["metadata"]
+        key = (desired["kind"], meta.get("namespace", ""), meta["name"])
+        stamp = digest(desired)
+        if shell.shared_applied.get(key) == stamp:
+            continue
+        try:
+            await shell.kube.apply(applied(desired))
+        except ApiError as exc:
+            failures[(desired["kind"], meta["name"])] = exc.describe()
+            continue
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            failures[(desired["kind"], meta["name"])] = describe_error(exc)
+            continue
+        shell.shared_applied[key] = stamp
+        outcome.writes += 1
+    return failures
 
 
 async def _apply_children(

@@ -34,6 +34,7 @@ def render_objects(
     if notes is not None:
         notes += manifests.notes
     objects: list[Manifest] = []
+    shared: dict[tuple[str, str, str], Manifest] = {}  # one review identity per namespace and account
     problems: list[str] = []
     for endpoint in sorted(manifests.endpoint_resources(), key=lambda e: (e.namespace, e.name)):
         endpoint = endpoint.model_copy(update={"status": None})
@@ -48,9 +49,12 @@ def render_objects(
         if plan.status.failure_reason:
             problems.append(f"Endpoint {endpoint.namespace}/{endpoint.name}: {plan.status.failure_reason}")
         objects += plan.objects
+        for obj in plan.shared:
+            meta = obj["metadata"]
+            shared.setdefault((obj["kind"], meta.get("namespace", ""), meta["name"]), obj)
     if problems:
         raise RenderError("\n".join(problems))
-    return objects
+    return [shared[key] for key in sorted(shared)] + objects
 
 
 def format_objects(objects: list[Manifest], output: str) -> str:

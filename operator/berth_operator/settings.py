@@ -102,12 +102,60 @@ class Rollback(SettingsModel):
     prometheus_url: str = Field(default="", alias="prometheusUrl")
 
 
+NAMESPACE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class NetworkPolicySettings(SettingsModel):
+    """A NetworkPolicy per Endpoint: its serving pods accept traffic only from these namespaces."""
+
+    enabled: bool = True
+    # Prometheus (or whatever scrapes /metrics) runs here.
+    monitoring_namespace: str = Field(
+        default="monitoring", alias="monitoringNamespace", pattern=NAMESPACE_NAME
+    )
+    # The operator scrapes the new fleet's /metrics during a bake. The chart sets its release namespace.
+    operator_namespace: str = Field(default="berth-system", alias="operatorNamespace", pattern=NAMESPACE_NAME)
+    # routing.mode ingress: where the ingress controller runs.
+    ingress_namespace: str = Field(default="ingress-nginx", alias="ingressNamespace", pattern=NAMESPACE_NAME)
+    # Callers that reach the Services directly (routing.mode none, in-cluster clients).
+    allowed_namespaces: list[str] = Field(default_factory=list, alias="allowedNamespaces")
+
+    @field_validator("allowed_namespaces")
+    @classmethod
+    def _namespaces(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.match(NAMESPACE_NAME, name):
+                raise ValueError(f"{name!r} is not a namespace name")
+        return names
+
+
+class AuthSettings(SettingsModel):
+    """What serving pods of KubernetesRBAC Endpoints run as: a ServiceAccount per namespace, bound to
+    a ClusterRole that may create TokenReviews and SubjectAccessReviews (the chart creates it)."""
+
+    service_account: str = Field(default="berth-serving", alias="serviceAccount", pattern=NAMESPACE_NAME)
+    reviewer_cluster_role: str = Field(
+        default="berth-invoke-reviewer", alias="reviewerClusterRole", min_length=1
+    )
+
+
+class AutoscalingSettings(SettingsModel):
+    # hpa: a HorizontalPodAutoscaler (request-based targets need prometheus-adapter);
+    # keda: a KEDA ScaledObject with a Prometheus trigger (rollback.prometheusUrl) for request targets.
+    scaler: Literal["hpa", "keda"] = "hpa"
+
+
 class Settings(SettingsModel):
     routing: Routing = Field(default_factory=Routing)
     images: Images = Field(default_factory=Images)
     instance_types: dict[str, InstanceType] = Field(default_factory=default_catalog, alias="instanceTypes")
     namespaces: list[str] = Field(default_factory=list, description="Watched namespaces; empty = all.")
     rollback: Rollback = Field(default_factory=Rollback)
+    network_policy: NetworkPolicySettings = Field(
+        default_factory=NetworkPolicySettings, alias="networkPolicy"
+    )
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
 
 
 class SettingsError(ValueError):
@@ -140,6 +188,12 @@ def settings_from_values(values: dict[str, Any]) -> dict[str, Any]:
     gateway = (merged.get("routing") or {}).get("gateway") or {}
     if not gateway.get("namespace"):
         gateway["namespace"] = defaults["routing"]["gateway"]["namespace"]
+    policy = merged.get("networkPolicy") or {}
+    if not policy.get("operatorNamespace"):  # the chart's release namespace
+        policy["operatorNamespace"] = defaults["networkPolicy"]["operatorNamespace"]
+    auth = merged.get("auth") or {}
+    if not auth.get("reviewerClusterRole"):  # the chart's FULLNAME-invoke-reviewer
+        auth["reviewerClusterRole"] = defaults["auth"]["reviewerClusterRole"]
     merged["namespaces"] = list(values.get("watchNamespaces") or [])
     return merged
 

@@ -75,7 +75,48 @@ def test_no_rbac_wildcards(renders: dict[str, list[Manifest]], name: str) -> Non
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], rule
             assert all("*" not in entry for entry in rule[field]), rule
-        assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+        assert "nonResourceURLs" not in rule
+        # The one named grant: binding the invoke reviewer role, and nothing else.
+        if "resourceNames" in rule:
+            assert rule == {
+                "apiGroups": ["rbac.authorization.k8s.io"],
+                "resources": ["clusterroles"],
+                "resourceNames": ["berth-invoke-reviewer"],
+                "verbs": ["bind"],
+            }
+
+
+def named(objs: list[Manifest], kind: str, suffix: str) -> Manifest:
+    found = [o for o in by_kind(objs, kind) if o["metadata"]["name"].endswith(suffix)]
+    assert len(found) == 1, [o["metadata"]["name"] for o in by_kind(objs, kind)]
+    return found[0]
+
+
+REVIEWER = {
+    ("authentication.k8s.io", "tokenreviews", "create"),
+    ("authorization.k8s.io", "subjectaccessreviews", "create"),
+}
+BINDER = {
+    ("rbac.authorization.k8s.io", "clusterrolebindings", verb) for verb in ("create", "get", "patch")
+} | {("rbac.authorization.k8s.io", "clusterroles", "bind")}
+
+
+@pytest.mark.parametrize("name", ["default", "namespaced"])
+def test_invoke_reviewers_get_two_verbs_and_the_operator_binds_only_that(
+    renders: dict[str, list[Manifest]], name: str
+) -> None:
+    objs = renders[name]
+    reviewer = named(objs, "ClusterRole", "-invoke-reviewer")
+    assert grants(reviewer["rules"]) == REVIEWER
+    binder = named(objs, "ClusterRole", "-invoke-binder")
+    assert grants(binder["rules"]) == BINDER
+    assert binder["rules"][1]["resourceNames"] == [reviewer["metadata"]["name"]]
+    binding = named(objs, "ClusterRoleBinding", "-invoke-binder")
+    assert binding["roleRef"]["name"] == binder["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == one(objs, "ServiceAccount")["metadata"]["name"]
+    settings = yaml.safe_load(one(objs, "ConfigMap")["data"]["settings.yaml"])
+    assert settings["auth"]["reviewerClusterRole"] == reviewer["metadata"]["name"]
+    assert settings["networkPolicy"]["operatorNamespace"] == NAMESPACE
 
 
 OWNED = ("create", "get", "list", "watch", "patch", "delete")
@@ -97,8 +138,11 @@ def expected_grants() -> set[tuple[str, str, str]]:
         ("batch", "jobs"),
         ("gateway.networking.k8s.io", "httproutes"),
         ("networking.k8s.io", "ingresses"),
+        ("networking.k8s.io", "networkpolicies"),
+        ("keda.sh", "scaledobjects"),
     ):
         want |= {(group, plural, verb) for verb in OWNED}
+    want |= {("", "serviceaccounts", verb) for verb in ("create", "get", "patch")}
     want |= {("", "pods", verb) for verb in ("get", "list", "watch")}
     want |= {(group, "events", verb) for group in ("", "events.k8s.io") for verb in ("create", "patch")}
     return want
@@ -115,10 +159,10 @@ DISCOVERY = {
 def test_cluster_wide_rbac_is_exact(renders: dict[str, list[Manifest]]) -> None:
     objs = renders["default"]
     assert not by_kind(objs, "Role")
-    role = one(objs, "ClusterRole")
+    role = named(objs, "ClusterRole", "-operator")
     peering = {("kopf.dev", "clusterkopfpeerings", verb) for verb in ("get", "list", "watch", "patch")}
     assert grants(role["rules"]) == expected_grants() | DISCOVERY | peering
-    binding = one(objs, "ClusterRoleBinding")
+    binding = named(objs, "ClusterRoleBinding", "-operator")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
         {
@@ -131,8 +175,8 @@ def test_cluster_wide_rbac_is_exact(renders: dict[str, list[Manifest]]) -> None:
 
 def test_route_grants_do_not_depend_on_the_mode(renders: dict[str, list[Manifest]]) -> None:
     """Deleting an Endpoint lists and deletes children of both route kinds."""
-    assert grants(one(renders["ingress-two-replicas"], "ClusterRole")["rules"]) == grants(
-        one(renders["default"], "ClusterRole")["rules"]
+    assert grants(named(renders["ingress-two-replicas"], "ClusterRole", "-operator")["rules"]) == grants(
+        named(renders["default"], "ClusterRole", "-operator")["rules"]
     )
 
 
@@ -146,8 +190,13 @@ def test_namespaced_install_uses_roles_per_namespace(renders: dict[str, list[Man
     bindings = by_kind(objs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)
-    # The only cluster-scoped grant is kopf's read-only discovery.
-    assert grants(one(objs, "ClusterRole")["rules"]) == DISCOVERY
+    # Cluster-scoped: kopf's read-only discovery, and binding the invoke reviewer role.
+    assert grants(named(objs, "ClusterRole", "-discovery")["rules"]) == DISCOVERY
+    assert {o["metadata"]["name"] for o in by_kind(objs, "ClusterRole")} == {
+        "berth-discovery",
+        "berth-invoke-reviewer",
+        "berth-invoke-binder",
+    }
     args = operator_args(objs)
     assert args[args.index("--namespace") :].count("--namespace") == 2
     assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == ["team-a", "team-b"]
@@ -158,7 +207,12 @@ def test_namespaced_install_uses_roles_per_namespace(renders: dict[str, list[Man
 
 def test_namespaced_install_without_discovery(chart: helm.Chart) -> None:
     objs = objects(render(chart, {"watchNamespaces": ["team-a"], "rbac": {"clusterDiscovery": False}}))
-    assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding")
+    # Only invoke auth's: the reviewer role and the operator's right to bind it.
+    assert sorted(o["metadata"]["name"] for o in by_kind(objs, "ClusterRole")) == [
+        "berth-invoke-binder",
+        "berth-invoke-reviewer",
+    ]
+    assert [o["metadata"]["name"] for o in by_kind(objs, "ClusterRoleBinding")] == ["berth-invoke-binder"]
 
 
 def test_operator_deployment_defaults(renders: dict[str, list[Manifest]]) -> None:
@@ -332,10 +386,14 @@ def test_every_kind_the_operator_touches_is_granted(chart: helm.Chart) -> None:
     granted: set[tuple[str, str, str]] = set()
     for mode in ("gateway", "ingress"):
         objs = objects(render(chart, {"settings": {"routing": {"mode": mode}}}))
-        granted |= grants(one(objs, "ClusterRole")["rules"])
+        granted |= grants(rbac_rules(objs))
     for kind in RESOURCES.values():
         group = kind.api_version.rpartition("/")[0]
-        needed = {"create"} if kind.kind == "Event" else {"get", "list"}
+        needed = {"get", "list"}
+        if kind.kind == "Event":
+            needed = {"create"}
+        elif kind.kind in ("ServiceAccount", "ClusterRoleBinding"):  # applied, never listed
+            needed = {"get", "create", "patch"}
         missing = {verb for verb in needed if (group, kind.plural, verb) not in granted}
         assert not missing, f"{kind.kind}: no {sorted(missing)} for {group or 'core'}/{kind.plural}"
 

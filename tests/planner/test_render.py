@@ -52,12 +52,17 @@ def test_yaml_output(tmp_path: Path) -> None:
     assert result.output.startswith("---\n")
     names = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert names == [
+        # The serving pods' review identity (KubernetesRBAC, the default), shared by the namespace.
+        ("ClusterRoleBinding", "berth-invoke-reviewer:prod:berth-serving"),
+        ("ServiceAccount", "berth-serving"),
+        ("NetworkPolicy", "another-serving"),
         ("Deployment", "another-fraud-config-v1-blue"),
         ("Deployment", "another-fraud-config-v1-green"),
         ("Service", "another-fraud-config-v1-blue"),
         ("Service", "another-fraud-config-v1-green"),
         ("PodDisruptionBudget", "another-fraud-config-v1-blue"),
         ("HTTPRoute", "another"),
+        ("NetworkPolicy", "fraud-serving"),
         ("Deployment", "fraud-fraud-config-v1-blue"),
         ("Deployment", "fraud-fraud-config-v1-green"),
         ("Service", "fraud-fraud-config-v1-blue"),
@@ -89,7 +94,14 @@ def test_settings_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(render_command, ["-f", str(manifests(tmp_path)), "--settings", str(settings)])
     assert result.exit_code == 0, result.output
     docs = list(yaml.safe_load_all(result.output))
-    assert {d["kind"] for d in docs} == {"Deployment", "Service", "PodDisruptionBudget"}
+    assert {d["kind"] for d in docs} == {
+        "ClusterRoleBinding",
+        "ServiceAccount",
+        "NetworkPolicy",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    }
     images = {
         c["image"]
         for d in docs
@@ -136,4 +148,4 @@ def test_berth_render_through_the_cli(tmp_path: Path) -> None:
         [str(berth), "render", "-f", str(manifests(tmp_path))], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert len(list(yaml.safe_load_all(done.stdout))) == 12
+    assert len(list(yaml.safe_load_all(done.stdout))) == 16

@@ -146,7 +146,7 @@ def test_ingress_more_than_two_live_variants_is_a_status_error() -> None:
 def test_routing_none_gives_services_only_and_can_be_in_service() -> None:
     c = cluster(variant("blue", "m1"), mode="none")
     plan = c.step()
-    assert sorted(set(kinds(plan))) == ["Deployment", "Service"]
+    assert sorted(set(kinds(plan))) == ["Deployment", "NetworkPolicy", "Service"]  # no route
     assert c.step().status.phase == "InService"
 
 

@@ -70,6 +70,8 @@ namespaces come from watchNamespaces, so nothing is set in two places.
 {{- $_ := set $images "gpu" (default (printf "ghcr.io/berth-dev/berth-serving-gpu:%s" .Chart.AppVersion) $images.gpu) -}}
 {{- $_ := set $settings.routing.gateway "namespace" (include "berth.gatewayNamespace" .) -}}
 {{- $_ := set $settings "namespaces" .Values.watchNamespaces -}}
+{{- $_ := set $settings.networkPolicy "operatorNamespace" (default .Release.Namespace $settings.networkPolicy.operatorNamespace) -}}
+{{- $_ := set $settings.auth "reviewerClusterRole" (default (printf "%s-invoke-reviewer" (include "berth.fullname" .)) $settings.auth.reviewerClusterRole) -}}
 {{- $types := dict -}}
 {{- range $name, $type := $settings.instanceTypes -}}
 {{- if $type -}}

@@ -42,6 +42,18 @@ and deletes the children it owns. The route kind follows settings.routing.mode.
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
+# Invoke authentication: a NetworkPolicy per Endpoint, and the ServiceAccount serving pods of
+# KubernetesRBAC Endpoints run as (one per namespace, created once, never deleted by Berth).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["create", "get", "patch"]
+# Request-based autoscaling with settings.autoscaling.scaler keda.
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
 # Pod failures (image pull, crash loop, unschedulable) and pod IPs for the rollback checks.
 - apiGroups: [""]
   resources: ["pods"]

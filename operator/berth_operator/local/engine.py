@@ -28,6 +28,7 @@ from ..planner.fleetmetrics import from_texts, metrics_wanted
 from ..planner.pods import SERVER_CONTAINER
 from ..planner.types import Event, FleetMetrics, Manifest, ObjectRef, Observed, PlanInput
 from ..settings import Settings
+from .access import API_KEYS_ENV, local_endpoint, write_api_keys
 from .deployment import DeploymentSpec, LocalDeployment
 from .modelcache import ModelCache
 from .reported import observed_deployment, observed_pods, observed_route
@@ -147,6 +148,8 @@ class Engine:
                     generation += 1
             meta = endpoint.metadata.model_copy(update={"generation": generation})
             versioned = endpoint.model_copy(update={"metadata": meta})
+            if state is None or state.endpoint.spec.auth != endpoint.spec.auth:
+                log.info("%s", local_endpoint(versioned)[1])
             if state is None:
                 state = EndpointState(endpoint=versioned)
             state.endpoint = versioned
@@ -200,7 +203,7 @@ class Engine:
 
     async def reconcile(self, key: Key, state: EndpointState) -> None:
         namespace, name = key
-        endpoint = state.endpoint.model_copy(update={"status": state.status})
+        endpoint, _ = local_endpoint(state.endpoint.model_copy(update={"status": state.status}))
         children = self._children(namespace, labels.endpoint_label(name))
         observed = Observed(
             now=datetime.now(UTC),
@@ -324,6 +327,12 @@ class Engine:
             log.error("%s", exc)
             return None
         env, skipped = container_env(deployment)
+        if API_KEYS_ENV in env:
+            keys = write_api_keys(deployment, self.resources.secrets, self.run_dir)
+            if isinstance(keys, str):
+                log.error("%s", keys)
+                return None
+            env[API_KEYS_ENV] = str(keys)
         for var in skipped:
             if var not in self._warned_env:
                 self._warned_env.add(var)

@@ -24,6 +24,7 @@ class Resources:
     models: dict[Key, Model] = field(default_factory=dict)
     configs: dict[Key, EndpointConfig] = field(default_factory=dict)
     endpoints: dict[Key, Endpoint] = field(default_factory=dict)
+    secrets: dict[Key, dict[str, bytes]] = field(default_factory=dict)  # v1 Secrets: entry -> value
 
 
 def load_resources(paths: Sequence[str | Path]) -> Resources:
@@ -54,7 +55,8 @@ def load_resources(paths: Sequence[str | Path]) -> Resources:
     }
     if not endpoints:
         raise SourceError(f"no Endpoint found in {', '.join(str(p) for p in paths)}")
-    return Resources(models=models, configs=configs, endpoints=endpoints)
+    secrets = {(s.namespace, s.name): s.entries for s in loaded.secrets}
+    return Resources(models=models, configs=configs, endpoints=endpoints, secrets=secrets)
 
 
 def immutability_errors(old: Resources, new: Resources) -> list[str]:

@@ -53,3 +53,8 @@ def route_name(endpoint: str) -> str:
 
 def canary_ingress_name(endpoint: str) -> str:
     return dns_label(endpoint, "canary")
+
+
+def network_policy_name(endpoint: str) -> str:
+    """The NetworkPolicy over every serving pod of an endpoint."""
+    return dns_label(endpoint, "serving")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..api import EndpointStatus, VariantStatus
 from . import labels
+from .access import network_policy, serving_access, serving_identity
 from .fleet import Fleet, VariantPlan, resolve_fleet
 from .names import label_value
 from .observe import (
@@ -26,9 +27,11 @@ from .status import Facts, conditions_of, phase_of, problems_of, status_events
 from .types import Event, Manifest, ObjectRef, Plan, PlanInput
 from .workload import variant_objects
 
+# The NetworkPolicy goes first and is deleted last: no serving pod is ever reachable without it.
+ENDPOINT_KINDS = ("NetworkPolicy",)
 FLEET_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
 ROUTE_KINDS = ("HTTPRoute", "Ingress")
-KIND_ORDER = {kind: i for i, kind in enumerate(FLEET_KINDS + ROUTE_KINDS)}
+KIND_ORDER = {kind: i for i, kind in enumerate(ENDPOINT_KINDS + FLEET_KINDS + ROUTE_KINDS)}
 DEFERRED_DELETE_SECONDS = 2.0  # look again soon: the route is moving off a fleet that is going
 
 
@@ -209,6 +212,9 @@ class _Planner:
             for v in item.fleet.variants
             for obj in variant_objects(self.endpoint, v, inp.settings)
         ]
+        policy = network_policy(self.endpoint, inp.settings)
+        if policy is not None:
+            objects.append(policy)
         routing = self.routing(live)
         keep_route = routing.error is not None or (
             not routing.objects and inp.settings.routing.mode != "none"
@@ -220,7 +226,21 @@ class _Planner:
         requeue = decision.requeue_after
         if deferred:
             requeue = DEFERRED_DELETE_SECONDS if requeue is None else min(requeue, DEFERRED_DELETE_SECONDS)
-        return Plan(objects, delete, status, [*decision.events, *events], requeue)
+        return Plan(objects, delete, status, [*decision.events, *events], requeue, self.shared(live))
+
+    def shared(self, live: list[_Live]) -> list[Manifest]:
+        """The review identity of every ServiceAccount the live fleets' pods run as (KubernetesRBAC)."""
+        accounts = set()
+        for item in live:
+            for v in item.fleet.variants:
+                access = serving_access(self.endpoint, self.inp.settings, v.model.spec.service_account_name)
+                if access.service_account is not None:
+                    accounts.add(access.service_account)
+        return [
+            obj
+            for account in sorted(accounts)
+            for obj in serving_identity(self.endpoint.namespace, account, self.inp.settings)
+        ]
 
     def deletes(
         self, desired: list[Manifest], live: list[_Live], keep_route: bool

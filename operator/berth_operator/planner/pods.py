@@ -118,16 +118,18 @@ def model_init_container(model: ModelSpec, settings: Settings, size_limit: str) 
     return container
 
 
-def pod_scaffold(model: ModelSpec) -> dict[str, Any]:
+def pod_scaffold(model: ModelSpec, service_account: str | None = None) -> dict[str, Any]:
     """The pod-level fields every pod that runs the model has, in the order the pod spec lists them:
-    serviceAccountName (when the model has one), no API token or service links, and a non-root
-    securityContext with the images' uid."""
+    serviceAccountName (the given one, else the model's), no automounted API token or service
+    links, and a non-root securityContext with the images' uid."""
     spec: dict[str, Any] = {}
-    if model.service_account_name:
-        spec["serviceAccountName"] = model.service_account_name
+    account = service_account or model.service_account_name
+    if account:
+        spec["serviceAccountName"] = account
     spec.update(
         {
-            # The pods never call the Kubernetes API; IRSA and workload identity need no token here.
+            # IRSA and workload identity need no token here; a server that reviews callers' tokens
+            # gets its own projected into its container alone (planner/access.py).
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "securityContext": {

@@ -87,3 +87,6 @@ class Plan:
     status: EndpointStatus  # the Endpoint status to write
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None  # seconds until a timed step is due (bake, termination wait)
+    # Objects the Endpoint needs but shares with others of its namespace (the serving pods' review
+    # identity): applied before the children, no owner, never deleted by a plan.
+    shared: list[Manifest] = field(default_factory=list)

@@ -11,6 +11,7 @@ from ..api import Endpoint
 from ..quantity import canonical
 from ..settings import Settings
 from . import labels
+from .access import ServingAccess, access_env, access_mounts, access_volumes, serving_access
 from .fleet import VariantPlan
 from .meta import object_meta
 from .pods import (
@@ -44,7 +45,8 @@ SCRAPE_ANNOTATIONS = {
 
 
 def variant_objects(endpoint: Endpoint, variant: VariantPlan, settings: Settings) -> list[Manifest]:
-    objects = [deployment(endpoint, variant, settings), service(endpoint, variant)]
+    access = serving_access(endpoint, settings, variant.model.spec.service_account_name)
+    objects = [deployment(endpoint, variant, settings, access), service(endpoint, variant)]
     if variant.autoscaling is not None:
         objects.append(horizontal_pod_autoscaler(endpoint, variant))
     if variant.replicas > 1:
@@ -80,7 +82,7 @@ def _image(variant: VariantPlan, settings: Settings) -> str:
     return settings.images.gpu if variant.instance_type.accelerator == "nvidia" else settings.images.cpu
 
 
-def _server_env(variant: VariantPlan) -> list[dict[str, Any]]:
+def _server_env(variant: VariantPlan, access: ServingAccess) -> list[dict[str, Any]]:
     runtime = variant.model.spec.runtime
     config = ServeConfig(
         model_uri=MODEL_MOUNT_PATH,
@@ -96,16 +98,20 @@ def _server_env(variant: VariantPlan) -> list[dict[str, Any]]:
         endpoint_variants=variant.production_names,
         model_aliases=(variant.endpoint,) if variant.endpoint != variant.model.name else (),
     )
-    user_env = [e.to_wire() for e in variant.model.spec.env]
+    # The Endpoint decides who may invoke it: a Model's env cannot loosen that.
+    auth = access_env(access)
+    user_env = [e.to_wire() for e in variant.model.spec.env if e.name not in auth]
     user_names = {e["name"] for e in user_env}
     ours = [{"name": k, "value": v} for k, v in config.to_env().items() if k not in user_names]
-    return ours + user_env
+    return ours + [{"name": k, "value": v} for k, v in auth.items()] + user_env
 
 
 # ---- serving pods
 
 
-def _server_container(variant: VariantPlan, settings: Settings, size_limit: str) -> dict[str, Any]:
+def _server_container(
+    variant: VariantPlan, settings: Settings, size_limit: str, access: ServingAccess
+) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
         "image": _image(variant, settings),
@@ -116,7 +122,7 @@ def _server_container(variant: VariantPlan, settings: Settings, size_limit: str)
         container["args"] = ["serve", MODEL_MOUNT_PATH]
     container.update(
         {
-            "env": _server_env(variant),
+            "env": _server_env(variant, access),
             "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
             "startupProbe": {
                 "httpGet": {"path": "/ping", "port": PORT_NAME},
@@ -140,22 +146,22 @@ def _server_container(variant: VariantPlan, settings: Settings, size_limit: str)
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "resources": _merged_resources(variant, size_limit),
             "securityContext": container_security(),
-            "volumeMounts": model_volume_mounts(),
+            "volumeMounts": model_volume_mounts() + access_mounts(access),
         }
     )
     return container
 
 
-def _pod_spec(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
+def _pod_spec(variant: VariantPlan, settings: Settings, access: ServingAccess) -> dict[str, Any]:
     model = variant.model.spec
     size_limit = model_volume_size(variant.instance_type, variant.spec.volume_size_in_gb)
-    spec = pod_scaffold(model)
+    spec = pod_scaffold(model, access.service_account)
     spec.update(
         {
             "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
             "initContainers": [model_init_container(model, settings, size_limit)],
-            "containers": [_server_container(variant, settings, size_limit)],
-            "volumes": model_volumes(model, size_limit),
+            "containers": [_server_container(variant, settings, size_limit, access)],
+            "volumes": model_volumes(model, size_limit) + access_volumes(access),
             "topologySpreadConstraints": [
                 {
                     "maxSkew": 1,
@@ -171,7 +177,9 @@ def _pod_spec(variant: VariantPlan, settings: Settings) -> dict[str, Any]:
     return spec
 
 
-def deployment(endpoint: Endpoint, variant: VariantPlan, settings: Settings) -> Manifest:
+def deployment(
+    endpoint: Endpoint, variant: VariantPlan, settings: Settings, access: ServingAccess
+) -> Manifest:
     spec: dict[str, Any] = {}
     if variant.autoscaling is None:  # with autoscaling the HPA owns replicas
         spec["replicas"] = variant.replicas
@@ -183,7 +191,7 @@ def deployment(endpoint: Endpoint, variant: VariantPlan, settings: Settings) -> 
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
                 "metadata": {"labels": _labels(variant), "annotations": dict(SCRAPE_ANNOTATIONS)},
-                "spec": _pod_spec(variant, settings),
+                "spec": _pod_spec(variant, settings, access),
             },
         }
     )

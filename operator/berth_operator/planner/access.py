@@ -1,0 +1,201 @@
+"""Who may reach and invoke an Endpoint's serving pods: the NetworkPolicy, the serving pods' auth
+settings and volumes, and the per-namespace identity KubernetesRBAC serving pods review with.
+
+The serving runtime does the checks itself (berth_serving.auth); the planner only decides what
+each pod is told and mounted, and which objects let the network and the API server agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from berth_serving.config import DEFAULT_PORT
+
+from ..api import Endpoint, auth_mode_of
+from ..api.endpoint import AuthMode
+from ..settings import Settings
+from . import labels
+from .meta import object_meta
+from .names import network_policy_name
+from .types import Manifest
+
+API_KEYS_VOLUME = "api-keys"
+API_KEYS_MOUNT_PATH = "/var/run/berth/api-keys"
+KUBE_API_VOLUME = "kube-api-access"
+KUBE_API_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # where in-cluster clients look
+TOKEN_SECONDS = 3607  # what the kubelet's own projected token asks for; it rotates before expiry
+NETWORK_POLICY_COMPONENT = "network-policy"
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API server
+
+
+@dataclass(frozen=True)
+class ServingAccess:
+    """How one Endpoint's serving pods authenticate callers, as the pod spec carries it."""
+
+    mode: AuthMode
+    endpoint: str  # NAMESPACE/NAME, what the SubjectAccessReview asks about
+    api_keys_secret: str | None = None
+    service_account: str | None = None  # KubernetesRBAC: the pods review tokens as this account
+
+    @property
+    def reviews_tokens(self) -> bool:
+        return self.mode == "KubernetesRBAC"
+
+
+def serving_access(
+    endpoint: Endpoint, settings: Settings, model_service_account: str | None
+) -> ServingAccess:
+    """A Model's own ServiceAccount (IRSA, workload identity) wins; the reviewer role is bound to it."""
+    mode = auth_mode_of(endpoint.spec)
+    auth = endpoint.spec.auth
+    secret = auth.secret_ref.name if auth is not None and auth.secret_ref is not None else None
+    account = (model_service_account or settings.auth.service_account) if mode == "KubernetesRBAC" else None
+    return ServingAccess(mode, f"{endpoint.namespace}/{endpoint.name}", secret, account)
+
+
+def access_env(access: ServingAccess) -> dict[str, str]:
+    """The serving runtime's BERTH_AUTH_* settings (berth_serving.config names them)."""
+    env: dict[str, str] = {"BERTH_AUTH_MODE": access.mode}
+    if access.reviews_tokens:
+        env["BERTH_AUTH_ENDPOINT"] = access.endpoint
+    if access.api_keys_secret is not None:
+        env["BERTH_API_KEYS_DIR"] = API_KEYS_MOUNT_PATH
+    return env
+
+
+def access_volumes(access: ServingAccess) -> list[dict[str, Any]]:
+    """APIKey: the Secret of keys (a Secret volume follows rotation). KubernetesRBAC: the account's
+    token, the cluster CA and the namespace, projected as automounting would, but for the server
+    container alone: the storage-initializer never gets a Kubernetes credential."""
+    if access.api_keys_secret is not None:
+        return [{"name": API_KEYS_VOLUME, "secret": {"secretName": access.api_keys_secret}}]
+    if access.reviews_tokens:
+        return [
+            {
+                "name": KUBE_API_VOLUME,
+                "projected": {
+                    "sources": [
+                        {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
+                        {
+                            "configMap": {
+                                "name": "kube-root-ca.crt",
+                                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                            }
+                        },
+                        {
+                            "downwardAPI": {
+                                "items": [
+                                    {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
+                                ]
+                            }
+                        },
+                    ]
+                },
+            }
+        ]
+    return []
+
+
+def access_mounts(access: ServingAccess) -> list[dict[str, Any]]:
+    if access.api_keys_secret is not None:
+        return [{"name": API_KEYS_VOLUME, "mountPath": API_KEYS_MOUNT_PATH, "readOnly": True}]
+    if access.reviews_tokens:
+        return [{"name": KUBE_API_VOLUME, "mountPath": KUBE_API_MOUNT_PATH, "readOnly": True}]
+    return []
+
+
+# ---------------------------------------------------------------- network
+
+
+def _from_namespace(name: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: name}}}
+
+
+def caller_namespaces(endpoint: Endpoint, settings: Settings) -> list[str]:
+    """Namespaces whose pods may open connections to the serving pods: the route's proxy, the
+    operator (bake metrics), monitoring, and the ones the settings add. With routing.mode none
+    the callers are in-cluster clients, so the Endpoint's own namespace is admitted too."""
+    policy = settings.network_policy
+    mode = settings.routing.mode
+    names = [policy.operator_namespace, policy.monitoring_namespace, *policy.allowed_namespaces]
+    if mode == "gateway":
+        names.append(settings.routing.gateway.namespace)
+    elif mode == "ingress":
+        names.append(policy.ingress_namespace)
+    else:
+        names.append(endpoint.namespace)
+    return sorted(set(names))
+
+
+def network_policy(endpoint: Endpoint, settings: Settings) -> Manifest | None:
+    """One NetworkPolicy over every serving pod of the Endpoint (all configs and variants): ingress
+    on the serving port from the caller namespaces only. Egress is left alone (model downloads)."""
+    if not settings.network_policy.enabled:
+        return None
+    meta = object_meta(
+        endpoint,
+        network_policy_name(endpoint.name),
+        labels.endpoint_labels(endpoint.name, NETWORK_POLICY_COMPONENT),
+    )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta,
+        "spec": {
+            "podSelector": {"matchLabels": {labels.ENDPOINT: labels.endpoint_label(endpoint.name)}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [_from_namespace(name) for name in caller_namespaces(endpoint, settings)],
+                    "ports": [{"protocol": "TCP", "port": DEFAULT_PORT}],
+                }
+            ],
+        },
+    }
+
+
+# ---------------------------------------------------------------- identity
+
+
+def reviewer_binding_name(settings: Settings, namespace: str, account: str) -> str:
+    return f"{settings.auth.reviewer_cluster_role}:{namespace}:{account}"
+
+
+def serving_identity(namespace: str, account: str, settings: Settings) -> list[Manifest]:
+    """What lets KubernetesRBAC serving pods in namespace review tokens as account: the account
+    (only Berth's own; a Model's account is the user's) and a ClusterRoleBinding of the reviewer
+    ClusterRole to it. Shared by every Endpoint of the namespace, so neither has an owner: they
+    stay when the last Endpoint goes, and the account goes with its namespace."""
+    meta_labels = {
+        labels.PART_OF: labels.PART_OF_VALUE,
+        labels.MANAGED_BY: labels.MANAGED_BY_VALUE,
+        labels.COMPONENT: "invoke-auth",
+    }
+    objects: list[Manifest] = []
+    if account == settings.auth.service_account:
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": account, "namespace": namespace, "labels": dict(meta_labels)},
+                "automountServiceAccountToken": False,  # the server container mounts its token itself
+            }
+        )
+    objects.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {
+                "name": reviewer_binding_name(settings, namespace, account),
+                "labels": dict(meta_labels),
+            },
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": settings.auth.reviewer_cluster_role,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        }
+    )
+    return objects
