@@ -1,19 +1,36 @@
-"""`berth invoke`: send one request to an endpoint and show which variant answered."""
+"""`berth invoke`: send one request to an endpoint and show which variant answered.
+
+Credentials (docs/auth.md): `--token` / BERTH_TOKEN (a bearer token: a KubernetesRBAC endpoint
+reviews it), `--api-key` / BERTH_API_KEY (sent as X-Berth-Api-Key to an APIKey endpoint), else
+the bearer token of the current kubeconfig user when it has one (`token` or `tokenFile`).
+Kubeconfig users that authenticate otherwise (exec plugins, auth providers, client certificates,
+passwords) are not used: nothing is run, and a note says so. No credential is ever printed.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
+import yaml
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 VARIANT_HEADER = "X-Berth-Variant"
 TARGET_HEADER = "X-Berth-Target-Variant"
+API_KEY_HEADER = "X-Berth-Api-Key"
+TOKEN_ENV = "BERTH_TOKEN"
+API_KEY_ENV = "BERTH_API_KEY"
 
 
 def read_data(data: str) -> bytes:
@@ -49,6 +66,137 @@ def error_message(body: bytes) -> str:
     return json.dumps(payload)
 
 
+@dataclass
+class Credential:
+    """The headers that carry the credential, and where it came from (for messages)."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    source: str = ""  # "" when nothing is sent
+    note: str = ""  # why a kubeconfig's credentials were not used
+
+
+def kubeconfig_paths(env: Mapping[str, str]) -> list[Path]:
+    listed = env.get("KUBECONFIG")
+    if listed:
+        return [Path(part).expanduser() for part in listed.split(os.pathsep) if part]
+    home = env.get("HOME")
+    return [Path(home) / ".kube" / "config"] if home else []
+
+
+def _documents(paths: list[Path]) -> list[dict[str, Any]]:
+    found = []
+    for path in paths:
+        try:
+            document = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(document, dict):
+            found.append(document)
+    return found
+
+
+def _named(documents: list[dict[str, Any]], section: str, name: str) -> dict[str, Any] | None:
+    """The first entry `name` of `section` across the files, as kubectl merges them."""
+    for document in documents:
+        for entry in document.get(section) or []:
+            if (
+                isinstance(entry, dict)
+                and entry.get("name") == name
+                and isinstance(entry.get(section[:-1]), dict)
+            ):
+                return dict(entry[section[:-1]])
+    return None
+
+
+def kubeconfig_token(env: Mapping[str, str]) -> tuple[str | None, str]:
+    """The current kubeconfig user's bearer token and which user it is, or None and why not."""
+    documents = _documents(kubeconfig_paths(env))
+    current = next((str(d["current-context"]) for d in documents if d.get("current-context")), "")
+    if not current:
+        return None, ""
+    context = _named(documents, "contexts", current) or {}
+    user_name = str(context.get("user") or "")
+    user = _named(documents, "users", user_name) if user_name else None
+    if user is None:
+        return None, ""
+    if user.get("token"):
+        return str(user["token"]).strip(), f"the token of kubeconfig user {user_name!r}"
+    if user.get("tokenFile"):
+        try:
+            return Path(str(user["tokenFile"])).expanduser().read_text().strip(), (
+                f"the token file of kubeconfig user {user_name!r}"
+            )
+        except OSError as error:
+            return None, f"kubeconfig user {user_name!r}: cannot read its tokenFile ({error.strerror})"
+    if user.get("exec") or user.get("auth-provider"):
+        how = "an exec plugin" if user.get("exec") else "an auth provider"
+        return None, (
+            f"kubeconfig user {user_name!r} authenticates with {how}, which berth invoke does not run"
+        )
+    if user.get("client-certificate") or user.get("client-certificate-data"):
+        return None, (
+            f"kubeconfig user {user_name!r} authenticates with a client certificate, which cannot "
+            "be passed on through a gateway"
+        )
+    return None, f"kubeconfig user {user_name!r} has no bearer token"
+
+
+def safe_for_kubeconfig_token(url: str) -> bool:
+    """Whether a kubeconfig token (a credential for the whole cluster, perhaps) may go to `url`:
+    over TLS, or to this machine. Plain HTTP to anywhere else would show it to the network."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "https":
+        return True
+    host = parsed.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def credential_for(
+    token: str | None,
+    api_key: str | None,
+    url: str,
+    env: Mapping[str, str],
+    token_from: str = "--token",
+    api_key_from: str = "--api-key",
+) -> Credential:
+    """The credential to send: the token or API key given, else the kubeconfig's bearer token."""
+    if token and api_key:
+        raise click.UsageError("give --token or --api-key, not both")
+    if token:
+        return Credential({"Authorization": f"Bearer {token.strip()}"}, f"the token of {token_from}")
+    if api_key:
+        return Credential({API_KEY_HEADER: api_key.strip()}, f"the API key of {api_key_from}")
+    found, said = kubeconfig_token(env)
+    if found is None:
+        return Credential(note=said)
+    if not safe_for_kubeconfig_token(url):
+        host = urllib.parse.urlsplit(url).hostname
+        return Credential(note=f"{said} is not sent over plain HTTP to {host}; pass --token to send it")
+    return Credential({"Authorization": f"Bearer {found}"}, said)
+
+
+def credential_hint(credential: Credential, status: int) -> str:
+    """What to say after a 401 or 403, about the credential sent (never its value)."""
+    if status == 401 and not credential.source:
+        hint = (
+            "this endpoint needs a credential: --token TOKEN (for example "
+            '--token "$(kubectl create token SERVICEACCOUNT -n NAMESPACE)") or --api-key KEY'
+        )
+        return hint + (f" ({credential.note})" if credential.note else "")
+    return f"sent: {credential.source}" if credential.source else ""
+
+
+def _source(ctx: click.Context, parameter: str, variable: str) -> str:
+    if ctx.get_parameter_source(parameter) == click.core.ParameterSource.ENVIRONMENT:
+        return variable
+    return "--" + parameter.replace("_", "-")
+
+
 @click.command("invoke")
 @click.argument("name")
 @click.option("-d", "--data", required=True, help="Request body: JSON text, @FILE, or @- for standard input.")
@@ -67,7 +215,22 @@ def error_message(body: bytes) -> str:
 )
 @click.option("-n", "--namespace", default="default", show_default=True, help="Namespace of the Endpoint.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the answer.")
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    default=None,
+    help='Bearer token for a KubernetesRBAC endpoint, e.g. "$(kubectl create token NAME)" (env '
+    "BERTH_TOKEN). Default: the current kubeconfig user's token, if it has a plain one.",
+)
+@click.option(
+    "--api-key",
+    envvar=API_KEY_ENV,
+    default=None,
+    help="Key for an APIKey endpoint (X-Berth-Api-Key; env BERTH_API_KEY).",
+)
+@click.pass_context
 def invoke_command(
+    ctx: click.Context,
     name: str,
     data: str,
     content_type: str,
@@ -76,13 +239,23 @@ def invoke_command(
     base_url: str,
     namespace: str,
     timeout: float,
+    token: str | None,
+    api_key: str | None,
 ) -> None:
     """Send a request to endpoint NAME and print the answer and the variant that gave it.
 
     Example: berth invoke quickstart --data '{"instances": [[0.1, 0.2, 0.3, 0.4]]}'
     """
     url = invocation_url(base_url, namespace, name)
-    headers = {"Content-Type": content_type}
+    credential = credential_for(
+        token,
+        api_key,
+        url,
+        os.environ,
+        _source(ctx, "token", TOKEN_ENV),
+        _source(ctx, "api_key", API_KEY_ENV),
+    )
+    headers = {"Content-Type": content_type, **credential.headers}
     if accept:
         headers["Accept"] = accept
     if variant:
@@ -97,6 +270,10 @@ def invoke_command(
         answered_by = exc.headers.get(VARIANT_HEADER)
         where = f" (variant {answered_by})" if answered_by else ""
         click.echo(f"error: {exc.code} {exc.reason}{where}: {error_message(body)}", err=True)
+        if exc.code in (401, 403):
+            hint = credential_hint(credential, exc.code)
+            if hint:
+                click.echo(hint, err=True)
         sys.exit(1)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
