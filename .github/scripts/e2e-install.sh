@@ -36,12 +36,20 @@ end
 step "Gateway reachable on localhost:8080"
 owner=gateway.envoyproxy.io/owning-gateway-name=berth,gateway.envoyproxy.io/owning-gateway-namespace=berth-system
 service=""
-for _ in $(seq 1 90); do  # Envoy Gateway creates the proxy Deployment and Service for the Gateway
+deployment=""
+# Envoy Gateway creates the proxy Deployment and Service for the Gateway a moment after the
+# chart's install: `kubectl wait` on a selector that matches nothing yet fails at once.
+for _ in $(seq 1 90); do
   service=$(kubectl -n envoy-gateway-system get service -l "$owner" -o jsonpath='{.items[0].metadata.name}' 2>/dev/null || true)
-  [[ -n "$service" ]] && break
+  deployment=$(kubectl -n envoy-gateway-system get deployment -l "$owner" -o name 2>/dev/null || true)
+  [[ -n "$service" && -n "$deployment" ]] && break
   sleep 2
 done
-[[ -n "$service" ]] || { kubectl -n berth-system describe gateway berth; echo "no Envoy service for the Gateway"; exit 1; }
+[[ -n "$service" && -n "$deployment" ]] || {
+  kubectl -n berth-system describe gateway berth
+  echo "no Envoy Deployment and Service for the Gateway"
+  exit 1
+}
 kubectl -n envoy-gateway-system wait --for=condition=Available deployment -l "$owner" --timeout=3m
 kubectl -n berth-system get gateway berth
 node_port=$(kubectl -n envoy-gateway-system get service "$service" -o jsonpath='{.spec.ports[0].nodePort}')
