@@ -314,6 +314,7 @@ KINDS = {
     "PodDisruptionBudget": "policy/v1",
     "Job": "batch/v1",
     "Ingress": "networking.k8s.io/v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
     "HTTPRoute": "gateway.networking.k8s.io/v1",
     "CustomResourceDefinition": "apiextensions.k8s.io/v1",
 }

@@ -12,12 +12,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from berth_serving.config import ENV
+
 from ..api import Endpoint, InvokeAuth
 from ..planner.access import API_KEYS_VOLUME
 from ..planner.types import Manifest
 
 Key = tuple[str, str]
-API_KEYS_ENV = "BERTH_API_KEYS_DIR"
+API_KEYS_ENV = ENV["api_keys_dir"]
 
 
 def local_endpoint(endpoint: Endpoint) -> tuple[Endpoint, str]:

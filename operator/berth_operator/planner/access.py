@@ -7,10 +7,11 @@ each pod is told and mounted, and which objects let the network and the API serv
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from berth_serving.config import DEFAULT_PORT
+from berth_serving.config import DEFAULT_PORT, ENV, IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE
 
 from ..api import Endpoint, auth_mode_of
 from ..api.endpoint import AuthMode
@@ -23,7 +24,8 @@ from .types import Manifest
 API_KEYS_VOLUME = "api-keys"
 API_KEYS_MOUNT_PATH = "/var/run/berth/api-keys"
 KUBE_API_VOLUME = "kube-api-access"
-KUBE_API_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # where in-cluster clients look
+KUBE_API_MOUNT_PATH = posixpath.dirname(IN_CLUSTER_TOKEN_FILE)  # where in-cluster clients look
+assert posixpath.dirname(IN_CLUSTER_CA_FILE) == KUBE_API_MOUNT_PATH
 TOKEN_SECONDS = 3607  # what the kubelet's own projected token asks for; it rotates before expiry
 NETWORK_POLICY_COMPONENT = "network-policy"
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API server
@@ -55,12 +57,13 @@ def serving_access(
 
 
 def access_env(access: ServingAccess) -> dict[str, str]:
-    """The serving runtime's BERTH_AUTH_* settings (berth_serving.config names them)."""
-    env: dict[str, str] = {"BERTH_AUTH_MODE": access.mode}
+    """The serving runtime's auth settings, always said (the runtime's own default is None). The
+    API server and the token are the in-cluster ones the projected volume provides."""
+    env: dict[str, str] = {ENV["auth_mode"]: access.mode}
     if access.reviews_tokens:
-        env["BERTH_AUTH_ENDPOINT"] = access.endpoint
+        env[ENV["auth_endpoint"]] = access.endpoint
     if access.api_keys_secret is not None:
-        env["BERTH_API_KEYS_DIR"] = API_KEYS_MOUNT_PATH
+        env[ENV["api_keys_dir"]] = API_KEYS_MOUNT_PATH
     return env
 
 
@@ -76,7 +79,12 @@ def access_volumes(access: ServingAccess) -> list[dict[str, Any]]:
                 "name": KUBE_API_VOLUME,
                 "projected": {
                     "sources": [
-                        {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_SECONDS}},
+                        {
+                            "serviceAccountToken": {
+                                "path": posixpath.basename(IN_CLUSTER_TOKEN_FILE),
+                                "expirationSeconds": TOKEN_SECONDS,
+                            }
+                        },
                         {
                             "configMap": {
                                 "name": "kube-root-ca.crt",
