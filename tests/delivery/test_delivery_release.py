@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -119,13 +120,15 @@ def test_chart_is_pushed_with_the_tag_version_and_signed(release: dict[str, Any]
     assert uses(job, "sigstore/cosign-installer")
 
 
-def run_version_step(release: dict[str, Any], tag: str, tmp_path: Path) -> tuple[int, str, str]:
+def run_version_step(
+    release: dict[str, Any], tag: str, tmp_path: Path, cwd: Path = REPO
+) -> tuple[int, str, str]:
     [step] = [step for step in steps(release["jobs"]["version"]) if step.get("id") == "version"]
     output = tmp_path / "output"
     output.write_text("")
     result = subprocess.run(
         ["bash", "-e", "-c", step["run"]],
-        cwd=REPO,
+        cwd=cwd,
         env={**os.environ, "GITHUB_REF_NAME": tag, "GITHUB_OUTPUT": str(output)},
         capture_output=True,
         text=True,
@@ -146,6 +149,20 @@ def test_version_comes_from_the_tag(release: dict[str, Any], tmp_path: Path) -> 
     assert code != 0 and "bump it first" in log and output == ""
     code, output, log = run_version_step(release, "vnext", tmp_path)
     assert code != 0 and "not vX.Y.Z" in log
+    # A checked-in chart whose appVersion lags the tag is refused too.
+    copy = tmp_path / "repo"
+    (copy / "charts" / "berth").mkdir(parents=True)
+    shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
+    chart = (REPO / "charts" / "berth" / "Chart.yaml").read_text()
+    assert f'appVersion: "{project[1]}"' in chart
+    (copy / "charts" / "berth" / "Chart.yaml").write_text(
+        chart.replace(f'appVersion: "{project[1]}"', 'appVersion: "0.0.1"')
+    )
+    code, output, log = run_version_step(release, f"v{project[1]}", tmp_path, cwd=copy)
+    assert code != 0 and "Chart.yaml appVersion is '0.0.1'" in log, log
+    shutil.copy(REPO / "charts" / "berth" / "Chart.yaml", copy / "charts" / "berth" / "Chart.yaml")
+    code, output, log = run_version_step(release, f"v{project[1]}", tmp_path, cwd=copy)
+    assert code == 0, log
 
 
 def test_github_release_records_the_digests(release: dict[str, Any]) -> None:
