@@ -39,12 +39,17 @@ class AuthConfigError(ValueError):
 class ApiKeyAuthenticator:
     def __init__(self, store: KeyStore) -> None:
         self.store = store
+        self._outcomes: dict[str | None, Outcome] = {}  # by matched key name: one object each
 
     async def authenticate(self, credentials: Credentials) -> Outcome:
         key = api_key_of(credentials)
         if isinstance(key, Refused):
             return key
-        return api_key_outcome(self.store.keys.match(key))
+        name = self.store.keys.match(key)
+        outcome = self._outcomes.get(name)
+        if outcome is None:
+            outcome = self._outcomes[name] = api_key_outcome(name)
+        return outcome
 
     def describe(self) -> str:
         return f"APIKey: {len(self.store.keys.keys)} keys from {self.store.directory}"
