@@ -61,6 +61,7 @@ CHILD_INDEXES = {
     "httproutes_by_endpoint": ("gateway.networking.k8s.io", "v1", "httproutes"),
     "ingresses_by_endpoint": ("networking.k8s.io", "v1", "ingresses"),
     "networkpolicies_by_endpoint": ("networking.k8s.io", "v1", "networkpolicies"),
+    "scaledobjects_by_endpoint": ("keda.sh", "v1alpha1", "scaledobjects"),
 }
 PODS = ("", "v1", "pods")
 JOBS = ("batch", "v1", "jobs")

@@ -72,6 +72,7 @@ RESOURCES: dict[tuple[str, str], ResourceKind] = {
         ResourceKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
         ResourceKind("networking.k8s.io/v1", "Ingress", "ingresses"),
         ResourceKind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+        ResourceKind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
         ResourceKind("v1", "ServiceAccount", "serviceaccounts"),
         ResourceKind(
             "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 ENDPOINTS = berth_kind("Endpoint")
 PODS = RESOURCES[("v1", "Pod")]
 HTTPROUTES = RESOURCES[("gateway.networking.k8s.io/v1", "HTTPRoute")]
+SCALEDOBJECTS = RESOURCES[("keda.sh/v1alpha1", "ScaledObject")]
 # Both route kinds whatever settings.routing.mode says: after a change of mode the planner
 # must see the old kind's objects to delete them.
 CHILD_KINDS = [
@@ -55,6 +56,7 @@ CHILD_KINDS = [
     HTTPROUTES,
     RESOURCES[("networking.k8s.io/v1", "Ingress")],
     RESOURCES[("networking.k8s.io/v1", "NetworkPolicy")],
+    SCALEDOBJECTS,
 ]
 
 
@@ -193,9 +195,14 @@ async def _metrics(shell: Shell, endpoint: Endpoint, pods: list[Manifest]) -> di
 
 
 async def _unavailable_kinds(shell: Shell) -> frozenset[str]:
-    if shell.settings.routing.mode != "gateway":
-        return frozenset()
-    return frozenset() if await shell.kube.serves(HTTPROUTES) else frozenset({"HTTPRoute"})
+    """The optional kinds the settings ask for that the cluster does not serve (no CRD)."""
+    wanted = []
+    if shell.settings.routing.mode == "gateway":
+        wanted.append(HTTPROUTES)
+    if shell.settings.autoscaling.scaler == "keda":
+        wanted.append(SCALEDOBJECTS)
+    served = await asyncio.gather(*(shell.kube.serves(kind) for kind in wanted))
+    return frozenset(kind.kind for kind, ok in zip(wanted, served, strict=True) if not ok)
 
 
 async def _pod_events(

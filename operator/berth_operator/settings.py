@@ -141,8 +141,10 @@ class AuthSettings(SettingsModel):
 
 class AutoscalingSettings(SettingsModel):
     # hpa: a HorizontalPodAutoscaler (request-based targets need prometheus-adapter);
-    # keda: a KEDA ScaledObject with a Prometheus trigger (rollback.prometheusUrl) for request targets.
+    # keda: a KEDA ScaledObject with a Prometheus trigger for request targets (CPU stays on an HPA).
     scaler: Literal["hpa", "keda"] = "hpa"
+    # The Prometheus KEDA queries; empty means rollback.prometheusUrl.
+    prometheus_url: str = Field(default="", alias="prometheusUrl", pattern=r"^(https?://.*)?$")
 
 
 class Settings(SettingsModel):

@@ -106,18 +106,31 @@ def _local_command(args: list[str], settings_path: Path) -> list[str]:
     return out
 
 
+def _merged(base: Any, changes: Any) -> Any:
+    if not isinstance(base, dict) or not isinstance(changes, dict):
+        return changes
+    return {**base, **{key: _merged(base.get(key), value) for key, value in changes.items()}}
+
+
 class Operator:
     """`berth operator` as a process, as the chart's ServiceAccount; its output kept in a file."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, install: ChartInstall, workdir: Path) -> None:
+    def __init__(self, install: ChartInstall, workdir: Path, settings: Manifest | None = None) -> None:
         self.install = install
-        self.log_path = workdir / f"operator-{next(self._ids)}.log"
+        number = next(self._ids)
+        self.log_path = workdir / f"operator-{number}.log"
+        command = install.command
+        if settings is not None:  # the chart's settings with these changes, in a file of its own
+            merged = _merged(yaml.safe_load(install.settings_path.read_text()), settings)
+            path = workdir / f"settings-{number}.yaml"
+            path.write_text(yaml.safe_dump(merged))
+            command = [str(path) if arg == str(install.settings_path) else arg for arg in command]
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env.update({"KUBECONFIG": str(install.kubeconfig), "PYTHONUNBUFFERED": "1", "NO_PROXY": "*"})
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        self.process = ManagedProcess("berth-operator", install.command, self.log_path, env=env, cwd=workdir)
+        self.process = ManagedProcess("berth-operator", command, self.log_path, env=env, cwd=workdir)
 
     def alive(self) -> bool:
         return self.process.alive()
@@ -159,8 +172,9 @@ class Cluster:
     def has_controller_manager(self) -> bool:
         return self.plane.has_controller_manager
 
-    def start_operator(self) -> Operator:
-        operator = Operator(self.install, self.workdir)
+    def start_operator(self, settings: Manifest | None = None) -> Operator:
+        """The operator as the chart runs it; settings, when given, change the chart's settings."""
+        operator = Operator(self.install, self.workdir, settings)
         self.operators.append(operator)
         return operator
 

@@ -1,8 +1,8 @@
 """Every object the planner makes must be one the API server admits.
 
 Core kinds are checked with kubernetes-validate (strict: unknown fields fail) against
-Kubernetes 1.30 and the newest schemas it bundles; HTTPRoutes against the Gateway API CRD,
-schema and CEL rules, through tests.support.crdcheck.
+Kubernetes 1.30 and the newest schemas it bundles; HTTPRoutes against the Gateway API CRD and
+ScaledObjects against KEDA's, schema and CEL rules, through tests.support.crdcheck.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 
 import kubernetes_validate
 
-from tests.support.crdcheck import admit, httproute_crd
+from tests.support.crdcheck import admit, httproute_crd, load_crd
+from tests.support.testdata import KEDA_SCALEDOBJECT_CRD, data_file
 
 KUBERNETES_VERSIONS = ("1.30", "1.33")
 
@@ -22,10 +23,17 @@ def _httproute_crd() -> dict[str, Any]:
     return httproute_crd()
 
 
+@cache
+def _scaledobject_crd() -> dict[str, Any]:
+    return load_crd(data_file(KEDA_SCALEDOBJECT_CRD))
+
+
 def problems(obj: dict[str, Any]) -> list[str]:
     """Why the API server would refuse obj ([] = admitted)."""
     if obj["kind"] == "HTTPRoute":
         return admit(_httproute_crd(), obj)
+    if obj["kind"] == "ScaledObject":
+        return admit(_scaledobject_crd(), obj)
     found = []
     for version in KUBERNETES_VERSIONS:
         try:

@@ -1012,7 +1012,7 @@ def crd_documents(paths: Iterable[Path]) -> list[Manifest]:
 
 
 def established(crd: Manifest | None) -> bool:
-    conditions = {c["type"]: c["status"] for c in ((crd or {}).get("status") or {}).get("conditions", [])}
+    conditions = {c["type"]: c["status"] for c in ((crd or {}).get("status") or {}).get("conditions") or []}
     return conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True"
 
 

@@ -89,6 +89,8 @@ def desired_replicas(deployment: Manifest, applied: Mapping[ObjectRef, Manifest]
     for obj in applied.values():  # autoscaled: an HPA owns the count; start at its minimum
         if obj["kind"] == "HorizontalPodAutoscaler" and obj["spec"]["scaleTargetRef"]["name"] == name:
             return int(obj["spec"].get("minReplicas", 1))
+        if obj["kind"] == "ScaledObject" and obj["spec"]["scaleTargetRef"]["name"] == name:
+            return int(obj["spec"].get("minReplicaCount", 1))
     return 1
 
 

@@ -191,27 +191,3 @@ def route_acceptance(desired: Manifest, observed: Manifest | None) -> RouteAccep
                     False, refused=f"HTTPRoute {name}: {gateway} reports {type_}=False ({why})"
                 )
     return RouteAcceptance(True)
-
-
-AUTOSCALER_HINT = (
-    "request-based autoscaling needs a metrics adapter that serves berth_invocations_per_second "
-    "(prometheus-adapter), or CPU-based autoscaling (targetCPUUtilization) with metrics-server"
-)
-
-
-def autoscaler_problems(children: Iterable[Manifest], fleets: Iterable[Any]) -> list[str]:
-    """HorizontalPodAutoscalers that say they cannot scale (ScalingActive False): usually no metrics."""
-    problems = []
-    for fleet in fleets:
-        for variant in fleet.variants:
-            if variant.autoscaling is None:
-                continue
-            hpa = find(children, "HorizontalPodAutoscaler", variant.object_name)
-            for cond in ((hpa or {}).get("status") or {}).get("conditions") or []:
-                if cond.get("type") == "ScalingActive" and cond.get("status") == "False":
-                    why = f"{cond.get('reason') or 'Unknown'}: {cond.get('message') or ''}".rstrip(": ")
-                    hint = (
-                        f"; {AUTOSCALER_HINT}" if variant.autoscaling.target_invocations_per_replica else ""
-                    )
-                    problems.append(f"variant {variant.name}: the autoscaler cannot scale ({why}){hint}")
-    return problems

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from ..api import EndpointStatus, VariantStatus
 from . import labels
 from .access import network_policy, serving_access, serving_identity
+from .autoscaling import KEDA_KIND, autoscaler_problems
 from .fleet import Fleet, VariantPlan, resolve_fleet
 from .names import label_value
 from .observe import (
     Readiness,
     RouteAcceptance,
-    autoscaler_problems,
     deployment_readiness,
     find,
     matches,
@@ -29,7 +29,7 @@ from .workload import variant_objects
 
 # The NetworkPolicy goes first and is deleted last: no serving pod is ever reachable without it.
 ENDPOINT_KINDS = ("NetworkPolicy",)
-FLEET_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+FLEET_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", KEDA_KIND, "PodDisruptionBudget")
 ROUTE_KINDS = ("HTTPRoute", "Ingress")
 KIND_ORDER = {kind: i for i, kind in enumerate(ENDPOINT_KINDS + FLEET_KINDS + ROUTE_KINDS)}
 DEFERRED_DELETE_SECONDS = 2.0  # look again soon: the route is moving off a fleet that is going
@@ -210,7 +210,7 @@ class _Planner:
             obj
             for item in live
             for v in item.fleet.variants
-            for obj in variant_objects(self.endpoint, v, inp.settings)
+            for obj in variant_objects(self.endpoint, v, inp.settings, inp.observed.unavailable_kinds)
         ]
         policy = network_policy(self.endpoint, inp.settings)
         if policy is not None:
@@ -331,7 +331,10 @@ class _Planner:
         serving_objects = [
             o for o in objects if o["metadata"]["name"] in serving_names or o["kind"] in ROUTE_KINDS
         ]
-        extra = [*self.write_problems(), *autoscaler_problems(self.children, fleets)]
+        extra = [
+            *self.write_problems(),
+            *autoscaler_problems(self.children, fleets, inp.settings, inp.observed.unavailable_kinds),
+        ]
         if acceptance.refused:
             extra.append(acceptance.refused)
         facts = Facts(

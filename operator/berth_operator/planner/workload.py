@@ -1,17 +1,16 @@
-"""Deployment, Service, HPA and PDB of one variant."""
+"""Deployment, Service, autoscaler (autoscaling.py) and PDB of one variant."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from berth_serving.config import DEFAULT_PORT, DEFAULT_TIMEOUT_SECONDS, MODEL_MOUNT_PATH, ServeConfig
-from berth_serving.metrics import INVOCATIONS_PER_SECOND
 
 from ..api import Endpoint
-from ..quantity import canonical
 from ..settings import Settings
 from . import labels
 from .access import ServingAccess, access_env, access_mounts, access_volumes, serving_access
+from .autoscaling import autoscaler_objects
 from .fleet import VariantPlan
 from .meta import object_meta
 from .pods import (
@@ -44,11 +43,22 @@ SCRAPE_ANNOTATIONS = {
 }
 
 
-def variant_objects(endpoint: Endpoint, variant: VariantPlan, settings: Settings) -> list[Manifest]:
+def variant_objects(
+    endpoint: Endpoint, variant: VariantPlan, settings: Settings, unavailable: frozenset[str] = frozenset()
+) -> list[Manifest]:
+    """The variant's objects; an autoscaler of a kind the cluster does not serve is left out (the
+    status says so) and the Deployment then holds the floor itself."""
     access = serving_access(endpoint, settings, variant.model.spec.service_account_name)
-    objects = [deployment(endpoint, variant, settings, access), service(endpoint, variant)]
-    if variant.autoscaling is not None:
-        objects.append(horizontal_pod_autoscaler(endpoint, variant))
+    scalers = [
+        o
+        for o in autoscaler_objects(endpoint, variant, settings, _labels(variant))
+        if o["kind"] not in unavailable
+    ]
+    objects = [
+        deployment(endpoint, variant, settings, access, scaled=bool(scalers)),
+        service(endpoint, variant),
+    ]
+    objects += scalers
     if variant.replicas > 1:
         objects.append(pod_disruption_budget(endpoint, variant))
     return objects
@@ -178,10 +188,10 @@ def _pod_spec(variant: VariantPlan, settings: Settings, access: ServingAccess) -
 
 
 def deployment(
-    endpoint: Endpoint, variant: VariantPlan, settings: Settings, access: ServingAccess
+    endpoint: Endpoint, variant: VariantPlan, settings: Settings, access: ServingAccess, *, scaled: bool
 ) -> Manifest:
     spec: dict[str, Any] = {}
-    if variant.autoscaling is None:  # with autoscaling the HPA owns replicas
+    if not scaled:  # with an autoscaler the HPA (KEDA's too) owns replicas
         spec["replicas"] = variant.replicas
     spec.update(
         {
@@ -212,47 +222,6 @@ def service(endpoint: Endpoint, variant: VariantPlan) -> Manifest:
             "type": "ClusterIP",
             "selector": _selector(variant),
             "ports": [{"name": PORT_NAME, "port": DEFAULT_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
-        },
-    }
-
-
-def horizontal_pod_autoscaler(endpoint: Endpoint, variant: VariantPlan) -> Manifest:
-    scaling = variant.autoscaling
-    assert scaling is not None
-    metric: dict[str, Any]
-    if scaling.target_cpu_utilization is not None:
-        metric = {
-            "type": "Resource",
-            "resource": {
-                "name": "cpu",
-                "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu_utilization},
-            },
-        }
-    else:
-        assert scaling.target_invocations_per_replica is not None  # admission: exactly one target
-        metric = {
-            "type": "Pods",
-            "pods": {
-                "metric": {"name": INVOCATIONS_PER_SECOND},
-                "target": {
-                    "type": "AverageValue",
-                    "averageValue": canonical(scaling.target_invocations_per_replica),
-                },
-            },
-        }
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": object_meta(endpoint, variant.object_name, _labels(variant)),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": variant.object_name},
-            "minReplicas": variant.replicas,
-            "maxReplicas": scaling.max_replicas,
-            "metrics": [metric],
-            "behavior": {
-                "scaleDown": {"stabilizationWindowSeconds": scaling.scale_in_cooldown_seconds},
-                "scaleUp": {"stabilizationWindowSeconds": scaling.scale_out_cooldown_seconds},
-            },
         },
     }
 
