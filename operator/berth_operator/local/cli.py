@@ -247,7 +247,7 @@ async def _watch(paths: list[str], engine: Any, stop: asyncio.Event) -> None:
             except SourceError as exc:
                 log.error("manifests not applied: %s", exc)
                 return
-            errors = immutability_errors(engine.resources, resources)
+            errors = immutability_errors(engine.resources, resources, engine.model_ever_ready)
             if errors:
                 log.error("manifests not applied: %s", "; ".join(errors))
                 return

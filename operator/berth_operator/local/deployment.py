@@ -64,6 +64,7 @@ class LocalDeployment:
         self.fetch_error = ""
         self.fetch_failures = 0
         self.model_path: Path | None = None
+        self.served = False  # some replica was ready once: its Model became Ready
         self._fetched_hash = ""
         self._evicted_hash = ""  # the template whose cached model was dropped after a load failure
         self._cache = cache
@@ -122,6 +123,7 @@ class LocalDeployment:
             await self._reconcile()
 
     def _changed(self) -> None:
+        self.served = self.served or any(r.ready for r in self.replicas)
         self._dirty.set()
         self._on_change()
 

@@ -160,6 +160,16 @@ class Engine:
         self.endpoints = states
         self.wake.set()
 
+    def model_ever_ready(self, key: Key) -> bool:
+        """Some replica of a fleet serving this Model was ready once (local mode may replace a
+        Model that never was, see source.immutability_errors)."""
+        namespace, name = key
+        model = labels.label_value(name)
+        return any(
+            fleet.served and ns == namespace and fleet.spec.labels.get(labels.MODEL) == model
+            for (ns, _), fleet in self.deployments.items()
+        )
+
     # ------------------------------------------------------------------ the loop
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -6,7 +6,7 @@ names them, so a project directory can be served from anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,15 +59,23 @@ def load_resources(paths: Sequence[str | Path]) -> Resources:
     return Resources(models=models, configs=configs, endpoints=endpoints, secrets=secrets)
 
 
-def immutability_errors(old: Resources, new: Resources) -> list[str]:
-    """Edits the cluster's admission would refuse: Model and EndpointConfig specs are immutable."""
+RECOVER = "(or stop and start berth up, which begins afresh)"
+
+
+def immutability_errors(
+    old: Resources, new: Resources, ever_ready: Callable[[Key], bool] = lambda key: True
+) -> list[str]:
+    """Edits the cluster's admission would refuse: Model and EndpointConfig specs are immutable.
+
+    Local mode lets a Model that never became ready be replaced (a typo in its modelUri is fixed
+    in the file); a cluster refuses that too, as the README says where local mode differs."""
     errors = []
     for key, model in new.models.items():
         previous = old.models.get(key)
-        if previous is not None and previous.spec != model.spec:
-            errors.append(f"Model {key[0]}/{key[1]}: {MSG_MODEL_IMMUTABLE}")
+        if previous is not None and previous.spec != model.spec and ever_ready(key):
+            errors.append(f"Model {key[0]}/{key[1]}: {MSG_MODEL_IMMUTABLE} {RECOVER}")
     for key, config in new.configs.items():
         before = old.configs.get(key)
         if before is not None and before.spec != config.spec:
-            errors.append(f"EndpointConfig {key[0]}/{key[1]}: {MSG_CONFIG_IMMUTABLE}")
+            errors.append(f"EndpointConfig {key[0]}/{key[1]}: {MSG_CONFIG_IMMUTABLE} {RECOVER}")
     return errors
