@@ -49,6 +49,8 @@ def test_hashed_and_plain_entries_in_a_secret_volume(tmp_path: Path) -> None:
     assert key_set.match(hashed_entry(ALICE).encode()) is None  # the stored hash is not a key
     assert key_set.match(b"not-a-key-0123456789") is None
     assert key_set.match(ALICE.encode()[:-1]) is None
+    assert key_set.match(ALICE.encode() + b" ") is None  # bytes exactly: read_credentials strips the header
+    assert key_set.match(b"\x01" + ALICE.encode()) is None
 
 
 def test_unusable_entries_are_skipped_and_named_without_their_content(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ class ApiKeyAuthenticator:
         self.store = store
         self._outcomes: dict[str | None, Outcome] = {}  # by matched key name: one object each
 
-    async def authenticate(self, credentials: Credentials) -> Outcome:
+    def check(self, credentials: Credentials) -> Outcome:
         key = api_key_of(credentials)
         if isinstance(key, Refused):
             return key
@@ -50,6 +50,9 @@ class ApiKeyAuthenticator:
         if outcome is None:
             outcome = self._outcomes[name] = api_key_outcome(name)
         return outcome
+
+    async def authenticate(self, credentials: Credentials) -> Outcome:
+        return self.check(credentials)
 
     def describe(self) -> str:
         return f"APIKey: {len(self.store.keys.keys)} keys from {self.store.directory}"
@@ -66,9 +69,8 @@ class KubeAuthenticator:
         self.reviewer = reviewer
         self.url = url
         self.reviews = reviewer.reviews
-
-    async def authenticate(self, credentials: Credentials) -> Outcome:
-        return await self.reviewer.authenticate(credentials)
+        self.check = reviewer.check
+        self.authenticate = reviewer.authenticate
 
     def describe(self) -> str:
         return f"KubernetesRBAC: {self.reviewer.target.describe()}, reviewed by {self.url}"

@@ -55,7 +55,13 @@ def is_open(method: str, path: str) -> bool:
 class Authenticator(Protocol):
     """One mode's check (APIKey, KubernetesRBAC)."""
 
-    async def authenticate(self, credentials: Credentials) -> Outcome: ...
+    def check(self, credentials: Credentials) -> Outcome | None:
+        """The answer when it needs no I/O (an API key, a cached review), else None."""
+        ...
+
+    async def authenticate(self, credentials: Credentials) -> Outcome:
+        """The answer, asking whoever must be asked."""
+        ...
 
     def describe(self) -> str:
         """What the start-up log line says about this mode."""
@@ -110,11 +116,13 @@ class AuthGuard:
             await self.app(scope, receive, send)
             return
         credentials = read_credentials(scope["headers"])
-        outcome = (
-            credentials
-            if isinstance(credentials, Refused)
-            else await self.authenticator.authenticate(credentials)
-        )
+        if isinstance(credentials, Refused):
+            outcome: Outcome = credentials
+        else:
+            # No coroutine on the warm path: a cached answer costs a hash and a lookup.
+            outcome = self.authenticator.check(credentials) or await self.authenticator.authenticate(
+                credentials
+            )
         if isinstance(outcome, Allowed):
             self.callers.count(outcome.caller, ALLOWED)
             scope[SCOPE_CALLER] = outcome.caller

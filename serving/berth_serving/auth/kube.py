@@ -33,6 +33,7 @@ from berth_serving.auth.decision import (
     bearer_of,
     identity_of,
     token_review_body,
+    unprintable,
 )
 
 log = logging.getLogger("berth.serving.auth")
@@ -205,6 +206,14 @@ class KubeReviewer:
         # Reviews made (cache misses), by what they answered: for /metrics.
         self.reviews: dict[str, int] = {}
 
+    def check(self, credentials: Credentials) -> Outcome | None:
+        """The answer without asking the API server: a refusal the request alone decides, or a
+        cached review; None when a review is needed."""
+        token = bearer_of(credentials, self.target)
+        if isinstance(token, Refused):
+            return token
+        return self.cached(hashlib.sha256(token).digest())
+
     async def authenticate(self, credentials: Credentials) -> Outcome:
         token = bearer_of(credentials, self.target)
         if isinstance(token, Refused):
@@ -231,6 +240,9 @@ class KubeReviewer:
         outcome = self.cached(key)
         if outcome is not None:
             return outcome
+        refused = unprintable(token)
+        if refused is not None:
+            return refused
         pending = self._pending.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._review(token, key))
