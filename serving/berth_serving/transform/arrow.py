@@ -107,10 +107,8 @@ class CsvMatrix:
         return None
 
     def _matrix(self, table: Any) -> np.ndarray:
-        batch = table.combine_chunks().to_batches()
-        if not batch:
-            return np.empty((0, table.num_columns), dtype=self.dtype)
-        matrix = np.asarray(batch[0].to_tensor(row_major=True))
+        parts = [np.asarray(batch.to_tensor(row_major=True)) for batch in table.to_batches()]
+        matrix = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return matrix if matrix.dtype == self.dtype else matrix.astype(self.dtype)
 
     def parse(self, data: bytes, columns: int | None) -> np.ndarray | None:

@@ -1,19 +1,33 @@
 """The transform loop: this shard's input objects, block by block, through the serving Batcher.
 
-Per object: skip it when its output exists (resume), else stream its blocks, submit each parsed
-block to the Batcher (ONNX Runtime on the Batcher's worker thread), read and parse the next block
-while up to `max_concurrent_transforms` blocks are in flight (with 2: one runs and one waits, so
-ONNX Runtime need not wait for the parser), and append the answers in input order to an atomic
-writer that is committed only when the whole object is done.
+Per object: skip it when its output exists (resume), else run three stages at once, each on its
+own thread, so that the 2 cores are kept busy by the model rather than by Python:
+
+- parse (thread berth-parse): read the next block of about 1 MiB of whole lines and parse it
+  with Apache Arrow (records.py, arrow.py), outside the GIL, while the batches of the block
+  before it run; one block ahead at most;
+- infer (the Batcher's worker, berth-ort-worker): ONNX Runtime on batches of at most
+  `max_batch_size` rows; at most `max_concurrent_transforms` batches are in flight (submitted,
+  not yet written), so with 2 one runs while the next waits and ONNX Runtime never waits for
+  the parser;
+- write (thread berth-write): the answers encoded a batch at a time (orjson, Arrow) and
+  appended in input order to an atomic writer that is committed only when the object is done;
+  at most WRITES_AHEAD batches wait for it.
+
+The event loop only hands work between the stages. Memory holds one block being parsed, one
+parsed, the batches in flight and the writes waiting: flat whatever the object's size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import os
 import sys
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +36,26 @@ import orjson
 
 from berth_serving.batcher import Batcher, Job
 from berth_serving.signature import Signature
-from berth_serving.transform import storage
+from berth_serving.transform import arrow, storage
 from berth_serving.transform.assemble import Assembler, merge_outputs
 from berth_serving.transform.options import ERRORS_SUFFIX, OUTPUT_SUFFIX, TransformOptions
-from berth_serving.transform.records import BadRecord, InputError, Parsed, Parser, open_records, read_blocks
+from berth_serving.transform.records import (
+    BadRecord,
+    Block,
+    InputError,
+    Parsed,
+    Parser,
+    open_records,
+    read_blocks,
+)
 
 log = logging.getLogger("berth.transform")
+# What the parse stage hands on per block: its full batches, each with the line it starts
+# from, and the block's malformed records.
+_Parsed = tuple[list[tuple[int, Parsed]], list[BadRecord]]
 SWITCH_INTERVAL_SECONDS = 0.0005
+BLOCK_ROWS = 1 << 16  # lines per block at most; a block is about records.READ_BYTES of text
+WRITES_AHEAD = 2  # encoded batches waiting for the writer thread, at most
 
 
 class TransformError(Exception):
@@ -150,11 +177,19 @@ def shard(items: list[Any], index: int, count: int) -> list[Any]:
     return items[index::count]
 
 
-def run_transform(options: TransformOptions, model: LoadedModel, listener: Listener | None = None) -> Summary:
+def run_transform(
+    options: TransformOptions,
+    model: LoadedModel,
+    listener: Listener | None = None,
+    *,
+    parse_threads: int = 1,
+) -> Summary:
+    """`parse_threads`: Arrow threads for one block's parse (1: the parse thread alone)."""
     options.check()
     check_locations(options)
-    # The event loop thread parses while ONNX Runtime runs on the Batcher's worker, which needs
-    # the GIL for a moment between batches: a short switch interval keeps it from waiting 5 ms.
+    arrow.set_parse_threads(parse_threads)
+    # Three threads take the GIL for moments between their C++ calls (ORT, Arrow, orjson): a
+    # short switch interval keeps the ORT worker from waiting 5 ms for it between batches.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     try:
@@ -171,7 +206,9 @@ class _Run:
         self.summary = Summary()
         self.budget = _Budget(options.max_errors)
         try:
-            self.parser = Parser(model.signature, options.content_type)
+            self.parser = Parser(
+                model.signature, options.content_type, keep_lines=options.join_source == "Input"
+            )
         except InputError as error:
             raise TransformError(str(error)) from None
         self.assembler = Assembler(
@@ -183,6 +220,8 @@ class _Run:
         )
         # SingleRecord, or a model with a fixed batch dimension: one record per ONNX Runtime call.
         self.single = options.batch_strategy == "SingleRecord" or not model.signature.batchable
+        self.parse_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="berth-parse")
+        self.write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="berth-write")
 
     async def run(self) -> Summary:
         options = self.options
@@ -218,6 +257,8 @@ class _Run:
             raise StorageFailure(str(error)) from None
         finally:
             batcher.stop()
+            self.parse_pool.shutdown(wait=True)
+            self.write_pool.shutdown(wait=True)
         self.summary.failed = self.budget.spent
         self.listener.finished(self.summary)
         return self.summary
@@ -233,31 +274,42 @@ class _Run:
         uri = source.uri
         writer = storage.open_output(target)
         window: deque[tuple[list[Job], Parsed, int]] = deque()
+        writes: deque[concurrent.futures.Future[None]] = deque()
         bad_here: list[BadRecord] = []
+        parsing: concurrent.futures.Future[_Parsed | None] | None = None
         stream = storage.open_input(source)
         try:
-            blocks = read_blocks(
-                open_records(stream, options.compression),
-                content_type=options.content_type,
-                split_type=options.split_type,
-                max_bytes=options.max_payload_bytes,
-                max_rows=1 if self.single else options.max_batch_size,
-            )
             try:
-                for block in blocks:  # read and parsed while up to max_concurrent_transforms run
-                    parsed = self.parser.parse(block)
-                    if parsed.bad:
-                        self.budget.spend(uri, parsed.bad)
-                        bad_here.extend(parsed.bad)
-                    if parsed.rows:
+                blocks = read_blocks(
+                    open_records(stream, options.compression),
+                    content_type=options.content_type,
+                    split_type=options.split_type,
+                    max_bytes=options.max_payload_bytes,
+                    max_rows=BLOCK_ROWS if options.split_type == "Line" else options.max_batch_size,
+                )
+                stage = self._parse_stage(blocks)
+                parsing = self.parse_pool.submit(next, stage, None)
+                while True:
+                    item = await asyncio.wrap_future(parsing)
+                    if item is None:
+                        parsing = None
+                        break
+                    batches, bad = item
+                    parsing = self.parse_pool.submit(next, stage, None)  # parsed while these run
+                    if bad:
+                        self.budget.spend(uri, bad)
+                        bad_here.extend(bad)
+                    for first_line, batch in batches:
                         while len(window) >= options.max_concurrent_transforms:
-                            await self._write_oldest(window, writer, uri)
-                        window.append((self._submit(batcher, parsed), parsed, block.first_line))
+                            await self._write_oldest(window, writes, writer, uri)
+                        window.append((self._submit(batcher, batch), batch, first_line))
                 while window:
-                    await self._write_oldest(window, writer, uri)
+                    await self._write_oldest(window, writes, writer, uri)
+                while writes:
+                    await asyncio.wrap_future(writes.popleft())
             except InputError as error:
                 raise TransformError(f"{uri}: {error}") from None
-            except (OSError, EOFError) as error:  # a truncated gzip stream, a broken connection
+            except (OSError, EOFError) as error:  # a bad or truncated gzip stream, a broken connection
                 raise TransformError(f"{uri}: cannot read: {error}") from None
             if bad_here:
                 listing = (orjson.dumps({"line": b.line, "error": b.message}) + b"\n" for b in bad_here)
@@ -266,11 +318,43 @@ class _Run:
             for jobs, _, _ in window:
                 for job in jobs:
                     job.cancelled = True
+            _settle(writes)  # the writer thread lets go of the writer before it is aborted
             writer.abort()
             raise
         finally:
+            _settle([parsing] if parsing is not None else [])  # the parse thread lets go of the stream
             stream.close()
         writer.commit()
+
+    def _parse_stage(self, blocks: Iterator[Block]) -> Iterator[_Parsed]:
+        """On the parse thread: per block read and parsed, its full batches (each with the line
+        it starts from) and its bad records. Blocks are cut by bytes, not rows: the records
+        after the block's last full batch wait to fill one with the next block's (a copy of
+        at most a batch), so ONNX Runtime gets batches of max_batch_size, not a small one at
+        the end of every block; the object's last batch may be smaller."""
+        size = self.options.max_batch_size
+        carry: tuple[int, Parsed] | None = None
+        for block in blocks:
+            parsed = self.parser.parse(block)
+            if self.options.split_type == "None":  # the object is one payload: one call, one answer
+                yield ([(block.first_line, parsed)] if parsed.rows else []), parsed.bad
+                continue
+            batches: list[tuple[int, Parsed]] = []
+            rest = parsed
+            if carry is not None and rest.rows:
+                taken, rest = rest.head(size - carry[1].rows)
+                carry = (carry[0], carry[1].join(taken))
+                if carry[1].rows == size:
+                    batches.append(carry)
+                    carry = None
+            for part in rest.slices(size) if rest.rows else ():
+                if part.rows == size:
+                    batches.append((block.first_line, part))
+                else:
+                    carry = (block.first_line, part)
+            yield batches, parsed.bad
+        if carry is not None:
+            yield [carry], []
 
     def _submit(self, batcher: Batcher, parsed: Parsed) -> list[Job]:
         if not self.single or parsed.rows == 1:
@@ -281,7 +365,11 @@ class _Run:
         ]
 
     async def _write_oldest(
-        self, window: deque[tuple[list[Job], Parsed, int]], writer: storage.AtomicWriter, uri: str
+        self,
+        window: deque[tuple[list[Job], Parsed, int]],
+        writes: deque[concurrent.futures.Future[None]],
+        writer: storage.AtomicWriter,
+        uri: str,
     ) -> None:
         jobs, parsed, first_line = window.popleft()
         try:
@@ -291,6 +379,20 @@ class _Run:
                 f"{uri}: records from line {first_line}: the model failed: {error}"
             ) from None
         outputs = merge_outputs([outputs for outputs, _ in results])
-        writer.write(self.assembler.encode(outputs, parsed.lines))
+        while len(writes) >= WRITES_AHEAD:
+            await asyncio.wrap_future(writes.popleft())
+        writes.append(self.write_pool.submit(self._write, writer, outputs, parsed.lines))
         self.summary.records += parsed.rows
         self.listener.records_done(parsed.rows)
+
+    def _write(self, writer: storage.AtomicWriter, outputs: list[Any], lines: list[bytes]) -> None:
+        """On the writer thread: one batch's answers, encoded and appended."""
+        writer.write(self.assembler.encode(outputs, lines))
+
+
+def _settle(futures: Any) -> None:
+    """Wait for work handed to a stage's thread to end, whatever its outcome (a failure is
+    already being reported)."""
+    for future in list(futures):
+        with contextlib.suppress(BaseException):
+            future.result()

@@ -67,6 +67,21 @@ class Parsed:
     lines: list[bytes]  # raw text of the records kept, in order, when the parser keeps them
     bad: list[BadRecord]
 
+    def head(self, count: int) -> tuple[Parsed, Parsed]:
+        """The first `count` records and the rest (views: no copy)."""
+        first = {name: array[:count] for name, array in self.feed.items()}
+        rest = {name: array[count:] for name, array in self.feed.items()}
+        taken = min(count, self.rows)
+        return (
+            Parsed(first, taken, self.lines[:count], []),
+            Parsed(rest, self.rows - taken, self.lines[count:], []),
+        )
+
+    def join(self, other: Parsed) -> Parsed:
+        """These records, then the other's (a copy of both)."""
+        feed = {name: np.concatenate([array, other.feed[name]]) for name, array in self.feed.items()}
+        return Parsed(feed, self.rows + other.rows, self.lines + other.lines, [])
+
     def slices(self, size: int) -> Iterator[Parsed]:
         """The records in runs of at most `size` (views: no copy), for one ONNX Runtime call each."""
         if self.rows <= size:
