@@ -80,7 +80,8 @@ def read_credentials(headers: Iterable[tuple[bytes, bytes]]) -> Credentials | Re
 
     A header sent twice is refused rather than one of them picked: a proxy and the server could
     pick different ones (the first, the last, or both joined), and the check would then be made
-    on a credential other than the one that is acted on."""
+    on a credential other than the one that is acted on. Every checked request runs this: the
+    loop compares with literals, and the usual credential is judged by C calls only."""
     authorization: bytes | None = None
     api_key: bytes | None = None
     for name, value in headers:
@@ -88,40 +89,37 @@ def read_credentials(headers: Iterable[tuple[bytes, bytes]]) -> Credentials | Re
             if authorization is not None:
                 return _TWO_AUTHORIZATIONS
             authorization = value
-        elif name == API_KEY_HEADER:
+        elif name == b"x-berth-api-key":
             if api_key is not None:
                 return _TWO_API_KEYS
             api_key = value
-    if authorization is None and api_key is None:
-        return Credentials()
     bearer = None
     if authorization is not None:
-        scheme, _, rest = authorization.strip().partition(b" ")
-        if scheme.lower() != b"bearer":
-            return _NOT_BEARER
-        bearer = rest.strip()
-        refusal = _unusable(bearer)
-        if refusal is not None:
-            return refusal
+        if authorization[:7].lower() == b"bearer ":
+            bearer = authorization[7:].strip()
+        else:
+            scheme, _, rest = authorization.strip().partition(b" ")
+            if scheme.lower() != b"bearer":
+                return _NOT_BEARER
+            bearer = rest.strip()
+        if not (0 < len(bearer) <= MAX_CREDENTIAL_BYTES and bearer.isascii()):
+            return _unusable(bearer)
     if api_key is not None:
         api_key = api_key.strip()
-        refusal = _unusable(api_key)
-        if refusal is not None:
-            return refusal
+        if not (0 < len(api_key) <= MAX_CREDENTIAL_BYTES and api_key.isascii()):
+            return _unusable(api_key)
     return Credentials(bearer, api_key)
 
 
-def _unusable(credential: bytes) -> Refused | None:
-    """The checks every request pays for (a few C calls). Spaces and control characters are
+def _unusable(credential: bytes) -> Refused:
+    """Why a credential is refused from the request alone. Spaces and control characters are
     looked for only before a review (`unprintable`): a cached answer belongs to a token that
     passed, and such bytes can match no API key (the entries are checked when read)."""
     if len(credential) > MAX_CREDENTIAL_BYTES:
         return _TOO_LONG
     if not credential:
         return _EMPTY
-    if not credential.isascii():
-        return _UNPRINTABLE
-    return None
+    return _UNPRINTABLE
 
 
 _EMPTY = malformed("the credential is empty")
