@@ -55,6 +55,8 @@ class InstanceType(SettingsModel):
     model_volume_size_limit: str = Field(
         default="10Gi", alias="modelVolumeSizeLimit", pattern=QUANTITY_PATTERN
     )
+    # What one replica of this type costs an hour (any currency): `berth recommend` prices with it.
+    price_per_hour: float | None = Field(default=None, alias="pricePerHour", ge=0)
 
 
 def default_catalog() -> dict[str, InstanceType]:

@@ -1,0 +1,1 @@
+"""`berth recommend`: the inference recommender (search.py decides, emulate.py measures)."""
