@@ -2,13 +2,15 @@
 call on a dedicated worker thread, then split back.
 
 The event loop only enqueues jobs and resolves futures; the worker does the concatenation,
-the ORT call and the slicing, with the GIL released inside ORT. Nothing waits when nothing
-else is queued: at concurrency 1 a request runs at once. Under load, requests pile up while
-the worker is busy and the next call takes them all (up to `max_batch_size` rows). With a
-`max_delay` above zero (the server sets one for GPU providers only, see
-app.batch_delay_seconds) and a queue that shows concurrency, the worker also keeps
-collecting while requests keep arriving (each within ARRIVAL_GAP of the last), but never
-past `max_delay` from the oldest job's arrival.
+the ORT call and the slicing, with the GIL released inside ORT. A batch costs the event loop
+ONE wake-up: the worker hands back every outcome of a round (the merged call, and the
+retries alone when it failed) through a single `call_soon_threadsafe` callback, which
+resolves all the round's futures. Nothing waits when nothing else is queued: at concurrency
+1 a request runs at once. Under load, requests pile up while the worker is busy and the next
+call takes them all (up to `max_batch_size` rows). With a `max_delay` above zero (the server
+sets one for GPU providers only, see app.batch_delay_seconds) and a queue that shows
+concurrency, the worker also keeps collecting while requests keep arriving (each within
+ARRIVAL_GAP of the last), but never past `max_delay` from the oldest job's arrival.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -33,20 +35,34 @@ RunFn = Callable[[dict[str, np.ndarray]], list[Any]]
 ARRIVAL_GAP_SECONDS = 0.0002
 # (rows in the ORT call, seconds inside ORT): metrics hook, called on the worker thread
 BatchHook = Callable[[int, float], None]
+# One job's outcome: its outputs and the seconds of the ORT call it was part of, or the error.
+Outcome = tuple["Job", list[Any] | None, float, BaseException | None]
 
 
-@dataclass(slots=True, eq=False)
 class Job:
-    inputs: dict[str, np.ndarray]
-    rows: int
-    future: asyncio.Future[tuple[list[Any], float]]
-    enqueued: float = field(default_factory=time.perf_counter)
-    cancelled: bool = False
-    key: tuple[Any, ...] = ()
+    """One request's arrays on their way through the worker. Made on the event loop for
+    every request, so it is a plain slotted class (a dataclass cost 2-3x to build) and its
+    merge key is computed by the worker, only when there is something to merge with."""
 
-    def __post_init__(self) -> None:
-        # Jobs merge only when every input agrees on dtype and on all but the first dimension.
-        self.key = tuple((name, array.dtype.str, array.shape[1:]) for name, array in self.inputs.items())
+    __slots__ = ("_key", "cancelled", "enqueued", "future", "inputs", "rows")
+
+    def __init__(
+        self, inputs: dict[str, np.ndarray], rows: int, future: asyncio.Future[tuple[list[Any], float]]
+    ) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.future = future
+        self.enqueued = time.perf_counter()
+        self.cancelled = False
+        self._key: tuple[Any, ...] | None = None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Jobs merge only when every input agrees on dtype and on all but the first dimension."""
+        key = self._key
+        if key is None:
+            key = self._key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in self.inputs.items())
+        return key
 
 
 class NotRowAligned(Exception):
@@ -138,10 +154,13 @@ class Batcher:
                 self._carry.append(job)
 
     def _execute(self, batch: list[Job]) -> None:
-        post: Callable[..., Any] = self._loop.call_soon_threadsafe
-        live = [job for job in batch if not job.cancelled]
+        """Run one round and hand its outcomes to the event loop in one callback."""
+        outcomes: list[Outcome] = []
+        self._run_jobs([job for job in batch if not job.cancelled], outcomes)
+        self._loop.call_soon_threadsafe(self._deliver, len(batch), outcomes)
+
+    def _run_jobs(self, live: list[Job], outcomes: list[Outcome]) -> None:
         if not live:
-            post(self._deliver, len(batch), [], 0.0, None)
             return
         try:
             per_job, seconds = self._call(live)
@@ -150,29 +169,28 @@ class Batcher:
             log.warning("merging disabled: %s", error)
             self._batchable = False
             for job in live:
-                self._execute([job])
-            if len(batch) > len(live):
-                post(self._deliver, len(batch) - len(live), [], 0.0, None)
+                self._run_jobs([job], outcomes)
             return
         except Exception as error:
             if len(live) == 1:
-                post(self._deliver, len(batch), [(live[0], None)], 0.0, error)
+                outcomes.append((live[0], None, 0.0, error))
                 return
             # One bad request must not fail the others it was merged with: retry them alone.
-            if len(batch) > len(live):
-                post(self._deliver, len(batch) - len(live), [], 0.0, None)
             for job in live:
-                self._execute([job])
+                self._run_jobs([job], outcomes)
             return
-        post(self._deliver, len(batch), list(zip(live, per_job, strict=True)), seconds, None)
+        outcomes.extend(zip(live, per_job, repeat(seconds), repeat(None)))
 
     def _call(self, jobs: Sequence[Job]) -> tuple[list[list[Any]], float]:
         """Run jobs as one ORT call; returns each job's outputs and the seconds inside ORT."""
         if len(jobs) == 1:
             feed = jobs[0].inputs
+            rows = jobs[0].rows
         else:
             feed = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in jobs[0].inputs}
-        rows = sum(job.rows for job in jobs)
+            rows = 0
+            for job in jobs:
+                rows += job.rows
         started = time.perf_counter()
         outputs = self._run(feed)
         seconds = time.perf_counter() - started
@@ -183,30 +201,28 @@ class Batcher:
         for output in outputs:
             if _rows(output) != rows:
                 raise NotRowAligned(f"an output of {_rows(output)} rows for a batch of {rows}")
-        per_job: list[list[Any]] = [[] for _ in jobs]
-        for output in outputs:
-            start = 0
-            for index, job in enumerate(jobs):
-                per_job[index].append(output[start : start + job.rows])
-                start += job.rows
-        return per_job, seconds
+        bounds = []
+        start = 0
+        for job in jobs:
+            end = start + job.rows
+            bounds.append((start, end))
+            start = end
+        if len(outputs) == 1:
+            only = outputs[0]
+            return [[only[start:end]] for start, end in bounds], seconds
+        return [[output[start:end] for output in outputs] for start, end in bounds], seconds
 
     # --- event loop thread ---------------------------------------------------------
-    def _deliver(
-        self,
-        finished: int,
-        results: list[tuple[Job, list[Any] | None]],
-        seconds: float,
-        error: BaseException | None,
-    ) -> None:
+    def _deliver(self, finished: int, outcomes: list[Outcome]) -> None:
         self.pending -= finished
-        for job, outputs in results:
-            if job.future.done():
+        for job, outputs, seconds, error in outcomes:
+            future = job.future
+            if future.done():
                 continue  # timed out meanwhile
             if error is not None:
-                job.future.set_exception(error)
+                future.set_exception(error)
             else:
-                job.future.set_result((outputs or [], seconds))
+                future.set_result((outputs or [], seconds))
 
 
 def _rows(output: Any) -> int | None:

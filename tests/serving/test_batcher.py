@@ -203,3 +203,80 @@ def test_an_output_that_does_not_keep_the_rows_is_never_split_across_jobs() -> N
     batches = asyncio.run(scenario()).batches
     assert batches[:5] == [1, 3, 1, 1, 1]  # the merged call of 3, then each alone
     assert batches[5:] == [1, 1, 1]  # and never merged again
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """A real event loop that counts the callbacks other threads hand it: the wake-ups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakeups: list[str] = []
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+        self.wakeups.append(getattr(callback, "__qualname__", repr(callback)))
+        return super().call_soon_threadsafe(callback, *args, context=context)
+
+
+def run_counting(scenario: Any) -> tuple[Any, list[str]]:
+    loop = CountingLoop()
+    try:
+        return loop.run_until_complete(scenario(loop)), loop.wakeups
+    finally:
+        loop.close()
+
+
+def test_a_batch_costs_the_event_loop_one_wake_up() -> None:
+    async def scenario(loop: CountingLoop) -> tuple[Recorder, int]:
+        run = Recorder(hold_first=True)
+        batcher = make(run, loop)
+        try:
+            first = batcher.submit(rows(0.0), 1)
+            await asyncio.to_thread(run.started.wait, 10)
+            before = len(loop.wakeups)  # to_thread's own hand-back is not the batcher's
+            jobs = [batcher.submit(rows(float(i)), 1) for i in range(1, 11)]
+            run.release.set()
+            results = await asyncio.gather(first.future, *(job.future for job in jobs))
+            for index, (outputs, _) in enumerate(results):
+                np.testing.assert_array_equal(outputs[0], np.full((1, 4), 2.0 * index))
+            return run, len(loop.wakeups) - before
+        finally:
+            batcher.stop()
+
+    (run, wakeups), _ = run_counting(scenario)
+    assert run.batches == [1, 10]
+    assert wakeups == 2  # one per ORT call, not one per request (11)
+
+
+def test_a_failed_merge_and_its_retries_cost_one_wake_up() -> None:
+    """The merged call fails, each job is retried alone: all of that round's outcomes come
+    back to the event loop together."""
+
+    async def scenario(loop: CountingLoop) -> tuple[Recorder, int, int]:
+        run = Recorder(hold_first=True)
+        batcher = make(run, loop)
+        try:
+            first = batcher.submit(rows(1.0), 1)
+            await asyncio.to_thread(run.started.wait, 10)
+            before = len(loop.wakeups)
+            good = [batcher.submit(rows(2.0), 1) for _ in range(3)]
+            bad = batcher.submit(rows(-1.0), 1)
+            gone = batcher.submit(rows(3.0), 1)
+            gone.cancelled = True  # what the server's timeout does
+            gone.future.cancel()
+            run.release.set()
+            await first.future
+            for job in good:
+                np.testing.assert_array_equal((await job.future)[0][0], np.full((1, 4), 4.0))
+            with pytest.raises(ValueError, match="negative input"):
+                await bad.future
+            while batcher.pending:
+                await asyncio.sleep(0.01)
+            return run, len(loop.wakeups) - before, batcher.pending
+        finally:
+            batcher.stop()
+
+    (run, wakeups, pending), names = run_counting(scenario)
+    assert run.batches == [1, 4, 1, 1, 1, 1]  # the merge of four failed; each ran alone
+    assert wakeups == 2
+    assert pending == 0
+    assert all(name.endswith("Batcher._deliver") for name in names[-2:])
