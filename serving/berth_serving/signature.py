@@ -38,6 +38,15 @@ class TensorSpec:
     def batch_dynamic(self) -> bool:
         return bool(self.shape) and self.shape is not None and self.shape[0] is None
 
+    @cached_property
+    def batch_tail(self) -> tuple[int, ...] | None:
+        """The dims after a dynamic first one when all of them are fixed ([N,16] -> (16,)): an
+        array of that shape with at least one row fits as it is, one tuple comparison."""
+        shape = self.shape
+        if not shape or shape[0] is not None or any(dim is None for dim in shape[1:]):
+            return None
+        return tuple(dim for dim in shape[1:] if dim is not None)
+
     def describe(self) -> str:
         """`x float32[N,16]`, as error messages and logs show it."""
         if self.dtype is None:
@@ -108,6 +117,10 @@ class Signature:
     def input_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.inputs)
 
+    @cached_property
+    def _input_set(self) -> frozenset[str]:
+        return frozenset(self.input_names)
+
     def expected(self) -> str:
         """`expected input 'x' float32[N,16]` (or inputs, comma separated)."""
         parts = ", ".join(f"'{spec.name}' {spec.describe().split(' ', 1)[1]}" for spec in self.inputs)
@@ -116,9 +129,10 @@ class Signature:
     def prepare(self, values: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
         """Convert decoded request values to the model's arrays; returns them and the row count.
         Raises SignatureError naming the expected signature when they do not fit."""
-        unknown = [name for name in values if name not in self.input_names]
-        if unknown:
-            raise SignatureError(f"unknown input {unknown[0]!r}; {self.expected()}")
+        known = self._input_set
+        for name in values:
+            if name not in known:
+                raise SignatureError(f"unknown input {name!r}; {self.expected()}")
         arrays: dict[str, np.ndarray] = {}
         rows: int | None = None
         for spec in self.inputs:
@@ -134,6 +148,9 @@ class Signature:
 
     def _convert(self, spec: TensorSpec, value: Any) -> np.ndarray:
         array = self._as_dtype(spec, value)
+        tail = spec.batch_tail
+        if tail is not None and array.shape[1:] == tail and array.ndim == len(tail) + 1 and array.shape[0]:
+            return array  # the usual request: [rows, fixed dims...]
         shape = spec.shape
         if shape is None:
             return array
