@@ -27,7 +27,8 @@ def run(model: Path, tmp_path: Path, **fields: object) -> object:
         output_uri=str(fields.pop("output_uri", tmp_path / "out")),
         **fields,  # type: ignore[arg-type]
     )
-    return run_transform(options, load_model(str(model), tmp_path / "scratch"), parse_threads=2)
+    model_loaded = load_model(str(model), tmp_path / "scratch")
+    return run_transform(options, model_loaded, parse_threads=2, inference_workers=2)
 
 
 def put(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -260,13 +261,18 @@ def test_the_cli_parses_with_arrow_threads(transform_models: SimpleNamespace, tm
 
 
 def test_thread_split() -> None:
+    """(intra-op threads, parse threads, ONNX Runtime calls side by side) for a number of CPUs."""
     csv = TransformOptions(input_uri="in", output_uri="out")
+    assert thread_split(0, 0, csv, 2) == (1, 1, 2)
+    assert thread_split(0, 0, csv, 1) == (1, 1, 1)
+    assert thread_split(0, 0, csv, 16) == (6, 4, 2)
+    assert thread_split(3, 0, csv, 16) == (3, 4, 2)
+    assert thread_split(0, 2, csv, 8) == (3, 2, 2)
+    one = TransformOptions(input_uri="in", output_uri="out", max_concurrent_transforms=1)
+    assert thread_split(0, 0, one, 8) == (6, 2, 1)
+    wide = TransformOptions(input_uri="in", output_uri="out", max_concurrent_transforms=64)
+    assert thread_split(0, 0, wide, 4) == (1, 1, 4)
     npy = TransformOptions(
         input_uri="in", output_uri="out", content_type="application/x-npy", split_type="None"
     )
-    assert thread_split(0, 0, csv, 2) == (1, 1)
-    assert thread_split(0, 0, csv, 1) == (1, 1)
-    assert thread_split(0, 0, csv, 16) == (12, 4)
-    assert thread_split(3, 0, csv, 16) == (3, 4)
-    assert thread_split(0, 2, csv, 8) == (6, 2)
-    assert thread_split(0, 0, npy, 8) == (0, 1)  # 0: ONNX Runtime takes the container's CPUs
+    assert thread_split(0, 0, npy, 8) == (0, 1, 1)  # 0: ONNX Runtime takes the container's CPUs

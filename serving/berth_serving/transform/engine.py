@@ -183,8 +183,10 @@ def run_transform(
     listener: Listener | None = None,
     *,
     parse_threads: int = 1,
+    inference_workers: int = 1,
 ) -> Summary:
-    """`parse_threads`: Arrow threads for one block's parse (1: the parse thread alone)."""
+    """`parse_threads`: Arrow threads for one block's parse (1: the parse thread alone);
+    `inference_workers`: ONNX Runtime calls run side by side (each on a thread of its own)."""
     options.check()
     check_locations(options)
     arrow.set_parse_threads(parse_threads)
@@ -193,7 +195,9 @@ def run_transform(
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     try:
-        return asyncio.run(_Run(options, model, listener or Listener()).run())
+        run = _Run(options, model, listener or Listener())
+        run.workers = max(1, inference_workers)
+        return asyncio.run(run.run())
     finally:
         sys.setswitchinterval(interval)
 
@@ -220,6 +224,7 @@ class _Run:
         )
         # SingleRecord, or a model with a fixed batch dimension: one record per ONNX Runtime call.
         self.single = options.batch_strategy == "SingleRecord" or not model.signature.batchable
+        self.workers = 1  # ONNX Runtime calls side by side
         self.parse_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="berth-parse")
         self.write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="berth-write")
 
@@ -233,12 +238,17 @@ class _Run:
         self.summary.objects = len(mine)
         self.listener.started(len(mine))
         output_root = storage.parse_uri(options.output_uri)
-        batcher = Batcher(
-            self.model.run,
-            asyncio.get_running_loop(),
-            batchable=not self.single,
-            max_batch_size=1 if self.single else options.max_batch_size,
-            max_delay_seconds=0.0,  # blocks are already batches: never wait for more
+        batcher = _Workers(
+            [
+                Batcher(
+                    self.model.run,
+                    asyncio.get_running_loop(),
+                    batchable=not self.single,
+                    max_batch_size=1 if self.single else options.max_batch_size,
+                    max_delay_seconds=0.0,  # blocks are already batches: never wait for more
+                )
+                for _ in range(self.workers)
+            ]
         )
         batcher.start()
         try:
@@ -265,7 +275,7 @@ class _Run:
 
     async def _transform_object(
         self,
-        batcher: Batcher,
+        batcher: _Workers,
         source: storage.Location,
         target: storage.Location,
         errors_at: storage.Location,
@@ -356,7 +366,7 @@ class _Run:
         if carry is not None:
             yield [carry], []
 
-    def _submit(self, batcher: Batcher, parsed: Parsed) -> list[Job]:
+    def _submit(self, batcher: _Workers, parsed: Parsed) -> list[Job]:
         if not self.single or parsed.rows == 1:
             return [batcher.submit(parsed.feed, parsed.rows)]
         return [
@@ -388,6 +398,26 @@ class _Run:
     def _write(self, writer: storage.AtomicWriter, outputs: list[Any], lines: list[bytes]) -> None:
         """On the writer thread: one batch's answers, encoded and appended."""
         writer.write(self.assembler.encode(outputs, lines))
+
+
+class _Workers:
+    """Batchers whose worker threads run ONNX Runtime calls side by side, taking batches in turn."""
+
+    def __init__(self, batchers: list[Batcher]) -> None:
+        self.batchers = batchers
+        self.turn = 0
+
+    def start(self) -> None:
+        for batcher in self.batchers:
+            batcher.start()
+
+    def stop(self) -> None:
+        for batcher in self.batchers:
+            batcher.stop()
+
+    def submit(self, inputs: dict[str, Any], rows: int) -> Job:
+        self.turn = (self.turn + 1) % len(self.batchers)
+        return self.batchers[self.turn].submit(inputs, rows)
 
 
 def _settle(futures: Any) -> None:
