@@ -120,6 +120,7 @@ class Service:
         self.server = BerthServer(
             uvicorn.Config(
                 self.guard or self.app,
+                interface="asgi3",  # the guard is a plain callable returning the app's coroutine
                 host=config.host,
                 port=config.port,
                 loop="uvloop",

@@ -446,7 +446,11 @@ def call(
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "headers": headers}
-    asyncio.run(guard(scope, receive, send))
+
+    async def asgi_server() -> None:  # what uvicorn does with an ASGI 3 app
+        await guard(scope, receive, send)
+
+    asyncio.run(asgi_server())
     start, body = sent
     return start["status"], dict(start["headers"]), body["body"]
 
