@@ -107,6 +107,35 @@ def test_a_target_no_candidate_meets_recommends_nothing(workdir: Path, tmp_path:
     assert not output.exists()
 
 
+def test_an_advanced_job_runs_the_traffic_pattern(workdir: Path, tmp_path: Path) -> None:
+    pattern = tmp_path / "pattern.yaml"
+    pattern.write_text(
+        yaml.safe_dump(
+            {
+                "phases": [
+                    {"initialNumberOfUsers": 1, "spawnRate": 0, "durationInSeconds": 1},
+                    {"initialNumberOfUsers": 2, "spawnRate": 120, "durationInSeconds": 1.5},
+                ],
+                "stoppingConditions": {
+                    "modelLatencyThresholds": [{"percentile": "P99", "valueInMilliseconds": 500}]
+                },
+            }
+        )
+    )
+    done = recommend(
+        workdir, "--p99-ms", "500", "--rps", "50", "--job-type", "Advanced", "--traffic-pattern", str(pattern)
+    )
+    assert done.returncode == 0, done.stderr
+    progress = [
+        line for line in done.stderr.splitlines() if "concurrency" in line and line.startswith("  one-core")
+    ]
+    users = [int(line.split("concurrency")[1].split()[0]) for line in progress]
+    # One line per phase: 1 user, then 2 growing at 120 a minute for 1.5 s (at most 5 at its end).
+    assert len(users) == 2 and users[0] == 1 and 2 < users[1] <= 5, users
+    unknown = recommend(workdir, "--p99-ms", "5", "--rps", "5", "--job-type", "Advanced")
+    assert unknown.returncode == 2 and "--job-type Advanced needs --traffic-pattern FILE" in unknown.stderr
+
+
 def test_bad_input_is_refused_before_any_load(workdir: Path) -> None:
     done = recommend(workdir, "--p99-ms", "50", "--rps", "100", "--batch-sizes", "a,b")
     assert done.returncode == 2 and "--batch-sizes: not integers" in done.stderr

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from berth_operator.recommend.search import (
     MAX_CONCURRENCY,
     Candidate,
+    Load,
     Outcome,
+    PatternError,
     Step,
     candidates,
     cpus_of,
     next_concurrency,
+    next_phase,
+    parse_traffic_pattern,
     recommend,
     thread_choices,
 )
@@ -103,3 +109,63 @@ def test_a_candidate_over_its_memory_limit_is_not_recommended() -> None:
     heavy = Outcome(SMALL, (step(1, 100, 5),), 50, 100, 1, peak_rss_bytes=3 << 30)
     assert not heavy.fits_memory
     assert recommend([heavy]) is None
+
+
+# --------------------------------------------------------------------------- Advanced job
+
+PATTERN = {
+    "phases": [
+        {"initialNumberOfUsers": 1, "spawnRate": 0, "durationInSeconds": 10},
+        {"initialNumberOfUsers": 4, "spawnRate": 60, "durationInSeconds": 30},
+        {"initialNumberOfUsers": 16, "durationInSeconds": 10},
+    ],
+    "stoppingConditions": {
+        "maxInvocations": 5000,
+        "modelLatencyThresholds": [{"percentile": "P95", "valueInMilliseconds": 40}],
+    },
+}
+
+
+def test_a_traffic_pattern_runs_its_phases_until_a_stopping_condition() -> None:
+    pattern = parse_traffic_pattern(PATTERN)
+    assert pattern.phases[1] == Load(4, 30, 60) and pattern.phases[1].final_users == 34
+    assert next_phase([], pattern) == pattern.phases[0]
+    assert next_phase([step(1, 100, 10)], pattern) == pattern.phases[1]
+    # p95 of the last phase (p99 / 2 here) over 40 ms: stop.
+    assert next_phase([step(1, 100, 10), step(34, 300, 90)], pattern) is None
+    # 5,000 invocations reached: stop.
+    assert next_phase([step(1, 100, 10), step(34, 480, 20)], pattern) is None
+    assert next_phase([step(1, 10, 10), step(34, 20, 20), step(16, 20, 20)], pattern) is None  # all done
+
+
+@pytest.mark.parametrize(
+    ("doc", "words"),
+    [
+        ({}, "phases: give one or more"),
+        ({"phases": [{"spawnRate": 1, "durationInSeconds": 5}]}, "phases[0].initialNumberOfUsers: required"),
+        (
+            {"phases": [{"initialNumberOfUsers": 0, "durationInSeconds": 5}]},
+            "phases[0]: needs initialNumberOfUsers >= 1",
+        ),
+        ({"phases": [{"initialNumberOfUsers": "many", "durationInSeconds": 5}]}, "are numbers"),
+        (
+            {
+                "phases": [{"initialNumberOfUsers": 1, "durationInSeconds": 5}],
+                "stoppingConditions": {"maxInvocations": 0},
+            },
+            "stoppingConditions.maxInvocations",
+        ),
+        (
+            {
+                "phases": [{"initialNumberOfUsers": 1, "durationInSeconds": 5}],
+                "stoppingConditions": {
+                    "modelLatencyThresholds": [{"percentile": "P42", "valueInMilliseconds": 1}]
+                },
+            },
+            "modelLatencyThresholds[0].percentile: one of P50, P95, P99",
+        ),
+    ],
+)
+def test_a_bad_traffic_pattern_names_the_field(doc: object, words: str) -> None:
+    with pytest.raises(PatternError, match=re.escape(words)):
+        parse_traffic_pattern(doc)

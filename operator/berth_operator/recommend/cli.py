@@ -13,11 +13,39 @@ import time
 from pathlib import Path
 
 import click
+import yaml
 
 from ..settings import SettingsError, load_settings
 from .emulate import MeasureError, measure
 from .report import html_report, manifests, table
-from .search import Candidate, Outcome, Step, candidates, next_concurrency, recommend
+from .search import (
+    Candidate,
+    Load,
+    Outcome,
+    PatternError,
+    Step,
+    TrafficPattern,
+    candidates,
+    next_phase,
+    parse_traffic_pattern,
+    recommend,
+    stepped,
+)
+
+
+def _pattern(job_type: str, path: str | None) -> TrafficPattern | None:
+    if job_type == "Default":
+        if path is not None:
+            raise click.UsageError("--traffic-pattern is for --job-type Advanced")
+        return None
+    if path is None:
+        raise click.UsageError("--job-type Advanced needs --traffic-pattern FILE")
+    try:
+        return parse_traffic_pattern(yaml.safe_load(Path(path).read_text()))
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.UsageError(f"--traffic-pattern {path}: {exc}") from exc
+    except PatternError as exc:
+        raise click.UsageError(f"--traffic-pattern {path}: {exc}") from exc
 
 
 def _payload(value: str | None) -> tuple[bytes, str]:
@@ -48,6 +76,19 @@ def _payload(value: str | None) -> tuple[bytes, str]:
     "--settings", "settings_path", type=click.Path(dir_okay=False), help="Operator settings (the catalog)."
 )
 @click.option("--step-seconds", type=click.FloatRange(min=0.5), default=5.0, show_default=True)
+@click.option(
+    "--job-type",
+    type=click.Choice(["Default", "Advanced"]),
+    default="Default",
+    show_default=True,
+    help="Default: a stepped load per candidate. Advanced: your --traffic-pattern.",
+)
+@click.option(
+    "--traffic-pattern",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Advanced: YAML of phases [{initialNumberOfUsers, spawnRate, durationInSeconds}] and "
+    "stoppingConditions {maxInvocations, modelLatencyThresholds: [{percentile, valueInMilliseconds}]}.",
+)
 @click.option("--max-minutes", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
 @click.option(
     "--name", default="recommended", show_default=True, help="Name of the Model and EndpointConfig written."
@@ -67,6 +108,8 @@ def recommend_command(
     batch_sizes: str,
     settings_path: str | None,
     step_seconds: float,
+    job_type: str,
+    traffic_pattern: str | None,
     max_minutes: float,
     name: str,
     output: str | None,
@@ -93,6 +136,7 @@ def recommend_command(
         raise click.UsageError(f"--batch-sizes: not integers: {batch_sizes!r}") from None
     if not sizes or min(sizes) < 1:
         raise click.UsageError("--batch-sizes: give one or more sizes of at least 1")
+    pattern = _pattern(job_type, traffic_pattern)
     body, content_type = _payload(payload)
     model = model_uri.removeprefix("file://")
     if not Path(model).exists():
@@ -115,16 +159,18 @@ def recommend_command(
             if left <= step_seconds:
                 echo.write(f"time budget spent: {candidate.label} not measured\n")
                 continue
-            # Every candidate gets an equal share of what remains, in whole steps.
+            # Default: every candidate gets an equal share of what remains, in whole steps.
             share = max(1, math.floor(left / max(1, len(todo) - len(outcomes)) / (step_seconds * 1.4)))
 
-            def bounded(steps: list[Step], share: int = share) -> int | None:
-                return None if len(steps) >= share else next_concurrency(steps, p99_ms)
+            def next_load(steps: list[Step], share: int = share) -> Load | None:
+                if pattern is not None:
+                    return next_phase(steps, pattern)
+                return None if len(steps) >= share else stepped(steps, p99_ms, step_seconds)
 
             echo.write(f"{candidate.label} (emulated on this machine)\n")
             try:
                 steps, rss, cores, notes = measure(
-                    model, candidate, body, content_type, bounded, step_seconds, Path(scratch), progress
+                    model, candidate, body, content_type, next_load, Path(scratch), progress
                 )
             except MeasureError as exc:
                 raise click.ClickException(f"{candidate.label}: {exc}") from exc

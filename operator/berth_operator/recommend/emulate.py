@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from .search import Candidate, Step
+from .search import Candidate, Load, Step
 
 READY_TIMEOUT_SECONDS = 120.0
 
@@ -118,10 +118,9 @@ def serving(model: str, candidate: Candidate, cores: list[int], log_path: Path) 
                 process.wait()
 
 
-def load_step(
-    url: str, payload: bytes, content_type: str, users: int, cores: list[int], warmup: float, seconds: float
-) -> Step:
-    """One step of closed-loop load by the Locust child process (loadgen.py)."""
+def load_step(url: str, payload: bytes, content_type: str, load: Load, cores: list[int]) -> Step:
+    """One level of closed-loop load by the Locust child process (loadgen.py)."""
+    warmup = min(1.0, load.seconds / 3)
     with tempfile.NamedTemporaryFile(prefix="berth-payload-", delete=False) as handle:
         handle.write(payload)
     try:
@@ -133,13 +132,14 @@ def load_step(
                 url,
                 handle.name,
                 content_type,
-                str(users),
+                str(load.users),
                 str(warmup),
-                str(seconds),
+                str(load.seconds),
+                str(load.users_per_minute),
             ],
             capture_output=True,
             text=True,
-            timeout=warmup + seconds + 60,
+            timeout=warmup + load.seconds + 60,
             preexec_fn=lambda: os.sched_setaffinity(0, cores),
         )
     finally:
@@ -155,8 +155,7 @@ def measure(
     candidate: Candidate,
     payload: bytes,
     content_type: str,
-    next_concurrency: Callable[[list[Step]], int | None],
-    step_seconds: float,
+    next_load: Callable[[list[Step]], Load | None],
     workdir: Path,
     on_step: Callable[[Candidate, Step], None] | None = None,
 ) -> tuple[list[Step], int | None, int, list[str]]:
@@ -172,10 +171,8 @@ def measure(
         check = httpx.post(url, content=payload, headers={"Content-Type": content_type}, timeout=30)
         if check.status_code != 200:
             raise MeasureError(f"the payload is refused by the model: {check.status_code} {check.text[:300]}")
-        while (users := next_concurrency(steps)) is not None:
-            step = load_step(
-                url, payload, content_type, users, generator_cores, min(1.0, step_seconds / 3), step_seconds
-            )
+        while (load := next_load(steps)) is not None:
+            step = load_step(url, payload, content_type, load, generator_cores)
             steps.append(step)
             if on_step is not None:
                 on_step(candidate, step)

@@ -21,7 +21,13 @@ from typing import Any
 
 
 def run_step(
-    url: str, payload: bytes, content_type: str, users: int, warmup: float, seconds: float
+    url: str,
+    payload: bytes,
+    content_type: str,
+    users: int,
+    warmup: float,
+    seconds: float,
+    users_per_minute: float = 0.0,
 ) -> dict[str, Any]:
     import gevent
     from locust import FastHttpUser, constant, events, task
@@ -62,8 +68,17 @@ def run_step(
     gevent.sleep(warmup)
     cpu_before, wall_before = time.process_time(), time.perf_counter()
     recording[0] = True
-    gevent.sleep(seconds)
+    if users_per_minute <= 0:
+        gevent.sleep(seconds)
+    else:  # an Advanced job's phase: users grow at spawnRate per minute while it lasts
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            wanted = users + int(users_per_minute * elapsed / 60)
+            if wanted != runner.user_count:
+                runner.start(wanted, spawn_rate=max(1.0, users_per_minute / 60))
+            gevent.sleep(min(0.5, seconds - elapsed))
     recording[0] = False
+    final_users = runner.user_count
     cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
     runner.quit()
     ordered = sorted(latencies)
@@ -74,7 +89,7 @@ def run_step(
         return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
     return {
-        "concurrency": users,
+        "concurrency": final_users,
         "requests": len(ordered),
         "failures": failures[0],
         "seconds": wall,
@@ -86,10 +101,12 @@ def run_step(
 
 
 def main(argv: list[str]) -> int:
-    url, payload_path, content_type, users, warmup, seconds = argv
+    url, payload_path, content_type, users, warmup, seconds, per_minute = argv
     with open(payload_path, "rb") as handle:
         payload = handle.read()
-    result = run_step(url, payload, content_type, int(users), float(warmup), float(seconds))
+    result = run_step(
+        url, payload, content_type, int(users), float(warmup), float(seconds), float(per_minute)
+    )
     print(json.dumps(result), flush=True)
     return 0
 

@@ -167,6 +167,103 @@ def next_concurrency(steps: Sequence[Step], p99_target_ms: float) -> int | None:
     return following if following <= MAX_CONCURRENCY else None
 
 
+@dataclass(frozen=True)
+class Load:
+    """One load level to run: users at its start, users added per minute, and for how long."""
+
+    users: int
+    seconds: float
+    users_per_minute: float = 0.0
+
+    @property
+    def final_users(self) -> int:
+        return self.users + math.floor(self.users_per_minute * self.seconds / 60)
+
+
+def stepped(steps: Sequence[Step], p99_target_ms: float, seconds: float) -> Load | None:
+    """The Default job's next level: next_concurrency's, held for `seconds`."""
+    users = next_concurrency(steps, p99_target_ms)
+    return None if users is None else Load(users, seconds)
+
+
+# ---------------------------------------------------------------- Advanced job
+
+PERCENTILES = {"P50": "p50_ms", "P95": "p95_ms", "P99": "p99_ms"}
+
+
+class PatternError(ValueError):
+    """A traffic pattern file that cannot be run; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TrafficPattern:
+    """SageMaker's Advanced job: phases of users (InitialNumberOfUsers, SpawnRate per minute,
+    DurationInSeconds), and stopping conditions (MaxInvocations, ModelLatencyThresholds)."""
+
+    phases: tuple[Load, ...]
+    max_invocations: int | None = None
+    thresholds_ms: tuple[tuple[str, float], ...] = ()  # (P50 | P95 | P99, ms)
+
+
+def parse_traffic_pattern(doc: object) -> TrafficPattern:
+    if not isinstance(doc, dict):
+        raise PatternError("the traffic pattern must be a mapping with phases")
+    phases = doc.get("phases")
+    if not isinstance(phases, list) or not phases:
+        raise PatternError("phases: give one or more {initialNumberOfUsers, spawnRate, durationInSeconds}")
+    loads = []
+    for i, phase in enumerate(phases):
+        where = f"phases[{i}]"
+        if not isinstance(phase, dict):
+            raise PatternError(f"{where}: must be a mapping")
+        try:
+            users = int(phase["initialNumberOfUsers"])
+            rate = float(phase.get("spawnRate", 0))
+            seconds = float(phase["durationInSeconds"])
+        except KeyError as exc:
+            raise PatternError(f"{where}.{exc.args[0]}: required") from None
+        except (TypeError, ValueError):
+            raise PatternError(
+                f"{where}: initialNumberOfUsers, spawnRate and durationInSeconds are numbers"
+            ) from None
+        if users < 1 or rate < 0 or seconds <= 0 or users + rate * seconds / 60 > MAX_CONCURRENCY:
+            raise PatternError(
+                f"{where}: needs initialNumberOfUsers >= 1, spawnRate >= 0, durationInSeconds > 0 and at most "
+                f"{MAX_CONCURRENCY} users"
+            )
+        loads.append(Load(users, seconds, rate))
+    stopping = doc.get("stoppingConditions") or {}
+    if not isinstance(stopping, dict):
+        raise PatternError("stoppingConditions: must be a mapping")
+    max_invocations = stopping.get("maxInvocations")
+    if max_invocations is not None and (not isinstance(max_invocations, int) or max_invocations < 1):
+        raise PatternError("stoppingConditions.maxInvocations: a whole number of at least 1")
+    thresholds = []
+    for i, item in enumerate(stopping.get("modelLatencyThresholds") or []):
+        where = f"stoppingConditions.modelLatencyThresholds[{i}]"
+        percentile = str((item or {}).get("percentile", ""))
+        if percentile not in PERCENTILES:
+            raise PatternError(f"{where}.percentile: one of {', '.join(PERCENTILES)}")
+        try:
+            thresholds.append((percentile, float(item["valueInMilliseconds"])))
+        except (KeyError, TypeError, ValueError):
+            raise PatternError(f"{where}.valueInMilliseconds: a number of milliseconds") from None
+    return TrafficPattern(tuple(loads), max_invocations, tuple(thresholds))
+
+
+def next_phase(steps: Sequence[Step], pattern: TrafficPattern) -> Load | None:
+    """The next phase, or None when the phases are done or a stopping condition was met."""
+    if len(steps) >= len(pattern.phases):
+        return None
+    if steps:
+        last = steps[-1]
+        if any(getattr(last, PERCENTILES[p]) > ms for p, ms in pattern.thresholds_ms):
+            return None
+        if pattern.max_invocations is not None and sum(s.requests for s in steps) >= pattern.max_invocations:
+            return None
+    return pattern.phases[len(steps)]
+
+
 def recommend(outcomes: Sequence[Outcome]) -> Outcome | None:
     """The cheapest candidate that meets the target: by cost per hour for the wanted rate when
     every candidate has a price, else by replicas; then lower p99, then fewer threads."""
