@@ -1,7 +1,9 @@
 """`berth recommend`: load-test a model on candidate instance types and write the EndpointConfig to use.
 
 Each instance type is emulated on this machine (the runtime pinned to the type's cores, its memory
-limit checked against the peak RSS) and the report says so; `--cluster` is not built yet.
+limit checked against the peak RSS) and the report says so; with `--cluster` each runs as a
+Deployment with the type's real resources in a namespace of the current cluster, driven by load
+Jobs (cluster_run.py), and everything created is deleted at the end.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -90,6 +93,15 @@ def _payload(value: str | None) -> tuple[bytes, str]:
     "stoppingConditions {maxInvocations, modelLatencyThresholds: [{percentile, valueInMilliseconds}]}.",
 )
 @click.option("--max-minutes", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option("--cluster", is_flag=True, help="Measure on the current cluster (kubeconfig) instead of here.")
+@click.option("--namespace", "-n", default="default", show_default=True, help="--cluster: where to run.")
+@click.option(
+    "--loadgen-image",
+    default="ghcr.io/berth-dev/berth-operator:0.1.0",
+    show_default=True,
+    help="--cluster: image of the load Jobs (has berth with the recommend extra).",
+)
+@click.option("--ready-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True)
 @click.option(
     "--name", default="recommended", show_default=True, help="Name of the Model and EndpointConfig written."
 )
@@ -111,6 +123,10 @@ def recommend_command(
     job_type: str,
     traffic_pattern: str | None,
     max_minutes: float,
+    cluster: bool,
+    namespace: str,
+    loadgen_image: str,
+    ready_timeout: float,
     name: str,
     output: str | None,
     html_path: str | None,
@@ -138,12 +154,18 @@ def recommend_command(
         raise click.UsageError("--batch-sizes: give one or more sizes of at least 1")
     pattern = _pattern(job_type, traffic_pattern)
     body, content_type = _payload(payload)
-    model = model_uri.removeprefix("file://")
-    if not Path(model).exists():
-        raise click.UsageError(f"--model: {model} not found (a local .onnx file or model directory)")
+    if cluster:
+        model = model_uri
+        if model.startswith("file://") or "://" not in model:
+            raise click.UsageError(
+                "--cluster: the model must be where pods can fetch it (s3://, http(s)://, pvc://)"
+            )
+    else:
+        model = model_uri.removeprefix("file://")
+        if not Path(model).exists():
+            raise click.UsageError(f"--model: {model} not found (a local .onnx file or model directory)")
     todo = candidates(catalog, names, sizes)
     deadline = time.monotonic() + max_minutes * 60
-    outcomes: list[Outcome] = []
     echo = sys.stderr
 
     def progress(candidate: Candidate, step: Step) -> None:
@@ -153,30 +175,46 @@ def recommend_command(
         )
         echo.flush()
 
-    with tempfile.TemporaryDirectory(prefix="berth-recommend-") as scratch:
-        for candidate in todo:
-            left = deadline - time.monotonic()
-            if left <= step_seconds:
-                echo.write(f"time budget spent: {candidate.label} not measured\n")
-                continue
-            # Default: every candidate gets an equal share of what remains, in whole steps.
-            share = max(1, math.floor(left / max(1, len(todo) - len(outcomes)) / (step_seconds * 1.4)))
+    def loads_for(outcomes: list[Outcome]) -> Callable[[list[Step]], Load | None] | None:
+        """The next candidate's load levels, or None when the time budget is spent."""
+        left = deadline - time.monotonic()
+        if left <= step_seconds:
+            return None
+        # Default: every candidate gets an equal share of what remains, in whole steps.
+        share = max(1, math.floor(left / max(1, len(todo) - len(outcomes)) / (step_seconds * 1.4)))
 
-            def next_load(steps: list[Step], share: int = share) -> Load | None:
-                if pattern is not None:
-                    return next_phase(steps, pattern)
-                return None if len(steps) >= share else stepped(steps, p99_ms, step_seconds)
+        def next_load(steps: list[Step]) -> Load | None:
+            if pattern is not None:
+                return next_phase(steps, pattern)
+            return None if len(steps) >= share else stepped(steps, p99_ms, step_seconds)
 
-            echo.write(f"{candidate.label} (emulated on this machine)\n")
-            try:
-                steps, rss, cores, notes = measure(
-                    model, candidate, body, content_type, next_load, Path(scratch), progress
+        return next_load
+
+    if cluster:
+        from .cluster_main import measure_all_on_cluster
+
+        outcomes = measure_all_on_cluster(
+            settings, namespace, todo, model, body, content_type, loads_for, loadgen_image, ready_timeout,
+            p99_ms, rps, progress,
+        )  # fmt: skip
+    else:
+        outcomes = []
+        with tempfile.TemporaryDirectory(prefix="berth-recommend-") as scratch:
+            for candidate in todo:
+                next_load = loads_for(outcomes)
+                if next_load is None:
+                    echo.write(f"time budget spent: {candidate.label} not measured\n")
+                    continue
+                echo.write(f"{candidate.label} (emulated on this machine)\n")
+                try:
+                    steps, rss, cores, notes = measure(
+                        model, candidate, body, content_type, next_load, Path(scratch), progress
+                    )
+                except MeasureError as exc:
+                    raise click.ClickException(f"{candidate.label}: {exc}") from exc
+                outcomes.append(
+                    Outcome(candidate, tuple(steps), p99_ms, rps, cores, rss, tuple(["emulated", *notes]))
                 )
-            except MeasureError as exc:
-                raise click.ClickException(f"{candidate.label}: {exc}") from exc
-            outcomes.append(
-                Outcome(candidate, tuple(steps), p99_ms, rps, cores, rss, tuple(["emulated", *notes]))
-            )
     click.echo(table(outcomes), err=True)
     if html_path:
         Path(html_path).write_text(html_report(outcomes, f"berth recommend: {Path(model).name}"))
@@ -184,7 +222,8 @@ def recommend_command(
     if chosen is None:
         raise click.ClickException(f"no candidate keeps p99 within {p99_ms:g} ms: nothing to recommend")
     echo.write(f"recommended: {chosen.candidate.label}, {chosen.replicas} replica(s) for {rps:g} rps\n")
-    text = manifests(chosen, name, Path(model).resolve().as_uri(), f"{name}-config")
+    uri = model if cluster else Path(model).resolve().as_uri()
+    text = manifests(chosen, name, uri, f"{name}-config")
     if output:
         Path(output).write_text(text)
     else:

@@ -101,13 +101,17 @@ def run_step(
 
 
 def main(argv: list[str]) -> int:
-    url, payload_path, content_type, users, warmup, seconds, per_minute = argv
+    url, payload_path, content_type, users, warmup, seconds, per_minute, *termination_log = argv
     with open(payload_path, "rb") as handle:
         payload = handle.read()
     result = run_step(
         url, payload, content_type, int(users), float(warmup), float(seconds), float(per_minute)
     )
-    print(json.dumps(result), flush=True)
+    line = json.dumps(result)
+    print(line, flush=True)
+    for path in termination_log:  # in a cluster Job: the pod's termination message carries it out
+        with open(path, "w") as handle:
+            handle.write(line)
     return 0
 
 
