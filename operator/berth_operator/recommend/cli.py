@@ -144,8 +144,8 @@ def recommend_command(
     if unknown:
         raise click.UsageError(f"unknown instance types {unknown} (known: {', '.join(sorted(catalog))})")
     gpu = [n for n in names if catalog[n].accelerator is not None]
-    if gpu:
-        raise click.UsageError(f"{gpu}: GPU types cannot be emulated on this machine")
+    if gpu and not cluster:
+        raise click.UsageError(f"{gpu}: GPU types cannot be emulated on this machine (measure them with --cluster)")
     try:
         sizes = sorted({int(b) for b in batch_sizes.split(",") if b.strip()})
     except ValueError:
