@@ -45,9 +45,12 @@ class Tally:
                 self.failures.append(failure)
 
 
-def worker(url: str, stop_file: Path, tally: Tally, timeout: float, min_requests: int) -> None:
+def worker(url: str, stop_file: Path, tally: Tally, timeout: float, min_requests: int, token: str) -> None:
+    headers = {"Content-Type": "application/json"}
+    if token:  # the Endpoint is closed by default: a caller's bearer token
+        headers["Authorization"] = f"Bearer {token}"
     while not stop_file.exists() or tally.total() < min_requests:
-        request = urllib.request.Request(url, data=BODY, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(url, data=BODY, headers=headers)
         started = time.strftime("%H:%M:%S")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as answer:
@@ -68,10 +71,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--min-requests", type=int, default=1)
+    parser.add_argument("--token-file", type=Path, help="a bearer token to send (read once)")
     args = parser.parse_args()
+    token = args.token_file.read_text().strip() if args.token_file else ""
 
     tally = Tally()
-    work = (args.url, args.stop_file, tally, args.timeout, args.min_requests)
+    work = (args.url, args.stop_file, tally, args.timeout, args.min_requests, token)
     threads = [threading.Thread(target=worker, args=work, daemon=True) for _ in range(args.workers)]
     started = time.monotonic()
     for thread in threads:

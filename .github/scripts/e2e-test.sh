@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 NS=berth-demo
 URL=http://localhost:8080/endpoints/${NS}/iris/invocations
 BODY='{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
-CHILDREN=deployments,services,horizontalpodautoscalers,poddisruptionbudgets,httproutes
+CHILDREN=deployments,services,horizontalpodautoscalers,poddisruptionbudgets,httproutes,networkpolicies
 
 step() { echo "::group::$*"; }
 end() { echo "::endgroup::"; }
@@ -56,17 +56,28 @@ kubectl get berth -n "$NS"
 [[ "$(kubectl -n "$NS" get bep iris -o jsonpath='{.status.url}')" == "$URL" ]] || fail "unexpected status.url"
 end
 
-step "Invoke through the Gateway"
+step "Invoke through the Gateway (closed by default: a caller's token)"
+kubectl apply -f examples/kind/caller.yaml
+kubectl -n "$NS" create token caller --duration=2h > /tmp/caller.token
+AUTH="Authorization: Bearer $(cat /tmp/caller.token)"
 # The route may need a moment to reach Envoy after Ready.
 for _ in $(seq 1 30); do
-  code=$(curl -s -o /tmp/answer.json -w '%{http_code}' -H 'Content-Type: application/json' -d "$BODY" "$URL" || true)
+  code=$(curl -s -o /tmp/answer.json -w '%{http_code}' -H "$AUTH" -H 'Content-Type: application/json' \
+    -d "$BODY" "$URL" || true)
   [[ "$code" == "200" ]] && break
   sleep 2
 done
 [[ "$code" == "200" ]] || fail "invocation answered ${code}: $(cat /tmp/answer.json)"
 cat /tmp/answer.json; echo
-berth invoke iris -n "$NS" --url http://localhost:8080 -d "$BODY"
-variant=$(curl -s -D - -o /dev/null -H 'Content-Type: application/json' -d "$BODY" "$URL" | tr -d '\r' \
+# Without a token, or with one of a user who may not invoke: refused by the serving pod.
+code=$(curl -s -o /tmp/refused.json -w '%{http_code}' -H 'Content-Type: application/json' -d "$BODY" "$URL")
+[[ "$code" == "401" ]] || fail "no token answered ${code}, expected 401: $(cat /tmp/refused.json)"
+kubectl -n "$NS" create serviceaccount stranger --dry-run=client -o yaml | kubectl apply -f -
+code=$(curl -s -o /tmp/refused.json -w '%{http_code}' -H 'Content-Type: application/json' -d "$BODY" \
+  -H "Authorization: Bearer $(kubectl -n "$NS" create token stranger)" "$URL")
+[[ "$code" == "403" ]] || fail "a stranger's token answered ${code}, expected 403: $(cat /tmp/refused.json)"
+berth invoke iris -n "$NS" --url http://localhost:8080 --token "$(cat /tmp/caller.token)" -d "$BODY"
+variant=$(curl -s -D - -o /dev/null -H "$AUTH" -H 'Content-Type: application/json' -d "$BODY" "$URL" | tr -d '\r' \
   | awk -F': ' 'tolower($1) == "x-berth-variant" {print $2}')
 [[ "$variant" == "champion" ]] || fail "X-Berth-Variant is '${variant}', expected champion"
 end
@@ -74,7 +85,7 @@ end
 step "Move to iris-config-v2 under constant load"
 rm -f /tmp/stop-load
 python .github/scripts/constant_load.py --url "$URL" --stop-file /tmp/stop-load --summary /tmp/load.json \
-  --workers 4 &
+  --workers 4 --token-file /tmp/caller.token &
 load_pid=$!
 sleep 5
 kubectl -n "$NS" patch bep iris --type merge -p '{"spec":{"endpointConfigName":"iris-config-v2"}}'
@@ -108,7 +119,7 @@ kubectl delete -f examples/kind/endpoint-config-v2.yaml -f examples/kind/endpoin
   -f examples/kind/models.yaml --wait --timeout=2m
 [[ -z "$(kubectl -n "$NS" get berth -o name)" ]] || fail "Berth objects left: $(kubectl -n "$NS" get berth -o name)"
 for _ in $(seq 1 15); do  # Envoy drops the route a moment after the HTTPRoute goes
-  code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' -d "$BODY" "$URL" || true)
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" -H 'Content-Type: application/json' -d "$BODY" "$URL" || true)
   [[ "$code" == "404" ]] && break
   sleep 2
 done
