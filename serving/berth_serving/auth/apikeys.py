@@ -33,8 +33,11 @@ _HEX64 = re.compile(rb"[0-9a-fA-F]{64}")
 _VISIBLE_ASCII = bytes(range(0x21, 0x7F))
 
 
+_sha256 = hashlib.sha256
+
+
 def key_digest(key: bytes) -> bytes:
-    return hashlib.sha256(key).digest()
+    return _sha256(key).digest()
 
 
 def hashed_entry(key: str) -> str:
@@ -55,6 +58,7 @@ class KeySet:
         self, keys: Sequence[ApiKey] = (), compare: Callable[[bytes, bytes], bool] = hmac.compare_digest
     ) -> None:
         self.keys = tuple(keys)
+        self._pairs = tuple((key.name, key.digest) for key in self.keys)
         self._compare = compare
 
     @property
@@ -67,12 +71,12 @@ class KeySet:
         The key is hashed and the digest compared with every entry's in constant time, all of
         them each time: how long it takes says nothing about the key's bytes, nor about which
         entry (if any) it matched."""
-        digest = key_digest(key)
+        digest = _sha256(key).digest()
+        compare = self._compare
         found: str | None = None
-        for entry in self.keys:
-            same = self._compare(digest, entry.digest)
-            if same and found is None:
-                found = entry.name
+        for name, stored in self._pairs:
+            if compare(digest, stored) and found is None:
+                found = name
         return found
 
     def same_as(self, other: KeySet) -> bool:

@@ -32,11 +32,13 @@ from berth_serving.auth.decision import (
     access_review_body,
     bearer_of,
     identity_of,
+    no_bearer,
     token_review_body,
     unprintable,
 )
 
 log = logging.getLogger("berth.serving.auth")
+_sha256 = hashlib.sha256
 
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
@@ -209,10 +211,10 @@ class KubeReviewer:
     def check(self, credentials: Credentials) -> Outcome | None:
         """The answer without asking the API server: a refusal the request alone decides, or a
         cached review; None when a review is needed."""
-        token = bearer_of(credentials, self.target)
-        if isinstance(token, Refused):
-            return token
-        return self.cached(hashlib.sha256(token).digest())
+        token = credentials.bearer
+        if token is None:
+            return no_bearer(credentials, self.target)
+        return self.cached(_sha256(token).digest())
 
     async def authenticate(self, credentials: Credentials) -> Outcome:
         token = bearer_of(credentials, self.target)
