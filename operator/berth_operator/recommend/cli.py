@@ -145,7 +145,9 @@ def recommend_command(
         raise click.UsageError(f"unknown instance types {unknown} (known: {', '.join(sorted(catalog))})")
     gpu = [n for n in names if catalog[n].accelerator is not None]
     if gpu and not cluster:
-        raise click.UsageError(f"{gpu}: GPU types cannot be emulated on this machine (measure them with --cluster)")
+        raise click.UsageError(
+            f"{gpu}: GPU types cannot be emulated on this machine (measure them with --cluster)"
+        )
     try:
         sizes = sorted({int(b) for b in batch_sizes.split(",") if b.strip()})
     except ValueError:
