@@ -34,7 +34,7 @@ class TensorSpec:
     def is_tensor(self) -> bool:
         return self.dtype is not None
 
-    @property
+    @cached_property
     def batch_dynamic(self) -> bool:
         return bool(self.shape) and self.shape is not None and self.shape[0] is None
 
