@@ -276,3 +276,18 @@ def test_thread_split() -> None:
         input_uri="in", output_uri="out", content_type="application/x-npy", split_type="None"
     )
     assert thread_split(0, 0, npy, 8) == (0, 1, 1)  # 0: ONNX Runtime takes the container's CPUs
+
+
+def test_empty_objects_and_a_last_line_without_newline(
+    transform_models: SimpleNamespace, tmp_path: Path
+) -> None:
+    array = rows(7, 4)
+    put(tmp_path, "empty.csv", b"")
+    put(tmp_path, "blank.csv", b"\n\r\n\n")
+    put(tmp_path, "open.csv", csv_bytes(array).rstrip(b"\n"))
+    summary = run(transform_models.logreg, tmp_path)
+    assert (summary.done, summary.records, summary.failed) == (3, 7, 0)  # type: ignore[attr-defined]
+    assert (tmp_path / "out" / "empty.csv.out").read_bytes() == b""
+    assert (tmp_path / "out" / "blank.csv.out").read_bytes() == b""
+    labels, _ = raw_outputs(transform_models.logreg, array)
+    assert (tmp_path / "out" / "open.csv.out").read_text().split() == [str(v) for v in labels.tolist()]
