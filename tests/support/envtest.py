@@ -1019,6 +1019,8 @@ def established(crd: Manifest | None) -> bool:
 def install_crds(kube: Kube, crds: Iterable[Manifest], timeout: float = 30.0) -> list[Manifest]:
     """Apply CRDs and wait until every one is Established; returns them as the server has them."""
     names = [kube.apply(crd)["metadata"]["name"] for crd in crds]
+    if not names:
+        return []
 
     def all_established() -> list[Manifest] | None:
         found = [kube.get("CustomResourceDefinition", None, name) for name in names]
