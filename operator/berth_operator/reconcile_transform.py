@@ -3,7 +3,8 @@ plan wants one, write the status. kopf-free, like reconcile.py.
 
 Level-triggered and idempotent: a reconcile with nothing new writes nothing. When the plan
 would conclude that the Job is gone, the Job is looked up first (the watch may lag a create by
-a moment): a TransformJob is never failed for a Job that exists, nor run twice.
+a moment), and then the TransformJob itself (the watch may lag our own status write): a
+TransformJob is never failed for a Job that exists, nor after it finished, nor run twice.
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ async def reconcile_transform(
         job = await kube.get(JOBS, transform.namespace, job_name(transform.name))
         if job is not None:
             plan = plan_transform_job(transform, model, settings, replace(observed, job=job))
+        elif unfinished:
+            # The watch may lag our own status write too: the stored TransformJob may already be
+            # finished (its Job then went after its TTL). Finished is final, never JobLost.
+            fresh = await kube.get(TRANSFORMJOBS, transform.namespace, transform.name)
+            phase = ((fresh or {}).get("status") or {}).get("phase")
+            if fresh is not None and phase in ("Succeeded", "Failed"):
+                raw = {"apiVersion": TRANSFORMJOBS.api_version, "kind": "TransformJob", **fresh}
+                transform = TransformJob.model_validate(raw)
+                plan = plan_transform_job(transform, model, settings, observed)
     writes = 0
     if plan.job is not None:
         try:

@@ -159,3 +159,38 @@ def test_waits_for_its_model_and_refuses_unknown_instance_types(
     refused = wait_for(lambda: phase_is(cluster, "huge", "Failed"), message="Failed")
     assert refused["failureReason"].startswith('unknown instanceType "tpu-huge" (known: cpu-large')
     assert cluster.get("Job", NS, "huge") is None
+
+
+def test_a_watch_behind_our_own_status_write_never_fails_a_finished_transform(cluster: KMockCluster) -> None:
+    """The Job went after its TTL, and the watch still shows the TransformJob as it was before the
+    operator wrote Succeeded: the reconcile reads the stored object and leaves it finished."""
+    import asyncio
+
+    import kopf
+    from berth_operator.events import EventRecorder
+    from berth_operator.kube import KubeClient
+    from berth_operator.reconcile_transform import TransformSnapshot, reconcile_transform
+    from berth_operator.settings import Settings
+
+    cluster.create(model("m1"))
+    stale = cluster.create(transform_job("score"))
+    stale["status"] = {"phase": "Running", "jobName": "score", "startTime": "2026-03-01T11:00:00Z"}
+    finished = {
+        "phase": "Succeeded",
+        "jobName": "score",
+        "startTime": "2026-03-01T11:00:00Z",
+        "completionTime": "2026-03-01T11:20:00Z",
+    }
+    cluster.patch("TransformJob", NS, "score", {"status": finished}, subresource="status")
+
+    async def reconcile() -> int:
+        kube = KubeClient(kopf.ConnectionInfo(server=cluster.url))
+        try:
+            snapshot = TransformSnapshot(stale, cluster.get("Model", NS, "m1"), None, [])
+            return await reconcile_transform(kube, EventRecorder(kube), Settings(), snapshot)
+        finally:
+            await kube.close()
+
+    asyncio.run(reconcile())
+    assert status(cluster, "score")["phase"] == "Succeeded"
+    assert cluster.get("Job", NS, "score") is None  # and nothing was run again
