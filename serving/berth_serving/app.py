@@ -444,7 +444,8 @@ class ServingApp:
         remaining = self.config.timeout_seconds - (time.perf_counter() - started)
         if remaining <= 0:
             raise self._timeout()
-        job = batcher.submit(arrays, rows)
+        # Alone in flight: straight to the worker; else with the rest of this loop iteration's.
+        job = batcher.submit(arrays, rows, alone=self.inflight <= 1)
         loop = self._loop or asyncio.get_running_loop()
         timer = loop.call_later(remaining, self._expire, job)
         try:

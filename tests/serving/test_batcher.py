@@ -280,3 +280,42 @@ def test_a_failed_merge_and_its_retries_cost_one_wake_up() -> None:
     assert wakeups == 2
     assert pending == 0
     assert all(name.endswith("Batcher._deliver") for name in names[-2:])
+
+
+def test_a_request_alone_in_flight_reaches_the_worker_before_the_loop_runs_again() -> None:
+    async def scenario() -> Recorder:
+        run = Recorder()
+        batcher = make(run, asyncio.get_running_loop())
+        try:
+            job = batcher.submit(rows(1.0), 1, alone=True)
+            # The loop is blocked here (no callback can run): the worker got the job anyway.
+            assert run.started.wait(10)
+            outputs, _ = await job.future
+            np.testing.assert_array_equal(outputs[0], np.full((1, 4), 2.0))
+            return run
+        finally:
+            batcher.stop()
+
+    assert asyncio.run(scenario()).batches == [1]
+
+
+def test_the_jobs_of_one_loop_iteration_reach_an_idle_worker_together() -> None:
+    """Between the submits the GIL is free (a blocking sleep) but the loop does not run: a
+    worker woken by the first job would take it alone."""
+
+    async def scenario() -> Recorder:
+        run = Recorder()
+        batcher = make(run, asyncio.get_running_loop())
+        try:
+            jobs = []
+            for value in range(5):
+                jobs.append(batcher.submit(rows(float(value)), 1))
+                time.sleep(0.02)
+            results = await asyncio.gather(*(job.future for job in jobs))
+            for value, (outputs, _) in enumerate(results):
+                np.testing.assert_array_equal(outputs[0], np.full((1, 4), 2.0 * value))
+            return run
+        finally:
+            batcher.stop()
+
+    assert asyncio.run(scenario()).batches == [5]
