@@ -425,7 +425,7 @@ def main() -> None:
             print(
                 f"  round {number}: no-op {noop_64:,.0f}, "
                 f"MLP {mlp_64.requests_per_second:,.0f} req/s (p50 {mlp_64.p50_ms:.2f} ms, "
-                f"{current.ratio:.2f} of no-op){kserve_text}; small c1 p50 {small_1.p50_ms:.3f} ms"
+                f"{current.ratio:.3f} of no-op){kserve_text}; small c1 p50 {small_1.p50_ms:.3f} ms"
             )
 
         mlp_16 = load(mlp_url, "/invocations", one_mlp, "application/json", 16)
@@ -469,7 +469,7 @@ def main() -> None:
     print("\nagainst the targets (baselines from this run)")
     ratios = [r.ratio for r in rounds]
     print(
-        f"  MLP c64 / no-op c64 per round: {', '.join(f'{x:.2f}' for x in ratios)} "
+        f"  MLP c64 / no-op c64 per round: {', '.join(f'{x:.3f}' for x in ratios)} "
         f"(median {median(ratios):.2f}; target >= 0.7 in every round) {verdict(min(ratios) >= 0.7)}"
     )
     if kserve_url is not None:
