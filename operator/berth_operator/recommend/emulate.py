@@ -161,6 +161,8 @@ def measure(
 ) -> tuple[list[Step], int | None, int, list[str]]:
     """The candidate's stepped curve: (steps, peak RSS, cores it had, notes)."""
     server_cores, generator_cores, notes = split_cores(candidate.cpus)
+    if candidate.intra_op_threads > len(server_cores):
+        notes.append(f"ran with {len(server_cores)} intra-op thread(s): the cores it had here")
     steps: list[Step] = []
     log = (
         workdir
