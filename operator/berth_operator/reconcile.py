@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -46,6 +47,7 @@ ENDPOINTS = berth_kind("Endpoint")
 PODS = RESOURCES[("v1", "Pod")]
 HTTPROUTES = RESOURCES[("gateway.networking.k8s.io/v1", "HTTPRoute")]
 SCALEDOBJECTS = RESOURCES[("keda.sh/v1alpha1", "ScaledObject")]
+SHARED_REAPPLY_SECONDS = 600.0
 # Both route kinds whatever settings.routing.mode says: after a change of mode the planner
 # must see the old kind's objects to delete them.
 CHILD_KINDS = [
@@ -103,8 +105,9 @@ class Shell:
     events: EventRecorder
     scrape_session: aiohttp.ClientSession
     # Shared objects (the serving pods' review identity) applied by this run: (kind, ns, name) ->
-    # digest. They are written once per run, not watched: nothing else of Berth's changes them.
-    shared_applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    # (digest, when). They are not watched; applied again when their plan changes, and every
+    # SHARED_REAPPLY_SECONDS (an unchanged apply writes nothing), so one deleted by hand returns.
+    shared_applied: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
 
 
 def config_names_of(endpoint: Manifest) -> set[str]:
@@ -231,8 +234,9 @@ async def _apply_shared(shell: Shell, plan: Plan, outcome: Outcome) -> dict[tupl
     for desired in plan.shared:
         meta = desired["metadata"]
         key = (desired["kind"], meta.get("namespace", ""), meta["name"])
-        stamp = digest(desired)
-        if shell.shared_applied.get(key) == stamp:
+        stamp, now = digest(desired), time.monotonic()
+        last = shell.shared_applied.get(key)
+        if last is not None and last[0] == stamp and now - last[1] < SHARED_REAPPLY_SECONDS:
             continue
         try:
             await shell.kube.apply(applied(desired))
@@ -242,7 +246,7 @@ async def _apply_shared(shell: Shell, plan: Plan, outcome: Outcome) -> dict[tupl
         except (TimeoutError, aiohttp.ClientError) as exc:
             failures[(desired["kind"], meta["name"])] = describe_error(exc)
             continue
-        shell.shared_applied[key] = stamp
+        shell.shared_applied[key] = (stamp, now)
         outcome.writes += 1
     return failures
 
