@@ -15,6 +15,14 @@ COMMANDS = {
         "berth_serving.cli:fetch_model",
         "Download a model into a directory (the init container).",
     ),
+    "async-frontdoor": (
+        "berth_serving.asyncinf.cli:frontdoor_command",
+        "Queue async invocations of an endpoint (its front door).",
+    ),
+    "async-worker": (
+        "berth_serving.asyncinf.cli:worker_command",
+        "Answer queued async invocations beside one replica.",
+    ),
     "crds": ("berth_operator.crdgen:crds_command", "Print the CustomResourceDefinitions."),
     "render": ("berth_operator.render:render_command", "Print the objects the operator would create."),
     "operator": ("berth_operator.runner:operator_command", "Run the Kubernetes operator."),
