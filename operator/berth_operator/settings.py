@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .quantity import QUANTITY_PATTERN
 
@@ -149,6 +149,45 @@ class AutoscalingSettings(SettingsModel):
     prometheus_url: str = Field(default="", alias="prometheusUrl", pattern=r"^(https?://.*)?$")
 
 
+REDIS_URL = r"^rediss?://.+"
+SECRET_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+MSG_REDIS_ONE_SOURCE = "async.redis: give url or secretRef, not both"
+
+
+class RedisSecretRef(SettingsModel):
+    """A Secret in each namespace with async Endpoints (pods read Secrets of their own namespace)."""
+
+    name: str = Field(pattern=SECRET_NAME, max_length=253)
+    # The entry holding the redis:// or rediss:// URL the front door and the workers connect with.
+    key: str = Field(pattern=SECRET_KEY, max_length=253)
+    # Entries KEDA reads (it takes host:port and the password apart, not a URL): without
+    # addressKey an autoscaled async variant cannot get its ScaledObject (the status says so).
+    address_key: str | None = Field(default=None, alias="addressKey", pattern=SECRET_KEY, max_length=253)
+    password_key: str | None = Field(default=None, alias="passwordKey", pattern=SECRET_KEY, max_length=253)
+
+
+class RedisSettings(SettingsModel):
+    """The Redis (or Valkey, 7 or later) whose streams queue async inferences."""
+
+    url: str | None = Field(default=None, pattern=REDIS_URL)
+    secret_ref: RedisSecretRef | None = Field(default=None, alias="secretRef")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RedisSettings:
+        if self.url is not None and self.secret_ref is not None:
+            raise ValueError(MSG_REDIS_ONE_SOURCE)
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self.url is not None or self.secret_ref is not None
+
+
+class AsyncSettings(SettingsModel):
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+
+
 class Settings(SettingsModel):
     routing: Routing = Field(default_factory=Routing)
     images: Images = Field(default_factory=Images)
@@ -160,6 +199,7 @@ class Settings(SettingsModel):
     )
     auth: AuthSettings = Field(default_factory=AuthSettings)
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
+    async_: AsyncSettings = Field(default_factory=AsyncSettings, alias="async")
 
 
 class SettingsError(ValueError):

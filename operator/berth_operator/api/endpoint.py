@@ -189,6 +189,17 @@ class VariantStatus(ApiModel):
     current_instance_count: int = Field(default=0, description="Replicas that exist.")
     desired_instance_count: int = Field(default=0, description="Replicas wanted.")
     ready_instance_count: int = Field(default=0, description="Replicas that answer /ping.")
+    backlog_size: int | None = Field(
+        default=None, ge=0, description="Async variants: messages queued or in flight on its stream."
+    )
+    backlog_per_instance: float | None = Field(
+        default=None,
+        ge=0,
+        description="Async variants: backlogSize per ready replica (all of it at 0 ready).",
+    )
+    oldest_message_age_seconds: float | None = Field(
+        default=None, ge=0, description="Async variants: age of the oldest message on its stream."
+    )
 
 
 class RolloutStatus(ApiModel):
@@ -239,7 +250,14 @@ class EndpointStatus(ApiModel):
     last_rollback: RollbackRecord | None = Field(
         default=None, description="The last automatic rollback, if any."
     )
-    conditions: list[Condition] = conditions_field("Ready, Progressing and Degraded.")
+    draining_endpoint_config_names: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Async configs that left the route but still answer the messages queued for them.",
+    )
+    conditions: list[Condition] = conditions_field(
+        "Ready, Progressing and Degraded; HasBacklogWithoutCapacity for async endpoints."
+    )
 
 
 def auth_mode_of(spec: EndpointSpec, default: AuthMode = CLUSTER_DEFAULT_AUTH_MODE) -> AuthMode:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from pydantic import Field, model_validator
@@ -9,6 +10,7 @@ from pydantic import Field, model_validator
 from .meta import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    STORAGE_URI,
     ApiModel,
     Condition,
     Resource,
@@ -23,14 +25,33 @@ MSG_CONFIG_IMMUTABLE = (
 )
 MSG_AUTOSCALING_BOUNDS = "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"
 MSG_AUTOSCALING_TARGET = (
-    "autoscaling needs exactly one of targetInvocationsPerReplica or targetCPUUtilization"
+    "autoscaling needs exactly one of targetInvocationsPerReplica, targetCPUUtilization"
+    " or targetBacklogPerInstance"
 )
+MSG_ASYNC_OUTPUT_URI = "asyncInferenceConfig.outputConfig.outputUri must start with s3:// or file://"
+MSG_ASYNC_FAILURE_URI = "asyncInferenceConfig.outputConfig.failureUri must start with s3:// or file://"
+MSG_ASYNC_WEBHOOK = (
+    "asyncInferenceConfig.outputConfig.notification: a webhook must be an http:// or https:// URL"
+)
+MSG_ASYNC_NO_SHADOWS = "shadowProductionVariants must be empty when asyncInferenceConfig is set"
+MSG_MIN_ZERO_NEEDS_ASYNC = "autoscaling.minReplicas 0 is allowed only with asyncInferenceConfig"
+MSG_BACKLOG_NEEDS_ASYNC = "autoscaling.targetBacklogPerInstance is allowed only with asyncInferenceConfig"
+MSG_ASYNC_NEEDS_BACKLOG = (
+    "autoscaling of an asyncInferenceConfig scales on the queue: use targetBacklogPerInstance"
+)
+# Strings CEL reads have a bound, so the API server can price the rules (its cost limit).
+URI_MAX = 1024
+# A location with something after the scheme; the rules below say the same in CEL.
+_STORAGE_CEL = "matches('^(s3|file)://.+')"
+_WEBHOOK_CEL = "matches('^https?://.+')"
 
 
 class Autoscaling(ApiModel):
     """A HorizontalPodAutoscaler for the variant."""
 
-    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    min_replicas: int = Field(
+        default=1, ge=0, le=1000, description="Fewest replicas; 0 (scale to zero) only in async configs."
+    )
     max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
     target_invocations_per_replica: int | None = Field(
         default=None,
@@ -43,6 +64,15 @@ class Autoscaling(ApiModel):
         le=100,
         alias="targetCPUUtilization",
         description="Average CPU utilization in percent.",
+    )
+    target_backlog_per_instance: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description=(
+            "Async configs only: queued messages per replica (SageMaker's ApproximateBacklogSizePerInstance);"
+            " a KEDA ScaledObject on the variant's Redis stream."
+        ),
     )
     scale_in_cooldown_seconds: int = Field(
         default=300, ge=0, le=3600, description="Scale-down stabilization window in seconds."
@@ -57,7 +87,10 @@ class Autoscaling(ApiModel):
             "message": MSG_AUTOSCALING_BOUNDS,
         },
         {
-            "rule": "has(self.targetInvocationsPerReplica) != has(self.targetCPUUtilization)",
+            "rule": (
+                "(has(self.targetInvocationsPerReplica) ? 1 : 0) + (has(self.targetCPUUtilization) ? 1 : 0)"
+                " + (has(self.targetBacklogPerInstance) ? 1 : 0) == 1"
+            ),
             "message": MSG_AUTOSCALING_TARGET,
         },
     ]
@@ -66,7 +99,12 @@ class Autoscaling(ApiModel):
     def _check(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
             raise ValueError(MSG_AUTOSCALING_BOUNDS)
-        if (self.target_invocations_per_replica is None) == (self.target_cpu_utilization is None):
+        targets = (
+            self.target_invocations_per_replica,
+            self.target_cpu_utilization,
+            self.target_backlog_per_instance,
+        )
+        if sum(t is not None for t in targets) != 1:
             raise ValueError(MSG_AUTOSCALING_TARGET)
         return self
 
@@ -100,6 +138,94 @@ class ProductionVariant(ApiModel):
     )
 
 
+class AsyncNotification(ApiModel):
+    """Webhooks told (CloudEvents JSON) when an inference succeeded or failed."""
+
+    success_webhook: str | None = Field(
+        default=None, max_length=URI_MAX, description="http(s) URL told of each success."
+    )
+    error_webhook: str | None = Field(
+        default=None, max_length=URI_MAX, description="http(s) URL told of each failure."
+    )
+
+    x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": f"(!has(self.successWebhook) || self.successWebhook.{_WEBHOOK_CEL})"
+            f" && (!has(self.errorWebhook) || self.errorWebhook.{_WEBHOOK_CEL})",
+            "message": MSG_ASYNC_WEBHOOK,
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _check(self) -> AsyncNotification:
+        for url in (self.success_webhook, self.error_webhook):
+            if url is not None and not re.match(r"^https?://.+", url):
+                raise ValueError(MSG_ASYNC_WEBHOOK)
+        return self
+
+
+class AsyncOutputConfig(ApiModel):
+    """Where answers and failures of async inferences are written."""
+
+    output_uri: str = Field(max_length=URI_MAX, description="Answers go to OUTPUT/ID.out (s3:// or file://).")
+    failure_uri: str | None = Field(
+        default=None,
+        max_length=URI_MAX,
+        description="Failures go to FAILURE/ID-error.out with the reason; absent: OUTPUT/failures/.",
+    )
+    notification: AsyncNotification | None = Field(
+        default=None, description="Webhooks told of successes and failures."
+    )
+
+    x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [
+        {"rule": f"self.outputUri.{_STORAGE_CEL}", "message": MSG_ASYNC_OUTPUT_URI},
+        {
+            "rule": f"!has(self.failureUri) || self.failureUri.{_STORAGE_CEL}",
+            "message": MSG_ASYNC_FAILURE_URI,
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _check(self) -> AsyncOutputConfig:
+        if not re.match(STORAGE_URI, self.output_uri):
+            raise ValueError(MSG_ASYNC_OUTPUT_URI)
+        if self.failure_uri is not None and not re.match(STORAGE_URI, self.failure_uri):
+            raise ValueError(MSG_ASYNC_FAILURE_URI)
+        return self
+
+    @property
+    def failure_location(self) -> str:
+        """failureUri, else OUTPUT/failures/: SageMaker makes it optional, and a failure needs a place."""
+        if self.failure_uri is not None:
+            return self.failure_uri
+        return self.output_uri.rstrip("/") + "/failures/"
+
+
+class AsyncClientConfig(ApiModel):
+    """How each replica's worker takes messages."""
+
+    max_concurrent_invocations_per_instance: int = Field(
+        default=4, ge=1, le=1000, description="Messages one replica works on at once."
+    )
+
+
+class AsyncInferenceConfig(ApiModel):
+    """Makes every production variant an async fleet fed by a Redis stream."""
+
+    output_config: AsyncOutputConfig = Field(description="Where answers and failures are written.")
+    client_config: AsyncClientConfig = Field(
+        default_factory=AsyncClientConfig, description="Per-replica concurrency."
+    )
+
+
+def _variants_cel(condition: str) -> str:
+    """condition holds for every production and shadow variant (v is the variant)."""
+    return (
+        f"self.productionVariants.all(v, {condition})"
+        f" && (!has(self.shadowProductionVariants) || self.shadowProductionVariants.all(v, {condition}))"
+    )
+
+
 class EndpointConfigSpec(ApiModel):
     """Production variants of an endpoint. Immutable: make a new EndpointConfig to change."""
 
@@ -110,6 +236,10 @@ class EndpointConfigSpec(ApiModel):
         default_factory=list,
         max_length=10,
         description="Variants that receive a mirrored copy of the traffic and never answer.",
+    )
+    async_inference_config: AsyncInferenceConfig | None = Field(
+        default=None,
+        description="Asynchronous inference: requests are queued, answers written to outputUri.",
     )
 
     x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [
@@ -127,6 +257,30 @@ class EndpointConfigSpec(ApiModel):
             "rule": "self.productionVariants.exists(v, !has(v.initialVariantWeight) || v.initialVariantWeight > 0.0)",
             "message": MSG_WEIGHTS_POSITIVE,
         },
+        {
+            "rule": (
+                "!has(self.asyncInferenceConfig) || !has(self.shadowProductionVariants)"
+                " || size(self.shadowProductionVariants) == 0"
+            ),
+            "message": MSG_ASYNC_NO_SHADOWS,
+        },
+        {
+            "rule": "has(self.asyncInferenceConfig) || "
+            + _variants_cel(
+                "!has(v.autoscaling) || !has(v.autoscaling.minReplicas) || v.autoscaling.minReplicas >= 1"
+            ),
+            "message": MSG_MIN_ZERO_NEEDS_ASYNC,
+        },
+        {
+            "rule": "has(self.asyncInferenceConfig) || "
+            + _variants_cel("!has(v.autoscaling) || !has(v.autoscaling.targetBacklogPerInstance)"),
+            "message": MSG_BACKLOG_NEEDS_ASYNC,
+        },
+        {
+            "rule": "!has(self.asyncInferenceConfig) || "
+            + _variants_cel("!has(v.autoscaling) || has(v.autoscaling.targetBacklogPerInstance)"),
+            "message": MSG_ASYNC_NEEDS_BACKLOG,
+        },
     ]
 
     @model_validator(mode="after")
@@ -136,6 +290,18 @@ class EndpointConfigSpec(ApiModel):
             raise ValueError(MSG_VARIANT_NAMES_UNIQUE)
         if not any(v.initial_variant_weight > 0 for v in self.production_variants):
             raise ValueError(MSG_WEIGHTS_POSITIVE)
+        scaled = [v.autoscaling for v in self.production_variants + self.shadow_production_variants]
+        scalings = [a for a in scaled if a is not None]
+        if self.async_inference_config is not None:
+            if self.shadow_production_variants:
+                raise ValueError(MSG_ASYNC_NO_SHADOWS)
+            if any(a.target_backlog_per_instance is None for a in scalings):
+                raise ValueError(MSG_ASYNC_NEEDS_BACKLOG)
+        else:
+            if any(a.min_replicas < 1 for a in scalings):
+                raise ValueError(MSG_MIN_ZERO_NEEDS_ASYNC)
+            if any(a.target_backlog_per_instance is not None for a in scalings):
+                raise ValueError(MSG_BACKLOG_NEEDS_ASYNC)
         return self
 
 
