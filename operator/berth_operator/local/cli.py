@@ -138,6 +138,13 @@ async def _serve(
     port = sock.getsockname()[1]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    try:
+        redis_url, redis_child = await _async_queue(resources, settings, run_dir)
+    except (RuntimeError, SettingsError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    if redis_url is not None:
+        settings = with_redis_url(settings, redis_url)
 
     def on_signal() -> None:
         if stop.is_set():  # a second Ctrl-C: no more draining, kill every replica now
@@ -164,6 +171,7 @@ async def _serve(
         router,
         echo=echo if logs else None,
         on_event=on_event,
+        redis_url=redis_url,
     )
     router.status = engine.snapshot
     server = QuietServer(router, "127.0.0.1", port)
@@ -185,6 +193,8 @@ async def _serve(
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await engine.shutdown()
+    if redis_child is not None:
+        await redis_child.stop()  # after every worker: none loses its queue mid-message
     server.stop()
     with contextlib.suppress(Exception):
         await server_task
@@ -195,6 +205,55 @@ async def _serve(
     for task in failed:
         log.error("berth up: %s", task.exception())
     return 1 if failed else 0
+
+
+def async_configs(resources: Resources) -> list[tuple[str, str]]:
+    return sorted(key for key, c in resources.configs.items() if c.spec.async_inference_config is not None)
+
+
+def with_redis_url(settings: Any, url: str) -> Any:
+    """The settings the planner gets: the Redis `berth up` uses, as a literal URL."""
+    from ..settings import AsyncSettings, RedisSettings
+
+    return settings.model_copy(update={"async_": AsyncSettings(redis=RedisSettings(url=url))})
+
+
+def redacted(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+async def _async_queue(resources: Resources, settings: Any, run_dir: Path) -> tuple[str | None, Any]:
+    """(the Redis URL async endpoints use, the redis-server child started for them or None)."""
+    from .redis import start_child
+
+    configs = async_configs(resources)
+    if not configs:
+        return None, None
+    redis = settings.async_.redis
+    if redis.url is not None:
+        log.info("berth up: async queue on %s (settings async.redis.url)", redacted(redis.url))
+        return str(redis.url), None
+    if redis.secret_ref is not None:
+        namespace = configs[0][0]
+        ref = redis.secret_ref
+        entries = resources.secrets.get((namespace, ref.name), {})
+        if ref.key not in entries:
+            raise SettingsError(
+                f"async.redis.secretRef names Secret {namespace}/{ref.name} entry {ref.key}, which is not "
+                "among the manifests: add that Secret, or give async.redis.url in local mode"
+            )
+        url = entries[ref.key].decode()
+        log.info("berth up: async queue on %s (Secret %s/%s)", redacted(url), namespace, ref.name)
+        return url, None
+    child = await start_child(run_dir)
+    return child.url, child
 
 
 async def _report(engine: Any, tty: bool, recent: collections.deque[str], port: int) -> None:
@@ -250,6 +309,12 @@ async def _watch(paths: list[str], engine: Any, stop: asyncio.Event) -> None:
             errors = immutability_errors(engine.resources, resources, engine.model_ever_ready)
             if errors:
                 log.error("manifests not applied: %s", "; ".join(errors))
+                return
+            if async_configs(resources) and engine.redis_url is None:
+                log.error(
+                    "manifests not applied: an EndpointConfig now has asyncInferenceConfig and berth up "
+                    "started without a queue: stop and start it again"
+                )
                 return
             log.info("manifests changed: applying")
             engine.load(resources)

@@ -21,6 +21,7 @@ import orjson
 
 from .modelcache import ModelCache
 from .replica import Replica, ReplicaSpec
+from .sidecar import SidecarSpec
 
 FetchState = Literal["Fetching", "Fetched", "Failed"]
 FETCH_MAX_BACKOFF = 30.0
@@ -34,15 +35,19 @@ class DeploymentSpec:
     name: str  # the Deployment's name
     labels: Mapping[str, str]  # the pod template's labels
     replicas: int
-    model_uri: str
+    model_uri: str | None  # None: the pods serve no model (the async front door runs `args`)
     sha256: str | None
     env: Mapping[str, str] = field(default_factory=dict)
     grace_seconds: float = 30.0
+    args: tuple[str, ...] = ()  # a `berth` command line instead of `berth serve MODEL`
+    sidecars: tuple[SidecarSpec, ...] = ()
 
     @property
     def template_hash(self) -> str:
+        sidecars = [[s.container, s.args, sorted(s.env.items()), s.pod_name_env] for s in self.sidecars]
         material = orjson.dumps(
             [self.model_uri, self.sha256, sorted(self.env.items()), sorted(self.labels.items())]
+            + ([[self.args, sidecars]] if self.args or sidecars else [])  # hashes of plain fleets stay
         )
         return hashlib.sha256(material).hexdigest()[:8]
 
@@ -130,7 +135,9 @@ class LocalDeployment:
     async def _reconcile(self) -> None:
         spec = self.spec
         tag = spec.template_hash
-        if self._fetched_hash == tag and self._evicted_hash != tag and self._model_failed_to_load():
+        if spec.model_uri is None:  # nothing to fetch
+            self.fetch_state, self._fetched_hash = "Fetched", tag
+        elif self._fetched_hash == tag and self._evicted_hash != tag and self._model_failed_to_load():
             # The cache gave the replicas a file they cannot load: drop it and fetch again, once
             # per template (one that still fails, freshly fetched, is the model's own fault).
             self._evicted_hash = tag
@@ -159,6 +166,7 @@ class LocalDeployment:
         )
 
     async def _fetch(self, spec: DeploymentSpec) -> bool:
+        assert spec.model_uri is not None
         wait = self._retry_at - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
@@ -178,17 +186,19 @@ class LocalDeployment:
         return True
 
     def _start_replica(self, spec: DeploymentSpec) -> None:
-        assert self.model_path is not None
+        assert self.model_path is not None or spec.model_uri is None
         name = f"{spec.name}-{spec.template_hash}-{self._next_index}"
         self._next_index += 1
         env = {**self._base_env, **spec.env}
         replica_spec = ReplicaSpec(
             name=name,
-            model_path=self.model_path,
+            model_path=self.model_path if spec.model_uri is not None else None,
             env=env,
             log_path=self._run_dir / "logs" / f"{name}.log",
             grace_seconds=spec.grace_seconds,
             template=spec.template_hash,
+            args=spec.args,
+            sidecars=spec.sidecars,
         )
         replica = Replica(replica_spec, on_change=self._changed, echo=self._echo)
         self.replicas.append(replica)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -28,8 +29,10 @@ from ..planner.fleetmetrics import from_texts, metrics_wanted
 from ..planner.pods import SERVER_CONTAINER
 from ..planner.types import Event, FleetMetrics, Manifest, ObjectRef, Observed, PlanInput
 from ..settings import Settings
+from . import asyncfleet
 from .access import API_KEYS_ENV, local_endpoint, write_api_keys
 from .deployment import DeploymentSpec, LocalDeployment
+from .keda import LocalKeda
 from .modelcache import ModelCache
 from .reported import observed_deployment, observed_pods, observed_route
 from .router import Router, Upstream
@@ -82,10 +85,15 @@ def model_source(deployment: Manifest, models: Mapping[Key, Any]) -> tuple[str, 
     raise ValueError(f"Deployment {deployment['metadata']['name']}: no Model {model_name} to fetch")
 
 
-def desired_replicas(deployment: Manifest, applied: Mapping[ObjectRef, Manifest]) -> int:
+def desired_replicas(
+    deployment: Manifest, applied: Mapping[ObjectRef, Manifest], keda: LocalKeda | None = None
+) -> int:
     if "replicas" in deployment["spec"]:
         return int(deployment["spec"]["replicas"])
     name = deployment["metadata"]["name"]
+    scaled = keda.replicas((deployment["metadata"].get("namespace", "default"), name)) if keda else None
+    if scaled is not None:  # a ScaledObject on a Redis stream: the local KEDA keeps the count
+        return scaled
     for obj in applied.values():  # autoscaled: an HPA owns the count; start at its minimum
         if obj["kind"] == "HorizontalPodAutoscaler" and obj["spec"]["scaleTargetRef"]["name"] == name:
             return int(obj["spec"].get("minReplicas", 1))
@@ -112,6 +120,7 @@ class Engine:
         router: Router,
         echo: Callable[[str, str], None] | None = None,
         on_event: Callable[[Endpoint, Event], None] | None = None,
+        redis_url: str | None = None,
     ) -> None:
         from ..planner import plan_endpoint
 
@@ -132,6 +141,9 @@ class Engine:
         self._base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._scrape: aiohttp.ClientSession | None = None
         self._started = time.time()
+        self.redis_url = redis_url
+        self._redis: Any = None  # redis.asyncio.Redis, made on the loop
+        self.keda: LocalKeda | None = LocalKeda(self._read_backlog, self._scaled) if redis_url else None
 
     # ------------------------------------------------------------------ inputs
 
@@ -174,6 +186,16 @@ class Engine:
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        keda = asyncio.ensure_future(self.keda.run(stop)) if self.keda else None
+        try:
+            await self._loop(loop, stop)
+        finally:
+            if keda is not None:
+                keda.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keda
+
+    async def _loop(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.wake.clear()
             await self.reconcile_all()
@@ -235,6 +257,7 @@ class Engine:
         for obj in plan.objects:
             self.applied[ObjectRef.of(obj)] = obj
         deleted = [self.applied.pop(ref) for ref in plan.delete if ref in self.applied]
+        self._sync_async()
         self._sync_fleets()
         self._sync_routes()
         for obj in deleted:
@@ -333,11 +356,26 @@ class Engine:
 
     def _fleet_spec(self, deployment: Manifest) -> DeploymentSpec | None:
         meta = deployment["metadata"]
-        try:
-            uri, sha256 = model_source(deployment, self.resources.models)
-        except ValueError as exc:
-            log.error("%s", exc)
-            return None
+        namespace = meta.get("namespace", "default")
+        pod_spec = deployment["spec"]["template"]["spec"]
+        uri: str | None = None
+        sha256: str | None = None
+        args: tuple[str, ...] = ()
+        if asyncfleet.serves_model(pod_spec):
+            try:
+                uri, sha256 = model_source(deployment, self.resources.models)
+            except ValueError as exc:
+                log.error("%s", exc)
+                return None
+        else:  # a pod of one `berth` command (the async front door)
+            found = asyncfleet.process_args(pod_spec, self.run_dir, namespace)
+            if isinstance(found, str):
+                self._warn_once(f"Deployment {namespace}/{meta['name']}: {found}")
+                return None
+            args = found
+        sidecars, warnings = asyncfleet.sidecars(pod_spec, self.resources.secrets, self.run_dir, namespace)
+        for warning in warnings:
+            self._warn_once(f"Deployment {namespace}/{meta['name']}: {warning}")
         env, skipped = container_env(deployment)
         if API_KEYS_ENV in env:
             keys = write_api_keys(deployment, self.resources.secrets, self.run_dir)
@@ -354,12 +392,53 @@ class Engine:
             namespace=meta.get("namespace", "default"),
             name=meta["name"],
             labels=dict(pod["metadata"].get("labels", {})),
-            replicas=desired_replicas(deployment, self.applied),
+            replicas=desired_replicas(deployment, self.applied, self.keda),
             model_uri=uri,
             sha256=sha256,
             env=env,
             grace_seconds=float(pod["spec"].get("terminationGracePeriodSeconds", 30)),
+            args=args,
+            sidecars=sidecars,
         )
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned_env:
+            self._warned_env.add(message)
+            log.warning("%s", message)
+
+    # ------------------------------------------------------------------ async inference
+
+    def _sync_async(self) -> None:
+        """ConfigMaps to files (the front door's routes), ScaledObjects to the local KEDA."""
+        asyncfleet.write_config_maps(
+            [o for o in self.applied.values() if o["kind"] == "ConfigMap"], self.run_dir
+        )
+        if self.keda is not None:
+            self.keda.set_objects([o for o in self.applied.values() if o["kind"] == "ScaledObject"])
+
+    async def _read_backlog(self, stream: str, now: float) -> Any:
+        from berth_serving.asyncinf.queue import read_backlog
+
+        if self._redis is None:
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.Redis.from_url(
+                self.redis_url or "", socket_timeout=2, socket_connect_timeout=2
+            )
+        return await read_backlog(self._redis, stream, now)
+
+    def _scaled(self) -> None:
+        """The local KEDA changed a replica count: carry it out now."""
+        self._sync_fleets()
+        self.wake.set()
+
+    def _note_cold_starts(self) -> None:
+        if self.keda is None or not self.keda.cold_starts:
+            return
+        for key in list(self.keda.cold_starts):
+            fleet = self.deployments.get(key)
+            if fleet is not None:
+                self.keda.ready(key, len(fleet.routable()))
 
     def _stop_fleet(self, key: Key) -> None:
         fleet = self.deployments.pop(key, None)
@@ -406,6 +485,7 @@ class Engine:
     def changed(self) -> None:
         """A replica or fleet changed state: route at once, plan soon."""
         self._sync_pools()
+        self._note_cold_starts()
         self.wake.set()
 
     async def shutdown(self) -> None:
@@ -416,6 +496,8 @@ class Engine:
         await asyncio.gather(*(f.stop() for f in fleets), *self._draining, return_exceptions=True)
         if self._scrape is not None:
             await self._scrape.close()
+        if self._redis is not None:
+            await self._redis.aclose()
 
     # ------------------------------------------------------------------ reporting
 
@@ -471,4 +553,27 @@ class Engine:
                 "mirrorsDropped": self.router.mirrors_dropped,
             },
             "runDir": str(self.run_dir),
+            "async": self._async_snapshot(),
+        }
+
+    def _async_snapshot(self) -> dict[str, Any]:
+        if self.keda is None:
+            return {}
+        return {
+            "redisUrl": self.redis_url,
+            "queueError": self.keda.error,
+            "scaledObjects": [
+                {
+                    "namespace": namespace,
+                    "deployment": deployment,
+                    "replicas": self.keda.replicas((namespace, deployment)),
+                    "backlog": {
+                        stream: dataclasses.asdict(self.keda.backlogs[stream])
+                        for stream in item.streams
+                        if stream in self.keda.backlogs
+                    },
+                    "lastColdStartSeconds": self.keda.cold_start_seconds.get((namespace, deployment)),
+                }
+                for (namespace, deployment), item in sorted(self.keda.scaled.items())
+            ],
         }

@@ -23,6 +23,7 @@ import orjson
 
 from . import procs
 from .router import Upstream
+from .sidecar import BERTH_ARGV, Sidecar, SidecarSpec
 
 State = Literal["Starting", "Running", "CrashLoopBackOff", "Terminating", "Stopped"]
 
@@ -38,13 +39,17 @@ LIVENESS_SECONDS = float(os.environ.get("BERTH_UP_LIVENESS_SECONDS", "30"))
 @dataclass(frozen=True)
 class ReplicaSpec:
     name: str  # like a pod name: <deployment>-<index>
-    model_path: Path
+    model_path: Path | None  # None: a process that serves no model (the async front door)
     env: Mapping[str, str]
     log_path: Path
     grace_seconds: float = 30.0
     template: str = ""  # hash of the fleet template this replica was started from
+    args: tuple[str, ...] = ()  # a `berth` command to run instead of serving model_path
+    sidecars: tuple[SidecarSpec, ...] = ()  # the pod's other containers (async-worker)
 
     def argv(self, port: int) -> list[str]:
+        if self.args or self.model_path is None:
+            return [*BERTH_ARGV, *self.args, "--host", "127.0.0.1", "--port", str(port)]
         return [
             sys.executable,
             "-m",
@@ -108,6 +113,8 @@ class Replica:
         self._stopping = False
         self._stderr_tail: deque[str] = deque(maxlen=50)
         self._task: asyncio.Task[None] | None = None
+        self.sidecars: list[Sidecar] = []
+        self._sidecar_port = 0  # the replica port the sidecars were started for
 
     @property
     def name(self) -> str:
@@ -133,6 +140,8 @@ class Replica:
         deadline = time.monotonic() + self.spec.grace_seconds
         while self.upstream and self.upstream.inflight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        # The sidecars go first: a worker finishes the messages it holds against this replica.
+        await asyncio.gather(*(sidecar.stop() for sidecar in self.sidecars))
         if self.process is not None:
             await procs.terminate(self.process, max(0.5, deadline - time.monotonic()))
         if self.upstream is not None:
@@ -158,8 +167,11 @@ class Replica:
         backoff = INITIAL_BACKOFF
         self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.spec.log_path, "a", buffering=1) as log:
+            port = 0
             while not self._stopping:
-                port = procs.free_port()
+                # A restart keeps the port, as a pod's container does: the sidecars call it there.
+                if not port or not procs.port_is_free(port):
+                    port = procs.free_port()
                 self.upstream = Upstream("127.0.0.1", port, name=self.name)
                 env = dict(self.spec.env)
                 self.state = "Starting"
@@ -172,6 +184,8 @@ class Replica:
                     code = -1
                 else:
                     self._on_change()
+                    if self._sidecar_port != port:  # after the replica; they wait for its /ping
+                        await self._restart_sidecars(port)
                     code = await self._supervise(self.process, log)
                 self._set_ready(False)
                 self.upstream.pool.close()
@@ -187,6 +201,25 @@ class Replica:
                     backoff = INITIAL_BACKOFF
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _restart_sidecars(self, port: int) -> None:
+        self._sidecar_port = port
+        await asyncio.gather(*(sidecar.stop() for sidecar in self.sidecars))
+        self.sidecars = [
+            Sidecar(
+                spec,
+                self.name,
+                self.spec.env,
+                self.spec.log_path.with_name(f"{self.name}.{spec.container}.log"),
+                self.spec.grace_seconds,
+                self._echo,
+            )
+            for spec in self.spec.sidecars
+        ]
+        if self._stopping:
+            return
+        for sidecar in self.sidecars:
+            sidecar.start(port)
 
     async def _supervise(self, process: asyncio.subprocess.Process, log: IO[str]) -> int:
         assert process.stdout is not None and process.stderr is not None
