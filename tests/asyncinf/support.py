@@ -51,6 +51,9 @@ class StandInModel:
         self.calls: list[tuple[str, int]] = []
         self.started: list[str] = []
         self.ready = True
+        self.running = 0
+        self.most_running = 0
+        self._lock = threading.Lock()
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -67,9 +70,16 @@ class StandInModel:
                 length = int(self.headers.get("content-length") or 0)
                 inference_id = self.headers.get("x-berth-inference-id", "")
                 owner.started.append(inference_id)
-                body = self.rfile.read(length)
-                if body.startswith(b"sleep:"):
-                    time.sleep(float(body[6:]))
+                with owner._lock:
+                    owner.running += 1
+                    owner.most_running = max(owner.most_running, owner.running)
+                try:
+                    body = self.rfile.read(length)
+                    if body.startswith(b"sleep:"):
+                        time.sleep(float(body[6:]))
+                finally:
+                    with owner._lock:
+                        owner.running -= 1
                 owner.calls.append((inference_id, len(body)))
                 if body.startswith(b"fail:"):
                     code = int(body[5:8])

@@ -1,0 +1,476 @@
+"""The async worker beside one replica (`berth async-worker`, a sidecar of the serving pod).
+
+It takes at most `max_concurrency` messages of its variant's stream at once, calls the
+replica's /invocations with each one's input streamed from storage, writes the answer to the
+message's output object (or `{"reason", "code"}` to its failure object) atomically, and only
+then acknowledges it. While a message runs its id is re-claimed every few seconds
+(heartbeat), so other workers take over only the messages of a worker that died; a message
+delivered more than `max_attempts` times goes to the failure path.
+
+SIGTERM: no new message is taken, the ones in flight finish, the process exits 0 (the kubelet's
+SIGKILL at the end of the pod's grace leaves the rest pending: another worker redelivers them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import httpx
+import orjson
+import redis.exceptions
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from berth_serving.asyncinf import queue
+from berth_serving.asyncinf.notify import Notifier, RetryPolicy, cloud_event
+from berth_serving.asyncinf.storage import (
+    MAX_INPUT_BYTES,
+    LocationError,
+    StorageError,
+    check_location,
+    open_input,
+    size_of,
+    write_bytes,
+)
+
+log = logging.getLogger("berth.async.worker")
+
+# Metric names, spelled once.
+OUTCOMES_METRIC = "berth_async_outcomes"  # berth_async_outcomes_total{variant,outcome,reason}
+INFLIGHT_METRIC = "berth_async_inflight"
+NOTIFICATION_FAILURES_METRIC = "berth_async_notification_failures"  # ..._total{variant}
+
+# The reason label of a failure: a few classes, so the metric stays bounded whatever the
+# models say (the whole reason is in the failure object and the record).
+REASON_MODEL = "model_error"
+REASON_TIMEOUT = "timeout"
+REASON_EXPIRED = "expired"
+REASON_INPUT = "input"
+REASON_WORKER_DIED = "worker_died"
+
+# How long a blocking read waits for a message before the loop looks around again (stop
+# requested, reclaim due); a new message ends the wait at once.
+READ_BLOCK_MS = 1000
+REDIS_RETRY_SECONDS = 1.0
+PING_INTERVAL_SECONDS = 0.5
+ERROR_MESSAGE_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    redis_url: str
+    stream: str
+    consumer: str
+    invoke_url: str
+    max_concurrency: int
+    variant: str
+    endpoint_config: str
+    success_webhook: str = ""
+    error_webhook: str = ""
+    max_attempts: int = 3
+    claim_idle_seconds: float = 60.0
+    metrics_port: int = 9091
+    metrics_host: str = "0.0.0.0"
+
+    @property
+    def ping_url(self) -> str:
+        parts = urllib.parse.urlsplit(self.invoke_url)
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/ping", "", ""))
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """Well inside claim_idle_seconds: a live worker's messages never look idle."""
+        return max(0.2, min(5.0, self.claim_idle_seconds / 4))
+
+    @property
+    def reclaim_every_seconds(self) -> float:
+        return max(0.5, min(30.0, self.claim_idle_seconds / 2))
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: str  # succeeded, failed, expired
+    reason: str = ""
+    reason_class: str = ""
+    code: int = 200
+
+
+class ModelUnreachable(Exception):
+    """The replica did not take the call: the message is left for redelivery, not failed."""
+
+
+class WorkerMetrics:
+    def __init__(self, variant: str, inflight: Any) -> None:
+        self.variant = variant
+        self.registry = CollectorRegistry()
+        self.outcomes = Counter(
+            OUTCOMES_METRIC,
+            "Async inferences answered by this worker, by outcome (succeeded, failed, expired, "
+            "redelivered) and failure reason class.",
+            ["variant", "outcome", "reason"],
+            registry=self.registry,
+        )
+        gauge = Gauge(
+            INFLIGHT_METRIC, "Messages this worker is answering.", ["variant"], registry=self.registry
+        )
+        gauge.labels(variant).set_function(inflight)
+        self.notification_failures = Counter(
+            NOTIFICATION_FAILURES_METRIC,
+            "Webhook notifications dropped after their last retry.",
+            ["variant"],
+            registry=self.registry,
+        )
+        self.notification_failures.labels(variant)
+
+    def outcome(self, outcome: str, reason: str = "") -> None:
+        self.outcomes.labels(self.variant, outcome, reason).inc()
+
+
+class Worker:
+    def __init__(self, options: WorkerOptions, notify_policy: RetryPolicy | None = None) -> None:
+        self.options = options
+        self.inflight: dict[str, queue.Delivery] = {}
+        self.metrics = WorkerMetrics(options.variant, lambda: len(self.inflight))
+        self._notify_policy = notify_policy
+        self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._model_up = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._redis_down_since: float | None = None
+
+    def stop(self) -> None:
+        if not self._stopping.is_set():
+            log.info(
+                "stopping: finishing messages in flight", extra={"fields": {"inflight": len(self.inflight)}}
+            )
+        self._stopping.set()
+        self._slot_freed.set()
+        self._model_up.set()
+
+    # --- the loop -----------------------------------------------------------------------
+    async def run(self) -> int:
+        options = self.options
+        self.client = queue.connect(options.redis_url)
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
+        self.notifier = Notifier(
+            self._notify_policy, on_dropped=self.metrics.notification_failures.labels(options.variant).inc
+        )
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._wait_for_model()
+            await self._with_redis(lambda: queue.ensure_group(self.client, options.stream))
+            log.info(
+                "taking messages",
+                extra={"fields": {"stream": options.stream, "max_concurrency": options.max_concurrency}},
+            )
+            await self._take_messages()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await self.notifier.aclose()
+            await self.http.aclose()
+            await self.client.aclose()
+        return 0
+
+    async def _take_messages(self) -> None:
+        options = self.options
+        loop = asyncio.get_running_loop()
+        next_reclaim = 0.0
+        while not self._stopping.is_set():
+            free = options.max_concurrency - len(self.inflight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            if not self._model_up.is_set():
+                await self._wait_for_model()
+                continue
+            try:
+                deliveries: list[queue.Delivery] = []
+                if loop.time() >= next_reclaim:
+                    deliveries = await queue.reclaim(
+                        self.client, options.stream, options.consumer, options.claim_idle_seconds, free
+                    )
+                    next_reclaim = loop.time() + options.reclaim_every_seconds
+                    retried = sum(1 for d in deliveries if d.deliveries <= options.max_attempts)
+                    if retried:
+                        await queue.count(self.client, options.stream, "redelivered", retried)
+                        for _ in range(retried):
+                            self.metrics.outcome("redelivered")
+                if not deliveries:
+                    deliveries = await queue.read_new(
+                        self.client, options.stream, options.consumer, free, READ_BLOCK_MS
+                    )
+                self._redis_back()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as error:
+                self._redis_lost(error)
+                await self._sleep(REDIS_RETRY_SECONDS)
+                continue
+            for delivery in deliveries:
+                self.inflight[delivery.message_id] = delivery
+                task = asyncio.create_task(self._answer(delivery))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("message handling failed", exc_info=task.exception())
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _wait_for_model(self) -> None:
+        """Until the replica's /ping is 200 (or a stop)."""
+        url = self.options.ping_url
+        said = False
+        while not self._stopping.is_set():
+            try:
+                if (await self.http.get(url, timeout=5.0)).status_code == 200:
+                    self._model_up.set()
+                    return
+            except httpx.HTTPError:
+                pass
+            if not said:
+                log.info("waiting for the model server", extra={"fields": {"ping": url}})
+                said = True
+            await self._sleep(PING_INTERVAL_SECONDS)
+
+    async def _with_redis(self, call: Any) -> None:
+        while not self._stopping.is_set():
+            try:
+                await call()
+                self._redis_back()
+                return
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as error:
+                self._redis_lost(error)
+                await self._sleep(REDIS_RETRY_SECONDS)
+
+    def _redis_lost(self, error: Exception) -> None:
+        if self._redis_down_since is None:
+            self._redis_down_since = time.monotonic()
+            log.warning("redis unavailable; retrying", extra={"fields": {"error": str(error)}})
+
+    def _redis_back(self) -> None:
+        if self._redis_down_since is not None:
+            log.info(
+                "redis back",
+                extra={"fields": {"after_s": round(time.monotonic() - self._redis_down_since, 1)}},
+            )
+            self._redis_down_since = None
+
+    async def _heartbeat(self) -> None:
+        options = self.options
+        while True:
+            await asyncio.sleep(options.heartbeat_seconds)
+            ids = list(self.inflight)
+            if not ids:
+                continue
+            try:
+                await queue.heartbeat(self.client, options.stream, options.consumer, ids)
+            except (redis.exceptions.RedisError, OSError) as error:
+                log.warning("heartbeat failed", extra={"fields": {"error": str(error)}})
+
+    # --- one message ----------------------------------------------------------------------
+    async def _answer(self, delivery: queue.Delivery) -> None:
+        try:
+            await self._answer_one(delivery)
+        finally:
+            self.inflight.pop(delivery.message_id, None)
+
+    async def _answer_one(self, delivery: queue.Delivery) -> None:
+        options = self.options
+        fields = delivery.fields
+        inference_id = fields.get(queue.F_ID, delivery.message_id)
+        record_key = fields.get(queue.F_RECORD, "")
+        if delivery.deliveries > options.max_attempts:
+            attempts = delivery.deliveries - 1
+            result = Result(
+                "failed", f"gave up after {attempts} attempts: worker died", REASON_WORKER_DIED, 500
+            )
+        elif _expired(fields):
+            result = Result("expired", _expiry_reason(fields), REASON_EXPIRED, 410)
+        else:
+            if record_key:
+                running = {
+                    queue.R_STATE: queue.RUNNING,
+                    queue.R_UPDATED_AT: _now(),
+                    queue.R_ATTEMPTS: delivery.deliveries,
+                }
+                with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                    await queue.mark_running(self.client, record_key, running)
+            try:
+                result = await self._invoke(fields, inference_id)
+            except ModelUnreachable as error:
+                # Not the message's fault: leave it pending (redelivered after claim-idle), and
+                # take no more until the replica answers /ping again.
+                log.warning("model server unreachable", extra={"fields": {"error": str(error)}})
+                self._model_up.clear()
+                return
+        record: dict[str, Any] = {
+            queue.R_STATE: queue.SUCCEEDED,
+            queue.R_REASON: "",
+            queue.R_UPDATED_AT: _now(),
+        }
+        if result.outcome != "succeeded":
+            record[queue.R_STATE] = queue.FAILED
+            record[queue.R_REASON] = result.reason
+            failure = orjson.dumps({"reason": result.reason, "code": result.code})
+            try:
+                await asyncio.to_thread(write_bytes, fields[queue.F_FAILURE_URI], failure)
+            except (StorageError, KeyError) as error:
+                log.error(
+                    "cannot write failure object; left for redelivery",
+                    extra={"fields": {"error": str(error)}},
+                )
+                return
+        try:
+            done = await queue.finish(self.client, options.stream, delivery, result.outcome, record)
+        except (redis.exceptions.RedisError, OSError) as error:
+            log.warning("cannot acknowledge; redelivered later", extra={"fields": {"error": str(error)}})
+            return
+        if not done:
+            return  # another worker answered it meanwhile: its outcome is the one counted
+        self.metrics.outcome(result.outcome, result.reason_class)
+        log.info(
+            "answered",
+            extra={"fields": {"id": inference_id, "outcome": result.outcome, "reason": result.reason}},
+        )
+        self._notify(fields, inference_id, result)
+
+    def _notify(self, fields: dict[str, str], inference_id: str, result: Result) -> None:
+        succeeded = result.outcome == "succeeded"
+        url = self.options.success_webhook if succeeded else self.options.error_webhook
+        if not url:
+            return
+        location = fields.get(queue.F_OUTPUT_URI if succeeded else queue.F_FAILURE_URI, "")
+        source = f"berth/{self.options.endpoint_config}/{self.options.variant}"
+        event = cloud_event(
+            succeeded=succeeded,
+            source=source,
+            inference_id=inference_id,
+            location=location,
+            reason=result.reason,
+        )
+        self.notifier.send(url, event)
+
+    async def _invoke(self, fields: dict[str, str], inference_id: str) -> Result:
+        try:
+            where = check_location(fields.get(queue.F_INPUT, ""), "input")
+            size = await asyncio.to_thread(size_of, where)
+        except (LocationError, StorageError) as error:
+            return Result("failed", str(error), REASON_INPUT, 400)
+        if size > MAX_INPUT_BYTES:
+            return Result(
+                "failed",
+                f"input of {size} bytes is over the limit of {MAX_INPUT_BYTES} bytes",
+                REASON_INPUT,
+                413,
+            )
+        timeout = float(fields.get(queue.F_TIMEOUT) or 900)
+        headers = {
+            "content-type": fields.get(queue.F_CONTENT_TYPE) or "application/json",
+            "content-length": str(size),
+            "x-berth-inference-id": inference_id,
+        }
+        if fields.get(queue.F_ACCEPT):
+            headers["accept"] = fields[queue.F_ACCEPT]
+        try:
+            stream = await asyncio.to_thread(open_input, where)
+        except StorageError as error:
+            return Result("failed", str(error), REASON_INPUT, 400)
+        try:
+            async with asyncio.timeout(timeout):
+                answer = await self.http.post(self.options.invoke_url, content=_read(stream), headers=headers)
+        except TimeoutError:
+            return Result("failed", f"timed out after {timeout:g} s", REASON_TIMEOUT, 504)
+        except httpx.ConnectError as error:
+            raise ModelUnreachable(str(error) or type(error).__name__) from None
+        except (httpx.HTTPError, StorageError) as error:
+            text = str(error) or type(error).__name__
+            return Result("failed", f"invocation failed: {text}", REASON_MODEL, 502)
+        finally:
+            await asyncio.to_thread(stream.close)
+        if answer.status_code >= 300:
+            message = _error_message(answer.content)
+            return Result(
+                "failed", f"model answered {answer.status_code}: {message}", REASON_MODEL, answer.status_code
+            )
+        try:
+            await asyncio.to_thread(write_bytes, fields[queue.F_OUTPUT_URI], answer.content)
+        except StorageError as error:
+            return Result("failed", f"cannot write the answer: {error}", REASON_INPUT, 502)
+        return Result("succeeded")
+
+
+async def _read(stream: BinaryIO) -> AsyncIterator[bytes]:
+    """The input in chunks read off the event loop: a 1 GB input never sits in memory."""
+    while True:
+        data = await asyncio.to_thread(stream.read, 1024 * 1024)
+        if not data:
+            return
+        yield data
+
+
+def _now() -> str:
+    return f"{time.time():.3f}"
+
+
+def _expired(fields: dict[str, str]) -> bool:
+    expires = fields.get(queue.F_EXPIRES_AT)
+    return bool(expires) and time.time() > float(expires)  # type: ignore[arg-type]
+
+
+def _expiry_reason(fields: dict[str, str]) -> str:
+    waited = time.time() - float(fields.get(queue.F_ENQUEUED_AT) or time.time())
+    ttl = float(fields[queue.F_EXPIRES_AT]) - float(
+        fields.get(queue.F_ENQUEUED_AT) or fields[queue.F_EXPIRES_AT]
+    )
+    return f"expired: waited {waited:.0f} s in the queue, past its TTL of {ttl:.0f} s"
+
+
+def _error_message(body: bytes) -> str:
+    """The model's `error.message` (or `error`), else its body as text; bounded."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+    else:
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(error, dict) and "message" in error:
+            text = str(error["message"])
+        elif isinstance(error, str):
+            text = error
+        else:
+            text = body.decode("utf-8", "replace").strip()
+    return text[:ERROR_MESSAGE_CHARS] or "(empty answer)"
+
+
+def run(options: WorkerOptions) -> int:
+    """Run until SIGTERM/SIGINT; the process exit code."""
+    from prometheus_client import start_http_server
+
+    async def main() -> int:
+        worker = Worker(options)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        if options.metrics_port:
+            start_http_server(options.metrics_port, options.metrics_host, registry=worker.metrics.registry)
+        return await worker.run()
+
+    import uvloop
+
+    return uvloop.run(main())
