@@ -114,3 +114,7 @@ def test_berth_args_drop_the_entrypoint() -> None:
         "--port",
         "8080",
     )
+
+
+def test_a_one_command_pod_has_no_sidecars(tmp_path: Path) -> None:
+    assert asyncfleet.sidecars(frontdoor_pod(), {}, tmp_path, "default") == ((), [])

@@ -128,8 +128,9 @@ def sidecars(
     """The SidecarSpecs of a serving pod's other containers, and warnings for what is left out."""
     found: list[SidecarSpec] = []
     warnings: list[str] = []
+    main = main_container(pod_spec)
     for container in pod_spec.get("containers") or []:
-        if container.get("name") == SERVER_CONTAINER:
+        if container is main:
             continue
         args = berth_args(container)
         if not args or args[0] not in SIDECAR_COMMANDS:

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -198,7 +198,8 @@ class LocalDeployment:
             grace_seconds=spec.grace_seconds,
             template=spec.template_hash,
             args=spec.args,
-            sidecars=spec.sidecars,
+            # A sidecar has the environment of its own container, not the serving one's.
+            sidecars=tuple(replace(s, env={**self._base_env, **s.env}) for s in spec.sidecars),
         )
         replica = Replica(replica_spec, on_change=self._changed, echo=self._echo)
         self.replicas.append(replica)

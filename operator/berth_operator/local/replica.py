@@ -209,7 +209,7 @@ class Replica:
             Sidecar(
                 spec,
                 self.name,
-                self.spec.env,
+                {},  # spec.env is the whole environment of the sidecar
                 self.spec.log_path.with_name(f"{self.name}.{spec.container}.log"),
                 self.spec.grace_seconds,
                 self._echo,

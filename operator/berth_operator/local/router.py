@@ -132,7 +132,15 @@ class Router:
         self.ready_counts = {key: len(pool.upstreams) for key, pool in self.pools.items()}
 
     def known_endpoints(self) -> list[str]:
-        return sorted(f"{prefix}/invocations" for prefix in self.table.prefixes if prefix)
+        """The paths a client can call: an endpoint's prefix rewritten to / takes /invocations; a
+        prefix rewritten to a path of its own (async-invocations) is called as it is."""
+        known = set()
+        for prefix, rules in self.table.prefixes.items():
+            if not prefix:
+                continue
+            whole = any(rule.replace_prefix not in (None, "/") for rule in rules)
+            known.add(prefix if whole else f"{prefix}/invocations")
+        return sorted(known)
 
     async def start(self) -> None:
         """Nothing to open: connections to replicas are made on first use."""
