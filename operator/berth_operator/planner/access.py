@@ -29,6 +29,7 @@ assert posixpath.dirname(IN_CLUSTER_CA_FILE) == KUBE_API_MOUNT_PATH
 TOKEN_SECONDS = 3607  # what the kubelet's own projected token asks for; it rotates before expiry
 NETWORK_POLICY_COMPONENT = "network-policy"
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API server
+ASYNC_METRICS_PORT = 9091  # the async worker sidecar's /metrics (planner/asyncinf.py)
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,10 @@ def caller_namespaces(endpoint: Endpoint, settings: Settings) -> list[str]:
     return sorted(set(names))
 
 
-def network_policy(endpoint: Endpoint, settings: Settings) -> Manifest | None:
-    """One NetworkPolicy over every serving pod of the Endpoint (all configs and variants): ingress
-    on the serving port from the caller namespaces only. Egress is left alone (model downloads)."""
+def network_policy(endpoint: Endpoint, settings: Settings, *, async_metrics: bool = False) -> Manifest | None:
+    """One NetworkPolicy over every serving pod of the Endpoint (all configs and variants, and the
+    async front door): ingress on the serving port from the caller namespaces only, and on the
+    async workers' metrics port when there are some. Egress is left alone (model downloads)."""
     if not settings.network_policy.enabled:
         return None
     meta = object_meta(
@@ -156,7 +158,10 @@ def network_policy(endpoint: Endpoint, settings: Settings) -> Manifest | None:
             "ingress": [
                 {
                     "from": [_from_namespace(name) for name in caller_namespaces(endpoint, settings)],
-                    "ports": [{"protocol": "TCP", "port": DEFAULT_PORT}],
+                    "ports": [
+                        {"protocol": "TCP", "port": port}
+                        for port in (DEFAULT_PORT, *((ASYNC_METRICS_PORT,) if async_metrics else ()))
+                    ],
                 }
             ],
         },

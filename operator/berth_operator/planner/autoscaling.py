@@ -17,6 +17,7 @@ from berth_serving.metrics import INVOCATIONS_PER_SECOND, INVOCATIONS_TOTAL
 from ..api import Endpoint
 from ..quantity import canonical
 from ..settings import Settings
+from . import asyncinf
 from .fleet import VariantPlan
 from .meta import object_meta
 from .observe import find
@@ -34,6 +35,10 @@ KEDA_MISSING = (
     "the operator settings say autoscaling.scaler keda, but the cluster does not serve "
     f"{KEDA_KIND} ({KEDA_API_VERSION}): install KEDA, or set autoscaling.scaler hpa"
 )
+KEDA_MISSING_ASYNC = (
+    f"async variants scale on their queue with KEDA, but the cluster does not serve {KEDA_KIND} "
+    f"({KEDA_API_VERSION}): install KEDA; until then the Deployment keeps max(minReplicas, 1) replicas"
+)
 NO_PROMETHEUS = (
     "autoscaling.scaler keda reads the invocations rate from Prometheus: set autoscaling.prometheusUrl "
     "(or rollback.prometheusUrl) in the operator settings"
@@ -41,7 +46,10 @@ NO_PROMETHEUS = (
 
 
 def uses_keda(variant: VariantPlan, settings: Settings) -> bool:
+    """Async variants always scale with KEDA (on their stream); request targets when the settings say."""
     scaling = variant.autoscaling
+    if scaling is not None and variant.async_config is not None:
+        return True
     return (
         scaling is not None
         and scaling.target_invocations_per_replica is not None
@@ -58,6 +66,9 @@ def autoscaler_objects(
 ) -> list[Manifest]:
     if variant.autoscaling is None:
         return []
+    if variant.async_config is not None:
+        found = asyncinf.scaled_object(endpoint, variant, settings, labels)
+        return [found] if found is not None else []
     if uses_keda(variant, settings):
         return [scaled_object(endpoint, variant, settings, labels)]
     return [horizontal_pod_autoscaler(endpoint, variant, labels)]
@@ -175,6 +186,16 @@ def autoscaler_problems(
             if variant.autoscaling is None:
                 continue
             where = f"variant {variant.name}: the autoscaler cannot scale"
+            if variant.async_config is not None:
+                if not asyncinf.redis_configured(settings):
+                    continue  # the missing queue is the problem the status names
+                if KEDA_KIND in unavailable:
+                    problems.append(f"{where} ({KEDA_MISSING_ASYNC})")
+                elif asyncinf.keda_connection(settings) is None:
+                    problems.append(f"{where} ({asyncinf.MSG_NO_ADDRESS_KEY})")
+                elif why := _condition_problem(find(listed, KEDA_KIND, variant.object_name), "Ready"):
+                    problems.append(f"{where} (KEDA: {why})")
+                continue
             if uses_keda(variant, settings):
                 if KEDA_KIND in unavailable:
                     problems.append(f"{where} ({KEDA_MISSING})")

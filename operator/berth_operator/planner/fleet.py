@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from ..api import Autoscaling, EndpointConfig, Model, ProductionVariant, VariantOverride
+from berth_serving.asyncinf.keys import stream_key
+
+from ..api import AsyncInferenceConfig, Autoscaling, EndpointConfig, Model, ProductionVariant, VariantOverride
 from ..settings import InstanceType, Settings
 from .names import variant_object_name
 
@@ -26,6 +28,8 @@ class VariantPlan:
     replicas: int  # wanted replicas; with autoscaling the HPA's minReplicas
     autoscaling: Autoscaling | None
     production_names: tuple[str, ...] = ()  # every production variant of the config
+    async_config: AsyncInferenceConfig | None = None  # the config's: this variant is an async fleet
+    stream: str | None = None  # async: the Redis stream the variant's workers read
 
     @property
     def name(self) -> str:
@@ -52,6 +56,10 @@ class Fleet:
     @property
     def shadows(self) -> tuple[VariantPlan, ...]:
         return tuple(v for v in self.variants if v.shadow)
+
+    @property
+    def is_async(self) -> bool:
+        return any(v.async_config is not None for v in self.variants)
 
     @property
     def complete(self) -> bool:
@@ -101,6 +109,12 @@ def resolve_fleet(
                 weight=weight,
                 replicas=_replicas(spec, override, (retained or {}).get(spec.variant_name)),
                 autoscaling=spec.autoscaling,
+                async_config=config.spec.async_inference_config,
+                stream=(
+                    stream_key(config.namespace, endpoint, config_name, spec.variant_name)
+                    if config.spec.async_inference_config is not None
+                    else None
+                ),
             )
         )
     names = tuple(v.variant_name for v in config.spec.production_variants)

@@ -58,3 +58,18 @@ def canary_ingress_name(endpoint: str) -> str:
 def network_policy_name(endpoint: str) -> str:
     """The NetworkPolicy over every serving pod of an endpoint."""
     return dns_label(endpoint, "serving")
+
+
+def async_frontdoor_name(endpoint: str) -> str:
+    """Deployment and Service of an async Endpoint's front door (it queues the requests)."""
+    return dns_label(endpoint, "async")
+
+
+def async_routes_name(endpoint: str) -> str:
+    """The ConfigMap with the front door's routes.json."""
+    return dns_label(endpoint, "async-routes")
+
+
+def async_ingress_name(endpoint: str) -> str:
+    """routing.mode ingress: the Ingress of the front door's path."""
+    return dns_label(endpoint, "async-invocations")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..api import EndpointStatus, VariantStatus
-from . import labels
+from ..api import Condition, EndpointStatus, VariantStatus
+from . import asyncinf, labels
 from .access import network_policy, serving_access, serving_identity
 from .autoscaling import KEDA_KIND, autoscaler_problems
+from .clock import stamp
+from .conditions import condition
 from .fleet import Fleet, VariantPlan, resolve_fleet
-from .names import label_value
+from .names import async_frontdoor_name, label_value
 from .observe import (
     Readiness,
     RouteAcceptance,
@@ -24,15 +26,25 @@ from .podfailures import PodFailure, deployment_failures, pod_failures
 from .rollout import Decision, FleetState, RolloutInput, decide
 from .routing import Backend, Routing, plan_routing
 from .status import Facts, conditions_of, phase_of, problems_of, status_events
-from .types import Event, Manifest, ObjectRef, Plan, PlanInput
+from .types import Event, FleetMetrics, Manifest, ObjectRef, Plan, PlanInput
 from .workload import variant_objects
 
 # The NetworkPolicy goes first and is deleted last: no serving pod is ever reachable without it.
 ENDPOINT_KINDS = ("NetworkPolicy",)
-FLEET_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", KEDA_KIND, "PodDisruptionBudget")
+# The front door's ConfigMap goes before its Deployment, which mounts it.
+FLEET_KINDS = (
+    "ConfigMap",
+    "Deployment",
+    "Service",
+    "HorizontalPodAutoscaler",
+    KEDA_KIND,
+    "PodDisruptionBudget",
+)
 ROUTE_KINDS = ("HTTPRoute", "Ingress")
 KIND_ORDER = {kind: i for i, kind in enumerate(ENDPOINT_KINDS + FLEET_KINDS + ROUTE_KINDS)}
 DEFERRED_DELETE_SECONDS = 2.0  # look again soon: the route is moving off a fleet that is going
+DRAIN_POLL_SECONDS = 10.0  # how often to look at the queues of fleets that drain
+BACKLOG_CONDITION = "HasBacklogWithoutCapacity"
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,107 @@ class _Planner:
             backends += [
                 Backend(v.name, v.object_name, 0.0, item.share, shadow=True) for v in item.fleet.shadows
             ]
-        return plan_routing(self.endpoint, backends, self.inp.settings, self.inp.observed.unavailable_kinds)
+        return plan_routing(
+            self.endpoint,
+            backends,
+            self.inp.settings,
+            self.inp.observed.unavailable_kinds,
+            async_service=async_frontdoor_name(self.endpoint.name) if self.has_frontdoor(live) else None,
+        )
+
+    # ---------------------------------------------------------------- async
+
+    def has_frontdoor(self, live: list[_Live]) -> bool:
+        """A live fleet is async and the settings name its queue."""
+        return any(item.fleet.is_async for item in live) and asyncinf.redis_configured(self.inp.settings)
+
+    def metrics(self) -> dict[str, FleetMetrics]:
+        """The new fleet's health: its pods' metrics, or for an async fleet its queue's outcomes."""
+        found = dict(self.inp.observed.metrics)
+        rollout = self.previous.rollout
+        if rollout is not None:
+            target = rollout.target_endpoint_config_name
+            fleet = self.fleet(target, rollout.retained_instance_counts)
+            outcomes = asyncinf.failure_metrics(fleet, self.inp.observed)
+            if outcomes is not None:
+                found[target] = outcomes
+        return found
+
+    def draining(self, live: list[_Live]) -> list[Fleet]:
+        """Async fleets the route left that still hold queued messages: they answer them first."""
+        previous, observed = self.previous, self.inp.observed
+        live_configs = {item.fleet.config for item in live}
+        candidates = [
+            previous.endpoint_config_name,
+            previous.pending_endpoint_config_name,
+            *previous.draining_endpoint_config_names,
+        ]
+        found = []
+        for name in dict.fromkeys(c for c in candidates if c):
+            fleet = self.fleet(name)
+            if name in live_configs or fleet.missing or not fleet.is_async:
+                continue
+            if asyncinf.holds_messages(fleet, observed):
+                # Never at zero while messages wait: KEDA would start one anyway, a lost KEDA would not.
+                variants = tuple(replace(v, replicas=max(v.replicas, 1)) for v in fleet.variants)
+                found.append(replace(fleet, variants=variants))
+        return found
+
+    def async_objects(self, live: list[_Live], routing: Routing) -> list[Manifest]:
+        if not self.has_frontdoor(live):
+            return []
+        fleets = [item.fleet for item in live if item.fleet.is_async]
+        model = fleets[0].production[0].model if fleets[0].production else None
+        if model is None:
+            return []
+        routes = asyncinf.routes_of(self.endpoint, fleets, routing.weights)
+        return asyncinf.frontdoor_objects(self.endpoint, model, routes, self.inp.settings)
+
+    def async_problems(self, live: list[_Live], draining: list[Fleet]) -> tuple[list[str], str | None]:
+        """What keeps async inference from working, and the condition reason that names it."""
+        if not any(item.fleet.is_async for item in live) and not draining:
+            return [], None
+        if not asyncinf.redis_configured(self.inp.settings):
+            return [asyncinf.MSG_NO_REDIS], "AsyncQueueNotConfigured"
+        error = self.inp.observed.queue_error
+        if error is not None:
+            return [f"cannot read the async queue: {error}"], "AsyncQueueUnreachable"
+        return [], None
+
+    def backlog_condition(self, live: list[_Live], draining: list[Fleet]) -> Condition | None:
+        """HasBacklogWithoutCapacity: a variant has messages waiting and no ready replica."""
+        fleets = [item.fleet for item in live] + draining
+        variants = [(v, self.readiness(v).ready) for f in fleets for v in f.production if v.stream]
+        if not variants:
+            return None
+        observed, previous = self.inp.observed, self.previous.conditions
+        generation = self.endpoint.metadata.generation
+        if observed.queue_error is not None or not asyncinf.redis_configured(self.inp.settings):
+            before = next((c for c in previous if c.type == BACKLOG_CONDITION), None)
+            kept = before is not None and before.status == "Unknown"
+            return Condition(
+                type=BACKLOG_CONDITION,
+                status="Unknown",
+                reason="QueueUnknown",
+                message="the queue cannot be read",
+                last_transition_time=before.last_transition_time if before and kept else stamp(observed.now),
+                observed_generation=generation,
+            )
+        waiting = asyncinf.without_capacity(variants, observed)
+        if waiting:
+            message = f"messages wait for {', '.join(waiting)}, which has no ready replica"
+            return condition(
+                previous, BACKLOG_CONDITION, True, "NoReadyReplica", message, observed.now, generation
+            )
+        return condition(
+            previous,
+            BACKLOG_CONDITION,
+            False,
+            "Capacity",
+            "every variant with messages has a ready replica",
+            observed.now,
+            generation,
+        )
 
     def acceptance(self, routing: Routing) -> RouteAcceptance:
         """What the Gateway said of the planned HTTPRoute (an Ingress or no route needs no word)."""
@@ -199,31 +311,37 @@ class _Planner:
                 now=inp.observed.now,
                 fleet_state=self.fleet_state,
                 observed_replicas=self.observed_replicas,
-                metrics=inp.observed.metrics,
+                metrics=self.metrics(),
                 route_in_place=self.route_was_in_place,
                 observed_share=self.observed_share,
             )
         )
         retained = decision.rollout.retained_instance_counts if decision.rollout else {}
         live = self.live(decision.serving, decision.target, decision.shifted, retained)
+        draining = self.draining(live)
+        fleets = [item.fleet for item in live] + draining
         objects = [
             obj
-            for item in live
-            for v in item.fleet.variants
+            for fleet in fleets
+            for v in fleet.variants
             for obj in variant_objects(self.endpoint, v, inp.settings, inp.observed.unavailable_kinds)
         ]
-        policy = network_policy(self.endpoint, inp.settings)
+        any_async = any(fleet.is_async for fleet in fleets)
+        policy = network_policy(self.endpoint, inp.settings, async_metrics=any_async)
         if policy is not None:
             objects.append(policy)
         routing = self.routing(live)
+        objects += self.async_objects(live, routing)
         keep_route = routing.error is not None or (
             not routing.objects and inp.settings.routing.mode != "none"
         )
         objects += routing.objects
         objects.sort(key=lambda o: (KIND_ORDER.get(o["kind"], 99), o["metadata"]["name"]))
         delete, deferred = self.deletes(objects, live, keep_route)
-        status, events = self.status(decision, live, routing, deferred, objects)
+        status, events = self.status(decision, live, routing, deferred, objects, draining)
         requeue = decision.requeue_after
+        if draining:
+            requeue = DRAIN_POLL_SECONDS if requeue is None else min(requeue, DRAIN_POLL_SECONDS)
         if deferred:
             requeue = DEFERRED_DELETE_SECONDS if requeue is None else min(requeue, DEFERRED_DELETE_SECONDS)
         return Plan(objects, delete, status, [*decision.events, *events], requeue, self.shared(live))
@@ -309,6 +427,7 @@ class _Planner:
                     current_instance_count=readiness.current,
                     desired_instance_count=readiness.desired,
                     ready_instance_count=readiness.ready,
+                    **asyncinf.backlog_fields(v, self.inp.observed, readiness.ready),
                 )
             )
         return result
@@ -320,6 +439,7 @@ class _Planner:
         routing: Routing,
         deferred: bool,
         objects: list[Manifest],
+        draining: list[Fleet],
     ) -> tuple[EndpointStatus, list[Event]]:
         inp, previous, endpoint = self.inp, self.previous, self.endpoint
         serving = live[0].fleet
@@ -328,6 +448,9 @@ class _Planner:
         fleets = [item.fleet for item in live]
         failures = tuple(self.failures(fleets))
         serving_names = {v.object_name for v in serving.variants}
+        frontdoor = self.has_frontdoor(live)
+        if frontdoor:
+            serving_names.add(async_frontdoor_name(endpoint.name))
         serving_objects = [
             o for o in objects if o["metadata"]["name"] in serving_names or o["kind"] in ROUTE_KINDS
         ]
@@ -337,9 +460,14 @@ class _Planner:
         ]
         if acceptance.refused:
             extra.append(acceptance.refused)
+        queue_problems, queue_reason = self.async_problems(live, draining)
+        extra += queue_problems
+        serving_ready = serving.complete and all(self.readiness(v).is_ready for v in serving.variants)
+        if frontdoor:
+            serving_ready = serving_ready and asyncinf.frontdoor_ready(self.children, endpoint.name)
         facts = Facts(
             serving=serving,
-            serving_ready=serving.complete and all(self.readiness(v).is_ready for v in serving.variants),
+            serving_ready=serving_ready,
             route_ok=route_ok,
             route_was_in_place=self.route_was_in_place,
             routing_error=routing.error,
@@ -349,6 +477,7 @@ class _Planner:
             missing=self.missing(serving_objects),
             route_waiting=acceptance.waiting,
             apply_failed=bool(inp.observed.write_failures),
+            queue_reason=queue_reason,
         )
         phase = phase_of(previous, decision, facts)
         public = inp.settings.routing.public_url.rstrip("/")
@@ -364,10 +493,14 @@ class _Planner:
             rollout=decision.rollout,
             failure_reason="; ".join(facts.problems) or None,
             last_rollback=decision.last_rollback,
+            draining_endpoint_config_names=sorted(f.config for f in draining),
             conditions=conditions_of(
                 previous, decision, facts, phase, inp.observed.now, endpoint.metadata.generation
             ),
         )
+        backlog = self.backlog_condition(live, draining)
+        if backlog is not None:
+            status.conditions.append(backlog)
         return status, status_events(previous, status)
 
 

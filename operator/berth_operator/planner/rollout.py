@@ -107,7 +107,7 @@ def metrics_breach(policy: DeploymentConfig, metrics: FleetMetrics | None) -> st
         metrics.requests >= MIN_REQUESTS_FOR_ERROR_RATE
         and metrics.error_rate_percent > rules.max_error_rate_percent
     ):
-        return f"5xx {metrics.error_rate_percent:.1f}% > {rules.max_error_rate_percent:g}%"
+        return f"{metrics.errors_are} {metrics.error_rate_percent:.1f}% > {rules.max_error_rate_percent:g}%"
     p99 = metrics.p99_latency_ms
     if rules.max_p99_latency_ms > 0 and p99 is not None and p99 > rules.max_p99_latency_ms:
         return f"p99 {p99:.0f}ms > {rules.max_p99_latency_ms:g}ms"

@@ -12,7 +12,7 @@ from ..api import Endpoint
 from ..settings import Settings
 from . import labels
 from .meta import object_meta
-from .names import canary_ingress_name, route_name
+from .names import async_ingress_name, canary_ingress_name, route_name
 from .types import Manifest
 
 TARGET_VARIANT_HEADER = "X-Berth-Target-Variant"
@@ -70,12 +70,18 @@ MSG_NO_GATEWAY_API = (
 )
 
 
+ASYNC_PATH = "/async-invocations"
+ASYNC_SERVICE_PORT = 80  # the front door's Service (planner/asyncinf.py)
+
+
 def plan_routing(
     endpoint: Endpoint,
     backends: Sequence[Backend],
     settings: Settings,
     unavailable_kinds: frozenset[str] = frozenset(),
+    async_service: str | None = None,
 ) -> Routing:
+    """async_service: the front door's Service, which gets /async-invocations of the prefix."""
     weights = default_weights(backends)
     mode = settings.routing.mode
     if mode == "none" or not weights:
@@ -83,8 +89,8 @@ def plan_routing(
     if mode == "gateway" and "HTTPRoute" in unavailable_kinds:
         return Routing([], weights, MSG_NO_GATEWAY_API)
     if mode == "ingress":
-        return _ingress_routing(endpoint, backends, weights, settings)
-    return _gateway_routing(endpoint, backends, weights, settings)
+        return _ingress_routing(endpoint, backends, weights, settings, async_service)
+    return _gateway_routing(endpoint, backends, weights, settings, async_service)
 
 
 def path_prefix(endpoint: Endpoint) -> str:
@@ -144,15 +150,28 @@ def _mirrors(backends: Sequence[Backend]) -> list[Backend]:
     return [chosen[name] for name in sorted(chosen)]
 
 
+def _async_rule(prefix: str, service: str) -> dict[str, Any]:
+    """/endpoints/NS/NAME/async-invocations[/ID] to the front door, as /async-invocations[/ID]."""
+    return {
+        "matches": [{"path": {"type": "PathPrefix", "value": prefix + ASYNC_PATH.lstrip("/")}}],
+        "filters": [_rewrite(ASYNC_PATH)],
+        "backendRefs": [{"name": service, "port": ASYNC_SERVICE_PORT, "weight": 1}],
+    }
+
+
 def _gateway_routing(
-    endpoint: Endpoint, backends: Sequence[Backend], weights: dict[str, int], settings: Settings
+    endpoint: Endpoint,
+    backends: Sequence[Backend],
+    weights: dict[str, int],
+    settings: Settings,
+    async_service: str | None = None,
 ) -> Routing:
     prefix = path_prefix(endpoint)
     header_rules = _header_rules(backends)
     model_rules = [(m, refs) for m, refs in _model_rules(backends) if m != endpoint.name]
     mirrors = _mirrors(backends)
     too_many = (
-        len(header_rules) + len(model_rules) + 1 > MAX_RULES
+        len(header_rules) + len(model_rules) + 1 + (async_service is not None) > MAX_RULES
         or len(weights) > MAX_BACKENDS
         or any(len(refs) > MAX_BACKENDS for _, refs in header_rules)
         or len(mirrors) + 1 > MAX_FILTERS
@@ -161,7 +180,8 @@ def _gateway_routing(
         return Routing(
             [], weights, "too many variants for one HTTPRoute (Gateway API allows 16 rules and backends)"
         )
-    rules: list[dict[str, Any]] = [
+    rules: list[dict[str, Any]] = [_async_rule(prefix, async_service)] if async_service else []
+    rules += [
         {
             "matches": [
                 {
@@ -212,7 +232,11 @@ def _gateway_routing(
 
 
 def _ingress_routing(
-    endpoint: Endpoint, backends: Sequence[Backend], weights: dict[str, int], settings: Settings
+    endpoint: Endpoint,
+    backends: Sequence[Backend],
+    weights: dict[str, int],
+    settings: Settings,
+    async_service: str | None = None,
 ) -> Routing:
     if len(weights) > 2:
         live = ", ".join(weights)
@@ -231,11 +255,13 @@ def _ingress_routing(
     }
     mirrors = _mirrors(backends)
 
-    def ingress(name: str, service: str, annotations: dict[str, str]) -> Manifest:
+    def ingress(
+        name: str, service: str, annotations: dict[str, str], path_regex: str = "(/|$)(.*)"
+    ) -> Manifest:
         meta = object_meta(endpoint, name, labels.endpoint_labels(endpoint.name, "route"))
         meta["annotations"] = dict(sorted({**common, **annotations}.items()))
         path = {
-            "path": f"{prefix}(/|$)(.*)",
+            "path": f"{prefix}{path_regex}",
             "pathType": "ImplementationSpecific",
             "backend": {"service": {"name": service, "port": {"name": "http"}}},
         }
@@ -256,6 +282,16 @@ def _ingress_routing(
         )
         main_annotations[INGRESS_ANNOTATION + "mirror-target"] = target
     objects = [ingress(route_name(endpoint.name), main, main_annotations)]
+    if async_service is not None:
+        # Its own Ingress: a path of its own is no canary of the main one. $1$2 keeps /ID.
+        objects.append(
+            ingress(
+                async_ingress_name(endpoint.name),
+                async_service,
+                {INGRESS_ANNOTATION + "rewrite-target": ASYNC_PATH + "$1$2"},
+                path_regex=ASYNC_PATH + "(/|$)(.*)",
+            )
+        )
     if canary:
         service = canary[0]
         objects.append(

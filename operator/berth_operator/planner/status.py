@@ -28,6 +28,8 @@ class Facts:
     missing: tuple[str, ...] = ()  # planned children of the serving fleet and route that do not exist
     route_waiting: str | None = None  # why the Gateway has not accepted the route yet
     apply_failed: bool = False  # the API server refused to create or change a planned child
+    # Async: why the queue does not work (AsyncQueueNotConfigured, AsyncQueueUnreachable), if so.
+    queue_reason: str | None = None
 
     @property
     def in_service(self) -> bool:
@@ -82,6 +84,8 @@ def _ready(facts: Facts) -> tuple[bool, str, str]:
         return False, "EndpointConfigNotFound", f"EndpointConfig {serving.config} not found"
     if serving.errors:
         return False, "InvalidVariant" if serving.invalid else "ModelNotFound", "; ".join(serving.errors)
+    if facts.queue_reason == "AsyncQueueNotConfigured":
+        return False, facts.queue_reason, "asyncInferenceConfig needs a queue: see Degraded"
     if not facts.serving_ready:
         return False, "VariantsNotReady", f"waiting for the replicas of EndpointConfig {serving.config}"
     if facts.routing_error:
@@ -125,6 +129,8 @@ def _degraded(decision: Decision, facts: Facts) -> tuple[bool, str, str]:
         reason = "PodFailures"
     elif facts.apply_failed:
         reason = "ApplyFailed"
+    elif facts.queue_reason:
+        reason = facts.queue_reason
     else:
         reason = "ConfigurationError"
     return True, reason, "; ".join(facts.problems)

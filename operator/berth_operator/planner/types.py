@@ -39,10 +39,22 @@ class FleetMetrics:
     requests: float = 0.0
     errors_5xx: float = 0.0
     p99_latency_ms: float | None = None
+    # What errors_5xx counts, in a rollback's reason: 5xx answers, or failed async inferences.
+    errors_are: str = "5xx"
 
     @property
     def error_rate_percent(self) -> float:
         return 100.0 * self.errors_5xx / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """One async variant's Redis stream as the operator read it (berth_serving.asyncinf.queue)."""
+
+    size: int = 0  # messages waiting or in flight (XLEN)
+    pending: int = 0  # in flight: delivered to a worker, not yet answered
+    oldest_age_seconds: float = 0.0
+    counts: Mapping[str, int] = field(default_factory=dict)  # succeeded, failed, expired, redelivered
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,10 @@ class Observed:
     write_failures: Mapping[tuple[str, str], str] = field(default_factory=dict)
     # Pod name -> Warning events about it (reason, message), read for pods that are stuck starting.
     pod_events: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    # Stream key -> what the queue holds, for the async variants the plan asked about
+    # (planner.asyncinf.streams_to_observe); a stream not read counts as empty.
+    queues: Mapping[str, QueueState] = field(default_factory=dict)
+    queue_error: str | None = None  # why the queues could not be read (Redis unreachable)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from ..api import Endpoint
 from ..settings import Settings
 from . import labels
 from .access import ServingAccess, access_env, access_mounts, access_volumes, serving_access
+from .asyncinf import redis_configured, server_env, worker_container
 from .autoscaling import autoscaler_objects
 from .fleet import VariantPlan
 from .meta import object_meta
@@ -109,7 +110,7 @@ def _server_env(variant: VariantPlan, access: ServingAccess) -> list[dict[str, A
         model_aliases=(variant.endpoint,) if variant.endpoint != variant.model.name else (),
     )
     # The Endpoint decides who may invoke it: a Model's env cannot loosen that.
-    auth = access_env(access)
+    auth = {**access_env(access), **server_env(variant)}
     user_env = [e.to_wire() for e in variant.model.spec.env if e.name not in auth]
     user_names = {e["name"] for e in user_env}
     ours = [{"name": k, "value": v} for k, v in config.to_env().items() if k not in user_names]
@@ -162,6 +163,13 @@ def _server_container(
     return container
 
 
+def _sidecars(variant: VariantPlan, settings: Settings) -> list[dict[str, Any]]:
+    """An async variant's worker; none until the settings name a queue (the status says so)."""
+    if variant.async_config is None or not redis_configured(settings):
+        return []
+    return [worker_container(variant, settings)]
+
+
 def _pod_spec(variant: VariantPlan, settings: Settings, access: ServingAccess) -> dict[str, Any]:
     model = variant.model.spec
     size_limit = model_volume_size(variant.instance_type, variant.spec.volume_size_in_gb)
@@ -170,7 +178,10 @@ def _pod_spec(variant: VariantPlan, settings: Settings, access: ServingAccess) -
         {
             "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
             "initContainers": [model_init_container(model, settings, size_limit)],
-            "containers": [_server_container(variant, settings, size_limit, access)],
+            "containers": [
+                _server_container(variant, settings, size_limit, access),
+                *_sidecars(variant, settings),
+            ],
             "volumes": model_volumes(model, size_limit) + access_volumes(access),
             "topologySpreadConstraints": [
                 {
@@ -192,7 +203,9 @@ def deployment(
 ) -> Manifest:
     spec: dict[str, Any] = {}
     if not scaled:  # with an autoscaler the HPA (KEDA's too) owns replicas
-        spec["replicas"] = variant.replicas
+        # Without its ScaledObject (no KEDA) nothing would start an async fleet at zero: keep one.
+        floor = 1 if variant.async_config is not None else 0
+        spec["replicas"] = max(variant.replicas, floor)
     spec.update(
         {
             "revisionHistoryLimit": 3,
