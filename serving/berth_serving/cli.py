@@ -170,6 +170,12 @@ _AUTH_MODES = click.Choice(AUTH_MODES, case_sensitive=False)
     envvar=ENV["auth_cache_seconds"],
     help="KubernetesRBAC: how long a review's answer, allowed or refused, is reused for the same token.",
 )
+@click.option(
+    "--auth-trust-loopback/--no-auth-trust-loopback",
+    default=False,
+    envvar=ENV["auth_trust_loopback"],
+    help="Let requests from 127.0.0.1 and ::1 pass invoke auth (containers of this pod: the async worker).",
+)
 def serve(
     model_uri: str,
     sha256: str | None,

@@ -62,6 +62,7 @@ ENV = {
     "kube_token_file": "BERTH_KUBE_TOKEN_FILE",
     "kube_ca_file": "BERTH_KUBE_CA_FILE",
     "auth_cache_seconds": "BERTH_AUTH_CACHE_SECONDS",
+    "auth_trust_loopback": "BERTH_AUTH_TRUST_LOOPBACK",
 }
 
 
@@ -110,6 +111,9 @@ class ServeConfig:
     kube_ca_file: str = IN_CLUSTER_CA_FILE
     # How long a review's answer (allowed or not) is reused for the same token.
     auth_cache_seconds: float = DEFAULT_AUTH_CACHE_SECONDS
+    # Requests from 127.0.0.1 or ::1 pass the guard: only containers of the same pod reach the
+    # pod's loopback (the async worker sidecar calls /invocations with no credential).
+    auth_trust_loopback: bool = False
 
     def to_env(self) -> dict[str, str]:
         """BERTH_* variables for every setting that differs from the default."""

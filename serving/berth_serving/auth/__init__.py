@@ -142,4 +142,10 @@ def build_guard(
         api = HttpReviewAPI(url, config.kube_token_file, config.kube_ca_file)
         reviewer = KubeReviewer(api, Target.parse(config.auth_endpoint), config.auth_cache_seconds)
         authenticator = KubeAuthenticator(reviewer, url)
-    return AuthGuard(app, authenticator, variant=config.variant or "default", answer_headers=answer_headers)
+    return AuthGuard(
+        app,
+        authenticator,
+        variant=config.variant or "default",
+        answer_headers=answer_headers,
+        trust_loopback=config.auth_trust_loopback,
+    )
