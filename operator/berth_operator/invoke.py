@@ -46,8 +46,8 @@ def read_data(data: str) -> bytes:
     return data.encode()
 
 
-def invocation_url(base: str, namespace: str, name: str) -> str:
-    return f"{base.rstrip('/')}/endpoints/{namespace}/{name}/invocations"
+def invocation_url(base: str, namespace: str, name: str, path: str = "invocations") -> str:
+    return f"{base.rstrip('/')}/endpoints/{namespace}/{name}/{path}"
 
 
 def error_message(body: bytes) -> str:
@@ -199,7 +199,7 @@ def _source(ctx: click.Context, parameter: str, variable: str) -> str:
 
 @click.command("invoke")
 @click.argument("name")
-@click.option("-d", "--data", required=True, help="Request body: JSON text, @FILE, or @- for standard input.")
+@click.option("-d", "--data", default=None, help="Request body: JSON text, @FILE, or @- for standard input.")
 @click.option(
     "--content-type", default="application/json", show_default=True, help="Content-Type of the body."
 )
@@ -228,6 +228,33 @@ def _source(ctx: click.Context, parameter: str, variable: str) -> str:
     default=None,
     help="Key for an APIKey endpoint (X-Berth-Api-Key; env BERTH_API_KEY).",
 )
+@click.option(
+    "--endpoint-url",
+    default=None,
+    help="The endpoint's own base URL instead of --url's /endpoints/NAMESPACE/NAME/ (a port-forward "
+    "to its Service, or to its async front door).",
+)
+@click.option(
+    "--async", "asynchronous", is_flag=True, help="Queue an async invocation (POST .../async-invocations)."
+)
+@click.option(
+    "--input-location",
+    default=None,
+    help="--async: the input in storage (s3:// or file://) instead of --data.",
+)
+@click.option(
+    "--inference-id", default=None, help="--async: X-Berth-Inference-Id (the same id is queued once)."
+)
+@click.option(
+    "--request-ttl", type=click.IntRange(1, 21600), default=None, help="--async: seconds it may wait queued."
+)
+@click.option(
+    "--invocation-timeout", type=click.IntRange(1, 3600), default=None, help="--async: seconds it may run."
+)
+@click.option("--wait", is_flag=True, help="--async: poll until it is answered and print the answer.")
+@click.option(
+    "--wait-timeout", default=900.0, show_default=True, help="--wait: give up after this many seconds."
+)
 @click.pass_context
 def invoke_command(
     ctx: click.Context,
@@ -241,12 +268,33 @@ def invoke_command(
     timeout: float,
     token: str | None,
     api_key: str | None,
+    endpoint_url: str | None,
+    asynchronous: bool,
+    input_location: str | None,
+    inference_id: str | None,
+    request_ttl: int | None,
+    invocation_timeout: int | None,
+    wait: bool,
+    wait_timeout: float,
 ) -> None:
     """Send a request to endpoint NAME and print the answer and the variant that gave it.
 
     Example: berth invoke quickstart --data '{"instances": [[0.1, 0.2, 0.3, 0.4]]}'
+
+    Async: berth invoke NAME --async --data @big.csv --content-type text/csv --wait
     """
-    url = invocation_url(base_url, namespace, name)
+    path = "async-invocations" if asynchronous else "invocations"
+    url = (
+        f"{endpoint_url.rstrip('/')}/{path}"
+        if endpoint_url
+        else invocation_url(base_url, namespace, name, path)
+    )
+    if not asynchronous and (input_location or inference_id or request_ttl or invocation_timeout or wait):
+        raise click.UsageError(
+            "--input-location, --inference-id, --request-ttl, --invocation-timeout and --wait need --async"
+        )
+    if (data is None) == (input_location is None):
+        raise click.UsageError("give --data" + (" or --input-location (not both)" if asynchronous else ""))
     credential = credential_for(
         token,
         api_key,
@@ -260,6 +308,21 @@ def invoke_command(
         headers["Accept"] = accept
     if variant:
         headers[TARGET_HEADER] = variant
+    if asynchronous:
+        invocation = AsyncInvocation(
+            url=url,
+            body=read_data(data) if data is not None else None,
+            headers=headers,
+            input_location=input_location,
+            inference_id=inference_id,
+            ttl_seconds=request_ttl,
+            timeout_seconds=invocation_timeout,
+            wait=wait,
+            wait_timeout=wait_timeout,
+            request_timeout=timeout,
+        )
+        sys.exit(invoke_async(invocation, lambda status: credential_hint(credential, status)))
+    assert data is not None
     request = urllib.request.Request(url, data=read_data(data), headers=headers, method="POST")
     started = time.perf_counter()
     try:
@@ -283,3 +346,115 @@ def invoke_command(
     click.echo(body.decode("utf-8", "replace").rstrip("\n"))
     answered_by = answer_headers.get(VARIANT_HEADER, "unknown")
     click.echo(f"variant: {answered_by}  ({status}, {elapsed_ms:.1f} ms)", err=True)
+
+
+# --------------------------------------------------------------------------- --async
+
+INFERENCE_ID_HEADER = "X-Berth-Inference-Id"
+FINISHED_STATES = ("Succeeded", "Failed")
+POLL_FIRST_SECONDS = 0.2
+POLL_MOST_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class AsyncInvocation:
+    url: str  # .../async-invocations
+    body: bytes | None
+    headers: dict[str, str]
+    input_location: str | None = None
+    inference_id: str | None = None
+    ttl_seconds: int | None = None
+    timeout_seconds: int | None = None
+    wait: bool = False
+    wait_timeout: float = 900.0
+    request_timeout: float = 60.0
+
+
+def _call(
+    url: str, method: str, body: bytes | None, headers: dict[str, str], timeout: float
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def read_answer(location: str) -> bytes:
+    """The object at an outputLocation (file:// or s3://; s3 needs the serving extra's boto3)."""
+    if location.startswith("file://"):
+        return Path(location[len("file://") :]).read_bytes()
+    try:
+        from berth_serving.asyncinf.storage import read_bytes
+    except ImportError as error:
+        raise click.ClickException(
+            f"reading {location} needs boto3 (pip install 'berth[serving]'): {error}"
+        ) from None
+    return read_bytes(location)
+
+
+def invoke_async(call: AsyncInvocation, hint: Any) -> int:
+    """Queue one async invocation; with `wait`, poll until it is answered and print the answer
+    (exit 0) or the failure reason (exit 1). The exit code."""
+    headers = dict(call.headers)
+    if call.input_location:
+        headers["X-Berth-Input-Location"] = call.input_location
+    if call.inference_id:
+        headers[INFERENCE_ID_HEADER] = call.inference_id
+    if call.ttl_seconds:
+        headers["X-Berth-Request-TTL-Seconds"] = str(call.ttl_seconds)
+    if call.timeout_seconds:
+        headers["X-Berth-Invocation-Timeout-Seconds"] = str(call.timeout_seconds)
+    try:
+        status, body = _call(call.url, "POST", call.body, headers, call.request_timeout)
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(f"error: cannot reach {call.url}: {getattr(exc, 'reason', exc)} (see --url)", err=True)
+        return 1
+    if status != 202:
+        click.echo(f"error: {status}: {error_message(body)}", err=True)
+        said = hint(status) if status in (401, 403) else ""
+        if said:
+            click.echo(said, err=True)
+        return 1
+    queued = json.loads(body)
+    inference_id = str(queued["inferenceId"])
+    if not call.wait:
+        click.echo(json.dumps(queued, indent=2))
+        return 0
+    click.echo(f"queued {inference_id}; output {queued['outputLocation']}", err=True)
+    auth = {key: value for key, value in call.headers.items() if key in ("Authorization", API_KEY_HEADER)}
+    status_url = f"{call.url.rstrip('/')}/{urllib.parse.quote(inference_id)}"
+    started = time.monotonic()
+    interval = POLL_FIRST_SECONDS
+    state: dict[str, Any] = {}
+    while time.monotonic() - started < call.wait_timeout:
+        try:
+            code, answer = _call(status_url, "GET", None, auth, call.request_timeout)
+        except (urllib.error.URLError, OSError) as exc:
+            click.echo(
+                f"warning: cannot reach {status_url}: {getattr(exc, 'reason', exc)}; retrying", err=True
+            )
+            code, answer = 0, b""
+        if code == 200:
+            state = json.loads(answer)
+            if state.get("state") in FINISHED_STATES:
+                break
+        elif code not in (0, 503):
+            click.echo(f"error: {code} for {status_url}: {error_message(answer)}", err=True)
+            return 1
+        time.sleep(interval)
+        interval = min(POLL_MOST_SECONDS, interval * 1.5)
+    seconds = time.monotonic() - started
+    if state.get("state") == "Succeeded":
+        click.echo(read_answer(str(state["outputLocation"])).decode("utf-8", "replace").rstrip("\n"))
+        variant = state.get("variant") or "unknown"
+        click.echo(f"inference {inference_id}: Succeeded  (variant {variant}, {seconds:.1f} s)", err=True)
+        return 0
+    if state.get("state") == "Failed":
+        click.echo(f"error: inference {inference_id} Failed: {state.get('reason', '')}", err=True)
+        click.echo(f"failure: {state.get('failureLocation', '')}", err=True)
+        return 1
+    now = state.get("state", "unknown")
+    click.echo(f"error: inference {inference_id} is still {now} after {call.wait_timeout:g} s", err=True)
+    return 1

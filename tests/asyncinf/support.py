@@ -278,14 +278,16 @@ def post(url: str, body: bytes | None = None, headers: dict[str, str] | None = N
     return Posted(answer.status, answer.headers, answer.body, payload)
 
 
-def status_of(url: str, inference_id: str) -> dict[str, Any]:
-    answer = request(f"{url}/async-invocations/{inference_id}")
+def status_of(url: str, inference_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    answer = request(f"{url}/async-invocations/{inference_id}", headers=headers)
     assert answer.status == 200, (answer.status, answer.body)
     return dict(json.loads(answer.body))
 
 
-def wait_done(url: str, inference_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    return dict(wait_for(lambda: _finished(status_of(url, inference_id)), timeout))
+def wait_done(
+    url: str, inference_id: str, timeout: float = 30.0, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return dict(wait_for(lambda: _finished(status_of(url, inference_id, headers)), timeout))
 
 
 def _finished(state: dict[str, Any]) -> dict[str, Any] | None:

@@ -61,6 +61,8 @@ READ_BLOCK_MS = 1000
 REDIS_RETRY_SECONDS = 1.0
 PING_INTERVAL_SECONDS = 0.5
 ERROR_MESSAGE_CHARS = 2000
+# How long a model server gets to answer a request's head alone (early_refusal).
+EARLY_ANSWER_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -399,6 +401,12 @@ class Worker:
         except httpx.ConnectError as error:
             raise ModelUnreachable(str(error) or type(error).__name__) from None
         except (httpx.HTTPError, StorageError) as error:
+            refusal = None
+            if isinstance(error, httpx.TransportError):
+                refusal = await early_refusal(self.options.invoke_url, headers)
+            if refusal is not None:
+                status, message = refusal
+                return Result("failed", f"model answered {status}: {message}", REASON_MODEL, status)
             text = str(error) or type(error).__name__
             return Result("failed", f"invocation failed: {text}", REASON_MODEL, 502)
         finally:
@@ -413,6 +421,38 @@ class Worker:
         except StorageError as error:
             return Result("failed", f"cannot write the answer: {error}", REASON_INPUT, 502)
         return Result("succeeded")
+
+
+async def early_refusal(url: str, headers: dict[str, str]) -> tuple[int, str] | None:
+    """The answer the model server gives to the request's head alone, if it gives one within
+    EARLY_ANSWER_SECONDS: (status, message). A replica refuses a body over its payload limit
+    from the Content-Length and closes the connection while the body is still being sent;
+    the reset that follows can lose that answer, so the head is sent again, with no body, to
+    hear it. None when the server waits for the body (it was not refused by its size)."""
+    parts = urllib.parse.urlsplit(url)
+    lines = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    writer = None
+    try:
+        async with asyncio.timeout(EARLY_ANSWER_SECONDS):
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            status = int(status_line.split()[1])
+            length = 0
+            for line in header_lines:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+            body = await reader.readexactly(min(length, 64 * 1024))
+    except (TimeoutError, OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+    return (status, _error_message(body)) if status >= 400 else None
 
 
 async def _read(stream: BinaryIO) -> AsyncIterator[bytes]:
