@@ -286,7 +286,7 @@ def test_target_variant_picks_a_variant_without_weight(
 def test_metrics_show_backlog_per_variant(door: Child, db: redis.Redis, variants: list[Variant]) -> None:
     for _ in range(3):
         assert post(door.url, b"[1]").status == 202
-    db.xgroup_create(variants[0].stream, "workers", id="0")
+    assert db.xinfo_groups(variants[0].stream)[0]["lag"] == 3  # the group exists before any worker
     db.xreadgroup("workers", "w", {variants[0].stream: ">"}, count=1)
     time.sleep(0.05)
     text = request(door.url + "/metrics").body.decode()

@@ -67,6 +67,9 @@ def test_backlog_through_a_message_life(redis_url: str, decode: bool) -> None:
         assert await queue.finish(client, STREAM, taken, "succeeded", {queue.R_STATE: queue.SUCCEEDED})
         after = await queue.read_backlog(client, STREAM, time.time())
         assert (after.size, after.pending) == (2, 0)
+        # The group's own lag (what KEDA's lagCount trigger reads) stays defined after XDEL.
+        [group] = await client.xinfo_groups(STREAM)
+        assert group["lag"] == 2
         assert await queue.read_counts(client, STREAM) == {"succeeded": 1}
 
     run(redis_url, body, decode)

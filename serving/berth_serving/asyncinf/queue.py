@@ -40,7 +40,10 @@ R_VARIANT, R_CONFIG, R_UPDATED_AT, R_ATTEMPTS = "variant", "config", "updatedAt"
 
 # KEYS: record, stream. ARGV: record expiry, number of record fields, the record's field/value
 # pairs, then the message's. An existing record is returned unchanged and nothing is queued.
-_ENQUEUE = """
+# A new stream gets its consumer group at once, from its (empty) end: the group's lag, which
+# KEDA's trigger reads before any worker has started, is then defined from the first message.
+_ENQUEUE = (
+    """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HGETALL', KEYS[1])
 end
@@ -51,9 +54,15 @@ local message = {}
 for i = 3 + 2 * pairs_in_record, #ARGV do message[#message + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(record))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[2], '"""
+    + CONSUMER_GROUP
+    + """', '$', 'MKSTREAM')
+end
 redis.call('XADD', KEYS[2], '*', unpack(message))
 return {}
 """
+)
 
 # KEYS: stream, counts, record. ARGV: group, message id, outcome, record expiry, then the
 # record's new field/value pairs. Returns 1 when this call acknowledged the message.
