@@ -12,7 +12,8 @@ def _variant_parts(variants: list[dict[str, Any]], total: float) -> list[str]:
     for v in variants:
         share = 100.0 * float(v.get("currentWeight", 0)) / total if total else 0.0
         ready = f"{v.get('readyInstanceCount', 0)}/{v.get('desiredInstanceCount', 0)}"
-        parts.append(f"{v['variantName']} {share:.0f}% {ready}")
+        queued = f" queue {v['backlogSize']}" if v.get("backlogSize") is not None else ""  # async variants
+        parts.append(f"{v['variantName']} {share:.0f}% {ready}{queued}")
     return parts
 
 

@@ -27,7 +27,7 @@ from ..api import Endpoint, EndpointStatus
 from ..planner import labels
 from ..planner.fleetmetrics import from_texts, metrics_wanted
 from ..planner.pods import SERVER_CONTAINER
-from ..planner.types import Event, FleetMetrics, Manifest, ObjectRef, Observed, PlanInput
+from ..planner.types import Event, FleetMetrics, Manifest, ObjectRef, Observed, PlanInput, QueueState
 from ..settings import Settings
 from . import asyncfleet
 from .access import API_KEYS_ENV, local_endpoint, write_api_keys
@@ -239,16 +239,20 @@ class Engine:
         namespace, name = key
         endpoint, _ = local_endpoint(state.endpoint.model_copy(update={"status": state.status}))
         children = self._children(namespace, labels.endpoint_label(name))
+        configs = {n: c for (ns, n), c in self.resources.configs.items() if ns == namespace}
+        queues, queue_error = await self._queues(endpoint, configs)
         observed = Observed(
             now=datetime.now(UTC),
             children=[self._observed(obj) for obj in children],
             pods=[pod for obj in children if obj["kind"] == "Deployment" for pod in self._pods(obj)],
             metrics=await self._metrics(namespace, name, state.status),
+            queues=queues,
+            queue_error=queue_error,
         )
         plan = self._plan(
             PlanInput(
                 endpoint=endpoint,
-                configs={n: c for (ns, n), c in self.resources.configs.items() if ns == namespace},
+                configs=configs,
                 models={n: m for (ns, n), m in self.resources.models.items() if ns == namespace},
                 settings=self.settings,
                 observed=observed,
@@ -416,16 +420,48 @@ class Engine:
         if self.keda is not None:
             self.keda.set_objects([o for o in self.applied.values() if o["kind"] == "ScaledObject"])
 
-    async def _read_backlog(self, stream: str, now: float) -> Any:
-        from berth_serving.asyncinf.queue import read_backlog
+    async def _queues(
+        self, endpoint: Endpoint, configs: Mapping[str, Any]
+    ) -> tuple[dict[str, QueueState], str | None]:
+        """The async variants' streams as the operator reads them before it plans."""
+        from ..planner.asyncinf import streams_to_observe
 
+        streams = streams_to_observe(endpoint, configs)
+        if not streams:
+            return {}, None
+        if self.redis_url is None:
+            return {}, "berth up has no queue"
+        from berth_serving.asyncinf.queue import read_counts
+
+        now = time.time()
+        try:
+            backlogs = await asyncio.gather(*(self._read_backlog(s, now) for s in streams))
+            counts = await asyncio.gather(*(read_counts(self._client(), s) for s in streams))
+        except Exception as exc:  # Redis away: a condition of the Endpoint, not a crash
+            return {}, f"cannot read the queue: {type(exc).__name__}: {exc}"
+        return {
+            stream: QueueState(
+                size=backlog.size,
+                pending=backlog.pending,
+                oldest_age_seconds=backlog.oldest_age_seconds,
+                counts=count,
+            )
+            for stream, backlog, count in zip(streams, backlogs, counts, strict=True)
+        }, None
+
+    def _client(self) -> Any:
         if self._redis is None:
             import redis.asyncio as aioredis
 
             self._redis = aioredis.Redis.from_url(
                 self.redis_url or "", socket_timeout=2, socket_connect_timeout=2
             )
-        return await read_backlog(self._redis, stream, now)
+        return self._redis
+
+    async def _read_backlog(self, stream: str, now: float) -> Any:
+        from berth_serving.asyncinf.queue import read_backlog
+
+        return await read_backlog(self._client(), stream, now)
 
     def _scaled(self) -> None:
         """The local KEDA changed a replica count: carry it out now."""

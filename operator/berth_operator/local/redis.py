@@ -126,9 +126,13 @@ class RedisChild:
             await client.aclose()
 
     async def _drain(self, process: asyncio.subprocess.Process) -> None:
-        """Redis logs to its file; whatever reaches stdout or stderr must not fill a pipe."""
+        """Redis logs to its file; whatever reaches stdout or stderr must not fill a pipe. An exit
+        nobody asked for is said at once: every async endpoint stops answering."""
         streams = [s for s in (process.stdout, process.stderr) if s is not None]
         await asyncio.gather(*(self._read_all(s) for s in streams))
+        code = await process.wait()
+        if self._process is process and self.version:  # started, and not stopped by us
+            log.error("berth up: redis-server exited with code %s: %s", code, self._log_tail())
 
     @staticmethod
     async def _read_all(stream: asyncio.StreamReader) -> None:
@@ -143,9 +147,9 @@ class RedisChild:
         return lines[-1] if lines else "empty log"
 
     async def stop(self) -> None:
-        if self._process is not None:
-            await procs.terminate(self._process, STOP_GRACE_SECONDS)
-            self._process = None
+        process, self._process = self._process, None
+        if process is not None:
+            await procs.terminate(process, STOP_GRACE_SECONDS)
         if self._pump is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump

