@@ -313,3 +313,16 @@ def children() -> Iterator[list[Child]]:
     finally:
         for child in started:
             child.stop()
+
+
+def start_redis_on(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    """A redis-server on a given port (to stop one and bring it back where clients expect it)."""
+    from tests.support.redisserver import require_redis_binary
+
+    argv = [require_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(directory)]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    wait_for(lambda: redis.Redis(port=port, socket_timeout=0.5).ping(), 10)
+    return process

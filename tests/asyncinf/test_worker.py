@@ -229,3 +229,39 @@ def test_sigterm_finishes_the_messages_in_flight_and_takes_no_more(setup: Simple
     assert status_of(setup.door.url, waiting)["state"] == "Queued"
     assert setup.db.xlen(setup.variant.stream) == 1
     assert "Traceback" not in worker.log()
+
+
+def queued(answer: Any) -> Any:
+    return answer.json if answer.status == 202 else None
+
+
+def test_the_worker_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    from tests.asyncinf.support import start_redis_on
+    from tests.serving.support import free_port
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = start_redis_on(port, tmp_path)
+    variant = Variant("blue", "cfg-1", 1.0, f"file://{tmp_path}/out/", f"file://{tmp_path}/failed/")
+    routes = tmp_path / "routes.json"
+    write_routes(routes, [variant])
+    try:
+        with StandInModel() as model, children() as started:
+            door = start_frontdoor(url, routes, tmp_path / "frontdoor.log")
+            started.append(door)
+            worker = start_worker(url, variant, model.invoke_url, tmp_path / "w.log")
+            started.append(worker)
+            before = post(door.url, b"[1]").json["inferenceId"]
+            assert wait_done(door.url, before)["state"] == "Succeeded"
+            server.terminate()
+            server.wait(10)
+            assert post(door.url, b"[2]").status == 503
+            wait_for(lambda: "redis unavailable" in worker.log(), 15)
+            server = start_redis_on(port, tmp_path)  # empty: no stream, no group, no records
+            after = wait_for(lambda: queued(post(door.url, b"[3]")), 15)["inferenceId"]
+            assert wait_done(door.url, after)["state"] == "Succeeded"
+            assert worker.process.poll() is None
+            assert "redis back" in worker.log() and "Traceback" not in worker.log()
+    finally:
+        server.terminate()
+        server.wait(10)
