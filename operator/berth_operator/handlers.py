@@ -28,6 +28,7 @@ from . import api
 from .events import EventRecorder
 from .kube import ApiError, KubeClient, berth_kind, describe_error
 from .planner import labels as berth_labels
+from .queues import QueueReader
 from .reconcile import (
     Memory,
     Outcome,
@@ -54,6 +55,7 @@ WAKE_COALESCE = 0.05
 MIN_REQUEUE = 0.1  # a plan due "now" is looked at again soon, not in a hot loop
 # Index id -> (group, version, plural) of each kind of Endpoint child.
 CHILD_INDEXES = {
+    "configmaps_by_endpoint": ("", "v1", "configmaps"),
     "deployments_by_endpoint": ("apps", "v1", "deployments"),
     "services_by_endpoint": ("", "v1", "services"),
     "hpas_by_endpoint": ("autoscaling", "v2", "horizontalpodautoscalers"),
@@ -209,7 +211,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         if info is not None:
             old, ctx.kube = ctx.kube, KubeClient(info)
             session = ctx.shell.scrape_session if ctx.shell is not None else aiohttp.ClientSession()
-            ctx.shell = Shell(ctx.kube, ctx.settings, EventRecorder(ctx.kube), session)
+            queues = ctx.shell.queues if ctx.shell is not None else QueueReader.from_settings(ctx.settings)
+            ctx.shell = Shell(ctx.kube, ctx.settings, EventRecorder(ctx.kube), session, queues=queues)
             if old is not None:
                 await old.close()
         return info
@@ -220,6 +223,8 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             await ctx.kube.close()
         if ctx.shell is not None:
             await ctx.shell.scrape_session.close()
+            if ctx.shell.queues is not None:
+                await ctx.shell.queues.close()
 
     # ------------------------------------------------------------------ indexes
 

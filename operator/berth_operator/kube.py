@@ -66,6 +66,7 @@ RESOURCES: dict[tuple[str, str], ResourceKind] = {
         ResourceKind("batch/v1", "Job", "jobs"),
         ResourceKind("apps/v1", "Deployment", "deployments"),
         ResourceKind("v1", "Service", "services"),
+        ResourceKind("v1", "ConfigMap", "configmaps"),
         ResourceKind("v1", "Pod", "pods"),
         ResourceKind("v1", "Event", "events"),
         ResourceKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),

@@ -32,6 +32,7 @@ from .events import EventRecorder
 from .kube import RESOURCES, ApiError, KubeClient, berth_kind, describe_error, kind_of
 from .planner import labels as planner_labels
 from .planner import plan_endpoint
+from .planner.asyncinf import redis_configured, streams_to_observe
 from .planner.fleetmetrics import metrics_wanted
 from .planner.names import label_value
 from .planner.observe import find
@@ -39,6 +40,7 @@ from .planner.podfailures import pods_stuck_starting
 from .planner.resources import model_names_of
 from .planner.status import invalid_endpoint_status
 from .planner.types import FleetMetrics, Manifest, ObjectRef, Observed, Plan, PlanInput
+from .queues import QueueReader
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ SHARED_REAPPLY_SECONDS = 600.0
 # Both route kinds whatever settings.routing.mode says: after a change of mode the planner
 # must see the old kind's objects to delete them.
 CHILD_KINDS = [
+    RESOURCES[("v1", "ConfigMap")],
     RESOURCES[("apps/v1", "Deployment")],
     RESOURCES[("v1", "Service")],
     RESOURCES[("autoscaling/v2", "HorizontalPodAutoscaler")],
@@ -108,14 +111,19 @@ class Shell:
     # (digest, when). They are not watched; applied again when their plan changes, and every
     # SHARED_REAPPLY_SECONDS (an unchanged apply writes nothing), so one deleted by hand returns.
     shared_applied: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
+    # The async queues (Redis); None reads nothing, as for a cluster without async Endpoints.
+    queues: QueueReader | None = None
 
 
 def config_names_of(endpoint: Manifest) -> set[str]:
-    """The EndpointConfigs an Endpoint refers to: its spec's, and those its status serves or rolls out."""
+    """The EndpointConfigs an Endpoint refers to: its spec's, those its status serves or rolls out,
+    and async ones that still drain their queues."""
     names = {str((endpoint.get("spec") or {}).get("endpointConfigName") or "")}
     status = endpoint.get("status") or {}
     names.update(str(status.get(key) or "") for key in ("endpointConfigName", "pendingEndpointConfigName"))
     names.add(str((status.get("rollout") or {}).get("targetEndpointConfigName") or ""))
+    draining = status.get("drainingEndpointConfigNames")
+    names.update(str(name) for name in (draining if isinstance(draining, list) else []))
     return {name for name in names if name}
 
 
@@ -155,6 +163,8 @@ async def reconcile_endpoint(shell: Shell, snapshot: Snapshot, memory: Memory) -
     models = _parse_all(
         Model, {n: m for n, m in snapshot.models.items() if n in model_names_of(configs.values())}
     )
+    streams = streams_to_observe(endpoint, configs)
+    reading = await shell.queues.read(streams, now.timestamp()) if shell.queues and streams else None
     observed = Observed(
         now=now,
         children=snapshot.children,
@@ -162,6 +172,8 @@ async def reconcile_endpoint(shell: Shell, snapshot: Snapshot, memory: Memory) -
         metrics=await _metrics(shell, endpoint, snapshot.pods),
         unavailable_kinds=await _unavailable_kinds(shell),
         pod_events=await _pod_events(shell, endpoint.namespace, snapshot.pods, now),
+        queues=reading.queues if reading else {},
+        queue_error=reading.error if reading else None,
     )
     inp = PlanInput(
         endpoint=endpoint, configs=configs, models=models, settings=shell.settings, observed=observed
@@ -202,8 +214,8 @@ async def _unavailable_kinds(shell: Shell) -> frozenset[str]:
     wanted = []
     if shell.settings.routing.mode == "gateway":
         wanted.append(HTTPROUTES)
-    if shell.settings.autoscaling.scaler == "keda":
-        wanted.append(SCALEDOBJECTS)
+    if shell.settings.autoscaling.scaler == "keda" or redis_configured(shell.settings):
+        wanted.append(SCALEDOBJECTS)  # async variants always scale with KEDA
     served = await asyncio.gather(*(shell.kube.serves(kind) for kind in wanted))
     return frozenset(kind.kind for kind, ok in zip(wanted, served, strict=True) if not ok)
 

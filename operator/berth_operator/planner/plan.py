@@ -44,6 +44,7 @@ ROUTE_KINDS = ("HTTPRoute", "Ingress")
 KIND_ORDER = {kind: i for i, kind in enumerate(ENDPOINT_KINDS + FLEET_KINDS + ROUTE_KINDS)}
 DEFERRED_DELETE_SECONDS = 2.0  # look again soon: the route is moving off a fleet that is going
 DRAIN_POLL_SECONDS = 10.0  # how often to look at the queues of fleets that drain
+QUEUE_POLL_SECONDS = 15.0  # how often an async endpoint's backlog in status is refreshed
 BACKLOG_CONDITION = "HasBacklogWithoutCapacity"
 
 
@@ -340,8 +341,9 @@ class _Planner:
         delete, deferred = self.deletes(objects, live, keep_route)
         status, events = self.status(decision, live, routing, deferred, objects, draining)
         requeue = decision.requeue_after
-        if draining:
-            requeue = DRAIN_POLL_SECONDS if requeue is None else min(requeue, DRAIN_POLL_SECONDS)
+        if draining or any_async:
+            poll = DRAIN_POLL_SECONDS if draining else QUEUE_POLL_SECONDS
+            requeue = poll if requeue is None else min(requeue, poll)
         if deferred:
             requeue = DEFERRED_DELETE_SECONDS if requeue is None else min(requeue, DEFERRED_DELETE_SECONDS)
         return Plan(objects, delete, status, [*decision.events, *events], requeue, self.shared(live))
