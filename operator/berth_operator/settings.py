@@ -239,7 +239,35 @@ def settings_from_values(values: dict[str, Any]) -> dict[str, Any]:
     if not auth.get("reviewerClusterRole"):  # the chart's FULLNAME-invoke-reviewer
         auth["reviewerClusterRole"] = defaults["auth"]["reviewerClusterRole"]
     merged["namespaces"] = list(values.get("watchNamespaces") or [])
+    redis = _redis_from_values(values)
+    if redis:
+        merged["async"] = {"redis": redis}
     return merged
+
+
+# The release the values of a file are read as (the docs install `berth` into berth-system).
+VALUES_RELEASE = "berth"
+VALUES_NAMESPACE = "berth-system"
+
+
+def _redis_from_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The chart's async.redis values as the `berth.asyncRedis` helper turns them into settings."""
+    redis = (values.get("async") or {}).get("redis") or {}
+    given = [
+        bool(redis.get("url")),
+        bool(redis.get("secretRef")),
+        bool((redis.get("deploy") or {}).get("enabled")),
+    ]
+    if sum(given) > 1:
+        raise SettingsError("async.redis: give one of url, secretRef and deploy.enabled")
+    if given[2]:
+        fullname = values.get("fullnameOverride") or VALUES_RELEASE
+        return {"url": f"redis://{fullname}-redis.{VALUES_NAMESPACE}.svc:6379"}
+    if given[0]:
+        return {"url": redis["url"]}
+    if given[1]:
+        return {"secretRef": redis["secretRef"]}
+    return {}
 
 
 def load_settings(path: str | Path | None) -> Settings:
@@ -253,7 +281,13 @@ def load_settings(path: str | Path | None) -> Settings:
         raise SettingsError(f"cannot read settings {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise SettingsError(f"invalid settings {path}: expected a mapping at the top")
-    if "settings" in raw or "watchNamespaces" in raw:  # chart values: no settings file has these
+    redis_values = (raw.get("async") or {}).get("redis") if isinstance(raw.get("async"), dict) else None
+    # Chart values: no settings file has these (async.redis.deploy is a chart value only).
+    if (
+        "settings" in raw
+        or "watchNamespaces" in raw
+        or (isinstance(redis_values, dict) and "deploy" in redis_values)
+    ):
         if not isinstance(raw.get("settings") or {}, dict):
             raise SettingsError(f"invalid settings {path}: the chart values' settings must be a mapping")
         raw = settings_from_values(raw)

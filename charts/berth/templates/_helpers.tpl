@@ -79,7 +79,38 @@ namespaces come from watchNamespaces, so nothing is set in two places.
 {{- end -}}
 {{- end -}}
 {{- $_ := set $settings "instanceTypes" $types -}}
+{{- $redis := include "berth.asyncRedis" . | fromYaml -}}
+{{- if $redis -}}
+{{- $_ := set $settings "async" (dict "redis" $redis) -}}
+{{- end -}}
 {{- toYaml $settings -}}
+{{- end -}}
+
+{{/*
+The operator settings' async.redis from the chart's async.redis values: the quick-start Valkey,
+a URL or a Secret (at most one); nothing when none is given.
+*/}}
+{{- define "berth.asyncRedis" -}}
+{{- $redis := .Values.async.redis -}}
+{{- $given := 0 -}}
+{{- if $redis.url }}{{ $given = add1 $given }}{{ end -}}
+{{- if $redis.secretRef }}{{ $given = add1 $given }}{{ end -}}
+{{- if $redis.deploy.enabled }}{{ $given = add1 $given }}{{ end -}}
+{{- if gt $given 1 -}}
+{{- fail "async.redis: give one of url, secretRef and deploy.enabled" -}}
+{{- end -}}
+{{- if $redis.deploy.enabled -}}
+url: {{ printf "redis://%s.%s.svc:6379" (include "berth.redisName" .) .Release.Namespace }}
+{{- else if $redis.url -}}
+url: {{ $redis.url | quote }}
+{{- else if $redis.secretRef -}}
+secretRef:
+  {{- toYaml $redis.secretRef | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{- define "berth.redisName" -}}
+{{- printf "%s-redis" (include "berth.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/* True when the operator runs without peering (one replica, peering disabled). */}}

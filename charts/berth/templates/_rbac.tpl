@@ -50,7 +50,11 @@ and deletes the children it owns. The route kind follows settings.routing.mode.
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["create", "get", "patch"]
-# Request-based autoscaling with settings.autoscaling.scaler keda.
+# Async inference: the front door's routes (a ConfigMap per async Endpoint).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+# Request-based autoscaling with settings.autoscaling.scaler keda, and async variants' scaling.
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
