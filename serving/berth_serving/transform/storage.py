@@ -8,8 +8,10 @@ beside its target and renamed, an S3 object is a multipart upload completed only
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,10 +59,23 @@ def parse_uri(uri: str) -> Location:
 
 
 def s3_client() -> Any:
+    """One client per configuration, shared by threads (boto3 clients are thread-safe and
+    refresh their credentials themselves): making one costs milliseconds of CPU, which an
+    async worker writing an object per request cannot pay each time."""
+    environ = os.environ
+    return _s3_client(
+        environ.get("AWS_ENDPOINT_URL") or None,
+        environ.get("AWS_ACCESS_KEY_ID"),
+        environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION"),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_client(endpoint_url: str | None, access_key_id: str | None, region: str | None) -> Any:
     import boto3
 
     # boto3 reads AWS_ENDPOINT_URL itself in recent versions; passing it keeps older ones working.
-    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    return boto3.client("s3", endpoint_url=endpoint_url)
 
 
 def _s3_error(action: str, uri: str, error: Exception) -> StorageError:
@@ -201,16 +216,25 @@ class AtomicWriter(Protocol):
 
 
 class LocalWriter:
-    """Writes a hidden file beside the target; `commit` renames it into place."""
+    """Writes a hidden file beside the target; `commit` renames it into place.
 
-    def __init__(self, target: Path) -> None:
+    durable (batch transform): the file is fsynced before the rename and a killed run's
+    partial files of this target are removed first, so resuming finds complete outputs only.
+    Not durable (async inference's many small objects): the rename alone, which still shows
+    a reader all of the object or nothing; an fsync per request would cap the queue at what
+    the disk syncs per second, and a scan of the directory per object grows with it.
+    """
+
+    def __init__(self, target: Path, durable: bool = True) -> None:
         self._target = target
-        self._partial = target.with_name(f"{TEMP_PREFIX}{os.getpid()}-{target.name}")
+        self._durable = durable
+        self._partial = target.with_name(f"{TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{target.name}")
         with self._errors():
             target.parent.mkdir(parents=True, exist_ok=True)
-            # A run killed before its commit left its partial file; only this target's writer owns them.
-            for stale in target.parent.glob(f"{TEMP_PREFIX}*-{target.name}"):
-                stale.unlink(missing_ok=True)
+            if durable:
+                # A run killed before its commit left its partial file; only this target's writer owns them.
+                for stale in target.parent.glob(f"{TEMP_PREFIX}*-{target.name}"):
+                    stale.unlink(missing_ok=True)
             self._stream = open(self._partial, "wb", buffering=READ_BUFFER)  # noqa: SIM115 - closed in commit/abort
 
     @contextlib.contextmanager
@@ -227,7 +251,8 @@ class LocalWriter:
     def commit(self) -> None:
         with self._errors():
             self._stream.flush()
-            os.fsync(self._stream.fileno())
+            if self._durable:
+                os.fsync(self._stream.fileno())
             self._stream.close()
             os.replace(self._partial, self._target)
 
@@ -300,12 +325,12 @@ class S3Writer:
         self._buffer.clear()
 
 
-def open_output(where: Location) -> AtomicWriter:
-    return S3Writer(where) if where.scheme == "s3" else LocalWriter(Path(where.path))
+def open_output(where: Location, durable: bool = True) -> AtomicWriter:
+    return S3Writer(where) if where.scheme == "s3" else LocalWriter(Path(where.path), durable)
 
 
-def write_object(where: Location, chunks: Iterator[bytes]) -> None:
-    writer = open_output(where)
+def write_object(where: Location, chunks: Iterator[bytes], durable: bool = True) -> None:
+    writer = open_output(where, durable)
     try:
         for chunk in chunks:
             writer.write(chunk)
