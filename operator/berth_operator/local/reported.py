@@ -31,6 +31,9 @@ def observed_deployment(applied: Manifest, fleet: LocalDeployment) -> Manifest:
     ready = sum(1 for r in current if r.ready)
     deployment = copy.deepcopy(applied)
     deployment["metadata"]["generation"] = fleet.generation
+    # An autoscaled Deployment has no replicas of the planner's: the HPA (KEDA's, here the local
+    # KEDA) writes the count it chose, and the planner reads it there.
+    deployment["spec"].setdefault("replicas", fleet.spec.replicas)
     deployment["status"] = {
         "observedGeneration": fleet.generation,
         "replicas": len([r for r in fleet.replicas if r.state != "Stopped"]),

@@ -44,7 +44,7 @@ def load_resources(paths: Sequence[str | Path]) -> Resources:
             update={"spec": spec.model_copy(update={"model_uri": uri})}
         )
     configs = {
-        (i.resource.namespace, i.resource.name): i.resource
+        (i.resource.namespace, i.resource.name): with_local_locations(i.resource, i.base_dir)
         for i in loaded.configs
         if isinstance(i.resource, EndpointConfig)
     }
@@ -57,6 +57,30 @@ def load_resources(paths: Sequence[str | Path]) -> Resources:
         raise SourceError(f"no Endpoint found in {', '.join(str(p) for p in paths)}")
     secrets = {(s.namespace, s.name): s.entries for s in loaded.secrets}
     return Resources(models=models, configs=configs, endpoints=endpoints, secrets=secrets)
+
+
+def with_local_locations(config: EndpointConfig, base_dir: Path) -> EndpointConfig:
+    """An async config's relative file:// output and failure locations made absolute against the
+    manifest's directory (as a Model's file:// URI is), keeping the trailing slash of a prefix."""
+    from ..manifests import resolve_file_uri
+
+    async_config = config.spec.async_inference_config
+    if async_config is None:
+        return config
+
+    def resolved(uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        absolute = resolve_file_uri(uri, base_dir)
+        return absolute + "/" if uri.endswith("/") and not absolute.endswith("/") else absolute
+
+    output = async_config.output_config
+    output = output.model_copy(
+        update={"output_uri": resolved(output.output_uri), "failure_uri": resolved(output.failure_uri)}
+    )
+    async_config = async_config.model_copy(update={"output_config": output})
+    spec = config.spec.model_copy(update={"async_inference_config": async_config})
+    return config.model_copy(update={"spec": spec})
 
 
 RECOVER = "(or stop and start berth up, which begins afresh)"
