@@ -39,6 +39,7 @@ from berth_serving.asyncinf.storage import (
     size_of,
     write_bytes,
 )
+from berth_serving.transform.storage import open_output, parse_uri
 
 log = logging.getLogger("berth.async.worker")
 
@@ -54,6 +55,7 @@ REASON_TIMEOUT = "timeout"
 REASON_EXPIRED = "expired"
 REASON_INPUT = "input"
 REASON_WORKER_DIED = "worker_died"
+REASON_STORAGE = "storage"
 
 # How long a blocking read waits for a message before the loop looks around again (stop
 # requested, reclaim due); a new message ends the wait at once.
@@ -61,6 +63,8 @@ READ_BLOCK_MS = 1000
 REDIS_RETRY_SECONDS = 1.0
 PING_INTERVAL_SECONDS = 0.5
 ERROR_MESSAGE_CHARS = 2000
+ERROR_BODY_BYTES = 64 * 1024
+WRITE_BYTES = 1024 * 1024  # pieces of an answer handed to the storage writer
 # How long a model server gets to answer a request's head alone (early_refusal).
 EARLY_ANSWER_SECONDS = 3.0
 
@@ -393,11 +397,23 @@ class Worker:
             stream = await asyncio.to_thread(open_input, where)
         except StorageError as error:
             return Result("failed", str(error), REASON_INPUT, 400)
+        output_uri = fields.get(queue.F_OUTPUT_URI, "")
         try:
-            async with asyncio.timeout(timeout):
-                answer = await self.http.post(self.options.invoke_url, content=_read(stream), headers=headers)
+            async with (
+                asyncio.timeout(timeout),
+                self.http.stream(
+                    "POST", self.options.invoke_url, content=_read(stream), headers=headers
+                ) as answer,
+            ):
+                if answer.status_code >= 300:
+                    message = _error_message(await _read_some(answer, ERROR_BODY_BYTES))
+                    status = answer.status_code
+                    return Result("failed", f"model answered {status}: {message}", REASON_MODEL, status)
+                await _write_answer(answer, output_uri)
         except TimeoutError:
             return Result("failed", f"timed out after {timeout:g} s", REASON_TIMEOUT, 504)
+        except AnswerNotWritten as error:
+            return Result("failed", f"cannot write the answer: {error}", REASON_STORAGE, 502)
         except httpx.ConnectError as error:
             raise ModelUnreachable(str(error) or type(error).__name__) from None
         except (httpx.HTTPError, StorageError) as error:
@@ -411,15 +427,6 @@ class Worker:
             return Result("failed", f"invocation failed: {text}", REASON_MODEL, 502)
         finally:
             await asyncio.to_thread(stream.close)
-        if answer.status_code >= 300:
-            message = _error_message(answer.content)
-            return Result(
-                "failed", f"model answered {answer.status_code}: {message}", REASON_MODEL, answer.status_code
-            )
-        try:
-            await asyncio.to_thread(write_bytes, fields[queue.F_OUTPUT_URI], answer.content)
-        except StorageError as error:
-            return Result("failed", f"cannot write the answer: {error}", REASON_INPUT, 502)
         return Result("succeeded")
 
 
@@ -453,6 +460,45 @@ async def early_refusal(url: str, headers: dict[str, str]) -> tuple[int, str] | 
         if writer is not None:
             writer.close()
     return (status, _error_message(body)) if status >= 400 else None
+
+
+class AnswerNotWritten(Exception):
+    """The model answered but its answer could not be stored; the message names the URI."""
+
+
+async def _write_answer(answer: httpx.Response, uri: str) -> None:
+    """Stream the answer into its object, atomically: written in WRITE_BYTES pieces off the
+    event loop, visible only once whole (an answer of any size never sits in memory)."""
+    try:
+        writer = await asyncio.to_thread(open_output, parse_uri(uri))
+    except StorageError as error:
+        raise AnswerNotWritten(str(error)) from None
+    try:
+        pending = bytearray()
+        async for chunk in answer.aiter_bytes():
+            pending += chunk
+            if len(pending) >= WRITE_BYTES:
+                await asyncio.to_thread(writer.write, bytes(pending))
+                pending.clear()
+        if pending:
+            await asyncio.to_thread(writer.write, bytes(pending))
+        await asyncio.to_thread(writer.commit)
+    except StorageError as error:
+        await asyncio.to_thread(writer.abort)
+        raise AnswerNotWritten(str(error)) from None
+    except BaseException:
+        await asyncio.to_thread(writer.abort)
+        raise
+
+
+async def _read_some(answer: httpx.Response, most: int) -> bytes:
+    """Up to `most` bytes of an answer's body (an error message; the rest is not read)."""
+    body = bytearray()
+    async for chunk in answer.aiter_bytes():
+        body += chunk
+        if len(body) >= most:
+            break
+    return bytes(body[:most])
 
 
 async def _read(stream: BinaryIO) -> AsyncIterator[bytes]:
