@@ -361,3 +361,78 @@ def test_queued_requests_survive_a_restart_with_the_same_run_dir(model_dir: Path
         assert all((tmp_path / "out" / f"{i}.out").exists() for i in ids)
     finally:
         again.stop()
+
+
+def test_the_redis_the_settings_name_is_used_and_none_is_started(model_dir: Path, tmp_path: Path) -> None:
+    from tests.support.redisserver import running_redis
+
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_yaml(manifests / "models.yaml", [model("logreg", f"file://{model_dir / 'logreg.onnx'}")])
+    write_yaml(
+        manifests / "endpoints.yaml",
+        [async_config("ext-v1", [variant("only", "logreg")], tmp_path), endpoint("ext", "ext-v1")],
+    )
+    with running_redis() as server:
+        settings = tmp_path / "settings.yaml"
+        settings.write_text(f"async:\n  redis:\n    url: {server.url}\n")
+        up = BerthUp(manifests, tmp_path, "--no-watch", "--settings", str(settings))
+        try:
+            frontdoor = names.async_frontdoor_name("ext")
+            up.wait(
+                lambda: any(r["ready"] for r in fleet_replicas(up, "ext", frontdoor)), 60, "the front door"
+            )
+            assert f"async queue on {server.url} (settings async.redis.url)" in up.log()
+            assert not (tmp_path / "run" / "redis").exists()  # no child of its own
+            response = submit(up, "ext", headers={"X-Berth-Inference-Id": "external-1"})
+            assert response.status_code == 202, response.text
+            assert wait_done(up, "ext", "external-1")["state"] == "Succeeded"
+            import redis
+
+            client = redis.Redis.from_url(server.url)
+            assert client.exists("berth:async:inference:default/ext/external-1") == 1  # on that Redis
+            client.close()
+        finally:
+            up.stop()
+
+
+def test_a_backlog_over_the_target_scales_the_fleet_out_to_its_maximum(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    require_redis_binary()
+    from tests.serving.models import build_slow
+
+    from .conftest import N_FEATURES
+
+    slower = build_slow(tmp_path / "slower.onnx", n_features=N_FEATURES, iterations=SLOWER_ITERATIONS)
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_yaml(manifests / "models.yaml", [model("slower", f"file://{slower}")])
+    write_yaml(
+        manifests / "endpoints.yaml",
+        [
+            async_config(
+                "wide-v1", [to_zero(variant("only", "slower"), cooldown=30)], tmp_path, concurrency=1
+            ),
+            endpoint("wide", "wide-v1"),
+        ],
+    )
+    deployment = names.variant_object_name("wide", "wide-v1", "only")
+    up = BerthUp(manifests, tmp_path, "--no-watch")
+    try:
+        frontdoor = names.async_frontdoor_name("wide")
+        up.wait(lambda: any(r["ready"] for r in fleet_replicas(up, "wide", frontdoor)), 60, "the front door")
+        ids = [f"wide-{index}" for index in range(8)]
+        for inference_id in ids:
+            assert submit(up, "wide", headers={"X-Berth-Inference-Id": inference_id}).status_code == 202
+        up.wait(lambda: scaled(up, deployment)["replicas"] == 2, 30, "two replicas asked for")
+        up.wait(
+            lambda: sum(r["ready"] for r in fleet_replicas(up, "wide", deployment)) == 2,
+            60,
+            "two replicas ready",
+        )
+        finals = [wait_done(up, "wide", inference_id) for inference_id in ids]
+        assert [f["state"] for f in finals] == ["Succeeded"] * len(ids)
+        assert up.endpoint("wide")["status"]["productionVariants"][0]["desiredInstanceCount"] == 2
+    finally:
+        up.stop()
