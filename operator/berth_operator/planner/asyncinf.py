@@ -30,7 +30,7 @@ from berth_serving.asyncinf.keys import (
     RouteVariant,
     stream_key,
 )
-from berth_serving.config import DEFAULT_PORT
+from berth_serving.config import DEFAULT_PORT, ENV
 
 from ..api import Endpoint, EndpointConfig, EndpointStatus, Model
 from ..settings import Settings
@@ -49,7 +49,7 @@ WORKER_METRICS_PORT = ASYNC_METRICS_PORT
 WORKER_METRICS_PORT_NAME = "async-metrics"
 FRONTDOOR_SERVICE_PORT = 80
 ROUTES_VOLUME = "async-routes"
-TRUST_LOOPBACK_ENV = "BERTH_AUTH_TRUST_LOOPBACK"  # berth_serving.config.ENV["auth_trust_loopback"]
+TRUST_LOOPBACK_ENV = ENV["auth_trust_loopback"]
 POD_NAME_ENV = "POD_NAME"
 REDIS_ADDRESS_ENV = "BERTH_REDIS_ADDRESS"  # host:port, for KEDA (secretRef with addressKey)
 REDIS_PASSWORD_ENV = "BERTH_REDIS_PASSWORD"  # for KEDA's passwordFromEnv
