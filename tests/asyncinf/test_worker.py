@@ -290,3 +290,19 @@ def test_a_large_input_and_answer_are_streamed_not_held(setup: SimpleNamespace) 
     peak = peak_rss_bytes(worker.process.pid)
     print(f"worker peak RSS {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB input and answer")
     assert peak < 160 * 2**20  # neither the input nor the answer was held whole
+
+
+def test_a_malformed_message_is_acknowledged_as_failed_not_looped(setup: SimpleNamespace) -> None:
+    worker = setup.worker(claim_idle=1.0)
+    setup.db.xadd(setup.variant.stream, {"id": "junk", "input": "file:///x"})  # no output or failure
+    setup.db.xadd(setup.variant.stream, {**dict.fromkeys(("id", "input", "outputUri", "failureUri"), "v"),
+                                         "timeoutSeconds": "soon"})  # fmt: skip
+    wait_for(lambda: counts(setup).get("failed") == 2)
+    good = post(setup.door.url, b"[1]").json["inferenceId"]
+    assert wait_done(setup.door.url, good)["state"] == "Succeeded"
+    assert setup.db.xlen(setup.variant.stream) == 0
+    assert setup.model.calls == [(good, 3)]
+    log = worker.log()
+    assert "malformed message: no outputUri, failureUri" in log
+    assert "malformed message: timeoutSeconds is not a number: 'soon'" in log
+    assert "Traceback" not in log

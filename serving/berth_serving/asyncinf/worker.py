@@ -56,6 +56,7 @@ REASON_EXPIRED = "expired"
 REASON_INPUT = "input"
 REASON_WORKER_DIED = "worker_died"
 REASON_STORAGE = "storage"
+REASON_MALFORMED = "malformed"
 
 # How long a blocking read waits for a message before the loop looks around again (stop
 # requested, reclaim due); a new message ends the wait at once.
@@ -301,6 +302,17 @@ class Worker:
         fields = delivery.fields
         inference_id = fields.get(queue.F_ID, delivery.message_id)
         record_key = fields.get(queue.F_RECORD, "")
+        problem = malformed(fields)
+        if problem is not None:
+            # Nothing to call and nowhere sure to write: acknowledged as failed so it cannot loop.
+            log.error(
+                "malformed message dropped", extra={"fields": {"id": delivery.message_id, "error": problem}}
+            )
+            dropped = {queue.R_STATE: queue.FAILED, queue.R_REASON: problem, queue.R_UPDATED_AT: _now()}
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                if await queue.finish(self.client, options.stream, delivery, "failed", dropped):
+                    self.metrics.outcome("failed", REASON_MALFORMED)
+            return
         if delivery.deliveries > options.max_attempts:
             attempts = delivery.deliveries - 1
             result = Result(
@@ -512,6 +524,27 @@ async def _read(stream: BinaryIO) -> AsyncIterator[bytes]:
 
 def _now() -> str:
     return f"{time.time():.3f}"
+
+
+_REQUIRED = (queue.F_ID, queue.F_INPUT, queue.F_OUTPUT_URI, queue.F_FAILURE_URI)
+_NUMBERS = (queue.F_ENQUEUED_AT, queue.F_EXPIRES_AT, queue.F_TIMEOUT)
+
+
+def malformed(fields: dict[str, str]) -> str | None:
+    """Why a message cannot be answered at all (not written by a front door), or None."""
+    missing = [name for name in _REQUIRED if not fields.get(name)]
+    if missing:
+        return f"malformed message: no {', '.join(missing)}"
+    for name in _NUMBERS:
+        value = fields.get(name)
+        if value is not None:
+            try:
+                number = float(value)
+            except ValueError:
+                return f"malformed message: {name} is not a number: {value[:40]!r}"
+            if number != number or number in (float("inf"), float("-inf")):
+                return f"malformed message: {name} is not a finite number"
+    return None
 
 
 def _expired(fields: dict[str, str]) -> bool:
