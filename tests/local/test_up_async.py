@@ -436,3 +436,60 @@ def test_a_backlog_over_the_target_scales_the_fleet_out_to_its_maximum(
         assert up.endpoint("wide")["status"]["productionVariants"][0]["desiredInstanceCount"] == 2
     finally:
         up.stop()
+
+
+def worker_pids(up: BerthUp) -> list[int]:
+    found = []
+    for pid in up.children():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"async-worker" in argv:
+            found.append(pid)
+    return found
+
+
+def test_a_worker_killed_mid_message_is_restarted_and_the_message_answered_once(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL the async-worker beside a replica while it holds a message: berth up starts it again
+    (as the kubelet restarts a container), and the message, idle past claim-idle-seconds (60 s), is
+    delivered again and answered; the stream's counters say one success and one redelivery."""
+    require_redis_binary()
+    import signal
+
+    from tests.serving.models import build_slow
+
+    from .conftest import N_FEATURES
+
+    slow = build_slow(tmp_path / "slowest.onnx", n_features=N_FEATURES, iterations=4 * SLOWER_ITERATIONS)
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_yaml(manifests / "models.yaml", [model("slowest", f"file://{slow}")])
+    write_yaml(
+        manifests / "endpoints.yaml",
+        [
+            async_config("kill-v1", [variant("only", "slowest")], tmp_path, concurrency=1),
+            endpoint("kill", "kill-v1"),
+        ],
+    )
+    stream = stream_key("default", "kill", "kill-v1", "only")
+    up = BerthUp(manifests, tmp_path, "--no-watch")
+    try:
+        frontdoor = names.async_frontdoor_name("kill")
+        up.wait(lambda: any(r["ready"] for r in fleet_replicas(up, "kill", frontdoor)), 60, "the front door")
+        up.wait(lambda: bool(worker_pids(up)), 60, "the worker")
+        assert submit(up, "kill", headers={"X-Berth-Inference-Id": "killed-1"}).status_code == 202
+        up.wait(lambda: state(up, "kill", "killed-1")["state"] == "Running", 60, "the message taken")
+        [victim] = worker_pids(up)
+        os.kill(victim, signal.SIGKILL)
+        up.wait(lambda: any(pid != victim for pid in worker_pids(up)), 30, "the worker restarted")
+        final = wait_done(up, "kill", "killed-1", timeout=150)
+        assert final["state"] == "Succeeded", final
+        client = redis_client(up)
+        counts = client.hgetall(counts_key(stream))
+        client.close()
+        assert (counts.get("succeeded"), counts.get("redelivered")) == ("1", "1"), counts
+    finally:
+        up.stop()
