@@ -488,3 +488,113 @@ def test_settings_file_names_the_field(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"async": {"redis": {"url": "http://a:1"}}}))
     with pytest.raises(SettingsError, match=r"async\.redis\.url"):
         load_settings(path)
+
+
+def test_long_names_stay_valid_and_distinct() -> None:
+    from berth_operator.planner.names import async_frontdoor_name, async_ingress_name, async_routes_name
+
+    long = "a" * 200 + ".fraud"
+    names = {async_frontdoor_name(long), async_routes_name(long), async_ingress_name(long)}
+    assert len(names) == 3 and all(len(n) <= 63 for n in names)
+    cfg = async_config("c" * 200, variant("v" * 60, "m1"))
+    cluster = QueueCluster(
+        endpoint(cfg.name, name=long),
+        {cfg.name: cfg},
+        {"m1": model("m1")},
+        settings=Settings.model_validate(REDIS),
+    )
+    plan = cluster.step()
+    assert_admitted(plan.objects)
+    assert plan.status.failure_reason is None
+
+
+@pytest.mark.parametrize(
+    ("policy", "seed"),
+    [
+        ({"type": "AllAtOnce", "waitIntervalSeconds": 2}, 11),
+        ({"type": "Canary", "waitIntervalSeconds": 3, "canarySize": {"value": 20}}, 12),
+        ({"type": "Linear", "waitIntervalSeconds": 1, "linearStepSize": {"value": 34}}, 13),
+    ],
+)
+def test_random_walk_never_drops_queued_messages(policy: dict[str, Any], seed: int) -> None:
+    """Edits, readiness, queue contents and outages at random; at every step: the plan is pure, the
+    front door's weights are the route's, and no async fleet holding messages loses its Deployment."""
+    import copy
+    import random
+
+    from berth_operator.planner import PlanInput, plan_endpoint
+
+    from .support import config as realtime_config
+
+    rng = random.Random(seed)
+    configs = {
+        "cfg1": async_config("cfg1", variant("blue", "m1", autoscaling=BACKLOG)),
+        "cfg2": async_config("cfg2", variant("blue", "m2"), variant("green", "m2", initialVariantWeight=2)),
+        "cfg3": realtime_config("cfg3", variant("red", "m1")),
+    }
+    deployment_config = {
+        "blueGreen": {
+            "trafficRouting": policy,
+            "terminationWaitSeconds": 3,
+            "maximumExecutionTimeoutSeconds": 60,
+        },
+        "autoRollback": {"maxErrorRatePercent": 20},
+    }
+    cluster = QueueCluster(
+        endpoint("cfg1", deploymentConfig=deployment_config),
+        configs,
+        {"m1": model("m1"), "m2": model("m2")},
+        settings=Settings.model_validate(REDIS),
+    )
+    streams = [
+        stream_key(NAMESPACE, "fraud", name, v.variant_name)
+        for name, cfg in configs.items()
+        if cfg.spec.async_inference_config is not None
+        for v in cfg.spec.production_variants
+    ]
+    seen: set[str] = set()
+    for _ in range(200):
+        action = rng.random()
+        if action < 0.07:
+            cluster.edit(endpointConfigName=rng.choice(sorted(configs)))
+        elif action < 0.30:
+            stream = rng.choice(streams)
+            size = rng.choice([0, 0, 1, 5])
+            counts = {"succeeded": rng.choice([0, 20]), "failed": rng.choice([0, 0, 10])}
+            cluster.queues[stream] = QueueState(size=size, pending=min(size, 1), counts=counts)
+        elif action < 0.33:
+            cluster.queue_error = rng.choice([None, None, "Connection refused"])
+        elif action < 0.38:
+            names = sorted(n for k, n in cluster.objects if k == "Deployment")
+            if names:
+                cluster.objects[("Deployment", rng.choice(names))]["status"] = {"readyReplicas": 0}
+        cluster.advance(rng.choice([0.5, 1, 2, 4]))
+
+        observed = cluster.observed()
+        inp = PlanInput(cluster.endpoint, cluster.configs, cluster.models, cluster.settings, observed)
+        untouched = copy.deepcopy(observed)
+        plan = plan_endpoint(inp)
+        assert plan_endpoint(inp) == plan and inp.observed == untouched
+        deleted = {(ref.kind, ref.name) for ref in plan.delete}
+        for name, cfg in configs.items():
+            if cfg.spec.async_inference_config is None:
+                continue
+            for v in cfg.spec.production_variants:
+                stream = stream_key(NAMESPACE, "fraud", name, v.variant_name)
+                holds = observed.queue_error is not None or observed.queues.get(stream, QueueState()).size > 0
+                deployment = ("Deployment", f"fraud-{name}-{v.variant_name}")
+                if holds and deployment in cluster.objects:
+                    assert deployment not in deleted, f"{deployment} deleted with messages on {stream}"
+        cluster.apply(plan)
+        cluster.make_ready()
+        seen.update(e.reason for e in plan.events)
+        if plan.status.draining_endpoint_config_names:
+            seen.add("Draining")
+        weights = cluster.weights()
+        assert not weights or sum(weights.values()) == 1000
+        if ("ConfigMap", "fraud-async-routes") in cluster.objects:
+            for route in cluster.routes().variants:
+                service = f"fraud-{route.endpoint_config_name}-{route.variant_name}"
+                assert route.weight == weights.get(service, 0), (route, weights)
+    assert_admitted(list(cluster.objects.values()))
+    assert {"RolloutStarted", "TrafficShifted", "Draining"} <= seen, seen
