@@ -598,3 +598,25 @@ def test_random_walk_never_drops_queued_messages(policy: dict[str, Any], seed: i
                 assert route.weight == weights.get(service, 0), (route, weights)
     assert_admitted(list(cluster.objects.values()))
     assert {"RolloutStarted", "TrafficShifted", "Draining"} <= seen, seen
+
+
+def test_a_front_door_that_cannot_start_is_named_in_the_status() -> None:
+    cluster = cluster_of(async_config("cfg1", variant("blue", "m1")))
+    cluster.step()
+    door = cluster.of("Deployment", "fraud-async")
+    cluster.pods = [
+        {
+            "metadata": {"name": "fraud-async-1", "labels": door["spec"]["template"]["metadata"]["labels"]},
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "frontdoor",
+                        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such tag"}},
+                    }
+                ]
+            },
+        }
+    ]
+    plan = cluster.step()
+    assert plan.status.failure_reason == "async front door: frontdoor: ImagePullBackOff: no such tag"
+    assert plan.status.rollout is None and plan.status.last_rollback is None

@@ -39,6 +39,7 @@ from .access import ASYNC_METRICS_PORT, access_env, access_mounts, access_volume
 from .fleet import Fleet, VariantPlan
 from .meta import object_meta
 from .names import async_frontdoor_name, async_routes_name
+from .podfailures import waiting_failure
 from .pods import TMP_SIZE_LIMIT, TMP_VOLUME, container_resources, container_security, pod_scaffold
 from .types import FleetMetrics, Manifest, Observed, QueueState
 
@@ -389,6 +390,20 @@ def frontdoor_objects(endpoint: Endpoint, model: Model, routes: Routes, settings
         },
     }
     return [config_map, deployment, service]
+
+
+def frontdoor_problems(pods: Iterable[Manifest], endpoint: str) -> list[str]:
+    """Front door pods that cannot start (image pull, crash loop): said in failureReason. Never a
+    fleet's failure: it is no reason to roll a new config back."""
+    selector = frontdoor_selector(endpoint)
+    found = set()
+    for pod in pods:
+        if not labels.selects(selector, pod.get("metadata", {}).get("labels") or {}):
+            continue
+        waiting = waiting_failure((pod.get("status") or {}).get("containerStatuses") or [])
+        if waiting is not None:
+            found.add(f"async front door: {waiting}")
+    return sorted(found)
 
 
 def frontdoor_ready(children: Iterable[Manifest], endpoint: str) -> bool:

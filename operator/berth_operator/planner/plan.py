@@ -464,6 +464,8 @@ class _Planner:
             extra.append(acceptance.refused)
         queue_problems, queue_reason = self.async_problems(live, draining)
         extra += queue_problems
+        if frontdoor:
+            extra += asyncinf.frontdoor_problems(inp.observed.pods, endpoint.name)
         serving_ready = serving.complete and all(self.readiness(v).is_ready for v in serving.variants)
         if frontdoor:
             serving_ready = serving_ready and asyncinf.frontdoor_ready(self.children, endpoint.name)

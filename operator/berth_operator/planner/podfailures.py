@@ -60,7 +60,8 @@ def _init_failure(statuses: Iterable[Mapping[str, Any]]) -> str | None:
     return None
 
 
-def _waiting_failure(statuses: Iterable[Mapping[str, Any]]) -> str | None:
+def waiting_failure(statuses: Iterable[Mapping[str, Any]]) -> str | None:
+    """The first container waiting for a reason that will not heal by itself, as one line."""
     for status in statuses:
         waiting = (status.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
@@ -144,7 +145,7 @@ def pod_failures(
         if download is not None:
             found.add(PodFailure(*key, f"model {model}: download failed: {download}", True))
             continue
-        waiting = _waiting_failure(
+        waiting = waiting_failure(
             [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
         )
         if waiting is not None:
