@@ -81,8 +81,14 @@ def size_of(where: Location) -> int:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write one object whole, atomically (a reader sees all of it or nothing)."""
-    write_object(parse_uri(uri), iter([data]))
+    """Write one object whole, atomically (a reader sees all of it or nothing). Not fsynced:
+    async objects are many and small, and a lost answer is answered again (not acked)."""
+    write_object(parse_uri(uri), iter([data]), durable=False)
+
+
+def read_whole(where: Location) -> bytes:
+    with open_input(where) as stream:
+        return stream.read()
 
 
 def read_bytes(uri: str) -> bytes:

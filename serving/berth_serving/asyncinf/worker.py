@@ -30,16 +30,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from berth_serving.asyncinf import queue
 from berth_serving.asyncinf.notify import Notifier, RetryPolicy, cloud_event
+from berth_serving.asyncinf.replica_client import ReplicaClient, ReplicaProtocolError, ReplicaUnreachable
 from berth_serving.asyncinf.storage import (
     MAX_INPUT_BYTES,
     LocationError,
     StorageError,
     check_location,
     open_input,
+    read_whole,
     size_of,
     write_bytes,
 )
-from berth_serving.transform.storage import open_output, parse_uri
+from berth_serving.transform.storage import Location, open_output, parse_uri
 
 log = logging.getLogger("berth.async.worker")
 
@@ -66,6 +68,9 @@ PING_INTERVAL_SECONDS = 0.5
 ERROR_MESSAGE_CHARS = 2000
 ERROR_BODY_BYTES = 64 * 1024
 WRITE_BYTES = 1024 * 1024  # pieces of an answer handed to the storage writer
+# Inputs up to this size are read whole and sent on the kept-alive loopback client, their
+# answers held whole; larger ones are streamed both ways (httpx), never held in memory.
+IN_MEMORY_INPUT_BYTES = 8 * 1024 * 1024
 # How long a model server gets to answer a request's head alone (early_refusal).
 EARLY_ANSWER_SECONDS = 3.0
 
@@ -166,6 +171,7 @@ class Worker:
         options = self.options
         self.client = queue.connect(options.redis_url)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
+        self.replica = ReplicaClient(options.invoke_url, options.max_concurrency)
         self.notifier = Notifier(
             self._notify_policy, on_dropped=self.metrics.notification_failures.labels(options.variant).inc
         )
@@ -186,6 +192,7 @@ class Worker:
                 await heartbeat
             await self.notifier.aclose()
             await self.http.aclose()
+            await self.replica.close()
             await self.client.aclose()
         return 0
 
@@ -384,6 +391,33 @@ class Worker:
         )
         self.notifier.send(url, event)
 
+    async def _invoke_small(
+        self, where: Location, headers: dict[str, str], size: int, timeout: float, output_uri: str
+    ) -> Result:
+        """A small input: read whole, sent on a kept-alive loopback connection, its answer
+        held and written whole (the per-call cost is what bounds a queue of small requests)."""
+        try:
+            body = await asyncio.to_thread(read_whole, where)
+        except StorageError as error:
+            return Result("failed", str(error), REASON_INPUT, 400)
+        try:
+            async with asyncio.timeout(timeout):
+                answer = await self.replica.post(headers, body, len(body))
+        except TimeoutError:
+            return Result("failed", f"timed out after {timeout:g} s", REASON_TIMEOUT, 504)
+        except ReplicaUnreachable as error:
+            raise ModelUnreachable(str(error)) from None
+        except (ReplicaProtocolError, OSError) as error:
+            return Result("failed", f"invocation failed: {error}", REASON_MODEL, 502)
+        if answer.status >= 300:
+            message = _error_message(answer.body)
+            return Result("failed", f"model answered {answer.status}: {message}", REASON_MODEL, answer.status)
+        try:
+            await asyncio.to_thread(write_bytes, output_uri, answer.body)
+        except StorageError as error:
+            return Result("failed", f"cannot write the answer: {error}", REASON_STORAGE, 502)
+        return Result("succeeded")
+
     async def _invoke(self, fields: dict[str, str], inference_id: str) -> Result:
         try:
             where = check_location(fields.get(queue.F_INPUT, ""), "input")
@@ -405,6 +439,8 @@ class Worker:
         }
         if fields.get(queue.F_ACCEPT):
             headers["accept"] = fields[queue.F_ACCEPT]
+        if size <= IN_MEMORY_INPUT_BYTES:
+            return await self._invoke_small(where, headers, size, timeout, fields[queue.F_OUTPUT_URI])
         try:
             stream = await asyncio.to_thread(open_input, where)
         except StorageError as error:
@@ -482,7 +518,7 @@ async def _write_answer(answer: httpx.Response, uri: str) -> None:
     """Stream the answer into its object, atomically: written in WRITE_BYTES pieces off the
     event loop, visible only once whole (an answer of any size never sits in memory)."""
     try:
-        writer = await asyncio.to_thread(open_output, parse_uri(uri))
+        writer = await asyncio.to_thread(open_output, parse_uri(uri), False)
     except StorageError as error:
         raise AnswerNotWritten(str(error)) from None
     try:
