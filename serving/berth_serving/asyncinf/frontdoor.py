@@ -84,6 +84,7 @@ class AsyncRequest:
     """What POST /async-invocations asked, checked."""
 
     inference_id: str
+    client_id: bool  # the id came from X-Berth-Inference-Id (it may have been queued before)
     input_location: str | None
     ttl_seconds: int
     timeout_seconds: int
@@ -126,6 +127,7 @@ def read_request(raw: list[tuple[bytes, bytes]], new_id: Callable[[], str]) -> A
         )
     return AsyncRequest(
         inference_id=inference_id or new_id(),
+        client_id=inference_id is not None,
         input_location=location,
         ttl_seconds=_seconds(seen, b"x-berth-request-ttl-seconds", DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS),
         timeout_seconds=_seconds(
@@ -221,10 +223,11 @@ class FrontDoor:
             raise HTTPError(413, f"payload of {request.content_length} bytes is over the limit of {limit} bytes; "
                             "put larger inputs in storage and name them in X-Berth-Input-Location")  # fmt: skip
         record_key = inference_key(routes.namespace, routes.endpoint, request.inference_id)
-        existing = await queue.read_record(self.client, record_key)
-        if existing is not None:
-            await self._accepted(send, request.inference_id, existing)
-            return
+        if request.client_id:  # a new id cannot have a record: one round trip saved
+            existing = await queue.read_record(self.client, record_key)
+            if existing is not None:  # answered before its body is read or staged again
+                await self._accepted(send, request.inference_id, existing)
+                return
         output = object_under(variant.output_uri, f"{request.inference_id}.out")
         failure = object_under(variant.failure_uri, f"{request.inference_id}-error.out")
         if request.input_location is None:
