@@ -493,3 +493,73 @@ def test_a_worker_killed_mid_message_is_restarted_and_the_message_answered_once(
         assert (counts.get("succeeded"), counts.get("redelivered")) == ("1", "1"), counts
     finally:
         up.stop()
+
+
+def test_a_new_fleet_whose_inferences_fail_is_rolled_back(model_dir: Path, tmp_path: Path) -> None:
+    """Auto-rollback watches the new async fleet's failure share (its stream's counters): c2's model
+    fails every call, so the canary goes back to c1, which answers what comes next."""
+    require_redis_binary()
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_yaml(
+        manifests / "models.yaml",
+        [
+            model("logreg", f"file://{model_dir / 'logreg.onnx'}"),
+            model("failing", f"file://{model_dir / 'failing.onnx'}"),
+        ],
+    )
+    canary = {
+        "blueGreen": {
+            "trafficRouting": {
+                "type": "Canary",
+                "canarySize": {"type": "Percent", "value": 50},
+                "waitIntervalSeconds": 4,
+            },
+            "terminationWaitSeconds": 0,
+        },
+        "autoRollback": {"maxErrorRatePercent": 5},
+    }
+    configs = [
+        async_config("back-v1", [variant("blue", "logreg")], tmp_path),
+        async_config("back-v2", [variant("green", "failing")], tmp_path),
+    ]
+    write_yaml(manifests / "endpoints.yaml", [*configs, endpoint("back", "back-v1", canary)])
+    up = BerthUp(manifests, tmp_path)
+    try:
+        up.wait_in_service("back", timeout=60)
+        frontdoor = names.async_frontdoor_name("back")
+        up.wait(lambda: any(r["ready"] for r in fleet_replicas(up, "back", frontdoor)), 60, "the front door")
+        write_yaml(manifests / "endpoints.yaml", [*configs, endpoint("back", "back-v2", canary)])
+        up.wait(
+            lambda: up.endpoint("back")["status"].get("pendingEndpointConfigName") == "back-v2",
+            30,
+            "c2 rolling",
+        )
+        sent: list[str] = []
+
+        def rolled_back() -> bool:
+            response = submit(up, "back")
+            if response.status_code == 202:
+                sent.append(response.json()["inferenceId"])
+            status = up.endpoint("back")["status"]
+            degraded = [c for c in status.get("conditions", []) if c["type"] == "Degraded"]
+            return bool(
+                status.get("endpointConfigName") == "back-v1"
+                and not status.get("pendingEndpointConfigName")
+                and degraded
+                and degraded[0]["status"] == "True"
+            )
+
+        up.wait(rolled_back, 90, "the rollback of back-v2")
+        finals = [wait_done(up, "back", inference_id) for inference_id in sent]
+        failed = [f for f in finals if f["state"] == "Failed"]
+        assert failed and all(f["endpointConfig"] == "back-v2" for f in failed), failed[:3]
+        assert "failed" in up.endpoint("back")["status"].get("failureReason", ""), up.endpoint("back")[
+            "status"
+        ]
+        after = submit(up, "back")
+        assert after.status_code == 202, after.text
+        final = wait_done(up, "back", after.json()["inferenceId"])
+        assert (final["state"], final["endpointConfig"]) == ("Succeeded", "back-v1"), final
+    finally:
+        up.stop()
