@@ -620,3 +620,45 @@ def test_a_front_door_that_cannot_start_is_named_in_the_status() -> None:
     plan = cluster.step()
     assert plan.status.failure_reason == "async front door: frontdoor: ImagePullBackOff: no such tag"
     assert plan.status.rollout is None and plan.status.last_rollback is None
+
+
+def test_a_rollout_in_ingress_mode_reads_the_split_without_the_front_doors_ingress() -> None:
+    settings = {**REDIS, "routing": {"mode": "ingress"}}
+    policy = {
+        "blueGreen": {
+            "trafficRouting": {"type": "Canary", "waitIntervalSeconds": 5, "canarySize": {"value": 20}}
+        }
+    }
+    cluster = cluster_of(
+        async_config("cfg1", variant("blue", "m1")),
+        async_config("cfg2", variant("blue", "m2")),
+        settings=settings,
+        deploymentConfig=policy,
+    )
+    cluster.step()
+    cluster.step()
+    cluster.edit(endpointConfigName="cfg2")
+    shares = []
+    for _ in range(80):
+        plan = cluster.step()
+        cluster.advance(1)
+        if plan.status.rollout is not None:
+            shares.append(plan.status.rollout.traffic_shifted_percent)
+        assert not any(e.reason == "RolloutResumed" for e in plan.events), plan.events
+    assert 20 in shares and shares == sorted(shares)
+    status = cluster.endpoint.status
+    assert status is not None and status.endpoint_config_name == "cfg2"
+    assert [v.endpoint_config_name for v in cluster.routes().variants] == ["cfg2"]
+    assert "fraud-async-invocations" in cluster.names("Ingress")
+
+
+def test_the_observed_split_leaves_the_front_doors_ingress_out() -> None:
+    from berth_operator.planner.observe import observed_split
+
+    settings = {**REDIS, "routing": {"mode": "ingress"}}
+    cluster = cluster_of(async_config("cfg1", variant("blue", "m1")), settings=settings)
+    cluster.step()
+    ingresses = [o for (kind, _), o in sorted(cluster.objects.items()) if kind == "Ingress"]
+    assert [i["metadata"]["name"] for i in ingresses] == ["fraud", "fraud-async-invocations"]
+    assert observed_split(ingresses) == {OLD: 1000}
+    assert observed_split(ingresses[::-1]) == {OLD: 1000}

@@ -123,6 +123,8 @@ def observed_split(children: Iterable[Manifest]) -> dict[str, int]:
                     split[ref.get("name", "")] = _int(ref.get("weight", 1))
         elif child.get("kind") == "Ingress":
             annotations = child.get("metadata", {}).get("annotations", {})
+            if annotations.get("nginx.ingress.kubernetes.io/rewrite-target", "/$2") != "/$2":
+                continue  # the async front door's own path, not a share of the traffic
             for rule in child.get("spec", {}).get("rules", []):
                 for path in (rule.get("http") or {}).get("paths", []):
                     service = ((path.get("backend") or {}).get("service") or {}).get("name", "")
