@@ -563,3 +563,64 @@ def test_a_new_fleet_whose_inferences_fail_is_rolled_back(model_dir: Path, tmp_p
         assert (final["state"], final["endpointConfig"]) == ("Succeeded", "back-v1"), final
     finally:
         up.stop()
+
+
+def test_answers_and_staged_inputs_go_to_s3(model_dir: Path, tmp_path: Path) -> None:
+    """outputUri on S3 (moto's server on loopback, reached through berth up's own environment as a
+    user's AWS settings would be): the front door stages the inline body there, the worker writes
+    the answer there, and a stored input (X-Berth-Input-Location) is read from there."""
+    require_redis_binary()
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from .support import free_port
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    s3_env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    s3.create_bucket(Bucket="answers")
+    s3.put_object(Bucket="answers", Key="in/stored.json", Body=BODY)
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    cfg = config("s3-v1", [variant("only", "logreg")])
+    cfg["spec"]["asyncInferenceConfig"] = {"outputConfig": {"outputUri": "s3://answers/out/"}}
+    write_yaml(manifests / "models.yaml", [model("logreg", f"file://{model_dir / 'logreg.onnx'}")])
+    write_yaml(manifests / "endpoints.yaml", [cfg, endpoint("s3", "s3-v1")])
+    up = BerthUp(manifests, tmp_path, "--no-watch", env=s3_env)
+    try:
+        frontdoor = names.async_frontdoor_name("s3")
+        up.wait(lambda: any(r["ready"] for r in fleet_replicas(up, "s3", frontdoor)), 60, "the front door")
+        inline = submit(up, "s3", headers={"X-Berth-Inference-Id": "inline-1"})
+        assert inline.status_code == 202, inline.text
+        assert inline.json()["outputLocation"] == "s3://answers/out/inline-1.out"
+        location = {
+            "X-Berth-Input-Location": "s3://answers/in/stored.json",
+            "X-Berth-Inference-Id": "stored-1",
+        }
+        stored = submit(up, "s3", b"", headers=location)
+        assert stored.status_code == 202, stored.text
+        for inference_id in ("inline-1", "stored-1"):
+            assert wait_done(up, "s3", inference_id)["state"] == "Succeeded"
+        answers = [
+            orjson.loads(s3.get_object(Bucket="answers", Key=f"out/{i}.out")["Body"].read())
+            for i in ("inline-1", "stored-1")
+        ]
+        assert answers[0] == answers[1] and "outputs" in answers[0]
+        staged = s3.get_object(Bucket="answers", Key="out/inputs/inline-1.in")["Body"].read()
+        assert staged == BODY
+    finally:
+        up.stop()
+        moto.stop()
