@@ -103,5 +103,14 @@ def test_the_operator_builds_an_async_endpoint_and_shows_its_backlog(cluster: Cl
         blue = cluster.wait(backlog, "backlogSize 3 in the Endpoint's status", timeout=60)
         assert blue["oldestMessageAgeSeconds"] >= 0
         assert cluster.condition("HasBacklogWithoutCapacity")["status"] in ("True", "False")
+        # Deleting the Endpoint takes the front door and its routes with it.
+        cluster.delete("Endpoint", "ep")
+        cluster.wait(
+            lambda: (
+                cluster.get("ConfigMap", "ep-async-routes") is None
+                and cluster.get("Deployment", "ep-async") is None
+            ),
+            "the front door and its routes gone with the Endpoint",
+        )
         assert cluster.operator.forbidden() == []
         assert cluster.operator.errors() == []
