@@ -377,3 +377,20 @@ def test_invoke_auth_guards_the_front_door(redis_url: str, tmp_path: Path, varia
         assert metric_value(text, "berth_invocations_by_caller_total", caller="apikey:ci") == 1
     finally:
         assert child.stop() == 0
+
+
+def test_storage_that_refuses_the_staging_is_503_not_500(redis_url: str, tmp_path: Path, s3: object) -> None:
+    routes = tmp_path / "routes.json"
+    write_routes(
+        routes, [Variant("blue", "cfg-1", 1.0, "s3://no-such-bucket/out/", "s3://no-such-bucket/f/")]
+    )
+    child = start_frontdoor(redis_url, routes, tmp_path / "frontdoor.log", env=s3.env)  # type: ignore[attr-defined]
+    try:
+        answer = post(child.url, b"[1]")
+        assert answer.status == 503 and answer.headers["retry-after"] == "1"
+        assert "NoSuchBucket" in error_of(answer)
+        stored = post(child.url, None, {"X-Berth-Input-Location": "s3://elsewhere/in.csv"})
+        assert stored.status == 202  # nothing to stage: queued, the worker reads it
+    finally:
+        assert child.stop() == 0
+    assert "Traceback" not in child.log()
