@@ -118,3 +118,22 @@ def test_berth_args_drop_the_entrypoint() -> None:
 
 def test_a_one_command_pod_has_no_sidecars(tmp_path: Path) -> None:
     assert asyncfleet.sidecars(frontdoor_pod(), {}, tmp_path, "default") == ((), [])
+
+
+def test_env_from_a_secret_among_the_manifests_and_a_missing_one() -> None:
+    container = {
+        "envFrom": [{"secretRef": {"name": "creds"}}, {"secretRef": {"name": "absent"}}],
+        "env": [
+            {"name": "AWS_REGION", "value": "eu-west-1"},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ],
+    }
+    secrets = {("team", "creds"): {"AWS_ACCESS_KEY_ID": b"id", "AWS_SECRET_ACCESS_KEY": b"key"}}
+    env, pod_name, missing = asyncfleet.resolve_env(container, secrets, "team")
+    assert env == {
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "key",
+        "AWS_REGION": "eu-west-1",
+        "NS": "team",
+    }
+    assert pod_name == () and missing == ["envFrom Secret absent"]

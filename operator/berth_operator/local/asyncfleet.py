@@ -81,6 +81,13 @@ def resolve_env(
     env: dict[str, str] = {}
     pod_name: list[str] = []
     missing: list[str] = []
+    for source in container.get("envFrom") or []:  # a Model's credentialsSecretRef
+        ref = source.get("secretRef") or {}
+        entries = secrets.get((namespace, ref.get("name", "")))
+        if entries is not None:
+            env.update({k: v.decode() for k, v in entries.items()})
+        elif ref and not ref.get("optional"):
+            missing.append(f"envFrom Secret {ref.get('name')}")
     for var in container.get("env") or []:
         name = var["name"]
         if "value" in var:

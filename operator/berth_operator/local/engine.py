@@ -381,6 +381,12 @@ class Engine:
         for warning in warnings:
             self._warn_once(f"Deployment {namespace}/{meta['name']}: {warning}")
         env, skipped = container_env(deployment)
+        if args:  # the front door: its Secrets and fieldRefs too, as its worker sidecars get them
+            resolved, pod_name, skipped = asyncfleet.resolve_env(
+                asyncfleet.main_container(pod_spec), self.resources.secrets, namespace
+            )
+            env = {k: v for k, v in resolved.items() if k not in NOT_LOCAL}
+            env.update({var: meta["name"] for var in pod_name})
         if API_KEYS_ENV in env:
             keys = write_api_keys(deployment, self.resources.secrets, self.run_dir)
             if isinstance(keys, str):
