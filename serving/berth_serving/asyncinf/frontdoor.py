@@ -30,7 +30,14 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from berth_serving.asyncinf import queue
-from berth_serving.asyncinf.keys import RouteVariant, inference_key
+from berth_serving.asyncinf.keys import (
+    DEFAULT_INVOCATION_TIMEOUT_SECONDS,
+    DEFAULT_TTL_SECONDS,
+    MAX_INVOCATION_TIMEOUT_SECONDS,
+    MAX_TTL_SECONDS,
+    RouteVariant,
+    inference_key,
+)
 from berth_serving.asyncinf.routes import NoRoute, RoutesFile, choose
 from berth_serving.asyncinf.storage import (
     LocationError,
@@ -48,10 +55,6 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 PATH = "/async-invocations"
-DEFAULT_TTL_SECONDS = 21600
-MAX_TTL_SECONDS = 21600
-DEFAULT_TIMEOUT_SECONDS = 900
-MAX_TIMEOUT_SECONDS = 3600
 INFERENCE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 # Metric names, spelled once.
@@ -131,7 +134,10 @@ def read_request(raw: list[tuple[bytes, bytes]], new_id: Callable[[], str]) -> A
         input_location=location,
         ttl_seconds=_seconds(seen, b"x-berth-request-ttl-seconds", DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS),
         timeout_seconds=_seconds(
-            seen, b"x-berth-invocation-timeout-seconds", DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS
+            seen,
+            b"x-berth-invocation-timeout-seconds",
+            DEFAULT_INVOCATION_TIMEOUT_SECONDS,
+            MAX_INVOCATION_TIMEOUT_SECONDS,
         ),
         target_variant=seen.get(b"x-berth-target-variant"),
         content_type=seen.get(b"content-type") or "application/json",

@@ -13,6 +13,13 @@ CONSUMER_GROUP = "workers"  # one group per stream: the variant's workers share 
 ROUTES_FILE_KEY = "routes.json"  # the key in the front door's ConfigMap
 ROUTES_MOUNT = "/etc/berth/async"  # where the front door's pod mounts that ConfigMap
 REDIS_URL_ENV = "BERTH_REDIS_URL"  # both commands read the URL from here when no flag gives it
+# X-Berth-Request-TTL-Seconds and X-Berth-Invocation-Timeout-Seconds: defaults and most. A
+# replica of an async variant needs a request timeout of at least MAX_INVOCATION_TIMEOUT_SECONDS
+# (its own --timeout-seconds would cut a longer invocation short with a 504).
+DEFAULT_TTL_SECONDS = 21600
+MAX_TTL_SECONDS = 21600
+DEFAULT_INVOCATION_TIMEOUT_SECONDS = 900
+MAX_INVOCATION_TIMEOUT_SECONDS = 3600
 
 
 def stream_key(namespace: str, endpoint: str, config: str, variant: str) -> str:
