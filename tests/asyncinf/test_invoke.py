@@ -62,3 +62,17 @@ def test_usage_errors(args: list[str], expected: str) -> None:
 def test_an_answer_is_read_back_from_s3(s3: Any) -> None:
     s3.client.put_object(Bucket=s3.bucket, Key="out/a.out", Body=b'{"predictions": [1]}')
     assert read_answer(f"s3://{s3.bucket}/out/a.out") == b'{"predictions": [1]}'
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--invoke-url", "https://127.0.0.1:8080/invocations"), ("--success-webhook", "ftp://x/y")],
+)
+def test_the_worker_refuses_urls_it_cannot_use(flag: str, value: str) -> None:
+    from berth_serving.asyncinf.cli import worker_command
+
+    args = {"--redis-url": "redis://127.0.0.1:1/0", "--stream": "s", "--consumer": "c", "--max-concurrency": "1",
+            "--variant": "v", "--endpoint-config": "c", "--invoke-url": "http://127.0.0.1:1/invocations"}  # fmt: skip
+    args[flag] = value
+    result = CliRunner().invoke(worker_command, [item for pair in args.items() for item in pair])
+    assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output

@@ -115,6 +115,15 @@ def frontdoor_command(
 @click.option("--log-level", type=_LOG_LEVELS, default="info", envvar=ENV["log_level"])
 def worker_command(log_level: str, **options: Any) -> None:
     """Answer queued async invocations beside one replica."""
+    if not options["invoke_url"].startswith("http://"):
+        raise click.BadParameter(
+            "must be http://HOST:PORT/invocations (the replica on loopback)", param_hint="--invoke-url"
+        )
+    for flag in ("success_webhook", "error_webhook"):
+        if options[flag] and not options[flag].startswith(("http://", "https://")):
+            raise click.BadParameter(
+                "must be an http:// or https:// URL", param_hint="--" + flag.replace("_", "-")
+            )
     from berth_serving.asyncinf.worker import WorkerOptions, run
     from berth_serving.logs import setup_logging
 
