@@ -119,6 +119,13 @@ def test_the_worker_sidecar_follows_the_contract() -> None:
     assert env["BERTH_REDIS_URL"] == "redis://redis.queues:6379"
     assert worker["ports"] == [{"name": "async-metrics", "containerPort": 9091, "protocol": "TCP"}]
     assert env_of(pod["server"])["BERTH_AUTH_TRUST_LOOPBACK"] == "1"
+    ports = {p["name"]: p for p in cluster.of("Service", OLD)["spec"]["ports"]}
+    assert ports["async-metrics"] == {
+        "name": "async-metrics",
+        "port": 9091,
+        "targetPort": "async-metrics",
+        "protocol": "TCP",
+    }
     # Without autoscaling the Deployment keeps initialInstanceCount.
     assert cluster.of("Deployment", OLD)["spec"]["replicas"] == 2
 

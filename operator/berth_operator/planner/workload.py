@@ -10,7 +10,13 @@ from ..api import Endpoint
 from ..settings import Settings
 from . import labels
 from .access import ServingAccess, access_env, access_mounts, access_volumes, serving_access
-from .asyncinf import redis_configured, server_env, worker_container
+from .asyncinf import (
+    WORKER_METRICS_PORT,
+    WORKER_METRICS_PORT_NAME,
+    redis_configured,
+    server_env,
+    worker_container,
+)
 from .autoscaling import autoscaler_objects
 from .fleet import VariantPlan
 from .meta import object_meta
@@ -234,9 +240,26 @@ def service(endpoint: Endpoint, variant: VariantPlan) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": _selector(variant),
-            "ports": [{"name": PORT_NAME, "port": DEFAULT_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
+            "ports": [
+                {"name": PORT_NAME, "port": DEFAULT_PORT, "targetPort": PORT_NAME, "protocol": "TCP"},
+                *_worker_ports(variant),
+            ],
         },
     }
+
+
+def _worker_ports(variant: VariantPlan) -> list[dict[str, Any]]:
+    """An async variant's Service also names the workers' metrics port, for a ServiceMonitor."""
+    if variant.async_config is None:
+        return []
+    return [
+        {
+            "name": WORKER_METRICS_PORT_NAME,
+            "port": WORKER_METRICS_PORT,
+            "targetPort": WORKER_METRICS_PORT_NAME,
+            "protocol": "TCP",
+        }
+    ]
 
 
 def pod_disruption_budget(endpoint: Endpoint, variant: VariantPlan) -> Manifest:
