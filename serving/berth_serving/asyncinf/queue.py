@@ -12,7 +12,7 @@ the group updates it and the counters, so a message answered twice is counted on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,6 +240,14 @@ def _id_order(message_id: str) -> tuple[int, int]:
 
 async def mark_running(client: aioredis.Redis, record_key: str, fields: Mapping[str, Any]) -> None:
     await client.eval(_UPDATE_IF_EXISTS, 1, record_key, *flat(fields))
+
+
+async def mark_running_many(client: aioredis.Redis, marks: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """mark_running for several records in one round trip (a pipeline, not a transaction)."""
+    async with client.pipeline(transaction=False) as pipe:
+        for record_key, fields in marks:
+            pipe.eval(_UPDATE_IF_EXISTS, 1, record_key, *flat(fields))
+        await pipe.execute()
 
 
 async def finish(

@@ -81,9 +81,19 @@ def size_of(where: Location) -> int:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write one object whole, atomically (a reader sees all of it or nothing). Not fsynced:
-    async objects are many and small, and a lost answer is answered again (not acked)."""
+    """Write one object whole, atomically (a reader sees all of it or nothing). A file:// object
+    is not fsynced: async objects are many and small, and an fsync each capped the queue at
+    what the disk syncs per second; so a machine crash can lose an acknowledged file:// answer
+    (s3:// answers are durable once written)."""
     write_object(parse_uri(uri), iter([data]), durable=False)
+
+
+def read_if_small(where: Location, limit: int) -> tuple[int, bytes | None]:
+    """The object's size, and its bytes when it has at most `limit` of them (one call)."""
+    size = size_of(where)
+    if size > limit:
+        return size, None
+    return size, read_whole(where)
 
 
 def read_whole(where: Location) -> bytes:
