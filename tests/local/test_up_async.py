@@ -105,6 +105,18 @@ def redis_client(up: BerthUp) -> Any:
     return redis.Redis.from_url(up.status()["async"]["redisUrl"], decode_responses=True)
 
 
+def frontdoor_routes(up: BerthUp, name: str) -> list[str]:
+    """The variants (CONFIG/VARIANT=WEIGHT) the front door read from its routes file last: it looks
+    at the file every second, so a new plan reaches it a moment after the status says so."""
+    logs = Path(up.status()["runDir"]) / "logs"
+    last: list[str] = []
+    for path in sorted(logs.glob(f"{names.async_frontdoor_name(name)}-*.log")):
+        for line in path.read_text().splitlines():
+            if '"routes read"' in line:
+                last = list(orjson.loads(line)["variants"])
+    return last
+
+
 @pytest.fixture(scope="module")
 def async_up(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BerthUp]:
     """Endpoint `queue`: one async variant that scales between 0 and 2 on its backlog."""
@@ -306,6 +318,7 @@ def test_a_rollout_drains_the_old_fleets_queue_before_it_goes(model_dir: Path, t
             )
 
         up.wait(drained, 120, "v2 serving and v1 drained and gone")
+        up.wait(lambda: frontdoor_routes(up, "roll") == ["roll-v2/only=1000"], 30, "the front door on v2")
         assert not gone_early, gone_early[:3]
         for inference_id in queued:
             final = wait_done(up, "roll", inference_id, timeout=30)
@@ -551,6 +564,9 @@ def test_a_new_fleet_whose_inferences_fail_is_rolled_back(model_dir: Path, tmp_p
             )
 
         up.wait(rolled_back, 90, "the rollback of back-v2")
+        up.wait(
+            lambda: frontdoor_routes(up, "back") == ["back-v1/blue=1000"], 30, "the front door on back-v1"
+        )
         finals = [wait_done(up, "back", inference_id) for inference_id in sent]
         failed = [f for f in finals if f["state"] == "Failed"]
         assert failed and all(f["endpointConfig"] == "back-v2" for f in failed), failed[:3]
