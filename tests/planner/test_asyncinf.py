@@ -119,6 +119,11 @@ def test_the_worker_sidecar_follows_the_contract() -> None:
     assert env["BERTH_REDIS_URL"] == "redis://redis.queues:6379"
     assert worker["ports"] == [{"name": "async-metrics", "containerPort": 9091, "protocol": "TCP"}]
     assert env_of(pod["server"])["BERTH_AUTH_TRUST_LOOPBACK"] == "1"
+    # A message may ask for up to an hour; the replica must not cut it at its 60 s default,
+    # and the worker gets the default invocation timeout to finish its messages on SIGTERM.
+    assert env_of(pod["server"])["BERTH_TIMEOUT_SECONDS"] == "3600"
+    pod_spec = cluster.of("Deployment", OLD)["spec"]["template"]["spec"]
+    assert pod_spec["terminationGracePeriodSeconds"] == 910
     ports = {p["name"]: p for p in cluster.of("Service", OLD)["spec"]["ports"]}
     assert ports["async-metrics"] == {
         "name": "async-metrics",
@@ -140,6 +145,8 @@ def test_realtime_variants_get_neither_sidecar_nor_loopback_trust() -> None:
     deployment = cluster.of("Deployment", "fraud-rt-blue")
     assert list(containers(deployment)) == ["server"]
     assert "BERTH_AUTH_TRUST_LOOPBACK" not in env_of(containers(deployment)["server"])
+    assert "BERTH_TIMEOUT_SECONDS" not in env_of(containers(deployment)["server"])
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 70
     assert {o["kind"] for o in plan.objects} == {"Deployment", "Service", "HTTPRoute", "NetworkPolicy"}
     assert not any(c.type == "HasBacklogWithoutCapacity" for c in plan.status.conditions)
 

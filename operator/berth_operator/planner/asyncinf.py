@@ -23,6 +23,8 @@ from urllib.parse import unquote, urlsplit
 
 from berth_serving.asyncinf.keys import (
     CONSUMER_GROUP,
+    DEFAULT_INVOCATION_TIMEOUT_SECONDS,
+    MAX_INVOCATION_TIMEOUT_SECONDS,
     REDIS_URL_ENV,
     ROUTES_FILE_KEY,
     ROUTES_MOUNT,
@@ -51,6 +53,7 @@ WORKER_METRICS_PORT_NAME = "async-metrics"
 FRONTDOOR_SERVICE_PORT = 80
 ROUTES_VOLUME = "async-routes"
 TRUST_LOOPBACK_ENV = ENV["auth_trust_loopback"]
+REQUEST_TIMEOUT_ENV = ENV["timeout_seconds"]
 POD_NAME_ENV = "POD_NAME"
 REDIS_ADDRESS_ENV = "BERTH_REDIS_ADDRESS"  # host:port, for KEDA (secretRef with addressKey)
 REDIS_PASSWORD_ENV = "BERTH_REDIS_PASSWORD"  # for KEDA's passwordFromEnv
@@ -210,8 +213,19 @@ def worker_container(variant: VariantPlan, settings: Settings) -> dict[str, Any]
 
 
 def server_env(variant: VariantPlan) -> dict[str, str]:
-    """The serving container of an async variant lets its own pod's loopback in without a credential."""
-    return {TRUST_LOOPBACK_ENV: "1"} if variant.async_config is not None else {}
+    """The serving container of an async variant lets its own pod's loopback in without a
+    credential, and gives a request as long as X-Berth-Invocation-Timeout-Seconds may ask."""
+    if variant.async_config is None:
+        return {}
+    return {TRUST_LOOPBACK_ENV: "1", REQUEST_TIMEOUT_ENV: str(MAX_INVOCATION_TIMEOUT_SECONDS)}
+
+
+def termination_grace_seconds(variant: VariantPlan, default: int) -> int:
+    """An async pod's worker finishes its messages in flight on SIGTERM: give it the default
+    invocation timeout for that (a longer message is answered again by another replica)."""
+    if variant.async_config is None:
+        return default
+    return max(default, DEFAULT_INVOCATION_TIMEOUT_SECONDS + 10)
 
 
 # ---------------------------------------------------------------- KEDA

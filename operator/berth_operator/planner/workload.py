@@ -15,6 +15,7 @@ from .asyncinf import (
     WORKER_METRICS_PORT_NAME,
     redis_configured,
     server_env,
+    termination_grace_seconds,
     worker_container,
 )
 from .autoscaling import autoscaler_objects
@@ -182,7 +183,7 @@ def _pod_spec(variant: VariantPlan, settings: Settings, access: ServingAccess) -
     spec = pod_scaffold(model, access.service_account)
     spec.update(
         {
-            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+            "terminationGracePeriodSeconds": termination_grace_seconds(variant, TERMINATION_GRACE_SECONDS),
             "initContainers": [model_init_container(model, settings, size_limit)],
             "containers": [
                 _server_container(variant, settings, size_limit, access),
