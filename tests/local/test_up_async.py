@@ -526,7 +526,7 @@ def test_a_new_fleet_whose_inferences_fail_is_rolled_back(model_dir: Path, tmp_p
             "trafficRouting": {
                 "type": "Canary",
                 "canarySize": {"type": "Percent", "value": 50},
-                "waitIntervalSeconds": 4,
+                "waitIntervalSeconds": 15,  # long enough for c2 to fail whatever the machine load
             },
             "terminationWaitSeconds": 0,
         },
