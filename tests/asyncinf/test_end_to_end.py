@@ -72,6 +72,9 @@ def test_trust_loopback_lets_this_pods_callers_in_and_no_one_else(
         trusting = start_serve(async_models.logreg, keys, tmp_path / "trusting.log", "--auth-trust-loopback")
         started.append(trusting)
         assert request(trusting.url + "/invocations", "POST", ROWS).status == 200  # from 127.0.0.1
+        # What a proxy on this host forwards comes from loopback too, but for someone elsewhere.
+        proxied = request(trusting.url + "/invocations", "POST", ROWS, {"X-Berth-Proxied": "1"})
+        assert proxied.status == 401
         text = request(trusting.url + "/metrics").body.decode()
         assert (
             metric_value(text, "berth_invocations_by_caller_total", caller="loopback", result="allowed") == 1

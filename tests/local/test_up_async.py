@@ -640,3 +640,48 @@ def test_answers_and_staged_inputs_go_to_s3(model_dir: Path, tmp_path: Path) -> 
     finally:
         up.stop()
         moto.stop()
+
+
+def test_a_keyed_async_endpoint_lets_its_workers_in_and_no_caller_without_a_key(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """The replicas of an async variant trust their own loopback (the worker has no key); the
+    router reaches them over loopback too, so what it forwards must still need the key."""
+    from .test_up_access import keyed_endpoint, secret
+
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_yaml(
+        manifests / "serving.yaml",
+        [
+            model("logreg", f"file://{model_dir / 'logreg.onnx'}"),
+            async_config("keyed-v1", [variant("only", "logreg")], tmp_path),
+            keyed_endpoint("keyed", "keyed-v1", "keyed-keys"),
+            secret("keyed-keys", string_data={"team": "the-key"}),
+        ],
+    )
+    up = BerthUp(manifests, tmp_path, "--no-watch")
+    try:
+        up.wait_in_service("keyed")
+        frontdoor = names.async_frontdoor_name("keyed")
+        up.wait(lambda: any(r["ready"] for r in fleet_replicas(up, "keyed", frontdoor)), 60, "the front door")
+        realtime = up.invoke("keyed", {"instances": [ROW]})
+        assert realtime.status_code == 401, realtime.text  # through the router: no loopback trust
+        smuggled = up.invoke("keyed", {"instances": [ROW]}, {"X-Berth-Proxied": "0"})
+        assert smuggled.status_code == 401, smuggled.text
+        assert submit(up, "keyed").status_code == 401  # the front door asks for the key as well
+        queued = submit(up, "keyed", headers={"X-Berth-Api-Key": "the-key", "X-Berth-Inference-Id": "k1"})
+        assert queued.status_code == 202, queued.text
+        path = "/endpoints/default/keyed/async-invocations/k1"
+        assert up.client.get(path).status_code == 401  # its state is the key holder's to read
+
+        def answered() -> bool:
+            found = up.client.get(path, headers={"X-Berth-Api-Key": "the-key"})
+            return bool(found.json().get("state") in TERMINAL)
+
+        up.wait(answered, 90, "k1 answered")
+        final = up.client.get(path, headers={"X-Berth-Api-Key": "the-key"}).json()
+        assert final["state"] == "Succeeded", final  # the worker needed no key
+        assert up.invoke("keyed", {"instances": [ROW]}, {"X-Berth-Api-Key": "the-key"}).status_code == 200
+    finally:
+        up.stop()

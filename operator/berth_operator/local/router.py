@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from berth_serving.auth.guard import PROXIED_HEADER
 from berth_serving.httpedge import Edge, EdgeLimits, unsafe_target
 
 from .routetable import (
@@ -197,7 +198,10 @@ class Router:
         target = rewrite_path(raw_path, prefix, rule.replace_prefix)
         if query:
             target += b"?" + query
-        forward = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
+        # Marked as proxied (whatever the client sent): a replica that trusts its loopback (an
+        # async replica, for its worker) must not trust what this router brings it from elsewhere.
+        forward = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP and k != PROXIED_HEADER]
+        forward.append((PROXIED_HEADER, b"1"))
         for mirror in rule.mirrors:
             self._mirror(mirror, scope["method"], target, forward, request_body)
         try:

@@ -49,6 +49,9 @@ ALLOWED = "allowed"
 # be them), and their name in the metric.
 LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1"})
 LOOPBACK_CALLER = "loopback"
+# Set by a proxy on the same host (local mode's router) on every request it forwards: such a
+# request comes from the loopback too, but for a caller elsewhere, so it is never trusted so.
+PROXIED_HEADER = b"x-berth-proxied"
 
 
 def is_open(method: str, path: str) -> bool:
@@ -140,7 +143,7 @@ class AuthGuard:
         Every line here is paid by every request, so the open-path test starts with the method."""
         if scope["type"] != "http" or (scope["method"] in OPEN_METHODS and _open_path(scope["path"])):
             return self.app(scope, receive, send)
-        if self.trust_loopback and _peer(scope) in LOOPBACK_PEERS:
+        if self.trust_loopback and _peer(scope) in LOOPBACK_PEERS and not _proxied(scope):
             return self._act(scope, receive, send, _LOOPBACK)
         credentials = read_credentials(scope["headers"])
         if isinstance(credentials, Refused):
@@ -238,3 +241,7 @@ class _Exporter:
 
     def collect(self) -> Iterator[Metric]:
         return self._guard.families()
+
+
+def _proxied(scope: Scope) -> bool:
+    return any(name == PROXIED_HEADER for name, _ in scope["headers"])
