@@ -15,6 +15,10 @@ for pod in $(kubectl -n berth-demo get pods -o name); do
 done
 end
 section "Gateway"; kubectl get gateway,httproute -A -o yaml; kubectl -n envoy-gateway-system get all; end
+section "Async: KEDA, the queue, ScaledObjects"
+kubectl get scaledobjects -A -o yaml; kubectl -n keda logs deployment/keda-operator --tail=100
+kubectl -n berth-system logs -l berth.dev/component=async-queue --tail=50
+end
 section "Load summary"; cat /tmp/load.json; end
 section "Port-forward log"; cat /tmp/port-forward.log; end
 exit 0

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/../.."
 
 GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.3.0}"
 ENVOY_GATEWAY_VERSION="${ENVOY_GATEWAY_VERSION:-v1.4.2}"
+KEDA_VERSION="${KEDA_VERSION:-2.20.1}"
 
 step() { echo "::group::$*"; }
 end() { echo "::endgroup::"; }
@@ -23,6 +24,13 @@ helm upgrade --install eg oci://docker.io/envoyproxy/gateway-helm --version "${E
 kubectl -n envoy-gateway-system wait --for=condition=Available --timeout=5m deployment/envoy-gateway
 kubectl apply -f examples/kind/envoy-gateway.yaml
 kubectl wait --for=condition=Accepted --timeout=2m gatewayclass/eg
+end
+
+step "KEDA ${KEDA_VERSION} (async variants scale to zero on their queue)"
+helm repo add kedacore https://kedacore.github.io/charts --force-update
+helm upgrade --install keda kedacore/keda --version "${KEDA_VERSION}" \
+  --namespace keda --create-namespace --wait --timeout 5m
+kubectl wait --for=condition=Established --timeout=60s crd/scaledobjects.keda.sh
 end
 
 step "Berth chart"

@@ -133,11 +133,34 @@ def test_endpoint_references_resolve(manifests: list[dict[str, Any]]) -> None:
     configs = {c["metadata"]["name"]: c for c in by_kind(manifests, "EndpointConfig")}
     for config in configs.values():
         assert {v["modelName"] for v in config["spec"]["productionVariants"]} <= models
-    endpoint = one(manifests, "Endpoint")
-    assert endpoint["spec"]["endpointConfigName"] in configs
-    script = (SCRIPTS / "e2e-test.sh").read_text()
+    endpoints = by_kind(manifests, "Endpoint")
+    assert {e["metadata"]["name"] for e in endpoints} == {"iris", "iris-async"}
+    for endpoint in endpoints:
+        assert endpoint["spec"]["endpointConfigName"] in configs
+    scripts = (SCRIPTS / "e2e-test.sh").read_text() + (SCRIPTS / "e2e-async.sh").read_text()
     for name in configs:
-        assert name in script
+        assert name in scripts
+
+
+def test_the_async_endpoint_has_its_queue_keda_and_storage(
+    kind_values: dict[str, Any], manifests: list[dict[str, Any]]
+) -> None:
+    """The async e2e needs the chart's Valkey, KEDA (installed by e2e-install.sh) and an S3 the
+    Model's Secret points the front door and the workers at."""
+    assert kind_values["async"]["redis"]["deploy"]["enabled"] is True
+    assert "kedacore/keda" in (SCRIPTS / "e2e-install.sh").read_text()
+    model = next(m for m in by_kind(manifests, "Model") if m["metadata"]["name"] == "iris-async")
+    secret = next(s for s in by_kind(manifests, "Secret") if s["metadata"]["name"] == "async-s3")
+    assert model["spec"]["credentialsSecretRef"]["name"] == "async-s3"
+    s3 = next(s for s in by_kind(manifests, "Service") if s["metadata"]["name"] == "s3")
+    endpoint_url = urlsplit(secret["stringData"]["AWS_ENDPOINT_URL"])
+    assert endpoint_url.hostname == f"s3.{s3['metadata']['namespace']}.svc.cluster.local"
+    assert endpoint_url.port == s3["spec"]["ports"][0]["port"]
+    config = next(c for c in by_kind(manifests, "EndpointConfig") if "asyncInferenceConfig" in c["spec"])
+    bucket = urlsplit(config["spec"]["asyncInferenceConfig"]["outputConfig"]["outputUri"]).hostname
+    assert f"Bucket='{bucket}'" in (SCRIPTS / "e2e-async.sh").read_text()
+    workflow = (WORKFLOWS / "e2e.yml").read_text()
+    assert workflow.index("e2e-async.sh") < workflow.index("e2e-test.sh")  # before the uninstall
 
 
 def test_gateway_port_path(kind_values: dict[str, Any], manifests: list[dict[str, Any]]) -> None:
