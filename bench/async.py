@@ -14,8 +14,9 @@ MLP (256-1024-1024-10, one row per request), one `berth async-worker` beside it,
 - Added latency when idle: one request at a time, POST to the front door then GET its state
   every millisecond until Succeeded, p50 against the p50 of one synchronous call at a time.
   Target: under 20 ms.
-- Cold start: the same from zero replicas is measured by bench/local.py's async part when
-  local mode runs the endpoint (time from the first message to a ready replica).
+- Cold start: `berth up` on an async Endpoint of the same model with minReplicas 0; once its
+  fleet is at zero, one message is queued; the time until it is answered, and the time local
+  mode's KEDA reports from that message to a ready replica.
 
 Rounds interleave the baseline and the queue, so drift from the machine's other tenants falls
 on both; the ratio is the median of the rounds.
@@ -33,9 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
@@ -174,6 +177,69 @@ def async_p50_ms(port: int, body: bytes, count: int) -> float:
     return statistics.median(times) * 1000
 
 
+def cold_start(model: Path, work: Path, body: bytes) -> tuple[float, float]:
+    """(seconds from the POST to Succeeded, seconds from the message to a ready replica)."""
+    manifests = work / "cold"
+    manifests.mkdir()
+    documents = [
+        {"apiVersion": "berth.dev/v1alpha1", "kind": "Model", "metadata": {"name": "mlp"},
+         "spec": {"modelUri": f"file://{model}"}},
+        {"apiVersion": "berth.dev/v1alpha1", "kind": "EndpointConfig", "metadata": {"name": "mlp-async"},
+         "spec": {"productionVariants": [{
+             "variantName": "main", "modelName": "mlp", "instanceType": "cpu-small",
+             "autoscaling": {"minReplicas": 0, "maxReplicas": 1, "targetBacklogPerInstance": 10,
+                             "scaleInCooldownSeconds": 2}}],
+             "asyncInferenceConfig": {"outputConfig": {"outputUri": f"file://{work}/cold-out/"}}}},
+        {"apiVersion": "berth.dev/v1alpha1", "kind": "Endpoint", "metadata": {"name": "mlp"},
+         "spec": {"endpointConfigName": "mlp-async", "auth": {"mode": "None"}}},
+    ]  # fmt: skip
+    (manifests / "endpoint.yaml").write_text("---\n".join(json.dumps(d) + "\n" for d in documents))
+    port = free_port()
+    argv = berth(
+        "up", "-f", str(manifests), "--port", str(port), "--run-dir", str(work / "cold-run"), "--no-watch"
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def status() -> dict[str, Any]:
+        with urllib.request.urlopen(f"{base}/_berth/status", timeout=5) as answer:
+            found: dict[str, Any] = json.loads(answer.read())
+            return found
+
+    def at_zero() -> bool:
+        try:
+            scaled = status()["async"]["scaledObjects"]
+        except OSError:
+            return False
+        return bool(scaled) and all(item["replicas"] == 0 for item in scaled)
+
+    with process(argv, work / "cold-up.log"):
+        deadline = time.monotonic() + 120
+        while not at_zero():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the async fleet did not reach zero replicas")
+            time.sleep(0.2)
+        time.sleep(3)  # past the cooldown: nothing is left starting or stopping
+        connection = http.client.HTTPConnection("127.0.0.1", port)
+        started = time.perf_counter()
+        connection.request(
+            "POST", "/endpoints/default/mlp/async-invocations", body, {"Content-Type": "application/json"}
+        )
+        answer = connection.getresponse()
+        inference = json.loads(answer.read())["inferenceId"]
+        while True:
+            connection.request("GET", f"/endpoints/default/mlp/async-invocations/{inference}")
+            state = json.loads(connection.getresponse().read())["state"]
+            if state in ("Succeeded", "Failed"):
+                break
+            if time.perf_counter() - started > 120:
+                raise TimeoutError("the message at zero replicas was not answered")
+            time.sleep(0.01)
+        answered = time.perf_counter() - started
+        assert state == "Succeeded", state
+        ready = status()["async"]["scaledObjects"][0]["lastColdStartSeconds"]
+    return answered, float(ready)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -237,6 +303,11 @@ def main() -> None:
                 ratio = statistics.median(drained / sync_rps for sync_rps, drained, _ in rows)
                 print(
                     f"throughput, queue / synchronous (median of {options.rounds}): {ratio:.3f} (target >= 0.8)"
+                )
+                answered, ready = cold_start(model, work, body)
+                print(
+                    f"from zero replicas: answered {answered:.2f} s after the POST; "
+                    f"first message to a ready replica {ready:.2f} s (local mode's KEDA)"
                 )
                 print(
                     f"idle latency p50: async {async_ms:.2f} ms (POST, then GET every 1 ms until Succeeded), "
