@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.serving import models
-from tests.serving.support import free_port
+from tests.support.s3server import running_moto
 
 
 class Models:
@@ -51,15 +51,8 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with running_moto() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

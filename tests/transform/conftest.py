@@ -10,7 +10,7 @@ import pytest
 
 from tests.operator.conftest import cluster, start_operator  # noqa: F401 - KMock and kopf fixtures
 from tests.serving import models
-from tests.serving.support import free_port
+from tests.support.s3server import S3_ENV, running_moto
 
 
 @pytest.fixture(scope="session")
@@ -28,22 +28,8 @@ def transform_models(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespac
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-S3_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+    with running_moto() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
