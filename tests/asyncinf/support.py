@@ -42,6 +42,10 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: floa
 # --------------------------------------------------------------------------- stand-in model
 
 
+class _ModelServer(http.server.ThreadingHTTPServer):
+    request_queue_size = 512  # a worker may open hundreds of connections at once (listen(5) drops them)
+
+
 class StandInModel:
     """A real HTTP server on 127.0.0.1 that honours the serving contract's /ping and
     /invocations. The body says what to do: `sleep:SECONDS`, `fail:CODE`, anything else is
@@ -96,7 +100,7 @@ class StandInModel:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _ModelServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.invoke_url = f"http://127.0.0.1:{self.port}/invocations"

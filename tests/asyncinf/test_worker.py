@@ -166,6 +166,21 @@ def test_at_most_max_concurrency_messages_run_at_once(setup: SimpleNamespace) ->
     assert setup.model.most_running == 2
 
 
+def test_more_messages_in_flight_than_a_default_redis_pool_holds_are_all_acknowledged(
+    setup: SimpleNamespace,
+) -> None:
+    """Each message in flight finishes with its own Redis call: at 150 at once, redis-py's
+    default pool (100) refused the acknowledgements with "Too many connections", and every
+    answered message waited a minute to be redelivered."""
+    worker = setup.worker(concurrency=150)
+    ids = [post(setup.door.url, b"sleep:1").json["inferenceId"] for _ in range(300)]
+    for inference_id in ids:
+        assert wait_done(setup.door.url, inference_id, timeout=30)["state"] == "Succeeded"
+    assert setup.model.most_running > 100  # the pool's old limit was really passed
+    assert counts(setup) == {"succeeded": 300}  # none redelivered
+    assert "Too many connections" not in worker.log()
+
+
 def test_messages_wait_until_the_model_answers_ping(setup: SimpleNamespace) -> None:
     setup.model.ready = False
     worker = setup.worker()

@@ -132,16 +132,21 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def connect(url: str, *, timeout_seconds: float = 5.0) -> aioredis.Redis:
+def connect(url: str, *, timeout_seconds: float = 5.0, max_connections: int = 64) -> aioredis.Redis:
     """A client whose calls fail within `timeout_seconds` when Redis is away (a blocking read
-    adds its own BLOCK time: redis-py waits that long on top)."""
-    return aioredis.Redis.from_url(
+    adds its own BLOCK time: redis-py waits that long on top). At most `max_connections` at
+    once; a call beyond them waits for one to free (redis-py's default pool refuses it with
+    "Too many connections", which left a worker's answered messages unacknowledged)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout_seconds,
         decode_responses=True,
         socket_timeout=timeout_seconds,
         socket_connect_timeout=timeout_seconds,
         health_check_interval=30,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 # --------------------------------------------------------------------------- front door

@@ -174,7 +174,8 @@ class Worker:
         asyncio.get_running_loop().set_default_executor(
             concurrent.futures.ThreadPoolExecutor(options.max_concurrency + 2, thread_name_prefix="storage")
         )
-        self.client = queue.connect(options.redis_url)
+        # A connection for each message in flight, the blocking read and the heartbeat.
+        self.client = queue.connect(options.redis_url, max_connections=options.max_concurrency + 4)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
         self.replica = ReplicaClient(options.invoke_url, options.max_concurrency)
         self.notifier = Notifier(
