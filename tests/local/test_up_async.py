@@ -264,21 +264,29 @@ DRAIN_MESSAGES = 10
 SLOWER_ITERATIONS = 250_000  # about 0.4 s a call here: the old fleet's queue outlasts the rollout
 
 
-def test_a_rollout_drains_the_old_fleets_queue_before_it_goes(model_dir: Path, tmp_path: Path) -> None:
-    """v1 (a slow model, one message at a time) holds a queue when the Endpoint moves to v2: every
-    queued message is answered by v1, whose fleet stays until its stream is empty; new messages
-    go to v2 once the rollout is done."""
+def slow_manifests(
+    tmp_path: Path, name: str = "slower", iterations: int = SLOWER_ITERATIONS, *others: dict[str, Any]
+) -> Path:
+    """A manifests directory whose models.yaml holds Model `name`, a model slow enough for a
+    queue to build up behind it, and `others`; the test writes its endpoints beside it."""
     require_redis_binary()
     from tests.serving.models import build_slow
 
     from .conftest import N_FEATURES
 
-    slower = build_slow(tmp_path / "slower.onnx", n_features=N_FEATURES, iterations=SLOWER_ITERATIONS)
+    slow = build_slow(tmp_path / f"{name}.onnx", n_features=N_FEATURES, iterations=iterations)
     manifests = tmp_path / "manifests"
     manifests.mkdir()
-    write_yaml(
-        manifests / "models.yaml",
-        [model("logreg", f"file://{model_dir / 'logreg.onnx'}"), model("slower", f"file://{slower}")],
+    write_yaml(manifests / "models.yaml", [*others, model(name, f"file://{slow}")])
+    return manifests
+
+
+def test_a_rollout_drains_the_old_fleets_queue_before_it_goes(model_dir: Path, tmp_path: Path) -> None:
+    """v1 (a slow model, one message at a time) holds a queue when the Endpoint moves to v2: every
+    queued message is answered by v1, whose fleet stays until its stream is empty; new messages
+    go to v2 once the rollout is done."""
+    manifests = slow_manifests(
+        tmp_path, "slower", SLOWER_ITERATIONS, model("logreg", f"file://{model_dir / 'logreg.onnx'}")
     )
     configs = [
         async_config("roll-v1", [variant("only", "slower")], tmp_path, concurrency=1),
@@ -335,15 +343,7 @@ def test_a_rollout_drains_the_old_fleets_queue_before_it_goes(model_dir: Path, t
 def test_queued_requests_survive_a_restart_with_the_same_run_dir(model_dir: Path, tmp_path: Path) -> None:
     """Stopped with messages still queued: the redis child's append-only file keeps them, and
     `berth up` started again on the same --run-dir answers them."""
-    require_redis_binary()
-    from tests.serving.models import build_slow
-
-    from .conftest import N_FEATURES
-
-    slower = build_slow(tmp_path / "slower.onnx", n_features=N_FEATURES, iterations=SLOWER_ITERATIONS)
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    write_yaml(manifests / "models.yaml", [model("slower", f"file://{slower}")])
+    manifests = slow_manifests(tmp_path)
     write_yaml(
         manifests / "endpoints.yaml",
         [
@@ -412,15 +412,7 @@ def test_the_redis_the_settings_name_is_used_and_none_is_started(model_dir: Path
 def test_a_backlog_over_the_target_scales_the_fleet_out_to_its_maximum(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    require_redis_binary()
-    from tests.serving.models import build_slow
-
-    from .conftest import N_FEATURES
-
-    slower = build_slow(tmp_path / "slower.onnx", n_features=N_FEATURES, iterations=SLOWER_ITERATIONS)
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    write_yaml(manifests / "models.yaml", [model("slower", f"file://{slower}")])
+    manifests = slow_manifests(tmp_path)
     write_yaml(
         manifests / "endpoints.yaml",
         [
@@ -469,17 +461,9 @@ def test_a_worker_killed_mid_message_is_restarted_and_the_message_answered_once(
     """SIGKILL the async-worker beside a replica while it holds a message: berth up starts it again
     (as the kubelet restarts a container), and the message, idle past claim-idle-seconds (60 s), is
     delivered again and answered; the stream's counters say one success and one redelivery."""
-    require_redis_binary()
     import signal
 
-    from tests.serving.models import build_slow
-
-    from .conftest import N_FEATURES
-
-    slow = build_slow(tmp_path / "slowest.onnx", n_features=N_FEATURES, iterations=4 * SLOWER_ITERATIONS)
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    write_yaml(manifests / "models.yaml", [model("slowest", f"file://{slow}")])
+    manifests = slow_manifests(tmp_path, "slowest", 4 * SLOWER_ITERATIONS)
     write_yaml(
         manifests / "endpoints.yaml",
         [
