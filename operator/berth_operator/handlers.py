@@ -64,6 +64,7 @@ CHILD_INDEXES = {
     "ingresses_by_endpoint": ("networking.k8s.io", "v1", "ingresses"),
     "networkpolicies_by_endpoint": ("networking.k8s.io", "v1", "networkpolicies"),
     "scaledobjects_by_endpoint": ("keda.sh", "v1alpha1", "scaledobjects"),
+    "httpscaledobjects_by_endpoint": ("http.keda.sh", "v1alpha1", "httpscaledobjects"),
 }
 PODS = ("", "v1", "pods")
 JOBS = ("batch", "v1", "jobs")

@@ -79,6 +79,8 @@ RESOURCES: dict[tuple[str, str], ResourceKind] = {
             "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False
         ),
         ResourceKind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+        ResourceKind("gateway.networking.k8s.io/v1beta1", "ReferenceGrant", "referencegrants"),
+        ResourceKind("http.keda.sh/v1alpha1", "HTTPScaledObject", "httpscaledobjects"),
     )
 }
 

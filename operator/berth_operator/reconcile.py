@@ -49,6 +49,8 @@ ENDPOINTS = berth_kind("Endpoint")
 PODS = RESOURCES[("v1", "Pod")]
 HTTPROUTES = RESOURCES[("gateway.networking.k8s.io/v1", "HTTPRoute")]
 SCALEDOBJECTS = RESOURCES[("keda.sh/v1alpha1", "ScaledObject")]
+HTTPSCALEDOBJECTS = RESOURCES[("http.keda.sh/v1alpha1", "HTTPScaledObject")]
+REFERENCEGRANTS = RESOURCES[("gateway.networking.k8s.io/v1beta1", "ReferenceGrant")]
 SHARED_REAPPLY_SECONDS = 600.0
 # Both route kinds whatever settings.routing.mode says: after a change of mode the planner
 # must see the old kind's objects to delete them.
@@ -62,6 +64,7 @@ CHILD_KINDS = [
     RESOURCES[("networking.k8s.io/v1", "Ingress")],
     RESOURCES[("networking.k8s.io/v1", "NetworkPolicy")],
     SCALEDOBJECTS,
+    HTTPSCALEDOBJECTS,
 ]
 
 
@@ -213,7 +216,7 @@ async def _unavailable_kinds(shell: Shell) -> frozenset[str]:
     """The optional kinds the settings ask for that the cluster does not serve (no CRD)."""
     wanted = []
     if shell.settings.routing.mode == "gateway":
-        wanted.append(HTTPROUTES)
+        wanted += [HTTPROUTES, HTTPSCALEDOBJECTS, REFERENCEGRANTS]  # the last two: serverless variants
     if shell.settings.autoscaling.scaler == "keda" or redis_configured(shell.settings):
         wanted.append(SCALEDOBJECTS)  # async variants always scale with KEDA
     served = await asyncio.gather(*(shell.kube.serves(kind) for kind in wanted))

@@ -188,6 +188,54 @@ class AsyncSettings(SettingsModel):
     redis: RedisSettings = Field(default_factory=RedisSettings)
 
 
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MSG_CACHE_ONE_SOURCE = "modelCache.volume: give exactly one of hostPath or persistentVolumeClaim"
+
+
+class InterceptorRef(SettingsModel):
+    """The KEDA HTTP add-on's interceptor Service: serverless variants' traffic goes through it."""
+
+    name: str = Field(default="keda-add-ons-http-interceptor-proxy", pattern=DNS_LABEL, max_length=63)
+    namespace: str = Field(default="keda", pattern=DNS_LABEL, max_length=63)
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class ServerlessSettings(SettingsModel):
+    interceptor: InterceptorRef = Field(default_factory=InterceptorRef)
+
+
+class HostPathSource(SettingsModel):
+    path: str = Field(pattern=r"^/.+")
+
+
+class ClaimSource(SettingsModel):
+    claim_name: str = Field(alias="claimName", pattern=SECRET_NAME, max_length=253)
+
+
+class CacheVolume(SettingsModel):
+    """A node-local volume holding model files by sha256 (a hostPath, or a PVC bound per node)."""
+
+    host_path: HostPathSource | None = Field(default=None, alias="hostPath")
+    persistent_volume_claim: ClaimSource | None = Field(default=None, alias="persistentVolumeClaim")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CacheVolume:
+        if (self.host_path is None) == (self.persistent_volume_claim is None):
+            raise ValueError(MSG_CACHE_ONE_SOURCE)
+        return self
+
+    def source(self) -> dict[str, Any]:
+        """The pod volume source."""
+        if self.host_path is not None:
+            return {"hostPath": {"path": self.host_path.path, "type": "DirectoryOrCreate"}}
+        assert self.persistent_volume_claim is not None
+        return {"persistentVolumeClaim": {"claimName": self.persistent_volume_claim.claim_name}}
+
+
+class ModelCacheSettings(SettingsModel):
+    volume: CacheVolume | None = None
+
+
 class Settings(SettingsModel):
     routing: Routing = Field(default_factory=Routing)
     images: Images = Field(default_factory=Images)
@@ -200,6 +248,8 @@ class Settings(SettingsModel):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
     async_: AsyncSettings = Field(default_factory=AsyncSettings, alias="async")
+    serverless: ServerlessSettings = Field(default_factory=ServerlessSettings)
+    model_cache: ModelCacheSettings = Field(default_factory=ModelCacheSettings, alias="modelCache")
 
 
 class SettingsError(ValueError):

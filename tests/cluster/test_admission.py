@@ -13,15 +13,17 @@ import copy
 
 import pytest
 
+from tests.crds import test_async_admission as async_
 from tests.crds import test_crds_admission as serving
+from tests.crds import test_serverless_admission as serverless
 from tests.crds import test_transformjob_admission as transform
 from tests.crds.test_crds_admission import Row
 from tests.support.envtest import Kube, KubeError, Manifest
 
 pytestmark = pytest.mark.timeout(60)
 
-BAD = serving.BAD + transform.BAD
-GOOD = serving.GOOD + transform.GOOD
+BAD = serving.BAD + transform.BAD + async_.BAD + serverless.BAD
+GOOD = serving.GOOD + transform.GOOD + async_.GOOD + serverless.GOOD
 
 
 def placed(obj: Manifest, namespace: str) -> Manifest:

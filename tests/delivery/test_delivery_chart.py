@@ -140,6 +140,7 @@ def expected_grants() -> set[tuple[str, str, str]]:
         ("networking.k8s.io", "ingresses"),
         ("networking.k8s.io", "networkpolicies"),
         ("keda.sh", "scaledobjects"),
+        ("http.keda.sh", "httpscaledobjects"),  # serverless variants
         ("", "configmaps"),  # the async front door's routes
     ):
         want |= {(group, plural, verb) for verb in OWNED}
@@ -149,6 +150,10 @@ def expected_grants() -> set[tuple[str, str, str]]:
     return want
 
 
+# The ReferenceGrant in the interceptor's namespace that serverless variants' routes need.
+INTERCEPTOR_GRANTS = {
+    ("gateway.networking.k8s.io", "referencegrants", verb) for verb in ("create", "get", "patch")
+}
 DISCOVERY = {
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
@@ -162,7 +167,7 @@ def test_cluster_wide_rbac_is_exact(renders: dict[str, list[Manifest]]) -> None:
     assert not by_kind(objs, "Role")
     role = named(objs, "ClusterRole", "-operator")
     peering = {("kopf.dev", "clusterkopfpeerings", verb) for verb in ("get", "list", "watch", "patch")}
-    assert grants(role["rules"]) == expected_grants() | DISCOVERY | peering
+    assert grants(role["rules"]) == expected_grants() | INTERCEPTOR_GRANTS | DISCOVERY | peering
     binding = named(objs, "ClusterRoleBinding", "-operator")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
@@ -183,13 +188,16 @@ def test_route_grants_do_not_depend_on_the_mode(renders: dict[str, list[Manifest
 
 def test_namespaced_install_uses_roles_per_namespace(renders: dict[str, list[Manifest]]) -> None:
     objs = renders["namespaced"]
-    roles = by_kind(objs, "Role")
+    roles = [r for r in by_kind(objs, "Role") if not r["metadata"]["name"].endswith("-interceptor-grants")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    [grants_role] = [r for r in by_kind(objs, "Role") if r not in roles]
+    assert grants_role["metadata"]["namespace"] == "keda"  # serverless: the interceptor's namespace
+    assert grants(grants_role["rules"]) == INTERCEPTOR_GRANTS
     peering = {("kopf.dev", "kopfpeerings", verb) for verb in ("get", "list", "watch", "patch")}
     for role in roles:
         assert grants(role["rules"]) == expected_grants() | peering
     bindings = by_kind(objs, "RoleBinding")
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["keda", "team-a", "team-b"]
     assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)
     # Cluster-scoped: kopf's read-only discovery, and binding the invoke reviewer role.
     assert grants(named(objs, "ClusterRole", "-discovery")["rules"]) == DISCOVERY
@@ -399,7 +407,7 @@ def test_every_kind_the_operator_touches_is_granted(chart: helm.Chart) -> None:
         needed = {"get", "list"}
         if kind.kind == "Event":
             needed = {"create"}
-        elif kind.kind in ("ServiceAccount", "ClusterRoleBinding"):  # applied, never listed
+        elif kind.kind in ("ServiceAccount", "ClusterRoleBinding", "ReferenceGrant"):  # applied, never listed
             needed = {"get", "create", "patch"}
         missing = {verb for verb in needed if (group, kind.plural, verb) not in granted}
         assert not missing, f"{kind.kind}: no {sorted(missing)} for {group or 'core'}/{kind.plural}"

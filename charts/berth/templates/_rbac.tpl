@@ -58,6 +58,10 @@ and deletes the children it owns. The route kind follows settings.routing.mode.
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
+# Serverless variants: the KEDA HTTP add-on's object per variant.
+- apiGroups: ["http.keda.sh"]
+  resources: ["httpscaledobjects"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
 # Pod failures (image pull, crash loop, unschedulable) and pod IPs for the rollback checks.
 - apiGroups: [""]
   resources: ["pods"]
@@ -69,6 +73,14 @@ and deletes the children it owns. The route kind follows settings.routing.mode.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end -}}
+
+{{/* Serverless variants: the ReferenceGrant (one per Endpoint namespace, in the interceptor's
+namespace) that lets HTTPRoutes send to the KEDA HTTP add-on's interceptor. */}}
+{{- define "berth.rules.interceptor" -}}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["referencegrants"]
+  verbs: ["create", "get", "patch"]
 {{- end -}}
 
 {{/* Cluster-scoped reads kopf makes to follow namespaces and CRDs. */}}

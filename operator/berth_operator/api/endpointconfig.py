@@ -39,6 +39,22 @@ MSG_BACKLOG_NEEDS_ASYNC = "autoscaling.targetBacklogPerInstance is allowed only 
 MSG_ASYNC_NEEDS_BACKLOG = (
     "autoscaling of an asyncInferenceConfig scales on the queue: use targetBacklogPerInstance"
 )
+MSG_SERVERLESS_OR_INSTANCE = "a production variant needs exactly one of instanceType or serverlessConfig"
+MSG_SERVERLESS_NO_COUNT = (
+    "a serverless variant scales with its traffic: remove initialInstanceCount"
+    " (serverlessConfig.provisionedConcurrency keeps capacity warm)"
+)
+MSG_SERVERLESS_NO_AUTOSCALING = "a serverless variant scales with its traffic: remove autoscaling (serverlessConfig.maxConcurrency bounds it)"
+MSG_SERVERLESS_NO_RESOURCES = (
+    "a serverless variant's resources follow serverlessConfig.memorySizeInMB and it runs on CPU:"
+    " remove resources (a GPU needs an instanceType)"
+)
+MSG_SERVERLESS_MEMORY_STEP = "serverlessConfig.memorySizeInMB must be a multiple of 1024 (1024 to 6144)"
+MSG_SERVERLESS_PROVISIONED = "serverlessConfig.provisionedConcurrency must not exceed maxConcurrency"
+MSG_SERVERLESS_NOT_ASYNC = (
+    "serverlessConfig is for real-time variants: an asyncInferenceConfig scales to zero on its queue"
+)
+MSG_SERVERLESS_NO_SHADOWS = "shadowProductionVariants cannot be serverless: give them an instanceType"
 # Strings CEL reads have a bound, so the API server can price the rules (its cost limit).
 URI_MAX = 1024
 # A location with something after the scheme; the rules below say the same in CEL.
@@ -109,6 +125,57 @@ class Autoscaling(ApiModel):
         return self
 
 
+class ServerlessConfig(ApiModel):
+    """Capacity that follows the traffic down to zero; requests that find no free slot are held."""
+
+    memory_size_in_mb: int = Field(
+        ge=1024,
+        le=6144,
+        alias="memorySizeInMB",
+        description="Memory of each replica in MiB, 1024 to 6144 in steps of 1024; CPU follows (1 per 2048).",
+    )
+    max_concurrency: int = Field(
+        default=20, ge=1, le=200, description="Requests in flight for the whole variant; more are held."
+    )
+    provisioned_concurrency: int = Field(
+        default=0, ge=0, le=200, description="Requests' worth of replicas kept warm; 0 scales to zero."
+    )
+    idle_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=86_400,
+        description="No requests for this long: scale to provisionedConcurrency.",
+    )
+    cold_start_timeout_seconds: int = Field(
+        default=180,
+        ge=1,
+        le=900,
+        description="Longest a held request waits for a replica; then 503 with Retry-After.",
+    )
+    max_held_requests: int = Field(
+        default=100, ge=0, le=10_000, description="Requests held at once; more get 429 with Retry-After."
+    )
+
+    x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [
+        {"rule": "self.memorySizeInMB % 1024 == 0", "message": MSG_SERVERLESS_MEMORY_STEP},
+        {
+            "rule": (
+                "!has(self.provisionedConcurrency) || self.provisionedConcurrency"
+                " <= (has(self.maxConcurrency) ? self.maxConcurrency : 20)"
+            ),
+            "message": MSG_SERVERLESS_PROVISIONED,
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerlessConfig:
+        if self.memory_size_in_mb % 1024:
+            raise ValueError(MSG_SERVERLESS_MEMORY_STEP)
+        if self.provisioned_concurrency > self.max_concurrency:
+            raise ValueError(MSG_SERVERLESS_PROVISIONED)
+        return self
+
+
 class ProductionVariant(ApiModel):
     """One fleet behind the endpoint: a model on some hardware with a share of the traffic."""
 
@@ -118,8 +185,15 @@ class ProductionVariant(ApiModel):
     model_name: str = Field(
         pattern=DNS_SUBDOMAIN, max_length=253, description="A Model in the same namespace."
     )
-    instance_type: str = Field(
-        min_length=1, max_length=63, description="Key into the operator's instance-type catalog."
+    instance_type: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        description="Key into the operator's instance-type catalog (or serverlessConfig).",
+    )
+    serverless_config: ServerlessConfig | None = Field(
+        default=None,
+        description="Serverless: replicas follow the traffic down to zero (instead of an instanceType).",
     )
     resources: ResourceRequirements | None = Field(
         default=None, description="Override of the catalog's requests and limits."
@@ -136,6 +210,42 @@ class ProductionVariant(ApiModel):
         alias="volumeSizeInGB",
         description="Size of each replica's model volume in GiB (default: the instance type's).",
     )
+
+    x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "has(self.instanceType) != has(self.serverlessConfig)",
+            "message": MSG_SERVERLESS_OR_INSTANCE,
+        },
+        {
+            "rule": "!has(self.serverlessConfig) || !has(self.initialInstanceCount)",
+            "message": MSG_SERVERLESS_NO_COUNT,
+        },
+        {
+            "rule": "!has(self.serverlessConfig) || !has(self.autoscaling)",
+            "message": MSG_SERVERLESS_NO_AUTOSCALING,
+        },
+        {
+            "rule": "!has(self.serverlessConfig) || !has(self.resources)",
+            "message": MSG_SERVERLESS_NO_RESOURCES,
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _check(self) -> ProductionVariant:
+        if (self.instance_type is None) == (self.serverless_config is None):
+            raise ValueError(MSG_SERVERLESS_OR_INSTANCE)
+        if self.serverless_config is not None:
+            if "initial_instance_count" in self.model_fields_set:
+                raise ValueError(MSG_SERVERLESS_NO_COUNT)
+            if self.autoscaling is not None:
+                raise ValueError(MSG_SERVERLESS_NO_AUTOSCALING)
+            if self.resources is not None:
+                raise ValueError(MSG_SERVERLESS_NO_RESOURCES)
+        return self
+
+    @property
+    def is_serverless(self) -> bool:
+        return self.serverless_config is not None
 
 
 class AsyncNotification(ApiModel):
@@ -265,6 +375,17 @@ class EndpointConfigSpec(ApiModel):
             "message": MSG_ASYNC_NO_SHADOWS,
         },
         {
+            "rule": "!has(self.asyncInferenceConfig) || self.productionVariants.all(v, !has(v.serverlessConfig))",
+            "message": MSG_SERVERLESS_NOT_ASYNC,
+        },
+        {
+            "rule": (
+                "!has(self.shadowProductionVariants)"
+                " || self.shadowProductionVariants.all(v, !has(v.serverlessConfig))"
+            ),
+            "message": MSG_SERVERLESS_NO_SHADOWS,
+        },
+        {
             "rule": "has(self.asyncInferenceConfig) || "
             + _variants_cel(
                 "!has(v.autoscaling) || !has(v.autoscaling.minReplicas) || v.autoscaling.minReplicas >= 1"
@@ -290,6 +411,10 @@ class EndpointConfigSpec(ApiModel):
             raise ValueError(MSG_VARIANT_NAMES_UNIQUE)
         if not any(v.initial_variant_weight > 0 for v in self.production_variants):
             raise ValueError(MSG_WEIGHTS_POSITIVE)
+        if any(v.is_serverless for v in self.shadow_production_variants):
+            raise ValueError(MSG_SERVERLESS_NO_SHADOWS)
+        if self.async_inference_config is not None and any(v.is_serverless for v in self.production_variants):
+            raise ValueError(MSG_SERVERLESS_NOT_ASYNC)
         scaled = [v.autoscaling for v in self.production_variants + self.shadow_production_variants]
         scalings = [a for a in scaled if a is not None]
         if self.async_inference_config is not None:

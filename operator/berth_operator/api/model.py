@@ -53,6 +53,15 @@ class RuntimeSettings(ApiModel):
     )
 
 
+class WarmupRequest(ApiModel):
+    """A request a new replica answers before it takes traffic (SageMaker's warm-up on load)."""
+
+    content_type: str = Field(
+        default="application/json", min_length=1, max_length=255, description="Content-Type of the body."
+    )
+    body: str = Field(max_length=65_536, description="The payload sent to /invocations, as text.")
+
+
 class ModelSpec(ApiModel):
     """What to serve."""
 
@@ -89,6 +98,15 @@ class ModelSpec(ApiModel):
     )
     runtime: RuntimeSettings = Field(
         default_factory=RuntimeSettings, description="Tuning of the built-in ONNX Runtime server."
+    )
+
+    warmup_requests: list[WarmupRequest] = Field(
+        default_factory=list,
+        max_length=10,
+        description=(
+            "Requests each new replica answers (each a 2xx) before it reports ready: a cold start"
+            " pays its first-call costs before a client waits on it."
+        ),
     )
 
     x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [

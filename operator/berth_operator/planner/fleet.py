@@ -11,8 +11,17 @@ from dataclasses import dataclass, replace
 
 from berth_serving.asyncinf.keys import stream_key
 
-from ..api import AsyncInferenceConfig, Autoscaling, EndpointConfig, Model, ProductionVariant, VariantOverride
+from ..api import (
+    AsyncInferenceConfig,
+    Autoscaling,
+    EndpointConfig,
+    Model,
+    ProductionVariant,
+    ServerlessConfig,
+    VariantOverride,
+)
 from ..settings import InstanceType, Settings
+from . import serverless
 from .names import variant_object_name
 
 
@@ -30,6 +39,10 @@ class VariantPlan:
     production_names: tuple[str, ...] = ()  # every production variant of the config
     async_config: AsyncInferenceConfig | None = None  # the config's: this variant is an async fleet
     stream: str | None = None  # async: the Redis stream the variant's workers read
+
+    @property
+    def serverless(self) -> ServerlessConfig | None:
+        return self.spec.serverless_config
 
     @property
     def name(self) -> str:
@@ -86,13 +99,18 @@ def resolve_fleet(
     specs += [(v, True) for v in config.spec.shadow_production_variants]
     for spec, shadow in specs:
         where = f"EndpointConfig {config_name}: variant {spec.variant_name}"
-        instance_type = settings.instance_types.get(spec.instance_type)
+        instance_type: InstanceType | None
+        if spec.serverless_config is not None:
+            instance_type = serverless.instance_type(spec.serverless_config)
+        else:
+            assert spec.instance_type is not None  # admission: one of the two
+            instance_type = settings.instance_types.get(spec.instance_type)
         model = models.get(spec.model_name)
         if model is None:
             errors.append(f"{where}: Model {spec.model_name} not found")
             continue
         if instance_type is None:
-            errors.append(f"{where}: {unknown_instance_type(spec.instance_type, settings)}")
+            errors.append(f"{where}: {unknown_instance_type(spec.instance_type or '', settings)}")
             continue
         override = by_name.get(spec.variant_name)
         weight = spec.initial_variant_weight
@@ -139,8 +157,11 @@ def _replicas(spec: ProductionVariant, override: VariantOverride | None, retaine
 
     During a rollout an autoscaled variant starts no smaller than the old fleet's variant of
     the same name had grown (retained): it is about to take that traffic. Without autoscaling
-    the config (or variantOverrides) says how many.
+    the config (or variantOverrides) says how many. A serverless variant's floor is its
+    provisioned concurrency's replicas (0: it scales to zero).
     """
+    if spec.serverless_config is not None:
+        return serverless.min_replicas(spec.serverless_config)
     if spec.autoscaling is not None:
         floor = max(spec.autoscaling.min_replicas, retained or 0)
         return min(floor, spec.autoscaling.max_replicas)

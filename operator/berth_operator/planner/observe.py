@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import serverless
 from .fleet import VariantPlan
 from .types import Manifest
 
@@ -81,9 +82,10 @@ def deployment_readiness(children: Iterable[Manifest], variant: VariantPlan) -> 
     spec = observed.get("spec", {})
     status = observed.get("status") or {}
     desired = variant.replicas
-    if variant.autoscaling is not None and isinstance(spec.get("replicas"), int):
-        # The HPA sets replicas between the floor we asked for and maxReplicas.
-        desired = min(max(spec["replicas"], variant.replicas), variant.autoscaling.max_replicas)
+    ceiling = _ceiling(variant)
+    if ceiling is not None and isinstance(spec.get("replicas"), int):
+        # The HPA (KEDA's too) sets replicas between the floor we asked for and its maximum.
+        desired = min(max(spec["replicas"], variant.replicas), ceiling)
     ready = _int(status.get("readyReplicas"))
     updated = _int(status.get("updatedReplicas", ready))
     generation = observed.get("metadata", {}).get("generation")
@@ -91,9 +93,18 @@ def deployment_readiness(children: Iterable[Manifest], variant: VariantPlan) -> 
     current_generation = generation is None or seen is None or _int(seen) >= _int(generation)
     # An autoscaled variant is ready at its floor: pods the HPA adds while they start must not
     # make the variant (and the Endpoint) flap out of Ready.
-    needed = variant.replicas if variant.autoscaling is not None else desired
+    needed = variant.replicas if ceiling is not None else desired
     is_ready = current_generation and ready >= needed and updated >= needed
     return Readiness(_int(status.get("replicas", ready)), ready, desired, is_ready)
+
+
+def _ceiling(variant: VariantPlan) -> int | None:
+    """The most replicas an autoscaler may give the variant; None when nothing scales it."""
+    if variant.autoscaling is not None:
+        return variant.autoscaling.max_replicas
+    if variant.serverless is not None:
+        return max(variant.replicas, serverless.max_replicas(variant.serverless))
+    return None
 
 
 def is_default_rule(rule: Mapping[str, Any]) -> bool:
@@ -120,7 +131,7 @@ def observed_split(children: Iterable[Manifest]) -> dict[str, int]:
                 if not is_default_rule(rule):
                     continue
                 for ref in rule.get("backendRefs", []):
-                    split[ref.get("name", "")] = _int(ref.get("weight", 1))
+                    split[serverless.routed_service(ref)] = _int(ref.get("weight", 1))
         elif child.get("kind") == "Ingress":
             annotations = child.get("metadata", {}).get("annotations", {})
             if annotations.get("nginx.ingress.kubernetes.io/rewrite-target", "/$2") != "/$2":

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ..api import Condition, EndpointStatus, VariantStatus
-from . import asyncinf, labels
+from . import asyncinf, labels, serverless
 from .access import network_policy, serving_access, serving_identity
 from .autoscaling import KEDA_KIND, autoscaler_problems
 from .clock import stamp
@@ -38,6 +38,7 @@ FLEET_KINDS = (
     "Service",
     "HorizontalPodAutoscaler",
     KEDA_KIND,
+    serverless.HTTP_SCALED_OBJECT_KIND,
     "PodDisruptionBudget",
 )
 ROUTE_KINDS = ("HTTPRoute", "Ingress")
@@ -64,7 +65,7 @@ class _Planner:
         self.children = [c for c in inp.observed.children if self._is_ours(c)]
         self.endpoint_label = labels.endpoint_label(self.endpoint.name)
         self.route_was_in_place = False  # the observed route carried the split of the previous status
-        self._fleets: dict[tuple[str, tuple[tuple[str, int], ...]], Fleet] = {}
+        self._fleets: dict[tuple[str, tuple[tuple[str, int], ...], bool], Fleet] = {}
 
     def _is_ours(self, child: Manifest) -> bool:
         meta = child.get("metadata", {})
@@ -75,11 +76,13 @@ class _Planner:
 
     # ---------------------------------------------------------------- fleets
 
-    def fleet(self, config: str, retained: Mapping[str, int] | None = None) -> Fleet:
-        key = (config, tuple(sorted((retained or {}).items())))
+    def fleet(self, config: str, retained: Mapping[str, int] | None = None, proving: bool = False) -> Fleet:
+        """proving: the fleet has not served yet; its serverless variants keep one replica until it
+        has (a fleet at zero would be "ready" without ever loading its model)."""
+        key = (config, tuple(sorted((retained or {}).items())), proving)
         if key not in self._fleets:
             inp = self.inp
-            self._fleets[key] = resolve_fleet(
+            fleet = resolve_fleet(
                 self.endpoint.name,
                 config,
                 inp.configs,
@@ -88,7 +91,19 @@ class _Planner:
                 self.endpoint.spec.variant_overrides,
                 retained,
             )
+            if proving:
+                variants = tuple(
+                    replace(v, replicas=max(v.replicas, 1)) if v.serverless is not None else v
+                    for v in fleet.variants
+                )
+                fleet = replace(fleet, variants=variants)
+            self._fleets[key] = fleet
         return self._fleets[key]
+
+    def proving(self, config: str) -> bool:
+        """config has not served this Endpoint yet (a rollout's target, or a first fleet)."""
+        previous = self.previous
+        return config != previous.endpoint_config_name or previous.phase in (None, "Creating", "Failed")
 
     def readiness(self, variant: VariantPlan) -> Readiness:
         return deployment_readiness(self.children, variant)
@@ -110,7 +125,7 @@ class _Planner:
         return sorted(set(found + deployment_failures(deployments)))
 
     def fleet_state(self, config: str, retained: Mapping[str, int]) -> FleetState:
-        fleet = self.fleet(config, retained)
+        fleet = self.fleet(config, retained, self.proving(config))
         ready = fleet.complete and all(self.readiness(v).is_ready for v in fleet.variants)
         fatal = tuple(f.message for f in self.failures([fleet]) if f.fatal)
         return FleetState(ready, fatal)
@@ -140,9 +155,11 @@ class _Planner:
     ) -> list[_Live]:
         fleets = []
         if serving is not None:
-            fleets.append(_Live(self.fleet(serving), 100 - shifted if target else 100))
+            fleets.append(
+                _Live(self.fleet(serving, proving=self.proving(serving)), 100 - shifted if target else 100)
+            )
         if target is not None and target != serving:
-            fleets.append(_Live(self.fleet(target, retained), shifted))
+            fleets.append(_Live(self.fleet(target, retained, proving=True), shifted))
         return fleets
 
     def routing(self, live: list[_Live]) -> Routing:
@@ -162,6 +179,17 @@ class _Planner:
             self.inp.settings,
             self.inp.observed.unavailable_kinds,
             async_service=async_frontdoor_name(self.endpoint.name) if self.has_frontdoor(live) else None,
+            intercepted=self.intercepted(live),
+        )
+
+    # ---------------------------------------------------------------- serverless
+
+    def intercepted(self, live: list[_Live]) -> frozenset[str]:
+        """Services of serverless variants the route reaches through the KEDA HTTP interceptor."""
+        if not serverless.scales_to_zero(self.inp.settings, self.inp.observed.unavailable_kinds):
+            return frozenset()
+        return frozenset(
+            v.object_name for item in live for v in item.fleet.production if v.serverless is not None
         )
 
     # ---------------------------------------------------------------- async
@@ -356,11 +384,18 @@ class _Planner:
                 access = serving_access(self.endpoint, self.inp.settings, v.model.spec.service_account_name)
                 if access.service_account is not None:
                     accounts.add(access.service_account)
-        return [
+        shared = [
             obj
             for account in sorted(accounts)
             for obj in serving_identity(self.endpoint.namespace, account, self.inp.settings)
         ]
+        if (
+            self.intercepted(live)
+            and serverless.REFERENCE_GRANT_KIND not in self.inp.observed.unavailable_kinds
+        ):
+            meta_labels = {labels.PART_OF: labels.PART_OF_VALUE, labels.MANAGED_BY: labels.MANAGED_BY_VALUE}
+            shared.append(serverless.reference_grant(self.endpoint.namespace, self.inp.settings, meta_labels))
+        return shared
 
     def deletes(
         self, desired: list[Manifest], live: list[_Live], keep_route: bool
@@ -394,7 +429,9 @@ class _Planner:
             if child.get("kind") == "HTTPRoute":
                 for rule in child.get("spec", {}).get("rules", []):
                     names.update(
-                        ref.get("name") for ref in rule.get("backendRefs", []) if ref.get("weight", 1)
+                        serverless.routed_service(ref)
+                        for ref in rule.get("backendRefs", [])
+                        if ref.get("weight", 1)
                     )
                     for f in rule.get("filters", []):
                         names.add(((f.get("requestMirror") or {}).get("backendRef") or {}).get("name"))
@@ -464,6 +501,12 @@ class _Planner:
             extra.append(acceptance.refused)
         queue_problems, queue_reason = self.async_problems(live, draining)
         extra += queue_problems
+        scaler_problems = serverless.problems(
+            any(v.serverless is not None for f in fleets for v in f.variants),
+            inp.settings,
+            inp.observed.unavailable_kinds,
+        )
+        extra += scaler_problems
         if frontdoor:
             extra += asyncinf.frontdoor_problems(inp.observed.pods, endpoint.name)
         serving_ready = serving.complete and all(self.readiness(v).is_ready for v in serving.variants)
@@ -481,7 +524,7 @@ class _Planner:
             missing=self.missing(serving_objects),
             route_waiting=acceptance.waiting,
             apply_failed=bool(inp.observed.write_failures),
-            queue_reason=queue_reason,
+            queue_reason=queue_reason or ("ServerlessScalerMissing" if scaler_problems else None),
         )
         phase = phase_of(previous, decision, facts)
         public = inp.settings.routing.public_url.rstrip("/")

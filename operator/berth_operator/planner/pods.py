@@ -25,6 +25,8 @@ TMP_VOLUME = "tmp"
 TMP_SIZE_LIMIT = "1Gi"  # scratch of the serving runtime and of batch transform's partial outputs
 PVC_MOUNT_ROOT = "/mnt/pvc"
 RUN_AS = 10001  # the uid and gid the Berth images are built with
+CACHE_VOLUME = "model-cache"
+CACHE_MOUNT_PATH = "/var/cache/berth/models"
 INIT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 
 
@@ -51,9 +53,15 @@ def model_volume_size(instance_type: InstanceType, volume_size_in_gb: int | None
     return canonical(instance_type.model_volume_size_limit)
 
 
-def model_volumes(model: ModelSpec, size_limit: str) -> list[dict[str, Any]]:
+def uses_cache(model: ModelSpec, settings: Settings) -> bool:
+    """The settings name a node-local model cache, and the model's sha256 gives its key there."""
+    return settings.model_cache.volume is not None and model.sha256 is not None
+
+
+def model_volumes(model: ModelSpec, size_limit: str, settings: Settings) -> list[dict[str, Any]]:
     """The pod's volumes: the model and /tmp emptyDirs (bounded, so a runaway download or unpack
-    evicts this pod rather than filling the node), and the claim of a pvc:// model URI."""
+    evicts this pod rather than filling the node), the claim of a pvc:// model URI, and the
+    node-local model cache when there is one."""
     volumes: list[dict[str, Any]] = [
         {"name": MODEL_VOLUME, "emptyDir": {"sizeLimit": size_limit}},
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
@@ -61,6 +69,9 @@ def model_volumes(model: ModelSpec, size_limit: str) -> list[dict[str, Any]]:
     claim = pvc_claim(model.model_uri)
     if claim is not None:  # the init container reads the model from the claim
         volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    if uses_cache(model, settings):
+        assert settings.model_cache.volume is not None
+        volumes.append({"name": CACHE_VOLUME, **settings.model_cache.volume.source()})
     return volumes
 
 
@@ -79,12 +90,15 @@ def model_volume_mounts() -> list[dict[str, Any]]:
     ]
 
 
-def fetch_model_args(model: ModelSpec, size_limit: str) -> list[str]:
+def fetch_model_args(model: ModelSpec, size_limit: str, cache: bool = False) -> list[str]:
     """`berth fetch-model URI DEST`: verified by sha256 when given, and never more bytes than the
-    model volume holds (an archive that would unpack past it is refused with that reason)."""
+    model volume holds (an archive that would unpack past it is refused with that reason); with a
+    cache, copied from it when the node has the model and stored into it when not."""
     args = ["fetch-model", model.model_uri, MODEL_MOUNT_PATH, "--max-bytes", str(to_bytes(size_limit))]
     if model.sha256:
         args += ["--sha256", model.sha256]
+    if cache:
+        args += ["--cache-dir", CACHE_MOUNT_PATH]
     return args
 
 
@@ -98,13 +112,16 @@ def model_init_container(model: ModelSpec, settings: Settings, size_limit: str) 
     if claim is not None:
         # fetch-model reads pvc://CLAIM/PATH at /mnt/pvc/CLAIM/PATH
         mounts.append({"name": "pvc", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    cache = uses_cache(model, settings)
+    if cache:
+        mounts.append({"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT_PATH})
     container: dict[str, Any] = {
         "name": INIT_CONTAINER,
         # Berth's own image always has `berth fetch-model`, even when the server image is BYO.
         "image": settings.images.cpu,
         "imagePullPolicy": settings.images.pull_policy,
         "command": ["berth"],
-        "args": fetch_model_args(model, size_limit),
+        "args": fetch_model_args(model, size_limit, cache),
         "resources": copy.deepcopy(INIT_RESOURCES),
         # berth writes its error to /dev/termination-log; the log tail stands in if it could not.
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +10,7 @@ from berth_serving.config import DEFAULT_PORT
 
 from ..api import Endpoint
 from ..settings import Settings
-from . import labels
+from . import labels, serverless
 from .meta import object_meta
 from .names import async_ingress_name, canary_ingress_name, route_name
 from .types import Manifest
@@ -80,8 +80,10 @@ def plan_routing(
     settings: Settings,
     unavailable_kinds: frozenset[str] = frozenset(),
     async_service: str | None = None,
+    intercepted: frozenset[str] = frozenset(),
 ) -> Routing:
-    """async_service: the front door's Service, which gets /async-invocations of the prefix."""
+    """async_service: the front door's Service, which gets /async-invocations of the prefix;
+    intercepted: Services of serverless variants, reached through the KEDA HTTP interceptor."""
     weights = default_weights(backends)
     mode = settings.routing.mode
     if mode == "none" or not weights:
@@ -90,7 +92,7 @@ def plan_routing(
         return Routing([], weights, MSG_NO_GATEWAY_API)
     if mode == "ingress":
         return _ingress_routing(endpoint, backends, weights, settings, async_service)
-    return _gateway_routing(endpoint, backends, weights, settings, async_service)
+    return _gateway_routing(endpoint, backends, weights, settings, async_service, intercepted)
 
 
 def path_prefix(endpoint: Endpoint) -> str:
@@ -105,11 +107,25 @@ def _rewrite(replacement: str = "/") -> dict[str, Any]:
     }
 
 
+RefMaker = Callable[[str, int], dict[str, Any]]
+
+
 def _backend_ref(service: str, weight: int) -> dict[str, Any]:
     return {"name": service, "port": DEFAULT_PORT, "weight": weight}
 
 
-def _header_rules(backends: Sequence[Backend]) -> list[tuple[str, list[dict[str, Any]]]]:
+def _ref_maker(namespace: str, intercepted: frozenset[str], settings: Settings) -> RefMaker:
+    """backendRefs to a variant's Service, or for a serverless one to the interceptor naming it."""
+
+    def ref(service: str, weight: int) -> dict[str, Any]:
+        if service in intercepted:
+            return serverless.interceptor_backend_ref(namespace, service, weight, settings)
+        return _backend_ref(service, weight)
+
+    return ref
+
+
+def _header_rules(backends: Sequence[Backend], ref: RefMaker) -> list[tuple[str, list[dict[str, Any]]]]:
     """Per live variant name: the fleets with traffic that have it, weighted by their share.
 
     A variant of a fleet that takes no traffic yet (a rollout still provisioning) gets no
@@ -117,12 +133,10 @@ def _header_rules(backends: Sequence[Backend]) -> list[tuple[str, list[dict[str,
     """
     live = [b for b in backends if not b.shadow and b.fleet_share > 0]
     names = sorted({b.variant for b in live})
-    return [
-        (name, [_backend_ref(b.service, b.fleet_share) for b in live if b.variant == name]) for name in names
-    ]
+    return [(name, [ref(b.service, b.fleet_share) for b in live if b.variant == name]) for name in names]
 
 
-def _model_rules(backends: Sequence[Backend]) -> list[tuple[str, list[dict[str, Any]]]]:
+def _model_rules(backends: Sequence[Backend], ref: RefMaker) -> list[tuple[str, list[dict[str, Any]]]]:
     """Per Model served by a live variant: the variants that serve it, by their share of the traffic.
 
     Open Inference Protocol clients name a model in the path; each replica knows only its own
@@ -133,7 +147,7 @@ def _model_rules(backends: Sequence[Backend]) -> list[tuple[str, list[dict[str, 
     for model in sorted({b.model for b in live}):
         serving = [b for b in live if b.model == model]
         weights = apportion([b.fraction for b in serving])
-        rules.append((model, [_backend_ref(b.service, w) for b, w in zip(serving, weights, strict=True)]))
+        rules.append((model, [ref(b.service, w) for b, w in zip(serving, weights, strict=True)]))
     return rules
 
 
@@ -165,10 +179,12 @@ def _gateway_routing(
     weights: dict[str, int],
     settings: Settings,
     async_service: str | None = None,
+    intercepted: frozenset[str] = frozenset(),
 ) -> Routing:
     prefix = path_prefix(endpoint)
-    header_rules = _header_rules(backends)
-    model_rules = [(m, refs) for m, refs in _model_rules(backends) if m != endpoint.name]
+    ref = _ref_maker(endpoint.namespace, intercepted, settings)
+    header_rules = _header_rules(backends, ref)
+    model_rules = [(m, refs) for m, refs in _model_rules(backends, ref) if m != endpoint.name]
     mirrors = _mirrors(backends)
     too_many = (
         len(header_rules) + len(model_rules) + 1 + (async_service is not None) > MAX_RULES
@@ -212,7 +228,7 @@ def _gateway_routing(
         {
             "matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
             "filters": [_rewrite(), *mirror_filters],
-            "backendRefs": [_backend_ref(service, weight) for service, weight in weights.items()],
+            "backendRefs": [ref(service, weight) for service, weight in weights.items()],
         }
     )
     gateway = settings.routing.gateway

@@ -8,7 +8,7 @@ from berth_serving.config import DEFAULT_PORT, DEFAULT_TIMEOUT_SECONDS, MODEL_MO
 
 from ..api import Endpoint
 from ..settings import Settings
-from . import labels
+from . import labels, serverless
 from .access import ServingAccess, access_env, access_mounts, access_volumes, serving_access
 from .asyncinf import (
     WORKER_METRICS_PORT,
@@ -62,6 +62,12 @@ def variant_objects(
         for o in autoscaler_objects(endpoint, variant, settings, _labels(variant))
         if o["kind"] not in unavailable
     ]
+    if variant.serverless is not None and serverless.scales_to_zero(settings, unavailable):
+        scalers = [
+            serverless.http_scaled_object(
+                endpoint, variant.object_name, variant.serverless, variant.replicas, _labels(variant)
+            )
+        ]
     objects = [
         deployment(endpoint, variant, settings, access, scaled=bool(scalers)),
         service(endpoint, variant),
@@ -189,7 +195,7 @@ def _pod_spec(variant: VariantPlan, settings: Settings, access: ServingAccess) -
                 _server_container(variant, settings, size_limit, access),
                 *_sidecars(variant, settings),
             ],
-            "volumes": model_volumes(model, size_limit) + access_volumes(access),
+            "volumes": model_volumes(model, size_limit, settings) + access_volumes(access),
             "topologySpreadConstraints": [
                 {
                     "maxSkew": 1,
@@ -210,8 +216,9 @@ def deployment(
 ) -> Manifest:
     spec: dict[str, Any] = {}
     if not scaled:  # with an autoscaler the HPA (KEDA's too) owns replicas
-        # Without its ScaledObject (no KEDA) nothing would start an async fleet at zero: keep one.
-        floor = 1 if variant.async_config is not None else 0
+        # Without its ScaledObject (no KEDA) nothing would start an async or serverless fleet at
+        # zero: keep one.
+        floor = 1 if variant.async_config is not None or variant.serverless is not None else 0
         spec["replicas"] = max(variant.replicas, floor)
     spec.update(
         {

@@ -104,7 +104,7 @@ def candidate_objects(
         {
             "initContainers": [model_init_container(model, settings, size_limit)],
             "containers": [server],
-            "volumes": model_volumes(model, size_limit),
+            "volumes": model_volumes(model, size_limit, settings),
         }
     )
     pod.update(node_placement(instance_type))

@@ -143,7 +143,7 @@ def _pod_spec(
         {
             "initContainers": [model_init_container(model.spec, settings, size_limit)],
             "containers": [_transform_container(transform, model, instance_type, settings, size_limit)],
-            "volumes": model_volumes(model.spec, size_limit),
+            "volumes": model_volumes(model.spec, size_limit, settings),
         }
     )
     spec.update(node_placement(instance_type))
