@@ -7,6 +7,7 @@ cd "$(dirname "$0")/../.."
 GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.3.0}"
 ENVOY_GATEWAY_VERSION="${ENVOY_GATEWAY_VERSION:-v1.4.2}"
 KEDA_VERSION="${KEDA_VERSION:-2.20.1}"
+KEDA_HTTP_VERSION="${KEDA_HTTP_VERSION:-0.15.0}"
 
 step() { echo "::group::$*"; }
 end() { echo "::endgroup::"; }
@@ -31,6 +32,13 @@ helm repo add kedacore https://kedacore.github.io/charts --force-update
 helm upgrade --install keda kedacore/keda --version "${KEDA_VERSION}" \
   --namespace keda --create-namespace --wait --timeout 5m
 kubectl wait --for=condition=Established --timeout=60s crd/scaledobjects.keda.sh
+end
+
+step "KEDA HTTP add-on ${KEDA_HTTP_VERSION} (serverless variants: the interceptor holds cold starts)"
+helm upgrade --install keda-add-ons-http kedacore/keda-add-ons-http --version "${KEDA_HTTP_VERSION}" \
+  --namespace keda --wait --timeout 5m
+kubectl wait --for=condition=Established --timeout=60s crd/httpscaledobjects.http.keda.sh
+kubectl -n keda get service keda-add-ons-http-interceptor-proxy
 end
 
 step "Berth chart"

@@ -101,6 +101,8 @@ def test_configs_use_instance_types_of_the_kind_catalog(
     worker_labels = next(n for n in kind_config["nodes"] if n["role"] == "worker")["labels"]
     for config in by_kind(manifests, "EndpointConfig"):
         for variant in config["spec"]["productionVariants"]:
+            if "serverlessConfig" in variant:  # sized by its memory, placed anywhere
+                continue
             instance = catalog[variant["instanceType"]]
             # Schedulable: the selector matches the kind worker's labels.
             assert instance.node_selector.items() <= worker_labels.items()
@@ -134,10 +136,10 @@ def test_endpoint_references_resolve(manifests: list[dict[str, Any]]) -> None:
     for config in configs.values():
         assert {v["modelName"] for v in config["spec"]["productionVariants"]} <= models
     endpoints = by_kind(manifests, "Endpoint")
-    assert {e["metadata"]["name"] for e in endpoints} == {"iris", "iris-async"}
+    assert {e["metadata"]["name"] for e in endpoints} == {"iris", "iris-async", "iris-serverless"}
     for endpoint in endpoints:
         assert endpoint["spec"]["endpointConfigName"] in configs
-    scripts = (SCRIPTS / "e2e-test.sh").read_text() + (SCRIPTS / "e2e-async.sh").read_text()
+    scripts = "".join((SCRIPTS / f"e2e-{name}.sh").read_text() for name in ("test", "async", "serverless"))
     for name in configs:
         assert name in scripts
 
@@ -161,6 +163,25 @@ def test_the_async_endpoint_has_its_queue_keda_and_storage(
     assert f"Bucket='{bucket}'" in (SCRIPTS / "e2e-async.sh").read_text()
     workflow = (WORKFLOWS / "e2e.yml").read_text()
     assert workflow.index("e2e-async.sh") < workflow.index("e2e-test.sh")  # before the uninstall
+
+
+def test_the_serverless_endpoint_goes_through_the_http_add_on(manifests: list[dict[str, Any]]) -> None:
+    """e2e-install.sh installs the KEDA HTTP add-on whose interceptor the chart's default settings
+    name; the serverless e2e runs before the uninstall."""
+    from berth_operator.settings import Settings
+
+    install = (SCRIPTS / "e2e-install.sh").read_text()
+    assert "kedacore/keda-add-ons-http" in install
+    interceptor = Settings().serverless.interceptor
+    assert f"-n {interceptor.namespace} get service {interceptor.name}" in install
+    config = next(
+        c for c in by_kind(manifests, "EndpointConfig") if c["metadata"]["name"] == "iris-serverless-v1"
+    )
+    assert "serverlessConfig" in config["spec"]["productionVariants"][0]
+    workflow = (WORKFLOWS / "e2e.yml").read_text()
+    assert (
+        workflow.index("e2e-async.sh") < workflow.index("e2e-serverless.sh") < workflow.index("e2e-test.sh")
+    )
 
 
 def test_gateway_port_path(kind_values: dict[str, Any], manifests: list[dict[str, Any]]) -> None:

@@ -107,6 +107,10 @@ def test_the_route_sends_the_variant_through_the_interceptor() -> None:
         {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": NAMESPACE}
     ]
     assert grant["spec"]["to"] == [{"group": "", "kind": "Service", "name": INTERCEPTOR}]
+    # The interceptor's pods forward the traffic: the NetworkPolicy admits their namespace.
+    [policy] = [o for o in plan.objects if o["kind"] == "NetworkPolicy"]
+    sources = [f["namespaceSelector"]["matchLabels"] for f in policy["spec"]["ingress"][0]["from"]]
+    assert {"kubernetes.io/metadata.name": "keda"} in sources
     assert_admitted(plan.objects)
 
 

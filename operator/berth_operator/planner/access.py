@@ -137,12 +137,18 @@ def caller_namespaces(endpoint: Endpoint, settings: Settings) -> list[str]:
     return sorted(set(names))
 
 
-def network_policy(endpoint: Endpoint, settings: Settings, *, async_metrics: bool = False) -> Manifest | None:
+def network_policy(
+    endpoint: Endpoint, settings: Settings, *, async_metrics: bool = False, interceptor: bool = False
+) -> Manifest | None:
     """One NetworkPolicy over every serving pod of the Endpoint (all configs and variants, and the
-    async front door): ingress on the serving port from the caller namespaces only, and on the
-    async workers' metrics port when there are some. Egress is left alone (model downloads)."""
+    async front door): ingress on the serving port from the caller namespaces only (and the KEDA
+    HTTP interceptor's, which forwards serverless variants' traffic), and on the async workers'
+    metrics port when there are some. Egress is left alone (model downloads)."""
     if not settings.network_policy.enabled:
         return None
+    sources = caller_namespaces(endpoint, settings)
+    if interceptor and settings.serverless.interceptor.namespace not in sources:
+        sources = [*sources, settings.serverless.interceptor.namespace]
     meta = object_meta(
         endpoint,
         network_policy_name(endpoint.name),
@@ -157,7 +163,7 @@ def network_policy(endpoint: Endpoint, settings: Settings, *, async_metrics: boo
             "policyTypes": ["Ingress"],
             "ingress": [
                 {
-                    "from": [_from_namespace(name) for name in caller_namespaces(endpoint, settings)],
+                    "from": [_from_namespace(name) for name in sources],
                     "ports": [
                         {"protocol": "TCP", "port": port}
                         for port in (DEFAULT_PORT, *((ASYNC_METRICS_PORT,) if async_metrics else ()))

@@ -356,7 +356,9 @@ class _Planner:
             for obj in variant_objects(self.endpoint, v, inp.settings, inp.observed.unavailable_kinds)
         ]
         any_async = any(fleet.is_async for fleet in fleets)
-        policy = network_policy(self.endpoint, inp.settings, async_metrics=any_async)
+        policy = network_policy(
+            self.endpoint, inp.settings, async_metrics=any_async, interceptor=bool(self.intercepted(live))
+        )
         if policy is not None:
             objects.append(policy)
         routing = self.routing(live)
