@@ -3,7 +3,8 @@
 Level-triggered like a ReplicaSet controller: fetch the model (the storage-initializer's
 job in a pod), keep `replicas` processes of the current template running, and when the
 template changes start the new processes first and stop the old ones once the new are
-ready.
+ready. A fleet that wakes from zero replicas fetches again (a cache hit when the model did
+not change), as a new pod's storage-initializer would: each phase of a cold start is timed.
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ class LocalDeployment:
         self.fetch_failures = 0
         self.model_path: Path | None = None
         self.served = False  # some replica was ready once: its Model became Ready
+        # time.monotonic() of the last wake from zero replicas (or of the start), and of the model
+        # file being ready after it: the scheduled and model-fetched ends of a cold start.
+        self.woke_at: float | None = None
+        self.fetched_at: float | None = None
+        self._asleep = True
         self._fetched_hash = ""
         self._evicted_hash = ""  # the template whose cached model was dropped after a load failure
         self._cache = cache
@@ -119,6 +125,15 @@ class LocalDeployment:
     def routable(self) -> list[Replica]:
         return [r for r in self.replicas if r.ready and r.state not in ("Terminating", "Stopped")]
 
+    def unready_reason(self) -> str:
+        """Why no replica serves, when something says so: the fetch's error, a crash's reason."""
+        if self.fetch_state == "Failed":
+            return f"model fetch failed: {self.fetch_error}"
+        for replica in self.current():
+            if replica.state == "CrashLoopBackOff" and replica.last_error:
+                return f"replica {replica.name} CrashLoopBackOff: {replica.last_error}"
+        return ""
+
     # ------------------------------------------------------------------ reconcile loop
 
     async def _loop(self) -> None:
@@ -135,6 +150,13 @@ class LocalDeployment:
     async def _reconcile(self) -> None:
         spec = self.spec
         tag = spec.template_hash
+        if spec.replicas == 0:
+            self._asleep = True
+        elif self._asleep:
+            self._asleep = False
+            self.woke_at, self.fetched_at = time.monotonic(), None
+            if not self.current():
+                self._fetched_hash = ""  # the new pods' init containers fetch (from the cache)
         if spec.model_uri is None:  # nothing to fetch
             self.fetch_state, self._fetched_hash = "Fetched", tag
         elif self._fetched_hash == tag and self._evicted_hash != tag and self._model_failed_to_load():
@@ -182,6 +204,7 @@ class LocalDeployment:
             self._dirty.set()  # try again after the backoff
             return False
         self.fetch_state, self.fetch_error = "Fetched", ""
+        self.fetched_at = time.monotonic()
         self._on_change()
         return True
 

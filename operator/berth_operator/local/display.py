@@ -2,30 +2,66 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from .interceptor import PHASE_NAMES
 
 COLUMNS = ("ENDPOINT", "PHASE", "CONFIG", "VARIANTS", "URL")
 
+Serverless = Mapping[tuple[str, str], dict[str, Any]]  # (config, variant) -> the interceptor's entry
 
-def _variant_parts(variants: list[dict[str, Any]], total: float) -> list[str]:
+
+def _variant_parts(
+    variants: list[dict[str, Any]], total: float, config: str, serverless: Serverless
+) -> list[str]:
     parts = []
     for v in variants:
         share = 100.0 * float(v.get("currentWeight", 0)) / total if total else 0.0
-        ready = f"{v.get('readyInstanceCount', 0)}/{v.get('desiredInstanceCount', 0)}"
+        ready_count, desired = v.get("readyInstanceCount", 0), v.get("desiredInstanceCount", 0)
+        ready = f"{ready_count}/{desired}"
         queued = f" queue {v['backlogSize']}" if v.get("backlogSize") is not None else ""  # async variants
+        held = serverless.get((config, v["variantName"]))
+        if held is not None:  # serverless: at zero it is idle, not missing
+            if not ready_count and not desired and not held.get("coldStarting"):
+                ready += " (idle)"
+            elif held.get("held"):
+                ready += f" held {held['held']}"
         parts.append(f"{v['variantName']} {share:.0f}% {ready}{queued}")
     return parts
 
 
-def variants_cell(status: dict[str, Any]) -> str:
+def variants_cell(status: dict[str, Any], serverless: Serverless | None = None) -> str:
     """Serving variants, then the pending config's during a rollout; shares of all traffic."""
+    serverless = serverless or {}
     serving = status.get("productionVariants", [])
     pending = status.get("pendingProductionVariants", [])
     total = sum(float(v.get("currentWeight", 0)) for v in serving + pending)
-    cell = ", ".join(_variant_parts(serving, total)) or "-"
+    config = status.get("endpointConfigName") or ""
+    cell = ", ".join(_variant_parts(serving, total, config, serverless)) or "-"
     if pending:
-        cell += " -> " + ", ".join(_variant_parts(pending, total))
+        pending_config = status.get("pendingEndpointConfigName") or ""
+        cell += " -> " + ", ".join(_variant_parts(pending, total, pending_config, serverless))
     return cell
+
+
+def _serverless(ep: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(item.get("config", ""), item.get("variant", "")): item for item in ep.get("serverless", [])}
+
+
+def cold_start_line(item: dict[str, Any]) -> str:
+    """`variant main: last cold start 1.23 s (scheduled 0.01 s, ...), 3 cold starts`, or ""."""
+    last = item.get("lastColdStart")
+    if not last:
+        return ""
+    phases = ", ".join(
+        f"{PHASE_NAMES.get(name, name)} {seconds:.2f} s" for name, seconds in last["phases"].items()
+    )
+    count = item.get("coldStarts", 0)
+    return (
+        f"variant {item.get('variant') or item.get('deployment')}: last cold start "
+        f"{last['totalSeconds']:.2f} s ({phases}), {count} cold start{'s' if count != 1 else ''}"
+    )
 
 
 def config_cell(status: dict[str, Any]) -> str:
@@ -43,7 +79,7 @@ def rows(snapshot: dict[str, Any]) -> list[tuple[str, ...]]:
                 f"{ep['namespace']}/{ep['name']}",
                 status.get("phase") or "Pending",
                 config_cell(status),
-                variants_cell(status),
+                variants_cell(status, _serverless(ep)),
                 status.get("url") or "-",
             )
         )
@@ -65,6 +101,10 @@ def details(snapshot: dict[str, Any]) -> str:
         reason = ep.get("status", {}).get("failureReason")
         if reason:
             lines.append(f"{ep['namespace']}/{ep['name']}: {reason}")
+        for item in ep.get("serverless", []):
+            for line in (cold_start_line(item), item.get("lastError", "")):
+                if line:
+                    lines.append(f"  {line}")
         for replica in ep.get("replicas", []):
             restarts = replica.get("restarts", 0)
             if replica.get("state") != "Running" or restarts:
@@ -89,6 +129,10 @@ def summary_lines(snapshot: dict[str, Any]) -> dict[str, str]:
         line = f"endpoint {row[0]}: {row[1]} config={row[2]} variants=[{row[3]}] url={row[4]}"
         reason = ep.get("status", {}).get("failureReason")
         lines[key] = line + (f" reason={reason}" if reason else "")
+        for item in ep.get("serverless", []):
+            cold = cold_start_line(item)
+            if cold:
+                lines[f"{key} {item['deployment']}"] = f"endpoint {key} {cold}"
     return lines
 
 

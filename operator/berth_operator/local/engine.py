@@ -3,7 +3,8 @@
 For every Endpoint: observe (children as applied, Deployments and Pods synthesized from
 the fleets, the new fleet's metrics during a rollout), call the same pure planner, then
 carry out the Plan: the HTTPRoute goes to the router, Deployments become fleets of local
-`berth serve` processes, deletions drain before they stop.
+`berth serve` processes, deletions drain before they stop. HTTPScaledObjects go to the
+router's interceptor (interceptor.py), which keeps the replica count of their Deployments.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from ..api import Endpoint, EndpointStatus
 from ..planner import labels
 from ..planner.fleetmetrics import from_texts, metrics_wanted
 from ..planner.pods import SERVER_CONTAINER
+from ..planner.serverless import HTTP_SCALED_OBJECT_KIND
 from ..planner.types import Event, FleetMetrics, Manifest, ObjectRef, Observed, PlanInput, QueueState
 from ..settings import Settings
 from . import asyncfleet
 from .access import API_KEYS_ENV, local_endpoint, write_api_keys
 from .deployment import DeploymentSpec, LocalDeployment
+from .interceptor import LocalInterceptor
 from .keda import LocalKeda
 from .modelcache import ModelCache
 from .reported import observed_deployment, observed_pods, observed_route
@@ -86,19 +89,28 @@ def model_source(deployment: Manifest, models: Mapping[Key, Any]) -> tuple[str, 
 
 
 def desired_replicas(
-    deployment: Manifest, applied: Mapping[ObjectRef, Manifest], keda: LocalKeda | None = None
+    deployment: Manifest,
+    applied: Mapping[ObjectRef, Manifest],
+    keda: LocalKeda | None = None,
+    interceptor: LocalInterceptor | None = None,
 ) -> int:
     if "replicas" in deployment["spec"]:
         return int(deployment["spec"]["replicas"])
     name = deployment["metadata"]["name"]
-    scaled = keda.replicas((deployment["metadata"].get("namespace", "default"), name)) if keda else None
+    key = (deployment["metadata"].get("namespace", "default"), name)
+    scaled = keda.replicas(key) if keda else None
     if scaled is not None:  # a ScaledObject on a Redis stream: the local KEDA keeps the count
         return scaled
+    held = interceptor.replicas(key) if interceptor else None
+    if held is not None:  # an HTTPScaledObject: the local interceptor keeps the count
+        return held
     for obj in applied.values():  # autoscaled: an HPA owns the count; start at its minimum
         if obj["kind"] == "HorizontalPodAutoscaler" and obj["spec"]["scaleTargetRef"]["name"] == name:
             return int(obj["spec"].get("minReplicas", 1))
         if obj["kind"] == "ScaledObject" and obj["spec"]["scaleTargetRef"]["name"] == name:
             return int(obj["spec"].get("minReplicaCount", 1))
+        if obj["kind"] == HTTP_SCALED_OBJECT_KIND and obj["spec"]["scaleTargetRef"]["name"] == name:
+            return int((obj["spec"].get("replicas") or {}).get("min", 0))
     return 1
 
 
@@ -144,6 +156,8 @@ class Engine:
         self.redis_url = redis_url
         self._redis: Any = None  # redis.asyncio.Redis, made on the loop
         self.keda: LocalKeda | None = LocalKeda(self._read_backlog, self._scaled) if redis_url else None
+        self.interceptor = router.interceptor
+        self.interceptor.on_scale = self._scaled
 
     # ------------------------------------------------------------------ inputs
 
@@ -186,14 +200,16 @@ class Engine:
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        keda = asyncio.ensure_future(self.keda.run(stop)) if self.keda else None
+        scalers = [asyncio.ensure_future(self.interceptor.run(stop))]
+        if self.keda:
+            scalers.append(asyncio.ensure_future(self.keda.run(stop)))
         try:
             await self._loop(loop, stop)
         finally:
-            if keda is not None:
-                keda.cancel()
+            for scaler in scalers:
+                scaler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await keda
+                    await scaler
 
     async def _loop(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -262,6 +278,7 @@ class Engine:
             self.applied[ObjectRef.of(obj)] = obj
         deleted = [self.applied.pop(ref) for ref in plan.delete if ref in self.applied]
         self._sync_async()
+        self._sync_serverless()
         self._sync_fleets()
         self._sync_routes()
         for obj in deleted:
@@ -402,7 +419,7 @@ class Engine:
             namespace=meta.get("namespace", "default"),
             name=meta["name"],
             labels=dict(pod["metadata"].get("labels", {})),
-            replicas=desired_replicas(deployment, self.applied, self.keda),
+            replicas=desired_replicas(deployment, self.applied, self.keda, self.interceptor),
             model_uri=uri,
             sha256=sha256,
             env=env,
@@ -470,11 +487,38 @@ class Engine:
         return await read_backlog(self._client(), stream, now)
 
     def _scaled(self) -> None:
-        """The local KEDA changed a replica count: carry it out now."""
+        """The local KEDA (or its HTTP add-on) changed a replica count: carry it out now."""
         self._sync_fleets()
         self.wake.set()
 
+    # ------------------------------------------------------------------ serverless
+
+    def _sync_serverless(self) -> None:
+        """HTTPScaledObjects to the router's interceptor (before the fleets: it keeps their count)."""
+        self.router.set_scaled_objects(
+            [o for o in self.applied.values() if o["kind"] == HTTP_SCALED_OBJECT_KIND]
+        )
+
+    def _note_serverless(self) -> None:
+        """The fleets' side of the cold starts in progress (when each phase ended), and why a
+        serverless fleet has no ready replica (said in the 503 of a request that waited)."""
+        for key, cold in self.interceptor.cold_starts():
+            fleet = self.deployments.get(key)
+            if fleet is None:
+                continue
+            if cold.scheduled_at is None and fleet.woke_at is not None and fleet.spec.replicas > 0:
+                cold.scheduled_at = fleet.woke_at
+            if cold.fetched_at is None and fleet.fetched_at is not None and fleet.fetch_state == "Fetched":
+                cold.fetched_at = fleet.fetched_at
+            ready = [r.ready_at for r in fleet.routable() if r.ready_at is not None]
+            if cold.loaded_at is None and ready:
+                cold.loaded_at = min(ready)
+        for gate in self.interceptor.gates.values():
+            fleet = self.deployments.get(gate.target.key)
+            gate.reason = fleet.unready_reason() if fleet is not None and gate.ready == 0 else ""
+
     def _note_cold_starts(self) -> None:
+        self._note_serverless()
         if self.keda is None or not self.keda.cold_starts:
             return
         for key in list(self.keda.cold_starts):
@@ -546,6 +590,7 @@ class Engine:
     def snapshot(self) -> dict[str, Any]:
         """Everything the status table and /_berth/status show."""
         endpoints = []
+        serverless = self.interceptor.snapshot()
         for (namespace, name), state in sorted(self.endpoints.items()):
             status = state.status.to_wire() if state.status else {}
             label = labels.endpoint_label(name)
@@ -583,6 +628,11 @@ class Engine:
                     "name": name,
                     "status": status,
                     "replicas": replicas,
+                    "serverless": [
+                        item
+                        for item in serverless
+                        if item["namespace"] == namespace and item["endpoint"] == label
+                    ],
                     "events": [
                         {"type": e.type, "reason": e.reason, "message": e.message} for e in state.events
                     ],

@@ -106,6 +106,7 @@ class Replica:
         self.last_exit_code: int | None = None
         self.last_error = ""
         self.started_at = time.time()
+        self.ready_at: float | None = None  # time.monotonic() it last turned ready
         self.upstream: Upstream | None = None
         self.process: asyncio.subprocess.Process | None = None
         self._on_change = on_change
@@ -161,6 +162,8 @@ class Replica:
     def _set_ready(self, ready: bool) -> None:
         if ready != self.ready:
             self.ready = ready
+            if ready:
+                self.ready_at = time.monotonic()
             self._on_change()
 
     async def _run(self) -> None:

@@ -5,6 +5,10 @@ the serving runtime's HTTP edge (`berth_serving.httpedge`: time, size and connec
 limits), forwarding over pooled keep-alive connections (`upstream.py`). Replicas are counted
 in flight so a fleet can be drained (taken off the route, then waited for) before it stops.
 
+A serverless variant's backend (one reached through the KEDA HTTP add-on's interceptor) goes
+through its Gate (interceptor.py): held while the variant has no ready replica or no free slot,
+refused beyond what may be held, and its answer marked X-Berth-Cold-Start after a cold start.
+
 The path is matched and rewritten as sent, still percent-encoded, and forwarded so: a
 decoded path written into the request line to a replica would let `%0d%0a` in a client's
 path end that line and smuggle a request of the client's own. A body is forwarded only once
@@ -25,6 +29,14 @@ import orjson
 from berth_serving.auth.guard import PROXIED_HEADER
 from berth_serving.httpedge import Edge, EdgeLimits, unsafe_target
 
+from ..planner.serverless import TARGET_HEADER
+from .interceptor import (
+    COLD_START_HEADER,
+    RETRY_AFTER_COLD_SECONDS,
+    RETRY_AFTER_FULL_SECONDS,
+    Gate,
+    LocalInterceptor,
+)
 from .routetable import (
     BackendRef,
     Manifest,
@@ -49,6 +61,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 ROUTER_LIMITS = EdgeLimits(probe_paths=frozenset({STATUS_PATH}), max_body_bytes_in_transit=4 * MAX_BODY_BYTES)
 # How long a stop waits for requests in flight, and bodies still arriving, before it drops them.
 SHUTDOWN_GRACE_SECONDS = 5
+_TARGET_HEADER = TARGET_HEADER.lower().encode()
 MIRROR_LIMIT = 64  # mirrored requests in flight at most; beyond that copies are dropped
 HOP_BY_HOP = frozenset(
     {
@@ -113,6 +126,9 @@ class Router:
         self.table = RouteTable()
         self.pools: dict[tuple[str, str], Pool] = {}
         self.ready_counts: dict[tuple[str, str], int] = {}
+        # What pick_backend may choose: ready replicas, and every serverless target (it holds).
+        self.available: dict[tuple[str, str], int] = {}
+        self.interceptor = LocalInterceptor()
         self.status = status or (lambda: {})
         self.mirrors_sent = 0
         self.mirrors_dropped = 0
@@ -122,7 +138,21 @@ class Router:
     # ------------------------------------------------------------------ configuration
 
     def set_routes(self, routes: list[Manifest]) -> None:
-        self.table = compile_routes(routes)
+        """The HTTPRoutes; a backend through the interceptor resolves by the HTTPScaledObjects
+        the interceptor was last given (set_scaled_objects first)."""
+        self.table = compile_routes(routes, self.interceptor.services())
+        self._update_available()
+
+    def set_scaled_objects(self, objects: list[Manifest]) -> None:
+        self.interceptor.set_objects(objects)
+        self.interceptor.set_ready(self.ready_counts)
+        self._update_available()
+
+    def _update_available(self) -> None:
+        available = dict(self.ready_counts)
+        for key in self.interceptor.services().values():
+            available[key] = max(1, available.get(key, 0))
+        self.available = available
 
     def set_pools(self, pools: Mapping[tuple[str, str], list[Upstream]]) -> None:
         old = self.pools
@@ -131,6 +161,8 @@ class Router:
             for key, ups in pools.items()
         }
         self.ready_counts = {key: len(pool.upstreams) for key, pool in self.pools.items()}
+        self._update_available()
+        self.interceptor.set_ready(self.ready_counts)
 
     def known_endpoints(self) -> list[str]:
         """The paths a client can call: an endpoint's prefix rewritten to / takes /invocations; a
@@ -206,7 +238,7 @@ class Router:
             self._mirror(mirror, scope["method"], target, forward, request_body)
         try:
             status, response_headers, payload = await self._forward(
-                rule.backends, scope["method"], target, forward, request_body
+                rule.backends, scope["method"], target, forward, request_body, receive
             )
         except UnsafeRequest as exc:
             status, payload = _error(400, str(exc))
@@ -215,6 +247,8 @@ class Router:
             log.exception("router: %s %s failed", scope["method"], path)
             status, payload = _error(502, f"router error: {type(exc).__name__}")
             response_headers = _json_headers(payload)
+        if status == 0:
+            return  # the client left while its request was held: nobody to answer
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -238,15 +272,85 @@ class Router:
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body: Body,
+        receive: ASGIReceive | None = None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        backend = pick_backend(backends, self.ready_counts, self._rng)
+        backend = pick_backend(backends, self.available, self._rng)
         if backend is None:
             names = ", ".join(b.service for b in backends) or "none"
             code, payload = _error(503, f"no ready replica behind this endpoint (backends: {names})")
             return code, [*_json_headers(payload), (b"retry-after", b"1")], payload
-        pool = self.pools[backend.key]
-        upstream = pool.take()
-        assert upstream is not None
+        gate = self.interceptor.gates.get(backend.target) if backend.target is not None else None
+        if gate is not None:
+            return await self._forward_held(gate, backend, backends, method, target, headers, body, receive)
+        return await self._forward_to(backend, backends, method, target, headers, body)
+
+    async def _forward_held(
+        self,
+        gate: Gate,
+        backend: BackendRef,
+        backends: tuple[BackendRef, ...],
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: Body,
+        receive: ASGIReceive | None,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Through the interceptor: a slot of the gate first (held for it, or refused)."""
+        left = _left(receive) if receive is not None else None
+        # As the route's RequestHeaderModifier sets it (over whatever the client sent).
+        headers = [(k, v) for k, v in headers if k != _TARGET_HEADER] + [
+            (_TARGET_HEADER, gate.target.header.encode())
+        ]
+        for _ in range(3):  # a replica that leaves between its slot and the send: hold again
+            admission = await gate.enter(left)
+            if admission.outcome == "gone":
+                return 0, [], b""
+            if admission.outcome == "full":
+                code, payload = _error(
+                    429,
+                    f"variant {gate.target.deployment} has {gate.target.max_concurrency} requests in flight "
+                    f"and {gate.target.max_held} held (maxConcurrency, maxHeldRequests): try again shortly",
+                )
+                retry = str(RETRY_AFTER_FULL_SECONDS).encode()
+                return code, [*_json_headers(payload), (b"retry-after", retry)], payload
+            if admission.outcome == "timeout":
+                code, payload = _error(503, gate.timeout_message())
+                retry = str(RETRY_AFTER_COLD_SECONDS).encode()
+                return code, [*_json_headers(payload), (b"retry-after", retry)], payload
+            if self.pools.get(backend.key) is None or not self.pools[backend.key].upstreams:
+                gate.exit()
+                continue
+            try:
+                status, out, payload = await self._forward_to(
+                    backend, backends, method, target, headers, body
+                )
+            finally:
+                gate.exit()
+            if admission.cold_ms is not None:
+                out.append((COLD_START_HEADER, str(admission.cold_ms).encode()))
+                cold = gate.answered(admission.cold_ms)
+                if cold is not None:
+                    log.info("%s", self.interceptor.describe(gate.target, cold))
+            return status, out, payload
+        code, payload = _error(503, f"no ready replica behind this endpoint (backends: {backend.service})")
+        return code, [*_json_headers(payload), (b"retry-after", b"1")], payload
+
+    async def _forward_to(
+        self,
+        backend: BackendRef,
+        backends: tuple[BackendRef, ...],
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: Body,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        pool = self.pools.get(backend.key)
+        upstream = pool.take() if pool is not None else None
+        if upstream is None:  # a serverless target's replica left between its slot and now
+            code, payload = _error(
+                503, f"no ready replica behind this endpoint (backends: {backend.service})"
+            )
+            return code, [*_json_headers(payload), (b"retry-after", b"1")], payload
         try:
             return await self._send(upstream, method, target, headers, body)
         except UpstreamError:
@@ -263,7 +367,8 @@ class Router:
         backend = pick_backend(backends, self.ready_counts, self._rng)
         if backend is None:
             return None
-        return self.pools[backend.key].take(avoid=failed)
+        pool = self.pools.get(backend.key)
+        return pool.take(avoid=failed) if pool is not None else None
 
     async def _send(
         self, upstream: Upstream, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: Body
@@ -305,6 +410,18 @@ class Router:
             self.mirrors_sent += 1
         except (UpstreamError, UnsafeRequest):
             self.mirrors_dropped += 1
+
+
+def _left(receive: ASGIReceive) -> Callable[[], Awaitable[None]]:
+    """Returns once the client has disconnected (its body is read: the next ASGI message is the
+    disconnect); anything else means no such news will come, and it waits until cancelled."""
+
+    async def left() -> None:
+        message = await receive()
+        if message["type"] != "http.disconnect":
+            await asyncio.Event().wait()
+
+    return left
 
 
 class _ClientGone(Exception):

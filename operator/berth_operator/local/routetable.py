@@ -4,6 +4,11 @@ Only what Berth's planner emits is interpreted: PathPrefix matches, exact header
 matches, the URLRewrite ReplacePrefixMatch filter, the RequestMirror filter and
 weighted backendRefs. Matching follows Gateway API precedence: the longest path
 prefix wins, then the rule with the most header matches.
+
+A backendRef whose RequestHeaderModifier sets X-Berth-Serverless-Target goes to the KEDA
+HTTP add-on's interceptor, which reaches the Service of the HTTPScaledObject with that
+header: such a backend keeps the header value (`target`) and is keyed by that Service, so
+the router holds its requests (interceptor.py) and forwards them to that Service's pool.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..planner.serverless import TARGET_HEADER
 
 Manifest = dict[str, Any]
 
@@ -22,6 +29,7 @@ class BackendRef:
     service: str
     port: int
     weight: int = 1
+    target: str | None = None  # through the interceptor: the X-Berth-Serverless-Target value
 
     @property
     def key(self) -> tuple[str, str]:
@@ -82,16 +90,37 @@ def rewrite_path(raw_path: bytes, prefix: str, replace_prefix: str | None) -> by
     return rewritten if rewritten.startswith(b"/") else b"/" + rewritten
 
 
-def _backend(ref: Mapping[str, Any], namespace: str) -> BackendRef:
+def serverless_target(ref: Mapping[str, Any]) -> str | None:
+    """The X-Berth-Serverless-Target value a backendRef's own filters set, if any."""
+    for flt in ref.get("filters") or []:
+        if flt.get("type") != "RequestHeaderModifier":
+            continue
+        for header in (flt.get("requestHeaderModifier") or {}).get("set") or []:
+            if str(header.get("name", "")).lower() == TARGET_HEADER.lower():
+                return str(header.get("value", ""))
+    return None
+
+
+def _backend(
+    ref: Mapping[str, Any], namespace: str, targets: Mapping[str, tuple[str, str]] | None = None
+) -> BackendRef:
+    weight = int(ref.get("weight", 1))
+    target = serverless_target(ref)
+    if target is not None and targets and target in targets:
+        target_namespace, service = targets[target]
+        return BackendRef(target_namespace, service, int(ref.get("port", 0)), weight, target)
     return BackendRef(
         namespace=ref.get("namespace", namespace),
         service=ref["name"],
         port=int(ref.get("port", 0)),
-        weight=int(ref.get("weight", 1)),
+        weight=weight,
+        target=target,  # no HTTPScaledObject with that header: no pool either (503, as unready)
     )
 
 
-def _compile_rule(rule: Mapping[str, Any], namespace: str) -> list[tuple[str, Rule]]:
+def _compile_rule(
+    rule: Mapping[str, Any], namespace: str, targets: Mapping[str, tuple[str, str]] | None = None
+) -> list[tuple[str, Rule]]:
     replace_prefix: str | None = None
     mirrors: list[Mirror] = []
     for flt in rule.get("filters", []):
@@ -106,7 +135,7 @@ def _compile_rule(rule: Mapping[str, Any], namespace: str) -> list[tuple[str, Ru
                 fraction = spec["fraction"]
                 percent = 100.0 * fraction["numerator"] / fraction.get("denominator", 100)
             mirrors.append(Mirror(_backend(spec["backendRef"], namespace), percent))
-    backends = tuple(_backend(ref, namespace) for ref in rule.get("backendRefs", []))
+    backends = tuple(_backend(ref, namespace, targets) for ref in rule.get("backendRefs", []))
     compiled: list[tuple[str, Rule]] = []
     for match in rule.get("matches", [{"path": {"type": "PathPrefix", "value": "/"}}]):
         path = match.get("path", {"type": "PathPrefix", "value": "/"})
@@ -126,14 +155,17 @@ def _compile_rule(rule: Mapping[str, Any], namespace: str) -> list[tuple[str, Ru
     return compiled
 
 
-def compile_routes(routes: Iterable[Manifest]) -> RouteTable:
-    """One table from every HTTPRoute; rules of a prefix sorted by header count, most first."""
+def compile_routes(
+    routes: Iterable[Manifest], targets: Mapping[str, tuple[str, str]] | None = None
+) -> RouteTable:
+    """One table from every HTTPRoute; rules of a prefix sorted by header count, most first.
+    targets: X-Berth-Serverless-Target value -> (namespace, Service) of its HTTPScaledObject."""
     grouped: dict[str, list[Rule]] = {}
     owners: dict[str, tuple[str, str]] = {}
     for route in sorted(routes, key=lambda r: (r["metadata"].get("namespace", ""), r["metadata"]["name"])):
         namespace = route["metadata"].get("namespace", "default")
         for rule in route.get("spec", {}).get("rules", []):
-            for prefix, compiled in _compile_rule(rule, namespace):
+            for prefix, compiled in _compile_rule(rule, namespace, targets):
                 grouped.setdefault(prefix, []).append(compiled)
                 owners.setdefault(prefix, (namespace, route["metadata"]["name"]))
     prefixes = {
