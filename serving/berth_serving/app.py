@@ -160,6 +160,7 @@ class ServingApp:
         self.draining = False
         self.inflight = 0
         self.exit_code = 0
+        self.warming = bool(config.warmup_requests)  # /ping says ready only after the warm-ups
         self.metrics = self._new_metrics(initial_model_name(config))
         # Headers every answer carries.
         self._static_headers: tuple[tuple[bytes, bytes], ...] = ((b"x-berth-variant", self.variant.encode()),)
@@ -184,7 +185,56 @@ class ServingApp:
     # --- lifecycle -------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.model is not None and not self.draining
+        return self.model is not None and not self.draining and not self.warming
+
+    async def warm_up(self) -> str | None:
+        """Answer the configured warm-up requests through /invocations, as a client's would be
+        (codecs, batcher, the model's first-call costs), without counting them as invocations.
+        None when each got a 2xx, else the first failure in one line."""
+        requests = self.config.warmup_requests
+        counted, self.metrics = self.metrics, self._new_metrics(self.metrics.model)
+        started = time.perf_counter()
+        try:
+            for i, request in enumerate(requests, 1):
+                status, body = await self._call_in_process(request.content_type, request.body.encode())
+                if not 200 <= status < 300:
+                    text = body.decode("utf-8", "replace").strip()[:300]
+                    return f"warm-up request {i} of {len(requests)} answered {status}: {text}"
+        finally:
+            self.metrics = counted
+        counted.warmup_seconds = time.perf_counter() - started
+        self.warming = False
+        return None
+
+    async def _call_in_process(self, content_type: str, body: bytes) -> tuple[int, bytes]:
+        scope: Scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/invocations",
+            "headers": [
+                (b"content-type", content_type.encode("latin-1")),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+        sent = False
+        status, chunks = 0, []
+
+        async def receive() -> Message:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self._inference(scope, receive, send, v2_name=None)
+        return status, b"".join(chunks)
 
     async def load(self) -> None:
         """Fetch and load the model off the event loop; the server answers 503 meanwhile."""

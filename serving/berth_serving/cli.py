@@ -27,6 +27,7 @@ from berth_serving.config import (
     IN_CLUSTER_CA_FILE,
     IN_CLUSTER_TOKEN_FILE,
     ServeConfig,
+    warmup_requests_from_json,
 )
 from berth_serving.fetch import MAX_BYTES_ENV
 
@@ -176,6 +177,13 @@ _AUTH_MODES = click.Choice(AUTH_MODES, case_sensitive=False)
     envvar=ENV["auth_trust_loopback"],
     help="Let requests from 127.0.0.1 and ::1 pass invoke auth (containers of this pod: the async worker).",
 )
+@click.option(
+    "--warmup-requests",
+    default="",
+    envvar=ENV["warmup_requests"],
+    metavar="JSON",
+    help='Requests answered (each a 2xx) before /ping says ready: [{"contentType": ..., "body": ...}].',
+)
 def serve(
     model_uri: str,
     sha256: str | None,
@@ -183,10 +191,16 @@ def serve(
     endpoint_variants: str,
     model_aliases: str,
     auth_mode: str,
+    warmup_requests: str,
     **options: Any,
 ) -> None:
     """Serve the ONNX model at MODEL_URI (file, directory, file://, http(s)://, s3://, pvc://)."""
+    try:
+        warmups = warmup_requests_from_json(warmup_requests)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--warmup-requests") from None
     config = ServeConfig(
+        warmup_requests=warmups,
         model_uri=model_uri,
         providers=_names(providers),
         endpoint_variants=_names(endpoint_variants),
@@ -222,14 +236,23 @@ def _names(text: str) -> tuple[str, ...]:
     help="Most bytes the fetch may hold in DEST at once: the download, plus the unpacked files "
     "while the archive is still there (the model volume's sizeLimit). Default: no limit.",
 )
-def fetch_model(uri: str, dest: Path, sha256: str | None, max_bytes: int | None) -> None:
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="A node-local cache keyed by --sha256 (without one it is not used): copied from when it "
+    "holds the model, filled after a download. An entry whose digest is wrong is downloaded anew.",
+)
+def fetch_model(
+    uri: str, dest: Path, sha256: str | None, max_bytes: int | None, cache_dir: Path | None
+) -> None:
     """Download the model at URI into DEST and print the path of the .onnx to serve."""
     from berth_serving.fetch import FetchError
     from berth_serving.fetch import fetch_model as fetch
     from berth_serving.termination import write_termination_message
 
     try:
-        path = fetch(uri, dest, sha256 or None, max_bytes=max_bytes)
+        path = fetch(uri, dest, sha256 or None, max_bytes=max_bytes, cache_dir=cache_dir)
     except FetchError as error:
         write_termination_message(str(error))
         click.echo(f"berth fetch-model: {error}", err=True)

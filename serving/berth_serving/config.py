@@ -7,6 +7,7 @@ and nothing else spells them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 DEFAULT_PORT = 8080
@@ -63,7 +64,41 @@ ENV = {
     "kube_ca_file": "BERTH_KUBE_CA_FILE",
     "auth_cache_seconds": "BERTH_AUTH_CACHE_SECONDS",
     "auth_trust_loopback": "BERTH_AUTH_TRUST_LOOPBACK",
+    "warmup_requests": "BERTH_WARMUP_REQUESTS",
 }
+
+
+@dataclass(frozen=True)
+class WarmupRequest:
+    """A request a replica answers before /ping says ready (Model.spec.warmupRequests)."""
+
+    body: str
+    content_type: str = "application/json"
+
+
+def warmup_requests_to_json(requests: tuple[WarmupRequest, ...]) -> str:
+    return json.dumps([{"contentType": r.content_type, "body": r.body} for r in requests])
+
+
+def warmup_requests_from_json(text: str) -> tuple[WarmupRequest, ...]:
+    """ValueError naming what is wrong: the env contract is a JSON list of {contentType, body}."""
+    if not text.strip():
+        return ()
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"warm-up requests are not JSON: {error}") from None
+    if not isinstance(items, list):
+        raise ValueError("warm-up requests must be a JSON list of {contentType, body}")
+    found = []
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, dict) or not isinstance(item.get("body"), str):
+            raise ValueError(f"warm-up request {i} needs a string body")
+        content_type = item.get("contentType", "application/json")
+        if not isinstance(content_type, str) or not content_type:
+            raise ValueError(f"warm-up request {i}: contentType must be a non-empty string")
+        found.append(WarmupRequest(item["body"], content_type))
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -114,6 +149,8 @@ class ServeConfig:
     # Requests from 127.0.0.1 or ::1 pass the guard: only containers of the same pod reach the
     # pod's loopback (the async worker sidecar calls /invocations with no credential).
     auth_trust_loopback: bool = False
+    # Answered (each a 2xx) after the model loads and before /ping says ready.
+    warmup_requests: tuple[WarmupRequest, ...] = field(default_factory=tuple)
 
     def to_env(self) -> dict[str, str]:
         """BERTH_* variables for every setting that differs from the default."""
@@ -125,7 +162,9 @@ class ServeConfig:
             value = getattr(self, name)
             if value == getattr(defaults, name):
                 continue
-            if isinstance(value, tuple):
+            if name == "warmup_requests":
+                env[var] = warmup_requests_to_json(value)
+            elif isinstance(value, tuple):
                 env[var] = ",".join(value)
             elif isinstance(value, bool):
                 env[var] = "true" if value else "false"

@@ -28,6 +28,7 @@ import logging
 import os
 import posixpath
 import random
+import re
 import shutil
 import tarfile
 import time
@@ -86,11 +87,14 @@ def fetch_model(
     *,
     max_bytes: int | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
+    cache_dir: Path | None = None,
 ) -> Path:
     """Put the model named by `uri` under `dest` and return the path of the .onnx to serve.
 
     `sha256` is the expected digest of the file fetched (the archive, for an archive);
-    `max_bytes` (None: no limit) bounds the bytes this fetch holds in `dest` at any moment."""
+    `max_bytes` (None: no limit) bounds the bytes this fetch holds in `dest` at any moment;
+    `cache_dir` (with a sha256 only: it is the key) is a node-local cache read before and filled
+    after a download."""
     dest = Path(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -99,7 +103,12 @@ def fetch_model(
         raise FetchError(f"cannot use {dest}: {error.strerror or error}") from error
     budget = _Budget(max_bytes)
     expected = sha256.strip().lower() if sha256 else None
-    fetched = _fetch(uri, dest, expected, budget, retry)
+    cache = ModelCache(Path(cache_dir), expected) if cache_dir is not None and expected else None
+    fetched = cache.take(dest, budget) if cache is not None else None
+    if fetched is None:
+        fetched = _fetch(uri, dest, expected, budget, retry)
+        if cache is not None and fetched.is_file():
+            cache.store(fetched)
     if fetched.is_file() and is_archive(fetched):
         try:
             return _unpack(fetched, dest, budget)
@@ -107,6 +116,51 @@ def fetch_model(
             if not _is_local_source(uri, fetched):  # our copy of it, not the source itself
                 fetched.unlink(missing_ok=True)
     return fetched if fetched.is_file() else find_onnx(fetched)
+
+
+class ModelCache:
+    """DIR/SHA256/NAME: a verified model file by its digest, shared by the pods of a node.
+
+    Written under a temporary name and renamed, so a reader never sees half a file; read with
+    the digest checked again, so a corrupted entry is dropped and downloaded anew, never served.
+    The cache is an optimisation: a failure to read or fill it is logged, not fatal."""
+
+    def __init__(self, root: Path, sha256: str) -> None:
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise FetchError(f"sha256 must be 64 hex digits to key the model cache, got {sha256!r}")
+        self.entry = root / sha256
+        self.sha256 = sha256
+
+    def _cached(self) -> Path | None:
+        with contextlib.suppress(OSError):
+            files = [p for p in self.entry.iterdir() if p.is_file() and not p.name.startswith(".")]
+            if len(files) == 1:
+                return files[0]
+        return None
+
+    def take(self, dest: Path, budget: _Budget) -> Path | None:
+        cached = self._cached()
+        if cached is None:
+            return None
+        try:
+            copied = _copy_file(cached, dest / cached.name, self.sha256, budget)
+        except FetchError as error:
+            log.warning("model cache entry refused, downloading", extra={"fields": {"error": str(error)}})
+            _remove(self.entry)
+            return None
+        log.info("model cache hit", extra={"fields": {"path": str(cached)}})
+        return copied
+
+    def store(self, fetched: Path) -> None:
+        temporary = self.entry / f".{fetched.name}.{os.getpid()}.{random.getrandbits(32):08x}"
+        try:
+            self.entry.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(fetched, temporary)
+            os.replace(temporary, self.entry / fetched.name)
+        except OSError as error:
+            log.warning("cannot fill the model cache", extra={"fields": {"error": str(error)}})
+            with contextlib.suppress(OSError):
+                temporary.unlink()
 
 
 def _is_local_source(uri: str, path: Path) -> bool:

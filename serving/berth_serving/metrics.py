@@ -28,6 +28,7 @@ OVERHEAD_LATENCY = "berth_overhead_latency_seconds"
 BATCH_SIZE = "berth_batch_size"
 INFLIGHT = "berth_inflight_requests"
 MODEL_LOAD = "berth_model_load_seconds"
+WARMUP = "berth_warmup_seconds"
 # What prometheus-adapter (or KEDA's Prometheus trigger) serves to the HPA: the invocations rate.
 INVOCATIONS_PER_SECOND = "berth_invocations_per_second"
 # Sub-millisecond to a minute: a no-op model answers in ~0.1 ms, the default timeout is 60 s.
@@ -84,6 +85,7 @@ class Metrics:
         self.overhead_latency = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.model_load_seconds: float | None = None
+        self.warmup_seconds: float | None = None
         self._inflight: Callable[[], float] = lambda: 0.0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Exporter(self))
@@ -132,6 +134,12 @@ class Metrics:
         if self.model_load_seconds is not None:
             load.add_metric([self.model], self.model_load_seconds)
         yield load
+        warmup = GaugeMetricFamily(
+            WARMUP, "Seconds the warm-up requests took before the replica said ready.", labels=["model"]
+        )
+        if self.warmup_seconds is not None:
+            warmup.add_metric([self.model], self.warmup_seconds)
+        yield warmup
 
 
 class _Exporter(Collector):

@@ -159,6 +159,23 @@ class Service:
             await self.app.load()
             if self.guard is not None:  # loading may have made the app a new metrics registry
                 self.guard.export_to(self.app.metrics.registry)
+            if self.app.config.warmup_requests:
+                failure = await self.app.warm_up()
+                if failure is not None:
+                    log.error("warm-up failed", extra={"fields": {"error": failure}})
+                    write_termination_message(failure)
+                    self.app.exit_code = 1
+                    self.server.should_exit = True
+                    return
+                log.info(
+                    "warmed up",
+                    extra={
+                        "fields": {
+                            "requests": len(self.app.config.warmup_requests),
+                            "seconds": round(self.app.metrics.warmup_seconds or 0.0, 3),
+                        }
+                    },
+                )
         except asyncio.CancelledError:
             raise
         except Exception as error:

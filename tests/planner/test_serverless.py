@@ -4,6 +4,7 @@ rollouts to and from serverless configs."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -232,3 +233,34 @@ spec: {{endpointConfigName: cfg1}}
     kinds = sorted({o["kind"] for o in objects})
     assert serverless.HTTP_SCALED_OBJECT_KIND in kinds and serverless.REFERENCE_GRANT_KIND in kinds
     assert_admitted([o for o in objects if o["kind"] != serverless.REFERENCE_GRANT_KIND])
+
+
+def test_warmup_requests_and_the_model_cache_reach_the_pod() -> None:
+    sha = "a" * 64
+    warm = model(
+        "m1", sha256=sha, warmupRequests=[{"body": "[[1.0]]"}, {"contentType": "text/csv", "body": "1"}]
+    )
+    settings = {"modelCache": {"volume": {"hostPath": {"path": "/var/cache/berth"}}}}
+    cluster = cluster_of(config("cfg1", cold("blue", "m1")), settings=settings)
+    cluster.models["m1"] = warm
+    plan = cluster.step()
+    [deployment] = [o for o in plan.objects if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert json.loads(env["BERTH_WARMUP_REQUESTS"]) == [
+        {"contentType": "application/json", "body": "[[1.0]]"},
+        {"contentType": "text/csv", "body": "1"},
+    ]
+    [init] = pod["initContainers"]
+    assert init["args"][-2:] == ["--cache-dir", "/var/cache/berth/models"]
+    assert {"name": "model-cache", "mountPath": "/var/cache/berth/models"} in init["volumeMounts"]
+    assert {
+        "name": "model-cache",
+        "hostPath": {"path": "/var/cache/berth", "type": "DirectoryOrCreate"},
+    } in pod["volumes"]
+    assert_admitted(plan.objects)
+    # Without a sha256 there is nothing to key the cache on: the init container downloads.
+    cluster = cluster_of(config("cfg1", cold("blue", "m1")), settings=settings)
+    plan = cluster.step()
+    [deployment] = [o for o in plan.objects if o["kind"] == "Deployment"]
+    assert "--cache-dir" not in deployment["spec"]["template"]["spec"]["initContainers"][0]["args"]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from berth_serving.config import DEFAULT_PORT, DEFAULT_TIMEOUT_SECONDS, MODEL_MOUNT_PATH, ServeConfig
+from berth_serving.config import (
+    DEFAULT_PORT,
+    DEFAULT_TIMEOUT_SECONDS,
+    MODEL_MOUNT_PATH,
+    ServeConfig,
+    WarmupRequest,
+)
 
 from ..api import Endpoint
 from ..settings import Settings
@@ -121,6 +127,9 @@ def _server_env(variant: VariantPlan, access: ServingAccess) -> list[dict[str, A
         endpoint_config=variant.config,
         endpoint_variants=variant.production_names,
         model_aliases=(variant.endpoint,) if variant.endpoint != variant.model.name else (),
+        warmup_requests=tuple(
+            WarmupRequest(r.body, r.content_type) for r in variant.model.spec.warmup_requests
+        ),
     )
     # The Endpoint decides who may invoke it: a Model's env cannot loosen that.
     auth = {**access_env(access), **server_env(variant)}
