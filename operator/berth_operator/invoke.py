@@ -25,6 +25,8 @@ from typing import Any
 import click
 import yaml
 
+from .planner.serverless import COLD_START_HEADER
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 VARIANT_HEADER = "X-Berth-Variant"
 TARGET_HEADER = "X-Berth-Target-Variant"
@@ -345,7 +347,9 @@ def invoke_command(
     elapsed_ms = (time.perf_counter() - started) * 1000
     click.echo(body.decode("utf-8", "replace").rstrip("\n"))
     answered_by = answer_headers.get(VARIANT_HEADER, "unknown")
-    click.echo(f"variant: {answered_by}  ({status}, {elapsed_ms:.1f} ms)", err=True)
+    cold = answer_headers.get(COLD_START_HEADER)
+    held = f", held {cold} ms for a cold start" if cold else ""
+    click.echo(f"variant: {answered_by}  ({status}, {elapsed_ms:.1f} ms{held})", err=True)
 
 
 # --------------------------------------------------------------------------- --async

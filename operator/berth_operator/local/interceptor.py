@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..planner import labels
+from ..planner import serverless as planner_serverless
 from ..planner.serverless import (
     COLD_START_TIMEOUT_ANNOTATION,
     HTTP_SCALED_OBJECT_KIND,
@@ -57,7 +58,7 @@ DEFAULT_SCALEDOWN_SECONDS = 300.0  # the add-on's default scaledownPeriod
 # a cold start that did not finish (the replica is still coming, or cannot load its model).
 RETRY_AFTER_FULL_SECONDS = 1
 RETRY_AFTER_COLD_SECONDS = 5
-COLD_START_HEADER = b"x-berth-cold-start"
+COLD_START_HEADER = planner_serverless.COLD_START_HEADER.lower().encode()
 PHASES = ("scheduled", "modelFetched", "modelLoaded", "firstAnswer")
 PHASE_NAMES = dict(zip(PHASES, ("scheduled", "model fetched", "model loaded", "first answer"), strict=True))
 

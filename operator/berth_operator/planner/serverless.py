@@ -29,6 +29,8 @@ REFERENCE_GRANT_KIND = "ReferenceGrant"
 REFERENCE_GRANT_API_VERSION = "gateway.networking.k8s.io/v1beta1"
 # The interceptor routes on this header; the route sets it, so a client cannot pick another target.
 TARGET_HEADER = "X-Berth-Serverless-Target"
+# On the answer of a request held through a cold start: how long it was held, in ms.
+COLD_START_HEADER = "X-Berth-Cold-Start"
 MB_PER_CPU = 2048
 REPLICA_CONCURRENCY_PER_CPU = 4
 # What local mode (the interceptor's stand-in) reads; on a cluster they document the variant.
