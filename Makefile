@@ -58,6 +58,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/reconcile.py
 	$(BIN)/python bench/reconcile_cluster.py
 	$(BIN)/python bench/transform.py
+	$(BIN)/python bench/auth.py
+	$(BIN)/python bench/async.py
+	$(BIN)/python bench/serverless.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
