@@ -186,18 +186,27 @@ def test_route_grants_do_not_depend_on_the_mode(renders: dict[str, list[Manifest
     )
 
 
+def test_a_namespaced_install_may_grant_reference_grants_in_the_interceptor_namespace(
+    chart: helm.Chart,
+) -> None:
+    """Off by default (the namespace may not exist); on, a Role there for the ReferenceGrants."""
+    values = {"watchNamespaces": ["team-a"], "rbac": {"interceptorGrants": True}}
+    objs = objects(render(chart, values))
+    [role] = [r for r in by_kind(objs, "Role") if r["metadata"]["namespace"] == "keda"]
+    assert grants(role["rules"]) == INTERCEPTOR_GRANTS
+    [binding] = [b for b in by_kind(objs, "RoleBinding") if b["metadata"]["namespace"] == "keda"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
 def test_namespaced_install_uses_roles_per_namespace(renders: dict[str, list[Manifest]]) -> None:
     objs = renders["namespaced"]
-    roles = [r for r in by_kind(objs, "Role") if not r["metadata"]["name"].endswith("-interceptor-grants")]
+    roles = by_kind(objs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    [grants_role] = [r for r in by_kind(objs, "Role") if r not in roles]
-    assert grants_role["metadata"]["namespace"] == "keda"  # serverless: the interceptor's namespace
-    assert grants(grants_role["rules"]) == INTERCEPTOR_GRANTS
     peering = {("kopf.dev", "kopfpeerings", verb) for verb in ("get", "list", "watch", "patch")}
     for role in roles:
         assert grants(role["rules"]) == expected_grants() | peering
     bindings = by_kind(objs, "RoleBinding")
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["keda", "team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)
     # Cluster-scoped: kopf's read-only discovery, and binding the invoke reviewer role.
     assert grants(named(objs, "ClusterRole", "-discovery")["rules"]) == DISCOVERY
