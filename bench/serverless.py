@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serving import REPO, free_port
 from tests.serving.models import build_mlp
+from tests.serving.support import serve_command
 
 BIG_SIZES = (4, 5000, 5000, 3)  # 25 M float32 weights: about 100 MB
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -171,17 +172,7 @@ def bare_start(model: Path) -> float:
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "berth_serving",
-            "serve",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        serve_command(model, port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=REPO,

@@ -45,6 +45,7 @@ from berth_serving.cgroup import available_cpus  # noqa: E402
 from berth_serving.session import session_options  # noqa: E402
 
 from tests.serving.models import build_identity, build_logreg, build_mlp  # noqa: E402
+from tests.serving.support import serve_command  # noqa: E402
 
 KSERVE_VENV = Path(os.environ.get("BERTH_BENCH_KSERVE_VENV", "/tmp/kserve-venv"))
 MLP_SIZES = (256, 1024, 1024, 10)
@@ -201,17 +202,7 @@ def rss_mb(pid: int) -> float:
 def berth_server(model: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "berth_serving",
-            "serve",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        serve_command(model, port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=REPO,

@@ -29,6 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.serving.models import build_identity, build_mlp  # noqa: E402
+from tests.serving.support import serve_command  # noqa: E402
 
 LIMIT = 6 * 1024 * 1024
 
@@ -67,17 +68,7 @@ def main() -> None:
         port = sock.getsockname()[1]
     env = {**os.environ, **({"PYTHONPATH": args.pythonpath} if args.pythonpath else {})}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "berth_serving",
-            "serve",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        serve_command(model, port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,

@@ -102,23 +102,28 @@ def serving(model_uri: str | Path, wait_ready: bool = True, **options: object) -
         server.stop()
 
 
+def serve_command(model_uri: str | Path, port: int, *args: str) -> list[str]:
+    """`python -m berth_serving serve MODEL` on 127.0.0.1:port (tests and benchmarks)."""
+    return [
+        sys.executable,
+        "-m",
+        "berth_serving",
+        "serve",
+        str(model_uri),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+    ]
+
+
 def serve_subprocess(
     model_uri: str | Path, port: int, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """`python -m berth_serving serve` as a child process (signals need a real process)."""
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "berth_serving",
-            "serve",
-            str(model_uri),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *args,
-        ],
+        serve_command(model_uri, port, *args),
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
