@@ -5,6 +5,7 @@ of a recording replica, holding and releasing real HTTP requests."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 from collections import deque
@@ -30,7 +31,7 @@ from berth_operator.local.routetable import compile_routes, pick_backend, select
 from berth_operator.planner.serverless import http_scaled_object, interceptor_backend_ref
 from berth_operator.settings import Settings
 
-from .router_support import PREFIX, RecordingReplica
+from .router_support import PREFIX, ROUTE, RecordingReplica
 from .support import free_port
 
 OBJECT = "ep-ep-v1-main"
@@ -84,25 +85,10 @@ def scaled_object(
 
 
 def route(backend_refs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": {"name": "ep", "namespace": "default"},
-        "spec": {
-            "rules": [
-                {
-                    "matches": [{"path": {"type": "PathPrefix", "value": PREFIX + "/"}}],
-                    "filters": [
-                        {
-                            "type": "URLRewrite",
-                            "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
-                        }
-                    ],
-                    "backendRefs": backend_refs,
-                }
-            ]
-        },
-    }
+    """router_support's one-rule route, with these backendRefs."""
+    found = copy.deepcopy(ROUTE)
+    found["spec"]["rules"][0]["backendRefs"] = backend_refs
+    return found
 
 
 INTERCEPTED = {
