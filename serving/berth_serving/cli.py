@@ -184,6 +184,48 @@ _AUTH_MODES = click.Choice(AUTH_MODES, case_sensitive=False)
     metavar="JSON",
     help='Requests answered (each a 2xx) before /ping says ready: [{"contentType": ..., "body": ...}].',
 )
+@click.option(
+    "--multi-model/--single-model",
+    default=False,
+    envvar=ENV["multi_model"],
+    help="MODEL_URI is a prefix; each .onnx or .tar.gz under it is a model, loaded on its first request.",
+)
+@click.option(
+    "--cache-bytes",
+    type=click.IntRange(min=0),
+    default=0,
+    envvar=ENV["cache_bytes"],
+    help="Multi-model: memory the loaded models may hold (0 = 80% of the container's memory limit).",
+)
+@click.option(
+    "--max-loaded-models",
+    type=click.IntRange(min=0),
+    default=0,
+    envvar=ENV["max_loaded_models"],
+    help="Multi-model: most models loaded at once (0 = only memory counts).",
+)
+@click.option(
+    "--peers",
+    default="",
+    envvar=ENV["peers"],
+    help='Multi-model: the variant\'s replicas, "dns:NAME:PORT" or "HOST:PORT,...", for model affinity.',
+)
+@click.option(
+    "--pod-ip", default="", envvar=ENV["pod_ip"], help="Multi-model: this replica's address among --peers."
+)
+@click.option(
+    "--warm-from",
+    default="",
+    envvar=ENV["warm_from"],
+    help="Multi-model: the old fleet's /models URL; its most used models load before /ping says ready.",
+)
+@click.option(
+    "--warm-models",
+    type=click.IntRange(min=0),
+    default=0,
+    envvar=ENV["warm_models"],
+    help="Multi-model: how many of --warm-from's most used models to load.",
+)
 def serve(
     model_uri: str,
     sha256: str | None,

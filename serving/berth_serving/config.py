@@ -65,6 +65,13 @@ ENV = {
     "auth_cache_seconds": "BERTH_AUTH_CACHE_SECONDS",
     "auth_trust_loopback": "BERTH_AUTH_TRUST_LOOPBACK",
     "warmup_requests": "BERTH_WARMUP_REQUESTS",
+    "multi_model": "BERTH_MULTI_MODEL",
+    "cache_bytes": "BERTH_CACHE_BYTES",
+    "max_loaded_models": "BERTH_MAX_LOADED_MODELS",
+    "peers": "BERTH_PEERS",
+    "pod_ip": "BERTH_POD_IP",
+    "warm_from": "BERTH_WARM_FROM",
+    "warm_models": "BERTH_WARM_MODELS",
 }
 
 
@@ -151,6 +158,23 @@ class ServeConfig:
     auth_trust_loopback: bool = False
     # Answered (each a 2xx) after the model loads and before /ping says ready.
     warmup_requests: tuple[WarmupRequest, ...] = field(default_factory=tuple)
+    # Multi-model endpoints (berth_serving.multimodel): model_uri is a prefix, each .onnx or
+    # .tar.gz under it a model loaded on its first request.
+    multi_model: bool = False
+    # Memory the loaded models may hold; 0 = 80% of the container's memory limit.
+    cache_bytes: int = 0
+    # At most this many loaded at once; 0 = only the memory counts.
+    max_loaded_models: int = 0
+    # The variant's other replicas, for model-affinity routing: "dns:NAME:PORT" (a headless
+    # Service, resolved again every few seconds) or "HOST:PORT,HOST:PORT". "" = serve every
+    # model here (local mode: its router does the affinity).
+    peers: str = ""
+    # This replica's own address among the peers (the pod IP, from the downward API).
+    pod_ip: str = ""
+    # A rollout's new fleet: GET this URL (the old fleet's /models) and load its most used
+    # `warm_models` models before /ping says ready.
+    warm_from: str = ""
+    warm_models: int = 0
 
     def to_env(self) -> dict[str, str]:
         """BERTH_* variables for every setting that differs from the default."""
