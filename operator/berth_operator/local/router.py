@@ -13,6 +13,10 @@ The path is matched and rewritten as sent, still percent-encoded, and forwarded 
 decoded path written into the request line to a replica would let `%0d%0a` in a client's
 path end that line and smuggle a request of the client's own. A body is forwarded only once
 it is whole; a client that leaves mid-upload sends nothing on.
+
+A MultiModel variant's backend is a ModelPool (modelroute.py): a request that names a model
+goes to the replica that owns it by rendezvous hashing, spills to the model's second choice
+when the owner is saturated, and is tried once more there when the owner answers 503 or 429.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .interceptor import (
     Gate,
     LocalInterceptor,
 )
+from .modelroute import ModelPool, request_target
 from .routetable import (
     BackendRef,
     Manifest,
@@ -62,6 +67,9 @@ ROUTER_LIMITS = EdgeLimits(probe_paths=frozenset({STATUS_PATH}), max_body_bytes_
 # How long a stop waits for requests in flight, and bodies still arriving, before it drops them.
 SHUTDOWN_GRACE_SECONDS = 5
 _TARGET_HEADER = TARGET_HEADER.lower().encode()
+# Answers of a replica that refused a model's request without serving it (overloaded, queue
+# full): tried once more on the model's other choice.
+_REFUSED = frozenset({429, 503})
 MIRROR_LIMIT = 64  # mirrored requests in flight at most; beyond that copies are dropped
 HOP_BY_HOP = frozenset(
     {
@@ -89,9 +97,14 @@ class Upstream:
     name: str = ""
     inflight: int = 0
     pool: ConnectionPool = field(init=False)
+    # A MultiModel variant's replica: the rendezvous name (kept across restarts, as the port
+    # is) and the router's requests in flight to it per model key.
+    identity: str = field(init=False)
+    models_inflight: dict[str, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pool = ConnectionPool(self.host, self.port)
+        self.identity = f"{self.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -124,7 +137,7 @@ def _error(code: int, message: str, **extra: Any) -> tuple[int, bytes]:
 class Router:
     def __init__(self, status: Callable[[], Any] | None = None, seed: int | None = None) -> None:
         self.table = RouteTable()
-        self.pools: dict[tuple[str, str], Pool] = {}
+        self.pools: dict[tuple[str, str], Pool | ModelPool[Upstream]] = {}
         self.ready_counts: dict[tuple[str, str], int] = {}
         # What pick_backend may choose: ready replicas, and every serverless target (it holds).
         self.available: dict[tuple[str, str], int] = {}
@@ -154,15 +167,29 @@ class Router:
             available[key] = max(1, available.get(key, 0))
         self.available = available
 
-    def set_pools(self, pools: Mapping[tuple[str, str], list[Upstream]]) -> None:
+    def set_pools(
+        self,
+        pools: Mapping[tuple[str, str], list[Upstream]],
+        multi_model: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
+        """The ready replicas of each Service; `multi_model`: the Services of MultiModel variants,
+        each with its saturation (ModelPool)."""
+        multi_model = multi_model or {}
         old = self.pools
-        self.pools = {
-            key: old[key] if key in old and old[key].upstreams == ups else Pool(ups)
-            for key, ups in pools.items()
-        }
+        self.pools = {key: self._pool(old.get(key), ups, multi_model.get(key)) for key, ups in pools.items()}
         self.ready_counts = {key: len(pool.upstreams) for key, pool in self.pools.items()}
         self._update_available()
         self.interceptor.set_ready(self.ready_counts)
+
+    @staticmethod
+    def _pool(
+        old: Pool | ModelPool[Upstream] | None, upstreams: list[Upstream], saturation: int | None
+    ) -> Pool | ModelPool[Upstream]:
+        if saturation is None:
+            return old if type(old) is Pool and old.upstreams == upstreams else Pool(upstreams)
+        if type(old) is ModelPool and old.upstreams == upstreams and old.saturation == saturation:
+            return old
+        return ModelPool(upstreams, saturation)
 
     def known_endpoints(self) -> list[str]:
         """The paths a client can call: an endpoint's prefix rewritten to / takes /invocations; a
@@ -345,6 +372,13 @@ class Router:
         body: Body,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         pool = self.pools.get(backend.key)
+        if type(pool) is ModelPool:
+            found = request_target(target, headers)
+            if found.problem is not None:
+                code, payload = _error(400, found.problem)
+                return code, _json_headers(payload), payload
+            if found.key is not None:
+                return await self._forward_model(pool, found.key, method, target, headers, body)
         upstream = pool.take() if pool is not None else None
         if upstream is None:  # a serverless target's replica left between its slot and now
             code, payload = _error(
@@ -362,6 +396,58 @@ class Router:
                     return await self._send(retry, method, target, headers, body)
             code, payload = _error(502, f"replica {upstream.name or upstream.base_url} did not answer")
             return code, _json_headers(payload), payload
+
+    async def _forward_model(
+        self,
+        pool: ModelPool[Upstream],
+        key: str,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: Body,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A model's request to its replica: the owner (or, saturated, the second choice); once
+        more on the other choice when that one answers 503 or 429, or on the next replica in the
+        model's order when it does not answer at all."""
+        upstream = pool.choose(key)
+        if upstream is None:
+            code, payload = _error(503, "no ready replica behind this endpoint")
+            return code, [*_json_headers(payload), (b"retry-after", b"1")], payload
+        try:
+            answer = await self._send_model(upstream, key, method, target, headers, body)
+        except UpstreamError:
+            retry = pool.choose(key, avoid=(upstream,))
+            if retry is not None and retry is not upstream:
+                with contextlib.suppress(UpstreamError):
+                    return await self._send_model(retry, key, method, target, headers, body)
+            code, payload = _error(502, f"replica {upstream.name or upstream.base_url} did not answer")
+            return code, _json_headers(payload), payload
+        if answer[0] in _REFUSED:
+            other = pool.other_choice(key, upstream)
+            if other is not None:
+                with contextlib.suppress(UpstreamError):
+                    return await self._send_model(other, key, method, target, headers, body)
+        return answer
+
+    async def _send_model(
+        self,
+        upstream: Upstream,
+        key: str,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: Body,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        counts = upstream.models_inflight
+        counts[key] = counts.get(key, 0) + 1
+        try:
+            return await self._send(upstream, method, target, headers, body)
+        finally:
+            left = counts[key] - 1
+            if left:
+                counts[key] = left
+            else:
+                del counts[key]
 
     def _retry_upstream(self, backends: tuple[BackendRef, ...], failed: Upstream) -> Upstream | None:
         backend = pick_backend(backends, self.ready_counts, self._rng)
@@ -390,7 +476,11 @@ class Router:
         if mirror.percent < 100 and self._rng.random() * 100 >= mirror.percent:
             return
         pool = self.pools.get(mirror.backend.key)
-        upstream = pool.take() if pool else None
+        if type(pool) is ModelPool:  # a shadow MultiModel variant: the model's owner there too
+            key = request_target(target, headers).key
+            upstream = pool.choose(key) if key is not None else pool.take()
+        else:
+            upstream = pool.take() if pool else None
         if upstream is None:
             return
         if len(self._mirror_tasks) >= MIRROR_LIMIT:
