@@ -219,6 +219,13 @@ class RolloutStatus(ApiModel):
     retained_instance_counts: dict[str, int] = Field(
         default_factory=dict, description="Replicas the old fleet had per variant name, kept by the new one."
     )
+    warm_from: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "MultiModel variants of the new config, by name: the old fleet's GET /models URL their"
+            " replicas load the most used models from before they take traffic."
+        ),
+    )
 
 
 class RollbackRecord(ApiModel):
@@ -249,6 +256,13 @@ class EndpointStatus(ApiModel):
     )
     last_rollback: RollbackRecord | None = Field(
         default=None, description="The last automatic rollback, if any."
+    )
+    warm_from: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "MultiModel variants of the serving config, by name: the URL their rollout warmed them from"
+            " (rollout.warmFrom), kept so that their pods do not change when the rollout ends."
+        ),
     )
     draining_endpoint_config_names: list[str] = Field(
         default_factory=list,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from berth_serving.multimodel.names import MAX_NAME_LENGTH, name_problem
 from pydantic import Field, model_validator
 
 from .meta import DNS_SUBDOMAIN, STORAGE_URI, ApiModel, Condition, Resource, conditions_field
@@ -14,6 +15,16 @@ MSG_NPY_NEEDS_NO_SPLIT = (
 )
 MSG_JOIN_NEEDS_LINES = "joinSource Input needs input.splitType Line and output.assembleWith Line"
 MSG_OUTPUT_NOT_INPUT = "output.uri must differ from input.uri"
+MSG_TARGET_MODEL_PATH = (
+    "targetModel: a model's path under the Model's prefix, such as customer-17.tar.gz or eu/fraud.onnx:"
+    " no leading or trailing /, no empty, '.' or '..' segment"
+)
+# No control character and no backslash (the API server's schema check; pydantic's is name_problem).
+TARGET_MODEL_CHARACTERS = r"^[^\x00-\x1f\x7f\\]+$"
+_TARGET_MODEL_CEL = (
+    "!has(self.targetModel) || (!self.targetModel.startsWith('/') && !self.targetModel.endsWith('/')"
+    " && !self.targetModel.contains('//') && !self.targetModel.matches('(^|/)[.][.]?(/|$)'))"
+)
 
 
 class TransformInput(ApiModel):
@@ -68,6 +79,16 @@ class TransformJobSpec(ApiModel):
     model_name: str = Field(
         pattern=DNS_SUBDOMAIN, max_length=253, description="A Model in the same namespace."
     )
+    target_model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=TARGET_MODEL_CHARACTERS,
+        description=(
+            "The model to run when modelName is a MultiModel Model: its path under the Model's prefix"
+            " (customer-17.tar.gz); required then, and refused for a SingleModel Model."
+        ),
+    )
     input: TransformInput = Field(description="The dataset to read.")
     output: TransformOutput = Field(description="Where to write the predictions.")
     batch_strategy: Literal["SingleRecord", "MultiRecord"] = Field(
@@ -116,6 +137,7 @@ class TransformJobSpec(ApiModel):
             "message": MSG_JOIN_NEEDS_LINES,
         },
         {"rule": "self.output.uri != self.input.uri", "message": MSG_OUTPUT_NOT_INPUT},
+        {"rule": _TARGET_MODEL_CEL, "message": MSG_TARGET_MODEL_PATH},
     ]
 
     @model_validator(mode="after")
@@ -126,6 +148,10 @@ class TransformJobSpec(ApiModel):
             raise ValueError(MSG_JOIN_NEEDS_LINES)
         if self.output.uri == self.input.uri:
             raise ValueError(MSG_OUTPUT_NOT_INPUT)
+        if self.target_model is not None and (
+            name_problem(self.target_model) is not None or self.target_model.endswith("/")
+        ):
+            raise ValueError(MSG_TARGET_MODEL_PATH)
         return self
 
 
