@@ -9,15 +9,35 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+from berth_operator.api import Endpoint, EndpointConfig, Model
+from berth_operator.local.engine import (
+    container_env,
+    local_settings,
+    memory_limit_bytes,
+    multi_model_env,
+    saturation,
+)
 from berth_operator.local.modelroute import ModelPool, request_target
+from berth_operator.local.replica import ReplicaSpec
 from berth_operator.local.router import Upstream
+from berth_operator.local.source import load_resources
+from berth_operator.planner import Observed, PlanInput, plan_endpoint
+from berth_operator.settings import Settings
+from berth_serving.config import ENV, ServeConfig
 from berth_serving.multimodel import rendezvous
 
 from .router_support import PREFIX, RouterServer
+from .support import config as local_config
+from .support import endpoint as local_endpoint
+from .support import model as local_model
+from .support import variant as local_variant
+from .support import write_yaml
 
 pytestmark = pytest.mark.timeout(60)
 SERVICE = ("default", "ep-v")
@@ -349,3 +369,73 @@ def test_router_spills_a_hot_model_once_its_owner_is_saturated(fleet: list[Repli
     finally:
         gate.set()
         server.stop()
+
+
+# ---------------------------------------------------------------------- the replicas' settings
+
+
+def planned_deployment(multi_model: dict[str, Any] | None = None) -> tuple[dict[str, Any], Model]:
+    spec: dict[str, Any] = {"modelUri": "file:///models/customers/", "mode": "MultiModel"}
+    if multi_model is not None:
+        spec["multiModel"] = multi_model
+    model = Model.model_validate({**local_model("customers", ""), "spec": spec})
+    plan = plan_endpoint(
+        PlanInput(
+            Endpoint.model_validate(local_endpoint("ep", "c1")),
+            {
+                "c1": EndpointConfig.model_validate(
+                    local_config("c1", [local_variant("all", "customers", count=3)])
+                )
+            },
+            {"customers": model},
+            local_settings(Settings(), 8080),
+            Observed(now=datetime(2026, 1, 1, tzinfo=UTC)),
+        )
+    )
+    (deployment,) = [o for o in plan.objects if o["kind"] == "Deployment"]
+    return deployment, model
+
+
+def test_a_multi_model_replica_serves_its_prefix_with_no_peers() -> None:
+    deployment, model = planned_deployment()
+    env = multi_model_env(container_env(deployment)[0], model, deployment)
+    assert env[ENV["multi_model"]] == "true"
+    assert ENV["peers"] not in env and ENV["pod_ip"] not in env  # the router does the affinity
+    assert ENV["model_uri"] not in env  # the prefix is the replica's argument
+    limit = memory_limit_bytes(deployment)
+    assert limit == 2 * 1024**3  # cpu-small's, as the planner set it
+    assert env[ENV["cache_bytes"]] == str(int(0.8 * limit))  # as in the pod: 80% of its limit
+    assert ENV["max_loaded_models"] not in env  # no count limit: the replica's default
+
+
+def test_a_multi_model_replicas_cache_settings_come_from_the_model() -> None:
+    deployment, model = planned_deployment({"cacheBytes": 123_456_789, "maxLoadedModels": 7})
+    env = multi_model_env(container_env(deployment)[0], model, deployment)
+    assert (env[ENV["cache_bytes"]], env[ENV["max_loaded_models"]]) == ("123456789", "7")
+
+
+def test_the_routers_saturation_is_the_variants_batch_size() -> None:
+    assert saturation({ENV["max_batch_size"]: "8"}) == 8
+    assert saturation({}) == ServeConfig(model_uri="").max_batch_size
+
+
+def test_a_multi_model_replica_is_started_on_its_prefix(tmp_path: Path) -> None:
+    spec = ReplicaSpec(
+        name="r", model_path=None, env={}, log_path=tmp_path / "r.log", prefix="s3://b/models/"
+    )
+    argv = spec.argv(8123)
+    assert argv[3:5] == ["serve", "s3://b/models/"] and argv[-2:] == ["--port", "8123"]
+
+
+def test_a_relative_prefix_keeps_its_trailing_slash(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    write_yaml(
+        tmp_path / "all.yaml",
+        [
+            {**local_model("customers", ""), "spec": {"modelUri": "file://models/", "mode": "MultiModel"}},
+            local_config("c1", [local_variant("all", "customers")]),
+            local_endpoint("ep", "c1"),
+        ],
+    )
+    resources = load_resources([tmp_path])
+    assert resources.models[("default", "customers")].spec.model_uri == f"file://{tmp_path / 'models'}/"

@@ -5,6 +5,8 @@ job in a pod), keep `replicas` processes of the current template running, and wh
 template changes start the new processes first and stop the old ones once the new are
 ready. A fleet that wakes from zero replicas fetches again (a cache hit when the model did
 not change), as a new pod's storage-initializer would: each phase of a cold start is timed.
+A MultiModel fleet fetches nothing up front (its pods have no storage-initializer): each
+replica serves the prefix and fetches a model on its first request.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class DeploymentSpec:
     grace_seconds: float = 30.0
     args: tuple[str, ...] = ()  # a `berth` command line instead of `berth serve MODEL`
     sidecars: tuple[SidecarSpec, ...] = ()
+    multi_model: bool = False  # model_uri is a MultiModel prefix, served as it is
 
     @property
     def template_hash(self) -> str:
@@ -49,6 +52,7 @@ class DeploymentSpec:
         material = orjson.dumps(
             [self.model_uri, self.sha256, sorted(self.env.items()), sorted(self.labels.items())]
             + ([[self.args, sidecars]] if self.args or sidecars else [])  # hashes of plain fleets stay
+            + (["multi-model"] if self.multi_model else [])
         )
         return hashlib.sha256(material).hexdigest()[:8]
 
@@ -157,8 +161,10 @@ class LocalDeployment:
             self.woke_at, self.fetched_at = time.monotonic(), None
             if not self.current():
                 self._fetched_hash = ""  # the new pods' init containers fetch (from the cache)
-        if spec.model_uri is None:  # nothing to fetch
+        if spec.model_uri is None or spec.multi_model:  # nothing to fetch first
             self.fetch_state, self._fetched_hash = "Fetched", tag
+            if spec.multi_model and self.fetched_at is None:  # a cold start's fetch phase is empty
+                self.fetched_at = time.monotonic()
         elif self._fetched_hash == tag and self._evicted_hash != tag and self._model_failed_to_load():
             # The cache gave the replicas a file they cannot load: drop it and fetch again, once
             # per template (one that still fails, freshly fetched, is the model's own fault).
@@ -209,13 +215,14 @@ class LocalDeployment:
         return True
 
     def _start_replica(self, spec: DeploymentSpec) -> None:
-        assert self.model_path is not None or spec.model_uri is None
+        assert self.model_path is not None or spec.model_uri is None or spec.multi_model
         name = f"{spec.name}-{spec.template_hash}-{self._next_index}"
         self._next_index += 1
         env = {**self._base_env, **spec.env}
         replica_spec = ReplicaSpec(
             name=name,
-            model_path=self.model_path if spec.model_uri is not None else None,
+            model_path=self.model_path if spec.model_uri is not None and not spec.multi_model else None,
+            prefix=spec.model_uri if spec.multi_model else None,
             env=env,
             log_path=self._run_dir / "logs" / f"{name}.log",
             grace_seconds=spec.grace_seconds,

@@ -5,6 +5,11 @@ the fleets, the new fleet's metrics during a rollout), call the same pure planne
 carry out the Plan: the HTTPRoute goes to the router, Deployments become fleets of local
 `berth serve` processes, deletions drain before they stop. HTTPScaledObjects go to the
 router's interceptor (interceptor.py), which keeps the replica count of their Deployments.
+
+A MultiModel variant's replicas serve its prefix (`berth serve --multi-model PREFIX`) with no
+peers: on a cluster they forward a model's requests to its owner among themselves, here the
+router does that (modelroute.py), so each Service of such a variant is given to the router
+as a ModelPool.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from berth_serving.config import ENV
+from berth_serving.config import ENV, ServeConfig
 
-from ..api import Endpoint, EndpointStatus
+from ..api import Endpoint, EndpointStatus, Model
 from ..planner import labels
 from ..planner.fleetmetrics import from_texts, metrics_wanted
 from ..planner.pods import SERVER_CONTAINER
@@ -78,14 +83,73 @@ def container_env(deployment: Manifest) -> tuple[dict[str, str], list[str]]:
     return env, skipped
 
 
-def model_source(deployment: Manifest, models: Mapping[Key, Any]) -> tuple[str, str | None]:
-    """(modelUri, sha256) the Deployment's storage-initializer would fetch: the Model its pods name."""
+def model_of(deployment: Manifest, models: Mapping[Key, Model]) -> Model:
+    """The Model the Deployment's pods serve (by their model label)."""
     namespace = deployment["metadata"].get("namespace", "default")
     model_name = deployment["spec"]["template"]["metadata"].get("labels", {}).get(labels.MODEL)
     for (ns, name), model in models.items():
         if ns == namespace and labels.label_value(name) == model_name:
-            return model.spec.model_uri, model.spec.sha256
+            return model
     raise ValueError(f"Deployment {deployment['metadata']['name']}: no Model {model_name} to fetch")
+
+
+def model_source(deployment: Manifest, models: Mapping[Key, Model]) -> tuple[str, str | None]:
+    """(modelUri, sha256) the Deployment's storage-initializer would fetch: the Model its pods name."""
+    model = model_of(deployment, models)
+    return model.spec.model_uri, model.spec.sha256
+
+
+# What a MultiModel pod has that a local replica must not: its peers are the router's job here,
+# and its pod IP (from the downward API) names it among peers it does not have.
+NOT_LOCAL_MULTI_MODEL = frozenset({ENV["peers"], ENV["pod_ip"]})
+# berth_serving.multimodel.host.DEFAULT_CACHE_SHARE, the share of the memory limit a replica's
+# models may hold by default; not imported, which would load the runtime (numpy) into `berth up`:
+# a test keeps the two equal.
+DEFAULT_CACHE_SHARE = 0.8
+
+
+def memory_limit_bytes(deployment: Manifest) -> int | None:
+    """The serving container's memory limit in bytes, as the planner set it (the instance type's)."""
+    from ..quantity import to_bytes
+
+    pod = deployment["spec"]["template"]["spec"]
+    server: Manifest = next((c for c in pod.get("containers", []) if c.get("name") == SERVER_CONTAINER), {})
+    limit = ((server.get("resources") or {}).get("limits") or {}).get("memory")
+    if limit is None:
+        return None
+    try:
+        return int(to_bytes(limit))
+    except ValueError:
+        return None
+
+
+def multi_model_env(env: Mapping[str, str], model: Model, deployment: Manifest) -> dict[str, str]:
+    """A MultiModel replica's settings, with no peers, and its cache sized as in its pod:
+    cacheBytes, else the share of the container's memory limit the runtime takes by default
+    (a local process has no such limit, and that share of the machine for each of several
+    replicas would be no limit at all)."""
+    settings = model.spec.multi_model_settings
+    cache_bytes = settings.cache_bytes
+    if cache_bytes is None and env.get(ENV["cache_bytes"], "0") in ("", "0"):
+        limit = memory_limit_bytes(deployment)
+        cache_bytes = int(DEFAULT_CACHE_SHARE * limit) if limit else 0
+    config = ServeConfig(
+        model_uri=model.spec.model_uri,
+        multi_model=True,
+        cache_bytes=cache_bytes or 0,
+        max_loaded_models=settings.max_loaded_models or 0,
+    )
+    ours = {k: v for k, v in config.to_env().items() if k not in NOT_LOCAL}
+    return {**{k: v for k, v in env.items() if k not in NOT_LOCAL_MULTI_MODEL}, **ours}
+
+
+def saturation(env: Mapping[str, str]) -> int:
+    """When the router counts a MultiModel replica saturated for a model (modelroute.ModelPool):
+    the variant's max batch size of requests for it in flight there."""
+    try:
+        return int(env.get(ENV["max_batch_size"], ""))
+    except ValueError:
+        return ServeConfig(model_uri="").max_batch_size
 
 
 def desired_replicas(
@@ -382,22 +446,29 @@ class Engine:
         uri: str | None = None
         sha256: str | None = None
         args: tuple[str, ...] = ()
+        model: Model | None = None
         if asyncfleet.serves_model(pod_spec):
             try:
-                uri, sha256 = model_source(deployment, self.resources.models)
+                model = model_of(deployment, self.resources.models)
             except ValueError as exc:
                 log.error("%s", exc)
                 return None
+            uri, sha256 = model.spec.model_uri, model.spec.sha256
         else:  # a pod of one `berth` command (the async front door)
             found = asyncfleet.process_args(pod_spec, self.run_dir, namespace)
             if isinstance(found, str):
                 self._warn_once(f"Deployment {namespace}/{meta['name']}: {found}")
                 return None
             args = found
+        multi_model = model is not None and model.spec.is_multi_model
         sidecars, warnings = asyncfleet.sidecars(pod_spec, self.resources.secrets, self.run_dir, namespace)
         for warning in warnings:
             self._warn_once(f"Deployment {namespace}/{meta['name']}: {warning}")
         env, skipped = container_env(deployment)
+        if multi_model:
+            assert model is not None
+            env = multi_model_env(env, model, deployment)
+            skipped = [var for var in skipped if var not in NOT_LOCAL_MULTI_MODEL]
         if args:  # the front door: its Secrets and fieldRefs too, as its worker sidecars get them
             resolved, pod_name, skipped = asyncfleet.resolve_env(
                 asyncfleet.main_container(pod_spec), self.resources.secrets, namespace
@@ -426,6 +497,7 @@ class Engine:
             grace_seconds=float(pod["spec"].get("terminationGracePeriodSeconds", 30)),
             args=args,
             sidecars=sidecars,
+            multi_model=multi_model,
         )
 
     def _warn_once(self, message: str) -> None:
@@ -554,19 +626,28 @@ class Engine:
 
     def _sync_pools(self) -> None:
         pools: dict[Key, list[Upstream]] = {}
+        multi_model: dict[Key, int] = {}  # a MultiModel variant's Service -> its saturation
         for ref, obj in self.applied.items():
             if ref.kind != "Service":
                 continue
             namespace, name = ref.namespace, ref.name
             selector = obj["spec"].get("selector", {})
-            pools[(namespace, name)] = [
-                replica.upstream
+            fleets = [
+                fleet
                 for (ns, _), fleet in sorted(self.deployments.items())
                 if ns == namespace and selector and labels.selects(selector, fleet.spec.labels)
+            ]
+            pools[(namespace, name)] = [
+                replica.upstream
+                for fleet in fleets
                 for replica in fleet.routable()
                 if replica.upstream is not None
             ]
-        self.router.set_pools(pools)
+            if any(fleet.spec.multi_model for fleet in fleets):
+                multi_model[(namespace, name)] = min(
+                    saturation(fleet.spec.env) for fleet in fleets if fleet.spec.multi_model
+                )
+        self.router.set_pools(pools, multi_model)
 
     def changed(self) -> None:
         """A replica or fleet changed state: route at once, plan soon."""

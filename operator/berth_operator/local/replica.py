@@ -46,16 +46,20 @@ class ReplicaSpec:
     template: str = ""  # hash of the fleet template this replica was started from
     args: tuple[str, ...] = ()  # a `berth` command to run instead of serving model_path
     sidecars: tuple[SidecarSpec, ...] = ()  # the pod's other containers (async-worker)
+    # A MultiModel replica's prefix, served as it is (env BERTH_MULTI_MODEL): the replica fetches
+    # each model under it on first use, so nothing is fetched before it starts.
+    prefix: str | None = None
 
     def argv(self, port: int) -> list[str]:
-        if self.args or self.model_path is None:
+        served = str(self.model_path) if self.model_path is not None else self.prefix
+        if self.args or served is None:
             return [*BERTH_ARGV, *self.args, "--host", "127.0.0.1", "--port", str(port)]
         return [
             sys.executable,
             "-m",
             "berth_serving",
             "serve",
-            str(self.model_path),
+            served,
             "--host",
             "127.0.0.1",
             "--port",

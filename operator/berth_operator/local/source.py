@@ -40,6 +40,8 @@ def load_resources(paths: Sequence[str | Path]) -> Resources:
         assert isinstance(item.resource, Model)
         spec = item.resource.spec
         uri = resolve_file_uri(spec.model_uri, item.base_dir)
+        if spec.model_uri.endswith("/") and not uri.endswith("/"):  # a MultiModel prefix stays one
+            uri += "/"
         models[(item.resource.namespace, item.resource.name)] = item.resource.model_copy(
             update={"spec": spec.model_copy(update={"model_uri": uri})}
         )
