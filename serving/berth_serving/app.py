@@ -18,16 +18,20 @@ import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from berth_serving import codecs
 from berth_serving.admission import ADMISSION_WAIT_SECONDS, BODY_BUDGET_PAYLOADS, BodyBudget
-from berth_serving.batcher import Batcher, Job
+from berth_serving.batcher import Job
 from berth_serving.config import ServeConfig
 from berth_serving.errors import HTTPError, error_body, error_headers, not_ready
+from berth_serving.loaded import LoadedModel, batch_delay_seconds, start_model
 from berth_serving.metrics import Metrics
+from berth_serving.multimodel.host import MultiModelHost
+from berth_serving.multimodel.names import CACHE_HEADER, model_key
+from berth_serving.multimodel.peers import FORWARDED_HEADER, RELAYED_ANSWER_HEADERS, Peers, parse_peers
+from berth_serving.multimodel.routes import add_repository_routes, multi_model_exposition
 from berth_serving.rest import build_rest_app
 from berth_serving.signature import Signature, SignatureError
 from berth_serving.v2 import HEADER_LENGTH, InferRequest, model_metadata
@@ -40,11 +44,27 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _JSON = b"application/json"
+FORWARDED_KEY = FORWARDED_HEADER.lower().encode()
+
+
+def peers_of(config: ServeConfig) -> Peers:
+    """The variant's replicas as this one sees them; saturated past two full batches in flight."""
+    me = f"{config.pod_ip}:{config.port}"
+    return Peers(parse_peers(config.peers), me, saturated_inflight=2 * config.max_batch_size)
+
+
 _V2_PREFIX = "/v2/models/"
 
 
 # An X-Berth-Inference-Id from a client: at most this long, printable ASCII only.
 MAX_INFERENCE_ID_LENGTH = 256
+
+
+def _v2_name(path: str) -> str | None:
+    """The model a v2 infer path names, else None."""
+    if not (path.startswith(_V2_PREFIX) and path.endswith("/infer")):
+        return None
+    return path[len(_V2_PREFIX) : -len("/infer")].split("/versions/", 1)[0]
 
 
 class RequestHeaders:
@@ -57,6 +77,7 @@ class RequestHeaders:
         "inference_header_length",
         "inference_id",
         "output",
+        "target_model",
         "target_variant",
     )
 
@@ -67,6 +88,7 @@ class RequestHeaders:
         self.output: str | None = None  # X-Berth-Output: the tensor a CSV/NPY answer carries
         self.inference_id: bytes | None = None
         self.target_variant: bytes | None = None
+        self.target_model: str | None = None  # multi-model endpoints
         for key, value in raw:
             if key == b"content-type":
                 self.content_type = value
@@ -81,6 +103,10 @@ class RequestHeaders:
                     self.output = value.decode("latin-1")
                 elif key == b"x-berth-target-variant":
                     self.target_variant = value
+                elif key == b"x-berth-target-model":
+                    self.target_model = value.decode("latin-1")
+            elif key == b"x-amzn-sagemaker-target-model":
+                self.target_model = value.decode("latin-1")
             elif key == b"inference-header-content-length":
                 self.inference_header_length = int(value) if value.isdigit() else -1  # refused by v2
 
@@ -120,35 +146,12 @@ class ClientGone(Exception):
     """The client disconnected before sending its whole body."""
 
 
-@dataclass
-class LoadedModel:
-    name: str
-    path: Path
-    session: Any
-    signature: Signature
-    output_names: list[str]
-    batcher: Batcher
-    names: tuple[str, ...]  # what v2 answers for: the model name and the endpoint's aliases
-
-
 def initial_model_name(config: ServeConfig) -> str:
     """The v2 model name as far as it is known before loading (a URI naming a .onnx file)."""
     if config.model_name:
         return config.model_name
     path = PurePosixPath(config.model_uri.split("?", 1)[0])
     return path.stem if path.suffix == ".onnx" else ""
-
-
-def batch_delay_seconds(config: ServeConfig, providers: list[str]) -> float:
-    """How long the worker may hold a batch open for more requests.
-
-    On a GPU one ORT call costs about the same for 1 or 32 rows, so waiting up to
-    max_batch_delay_ms to fill a batch pays. On CPU the cost grows with the rows: waiting
-    only adds latency, and under load each wait costs the worker a GIL hand-off (measured
-    here: 9,400 vs 11,300 single-row MLP requests/s at concurrency 64). CPU serving batches
-    naturally instead: requests arriving while ORT runs form the next batch."""
-    on_cpu = not providers or providers[0] == "CPUExecutionProvider"
-    return 0.0 if on_cpu else config.max_batch_delay_ms / 1000.0
 
 
 class ServingApp:
@@ -175,7 +178,14 @@ class ServingApp:
         # Where remote models are fetched; created only when needed (a local model is used in place).
         self._scratch = Path(tempfile.gettempdir()) / f"berth-model-{uuid.uuid4().hex[:12]}"
         self._loop: asyncio.AbstractEventLoop | None = None
+        # A multi-model endpoint: models come from this per request instead of self.model.
+        self.models = MultiModelHost(config, self.variant, self._scratch) if config.multi_model else None
+        self._models_started = False
+        # Model affinity across the variant's replicas (a cluster; local mode's router does it).
+        self.peers = peers_of(config) if config.multi_model and config.peers else None
         self._rest = build_rest_app(self)
+        if self.models is not None:
+            add_repository_routes(self._rest, self.models)
 
     def _new_metrics(self, model_name: str) -> Metrics:
         metrics = Metrics(self.variant, model_name)
@@ -185,7 +195,8 @@ class ServingApp:
     # --- lifecycle -------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.model is not None and not self.draining and not self.warming
+        loaded = self.model is not None or self._models_started
+        return loaded and not self.draining and not self.warming
 
     async def warm_up(self) -> str | None:
         """Answer the configured warm-up requests through /invocations, as a client's would be
@@ -239,6 +250,12 @@ class ServingApp:
     async def load(self) -> None:
         """Fetch and load the model off the event loop; the server answers 503 meanwhile."""
         self._loop = asyncio.get_running_loop()
+        if self.models is not None:
+            if self.peers is not None:
+                await self.peers.start()
+            await self.models.start()
+            self._models_started = True
+            return
         started = time.perf_counter()
         path, session = await asyncio.to_thread(self._load_blocking, self._scratch)
         signature = await asyncio.to_thread(Signature.from_session, session, path)
@@ -246,19 +263,9 @@ class ServingApp:
         if name != initial_model_name(self.config):
             self.metrics = self._new_metrics(name)
         metrics = self.metrics
-        output_names = [spec.name for spec in signature.outputs]
-        batch_delay = batch_delay_seconds(self.config, session.get_providers())
-        batcher = Batcher(
-            lambda feed: session.run(output_names, feed),
-            self._loop,
-            batchable=signature.batchable,
-            max_batch_size=self.config.max_batch_size,
-            max_delay_seconds=batch_delay,
-            on_batch=metrics.observe_batch,
-        )
-        batcher.start()
         names = tuple(dict.fromkeys((name, *self.config.model_aliases)))
-        self.model = LoadedModel(name, path, session, signature, output_names, batcher, names)
+        self.model = start_model(self.config, self._loop, name, path, session, signature, metrics, names)
+        batch_delay = batch_delay_seconds(self.config, session.get_providers())
         seconds = time.perf_counter() - started
         metrics.model_load_seconds = seconds
         log.info(
@@ -289,9 +296,16 @@ class ServingApp:
         )
         return path, session
 
+    async def aclose(self) -> None:
+        self.close()
+        if self.peers is not None:
+            await self.peers.close()
+
     def close(self) -> None:
         if self.model is not None:
             self.model.batcher.stop()
+        if self.models is not None:
+            self.models.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     # --- ASGI ------------------------------------------------------------------------
@@ -310,8 +324,7 @@ class ServingApp:
             else:
                 await self._error(send, self.unavailable(), v2=False)
         elif path.startswith(_V2_PREFIX) and path.endswith("/infer") and scope["method"] == "POST":
-            name = path[len(_V2_PREFIX) : -len("/infer")].split("/versions/", 1)[0]
-            await self._inference(scope, receive, send, v2_name=name)
+            await self._inference(scope, receive, send, v2_name=_v2_name(path))
         else:
             if path.startswith(_V2_PREFIX) and self._variants:
                 wrong = self._wrong_variant(target_variant_header(scope["headers"]))
@@ -346,6 +359,66 @@ class ServingApp:
         where = f" in endpoint config {self.config.endpoint_config}" if self.config.endpoint_config else ""
         return HTTPError(400, f"no variant {target.decode('latin-1')!r}{where}; its variants are {variants}")
 
+    def _target_model(self, headers: RequestHeaders, v2_name: str | None) -> str:
+        """The model a multi-model request names: its v2 path, else X-Berth-Target-Model."""
+        assert self.models is not None
+        if v2_name is not None:
+            return v2_name
+        if headers.target_model is None:
+            raise HTTPError(
+                400,
+                "a multi-model endpoint needs the model to run: set X-Berth-Target-Model (or"
+                f" X-Amzn-SageMaker-Target-Model) to its path under {self.models.repository.prefix}",
+            )
+        return headers.target_model
+
+    def _owner(self, requested: str, raw: list[tuple[bytes, bytes]]) -> str | None:
+        """The peer that should serve this model's request, or None to serve it here: no
+        peers, a request a peer already passed on (one hop at most), or this replica's turn."""
+        if self.peers is None or self.models is None:
+            return None
+        if any(key == FORWARDED_KEY for key, _ in raw):
+            return None
+        key = model_key(requested)
+        busy = self.models.inflight(key) >= self.peers.saturated_inflight
+        first = self.peers.candidates(key, busy)[0]
+        return None if first == self.peers.me else first
+
+    async def _pass_on(
+        self, peer: str, scope: Scope, body: bytes, send: Send, id_header: tuple[bytes, bytes]
+    ) -> bool:
+        """Relay the owner's answer; on its 503 try the model's second choice once. False
+        when the request is to be served here (no peer reachable, or this is the second)."""
+        assert self.peers is not None
+        raw: list[tuple[bytes, bytes]] = scope["headers"]
+        if not any(key == b"x-berth-inference-id" for key, _ in raw):
+            raw = [*raw, id_header]  # the owner answers with this request's id
+        path = scope["path"]
+        key = model_key(self._target_model(RequestHeaders(raw), _v2_name(path)))
+        answer = await self.peers.forward(peer, path, raw, body)
+        if answer is not None and answer.status == 503:
+            others = [p for p in self.peers.candidates(key, busy_here=False) if p != peer]
+            if others and others[0] == self.peers.me:
+                return False
+            if others:
+                answer = await self.peers.forward(others[0], path, raw, body) or answer
+        if answer is None:
+            return False
+        headers = [
+            (name.encode(), answer.headers[name].encode("latin-1"))
+            for name in RELAYED_ANSWER_HEADERS
+            if name in answer.headers
+        ]
+        await self._respond_raw(send, answer.status, answer.body, headers)
+        return True
+
+    async def _respond_raw(
+        self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        headers = [(b"content-length", str(len(body)).encode()), *self._static_headers, *headers]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
     def _unknown_model(self, name: str, model: LoadedModel) -> HTTPError:
         serves = ", ".join(map(repr, model.names))
         return HTTPError(404, f"unknown model {name!r}; this server serves {serves}")
@@ -361,48 +434,70 @@ class ServingApp:
         client_id = headers.inference_id
         inference_id = client_id if client_id is not None and valid_inference_id(client_id) else None
         id_header = (b"x-berth-inference-id", inference_id or self._new_ids.next())
+        extra: tuple[tuple[bytes, bytes], ...] = (id_header,)
+        entry = None
+        model: LoadedModel | None = None
+        peer: str | None = None  # multi-model: the replica this request is passed on to
         try:
             if client_id is not None and inference_id is None:
                 raise HTTPError(
                     400,
                     f"X-Berth-Inference-Id must be 1 to {MAX_INFERENCE_ID_LENGTH} printable ASCII characters",
                 )
-            model = self.model
-            if model is None or self.draining:
+            if self.draining or (self.model is None and not self._models_started):
                 raise self.unavailable()
             if headers.target_variant is not None:
                 wrong = self._wrong_variant(headers.target_variant)
                 if wrong is not None:
                     raise wrong
-            if v2_name is not None and v2_name not in model.names:
-                raise self._unknown_model(v2_name, model)
+            if self.models is None:
+                model = self.model
+                assert model is not None
+                if v2_name is not None and v2_name not in model.names:
+                    raise self._unknown_model(v2_name, model)
+            else:
+                requested = self._target_model(headers, v2_name)
+                peer = self._owner(requested, scope["headers"])
             kind = codecs.JSON
             carried = None
             # The answer's type is settled before anything is read or run (a JSON answer with
-            # no X-Berth-Output, the usual case, needs no call).
-            if v2_name is None and (headers.accept or headers.output is not None):
+            # no X-Berth-Output, the usual case, needs no call). Multi-model: once the model is.
+            settle = v2_name is None and (bool(headers.accept) or headers.output is not None)
+            if settle and model is not None:
                 kind = codecs.response_type(headers.accept)
                 carried = codecs.carried_output(kind, headers.output, model.output_names)
             size = self._reservation(headers.content_length)
             if not self.body_budget.try_acquire(size):
                 await self.body_budget.acquire(size, self._admission_wait(started))
             reserved = size
-            arrays, rows, request = self._decode(
-                model, headers, await self._read_body(receive, headers.content_length), v2_name
-            )
+            body = await self._read_body(receive, headers.content_length)
+            if self.models is not None:
+                if peer is not None and await self._pass_on(peer, scope, body, send, id_header):
+                    code = 0  # counted by the replica that served it, not twice
+                    return
+                entry, hit = await self.models.acquire(requested)
+                model, metrics = entry.model, self.models.metrics_for(entry.key)
+                extra = (id_header, (CACHE_HEADER, b"hit" if hit else b"miss"))
+                assert model is not None
+                if settle:
+                    kind = codecs.response_type(headers.accept)
+                    carried = codecs.carried_output(kind, headers.output, model.output_names)
+            assert model is not None
+            arrays, rows, request = self._decode(model, headers, body, v2_name)
+            del body
             outputs, model_seconds = await self._run(model, arrays, rows, started)
             del arrays
             named = dict(zip(model.output_names, outputs, strict=True))
             if request is None:
                 answer = codecs.encode(named, kind, carried)
-                await self._respond(send, 200, answer, kind.encode(), (id_header,))
+                await self._respond(send, 200, answer, kind.encode(), extra)
             else:
                 payload, json_length = request.encode(v2_name or model.name, named)
                 if json_length is None:
-                    await self._respond(send, 200, payload, _JSON, (id_header,))
+                    await self._respond(send, 200, payload, _JSON, extra)
                 else:
-                    extra = (id_header, (HEADER_LENGTH.encode(), str(json_length).encode()))
-                    await self._respond(send, 200, payload, b"application/octet-stream", extra)
+                    binary = (*extra, (HEADER_LENGTH.encode(), str(json_length).encode()))
+                    await self._respond(send, 200, payload, b"application/octet-stream", binary)
         except HTTPError as error:
             code = error.code
             await self._error(send, error, v2_name is not None, id_header)
@@ -412,13 +507,16 @@ class ServingApp:
         except ClientGone:
             code = 499
         except Exception as error:
-            code, public = self._classify(error)
+            code, public = self._classify(error, model)
             await self._error(send, HTTPError(code, public), v2_name is not None, id_header)
         finally:
+            if entry is not None and self.models is not None:
+                self.models.release(entry)
             if reserved:
                 self.body_budget.release(reserved)
             self.inflight -= 1
-            metrics.count(code)
+            if code:
+                metrics.count(code)
             if code == 200:
                 metrics.model_latency.observe(model_seconds)
                 metrics.overhead_latency.observe(time.perf_counter() - started - model_seconds)
@@ -452,13 +550,13 @@ class ServingApp:
         arrays, rows = model.signature.prepare(request.take_inputs())
         return arrays, rows, request
 
-    def _classify(self, error: Exception) -> tuple[int, str]:
+    def _classify(self, error: Exception, model: LoadedModel | None) -> tuple[int, str]:
         """ONNX Runtime's InvalidArgument is the client's input; anything else is ours (logged once)."""
         if type(error).__name__ == "InvalidArgument":
             first_line = str(error).splitlines()[0] if str(error) else "invalid input"
             message = f"model rejected the input: {first_line}"
-            if self.model is not None:
-                message += f"; {self.model.signature.expected()}"
+            if model is not None:
+                message += f"; {model.signature.expected()}"
             return 400, message
         log.error("inference failed", exc_info=error)
         return 500, f"internal error ({type(error).__name__}); see the server log"
@@ -541,7 +639,11 @@ class ServingApp:
         await self._respond(send, error.code, error_body(error, v2), _JSON, extra)
 
     # --- the DataPlane the REST routes read ---------------------------------------------
-    def metadata(self, name: str) -> dict[str, Any]:
+    def metadata(self, name: str) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        if self.models is not None:
+            if not self.ready:
+                raise self.unavailable()
+            return self.models.metadata(name)
         model = self.model
         if model is None:
             raise not_ready()
@@ -550,4 +652,6 @@ class ServingApp:
         return model_metadata(model.signature, name)
 
     def exposition(self) -> bytes:
-        return self.metrics.exposition()
+        if self.models is None:
+            return self.metrics.exposition()
+        return multi_model_exposition(self.metrics, self.models)

@@ -12,7 +12,7 @@ MLP requests at c64 here: 14 rows per ORT call on average that way, 24 this way)
 waits when nothing else is queued: a request alone in flight goes to the worker at once.
 Under load, requests pile up while the worker is busy and the next call takes them all (up
 to `max_batch_size` rows). With a `max_delay` above zero (the server sets one for GPU
-providers only, see app.batch_delay_seconds) and a queue that shows concurrency, the worker
+providers only, see loaded.batch_delay_seconds) and a queue that shows concurrency, the worker
 also keeps collecting while requests keep arriving (each within ARRIVAL_GAP of the last),
 but never past `max_delay` from the oldest job's arrival.
 """

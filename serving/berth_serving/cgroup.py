@@ -67,3 +67,26 @@ def available_cpus(root: Path = CGROUP_ROOT) -> int:
 def intra_op_threads(configured: int, root: Path = CGROUP_ROOT) -> int:
     """The configured thread count, or (0 = auto) one per available CPU."""
     return configured if configured > 0 else available_cpus(root)
+
+
+def memory_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """Bytes the cgroup may use (memory.max, v1's limit_in_bytes), or None with no limit."""
+    for path in (
+        root / "memory.max",
+        root / "memory" / "memory.limit_in_bytes",
+        root / "memory.limit_in_bytes",
+    ):
+        text = _read(path)
+        if text is None:
+            continue
+        if not text.isdigit():  # "max"
+            return None
+        value = int(text)
+        # v1 writes a huge number (PAGE_COUNTER_MAX pages) for "no limit".
+        return value if value < 1 << 60 else None
+    return None
+
+
+def host_memory() -> int:
+    """The machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -250,6 +250,19 @@ def serve(
         auth_mode=next(mode for mode in AUTH_MODES if mode.lower() == auth_mode.lower()),
         **{**options, "graph_optimization_level": options["graph_optimization_level"].lower()},
     )
+    if config.peers:
+        from berth_serving.multimodel.peers import parse_peers
+
+        try:
+            parse_peers(config.peers)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--peers") from None
+        if not config.pod_ip:
+            raise click.UsageError("--peers needs --pod-ip: this replica's own address among them")
+    if config.multi_model and config.warmup_requests:
+        raise click.UsageError(
+            "--warmup-requests needs a single model; a multi-model replica warms with --warm-from"
+        )
     from berth_serving.auth import auth_problem
 
     problem = auth_problem(config)

@@ -61,6 +61,10 @@ class FetchError(Exception):
     """A model could not be fetched; the message is one line, fit for a status field."""
 
 
+class ModelNotFound(FetchError):
+    """Nothing at the URI (a 404, a missing key or file): the client named no model."""
+
+
 class _Transient(Exception):
     """A failure that a new attempt may not meet: a broken connection, a 5xx, a cut transfer."""
 
@@ -405,7 +409,7 @@ def _copy_local(
     source: Path, uri: str, dest: Path, sha256: str | None, budget: _Budget, retry: RetryPolicy
 ) -> Path:
     if not source.exists():
-        raise FetchError(f"model not found: {source}")
+        raise ModelNotFound(f"model not found: {source}")
     if source.is_dir():
         if sha256:
             raise FetchError(f"sha256 given but {uri} is a directory; point modelUri at a single file")
@@ -659,6 +663,8 @@ def _http_attempt(url: str, target: Path, sha256: str | None, budget: _Budget, t
         text = f"{_status_text(error.code)} from {url}"
         if error.code >= 500:
             raise _Transient(text) from error
+        if error.code == 404:
+            raise ModelNotFound(text) from error
         raise FetchError(text) from error
     except (OSError, http.client.HTTPException) as error:  # connecting, or the status line
         raise _Transient(f"{_reason(error)} from {url}") from error
@@ -715,6 +721,8 @@ def _s3_errors(uri: str) -> Iterator[None]:
         text = f"{_status_text(int(status)) if status else code} from {uri}"
         if (status and int(status) >= 500) or code in _S3_TRANSIENT_CODES:
             raise _Transient(text) from error
+        if (status and int(status) == 404) or code in ("NoSuchKey", "NoSuchBucket"):
+            raise ModelNotFound(text) from error
         raise FetchError(text) from error
     except botocore.exceptions.NoCredentialsError as error:
         raise FetchError(f"no AWS credentials found for {uri}") from error
@@ -802,7 +810,12 @@ def _list_s3(client: Any, bucket: str, prefix: str, uri: str) -> list[str]:
 
 
 def resolve_model(
-    uri: str, scratch: Path, sha256: str | None = None, *, max_bytes: int | None = None
+    uri: str,
+    scratch: Path,
+    sha256: str | None = None,
+    *,
+    max_bytes: int | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> Path:
     """What `berth serve` loads: a local .onnx (or a directory holding one) is used in place;
     anything else (remote URIs, archives) goes through `fetch_model` into `scratch`."""
@@ -818,5 +831,72 @@ def resolve_model(
         if path.is_dir():
             archives = [p for p in path.iterdir() if is_archive(p)]
             if len(archives) == 1:
-                return fetch_model(str(archives[0]), scratch, sha256, max_bytes=max_bytes)
-    return fetch_model(uri, scratch, sha256, max_bytes=max_bytes)
+                return fetch_model(str(archives[0]), scratch, sha256, max_bytes=max_bytes, retry=retry)
+    return fetch_model(uri, scratch, sha256, max_bytes=max_bytes, retry=retry)
+
+
+# --------------------------------------------------------------------------- prefixes (multi-model)
+
+
+def list_prefix(prefix: str, retry: RetryPolicy = DEFAULT_RETRY) -> list[str] | None:
+    """The relative path of every file under a directory-like prefix (s3://bucket/dir/, file://,
+    pvc:// or a local directory), sorted; None for http(s)://, which has no listing."""
+    scheme = urllib.parse.urlsplit(prefix).scheme.lower() if "://" in prefix else ""
+    if scheme in ("http", "https"):
+        return None
+    if scheme == "s3":
+        bucket, key = _split_s3(prefix)
+        client = _s3_client(retry)
+        keys = _with_retries(lambda: _list_s3(client, bucket, key, prefix), retry)
+        return sorted(k[len(key) :] for k in keys)
+    if scheme in ("", "file", "pvc"):
+        root = local_path(prefix)
+        if not root.is_dir():
+            raise ModelNotFound(f"model prefix not found: {root}")
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    raise FetchError(f"unsupported model URI scheme {scheme}:// in {prefix}")
+
+
+def read_small(uri: str, limit: int = 4096, retry: RetryPolicy = DEFAULT_RETRY) -> bytes | None:
+    """The first `limit` bytes of a small object (a NAME.sha256 beside a model); None when
+    there is nothing at the URI."""
+    scheme = urllib.parse.urlsplit(uri).scheme.lower() if "://" in uri else ""
+    try:
+        if scheme in ("http", "https"):
+            return _with_retries(lambda: _http_read_small(uri, limit, retry.timeout_seconds), retry)
+        if scheme == "s3":
+            bucket, key = _split_s3(uri)
+            client = _s3_client(retry)
+            return _with_retries(lambda: _s3_read_small(client, bucket, key, uri, limit), retry)
+        path = local_path(uri)
+        if not path.is_file():
+            return None
+        with path.open("rb") as stream:
+            return stream.read(limit)
+    except ModelNotFound:
+        return None
+
+
+def _http_read_small(url: str, limit: int, timeout: float) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": "berth-fetch-model"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return bytes(response.read(limit))
+    except urllib.error.HTTPError as error:
+        text = f"{_status_text(error.code)} from {url}"
+        if error.code >= 500:
+            raise _Transient(text) from error
+        if error.code in (403, 404):  # S3 behind HTTP answers 403 for a missing object
+            raise ModelNotFound(text) from error
+        raise FetchError(text) from error
+    except (OSError, http.client.HTTPException) as error:
+        raise _Transient(f"{_reason(error)} from {url}") from error
+
+
+def _s3_read_small(client: Any, bucket: str, key: str, uri: str, limit: int) -> bytes:
+    with _s3_errors(uri):
+        response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit - 1}")
+        try:
+            return bytes(response["Body"].read(limit))
+        finally:
+            response["Body"].close()

@@ -4,6 +4,8 @@ they read of the serving app), not on the app itself."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -24,8 +26,9 @@ class DataPlane(Protocol):
         """Why the model cannot answer now (a 503)."""
         ...
 
-    def metadata(self, name: str) -> dict[str, Any]:
-        """v2 model metadata for `name`, as the client called it; HTTPError 404 / 503."""
+    def metadata(self, name: str) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """v2 model metadata for `name`, as the client called it; HTTPError 404 / 503. A
+        multi-model replica answers after loading the model."""
         ...
 
     def exposition(self) -> bytes:
@@ -41,6 +44,11 @@ def _error(request: Request, error: HTTPError) -> Response:
     headers = {key.decode(): value.decode() for key, value in error_headers(error)}
     body = error_body(error, v2=is_v2_path(request.url.path))
     return Response(body, status_code=error.code, media_type="application/json", headers=headers)
+
+
+async def _metadata(plane: DataPlane, name: str) -> dict[str, Any]:
+    found = plane.metadata(name)
+    return await found if inspect.isawaitable(found) else found
 
 
 def build_rest_app(plane: DataPlane) -> FastAPI:
@@ -80,12 +88,12 @@ def build_rest_app(plane: DataPlane) -> FastAPI:
     @rest.get("/v2/models/{name}")
     @rest.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str = "") -> Response:
-        return _json(plane.metadata(name))
+        return _json(await _metadata(plane, name))
 
     @rest.get("/v2/models/{name}/ready")
     @rest.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str = "") -> Response:
-        plane.metadata(name)  # 404 for another name, 503 before loading
+        await _metadata(plane, name)  # 404 for another name, 503 before loading
         if not plane.ready:
             raise plane.unavailable()
         return _json({"name": name, "ready": True})

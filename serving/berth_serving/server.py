@@ -149,7 +149,7 @@ class Service:
             await self.server.serve()
         finally:
             loading.cancel()
-            self.app.close()
+            await self.app.aclose()
             if self.guard is not None:
                 await self.guard.aclose()
         return self.app.exit_code

@@ -314,3 +314,24 @@ def build_typed(path: Path | str) -> Path:
         [helper.make_tensor_value_info(f"{name}_out", kind, ["N", 1]) for name, kind in TYPED_INPUTS.items()],
     )
     return _save(_model(graph), path)
+
+
+def build_offset(path: Path | str, offset: float, n_features: int = 4, padding_bytes: int = 0) -> Path:
+    """`x` float32[N, n_features] -> `y` = x + offset: each of many models answers its own
+    numbers (multi-model tests). `padding_bytes` adds an unused weight, to make it that large
+    in memory."""
+    nodes = [helper.make_node("Add", ["x", "offset"], ["y"])]
+    initializers = [numpy_helper.from_array(np.full((1, n_features), offset, np.float32), "offset")]
+    if padding_bytes:
+        padding = np.arange(padding_bytes // 4, dtype=np.float32)
+        initializers.append(numpy_helper.from_array(padding, "padding"))
+        nodes.append(helper.make_node("Shape", ["padding"], ["padding_shape"]))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_features])]
+    graph = helper.make_graph(
+        nodes,
+        "offset",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_features])],
+        outputs,
+        initializer=initializers,
+    )
+    return _save(_model(graph), path)

@@ -58,8 +58,8 @@ def test_unavailable_provider_logs_one_warning(onnx_models, caplog: pytest.LogCa
 
 
 def test_batch_delay_applies_to_accelerators_only() -> None:
-    from berth_serving.app import batch_delay_seconds
     from berth_serving.config import ServeConfig
+    from berth_serving.loaded import batch_delay_seconds
 
     config = ServeConfig(model_uri="m.onnx", max_batch_delay_ms=4)
     assert batch_delay_seconds(config, [CPU]) == 0.0

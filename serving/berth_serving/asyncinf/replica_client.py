@@ -73,8 +73,15 @@ class ReplicaClient:
         self._reuse_within = reuse_within_seconds
         self._max_answer = max_answer_bytes
 
-    async def post(self, headers: dict[str, str], body: bytes | AsyncIterator[bytes], length: int) -> Answer:
-        head = self._head(headers, length)
+    async def post(
+        self,
+        headers: dict[str, str],
+        body: bytes | AsyncIterator[bytes],
+        length: int,
+        path: str | None = None,
+    ) -> Answer:
+        """POST to the client's path, or `path` (a multi-model replica forwards several)."""
+        head = self._head(headers, length, path or self.path)
         connection = await self._acquire()
         try:
             try:
@@ -98,8 +105,10 @@ class ReplicaClient:
         while self._idle:
             self._idle.pop().close()
 
-    def _head(self, headers: dict[str, str], length: int) -> bytes:
-        lines = [f"POST {self.path} HTTP/1.1", f"Host: {self._authority}", f"Content-Length: {length}"]
+    def _head(self, headers: dict[str, str], length: int, path: str) -> bytes:
+        if any(c in path for c in "\r\n "):
+            raise ValueError("the request path holds a space or a line break")
+        lines = [f"POST {path} HTTP/1.1", f"Host: {self._authority}", f"Content-Length: {length}"]
         for name, value in headers.items():
             if name.lower() in ("host", "content-length", "transfer-encoding", "connection"):
                 continue
