@@ -279,3 +279,23 @@ def test_models_on_s3(prefix: Path, s3) -> None:  # type: ignore[no-untyped-def]
                 assert (status, offset_of(body)) == (200, i), body
         status, _, body = invoke(server, "m001.onnx")
         assert status == 404 and "s3://models/tenants/" in body
+
+
+def test_a_new_fleet_warms_the_old_ones_most_used_models(prefix: Path) -> None:
+    with serving(prefix, multi_model=True) as old:
+        for name, times in (("m005", 5), ("m006", 3), ("m009", 1), ("m008", 4)):
+            for _ in range(times):
+                assert invoke(old, name)[0] == 200
+        with serving(prefix, multi_model=True, warm_from=old.url + "/models", warm_models=3) as new:
+            # Ready only after the warm-up: the three most requested are loaded before any request.
+            assert set(loaded(new)) == {"m005", "m008", "m006"}
+            assert invoke(new, "m005")[1]["x-berth-model-cache"] == "hit"
+
+
+def test_an_unreachable_old_fleet_does_not_hold_the_new_one_back(prefix: Path) -> None:
+    from tests.serving.support import free_port
+
+    gone = f"http://127.0.0.1:{free_port()}/models"
+    with serving(prefix, multi_model=True, warm_from=gone, warm_models=10) as new:
+        assert loaded(new) == {}
+        assert invoke(new, "m001")[0] == 200
