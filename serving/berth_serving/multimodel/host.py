@@ -9,8 +9,10 @@ import ctypes
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,17 +98,17 @@ class MultiModelHost:
             await self.warm(self.config.warm_from, self.config.warm_models)
 
     async def warm(self, url: str, count: int) -> list[str]:
-        """Load the `count` most requested models of another fleet (its GET /models) before
-        this one says ready. Best effort: an old fleet that is gone or a model that fails to
-        load is logged and skipped."""
+        """Load the `count` most requested models of another fleet before this one says ready.
+        `url` is its GET /models; a headless Service's name reaches every replica (each lists
+        the models it holds), so their lists are merged. Best effort: an old fleet that is
+        gone or a model that fails to load is logged and skipped."""
         deadline = time.monotonic() + WARM_SECONDS
         try:
-            document = await asyncio.to_thread(_get_json, url)
-            ranked = sorted(document.get("models", []), key=lambda m: -int(m.get("requests", 0)))
-            keys = [str(m["key"]) for m in ranked if m.get("key")][:count]
-        except (OSError, ValueError, TypeError, KeyError) as error:
+            lists = await asyncio.to_thread(_models_of_fleet, url)
+        except (OSError, ValueError) as error:
             log.warning("cannot read the models to warm", extra={"fields": {"url": url, "error": str(error)}})
             return []
+        keys = most_requested(lists, count)
         warmed: list[str] = []
         for key in keys:
             if time.monotonic() > deadline:
@@ -285,6 +287,40 @@ class MultiModelHost:
 
     def per_model_metrics(self) -> list[Metrics]:
         return [self._metrics[key] for key in sorted(self._metrics)]
+
+
+def most_requested(lists: list[Any], count: int) -> list[str]:
+    """The `count` keys with the most requests over several GET /models answers."""
+    requests: dict[str, int] = {}
+    for document in lists:
+        for model in document.get("models", []) if isinstance(document, dict) else []:
+            key = model.get("key") if isinstance(model, dict) else None
+            if isinstance(key, str) and key:
+                requests[key] = requests.get(key, 0) + int(model.get("requests", 0) or 0)
+    return sorted(requests, key=lambda key: (-requests[key], key))[:count]
+
+
+def _models_of_fleet(url: str) -> list[Any]:
+    """GET /models of every address the URL's host resolves to (one, or each ready replica)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"--warm-from must be http://HOST:PORT/models, not {url!r}")
+    port = parts.port or 80
+    addresses = sorted(
+        {str(info[4][0]) for info in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)}
+    )
+    found, errors = [], []
+    for address in addresses:
+        host = f"[{address}]" if ":" in address else address
+        try:
+            found.append(
+                _get_json(urllib.parse.urlunsplit(("http", f"{host}:{port}", parts.path, parts.query, "")))
+            )
+        except (OSError, ValueError) as error:
+            errors.append(f"{address}: {error}")
+    if not found:
+        raise OSError("; ".join(errors) or f"{parts.hostname} resolves to no address")
+    return found
 
 
 def _get_json(url: str) -> Any:
