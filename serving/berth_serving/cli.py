@@ -298,8 +298,20 @@ def _names(text: str) -> tuple[str, ...]:
     help="A node-local cache keyed by --sha256 (without one it is not used): copied from when it "
     "holds the model, filled after a download. An entry whose digest is wrong is downloaded anew.",
 )
+@click.option(
+    "--sha256-beside",
+    is_flag=True,
+    default=False,
+    help="Without --sha256: check the digest in URI.sha256 when that object exists (a model under "
+    "a multi-model prefix, as the multi-model server does).",
+)
 def fetch_model(
-    uri: str, dest: Path, sha256: str | None, max_bytes: int | None, cache_dir: Path | None
+    uri: str,
+    dest: Path,
+    sha256: str | None,
+    max_bytes: int | None,
+    cache_dir: Path | None,
+    sha256_beside: bool,
 ) -> None:
     """Download the model at URI into DEST and print the path of the .onnx to serve."""
     from berth_serving.fetch import FetchError
@@ -307,6 +319,10 @@ def fetch_model(
     from berth_serving.termination import write_termination_message
 
     try:
+        if sha256_beside and not sha256:
+            from berth_serving.multimodel.repository import digest_beside
+
+            sha256 = digest_beside(uri)
         path = fetch(uri, dest, sha256 or None, max_bytes=max_bytes, cache_dir=cache_dir)
     except FetchError as error:
         write_termination_message(str(error))

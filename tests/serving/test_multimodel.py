@@ -299,3 +299,26 @@ def test_an_unreachable_old_fleet_does_not_hold_the_new_one_back(prefix: Path) -
     with serving(prefix, multi_model=True, warm_from=gone, warm_models=10) as new:
         assert loaded(new) == {}
         assert invoke(new, "m001")[0] == 200
+
+
+def test_fetch_model_checks_the_digest_beside_a_model_under_a_prefix(tmp_path: Path) -> None:
+    """What a TransformJob's init container runs for its targetModel under a MultiModel prefix."""
+    from berth_serving.cli import main
+    from click.testing import CliRunner
+
+    prefix = tmp_path / "prefix"
+    good = models.build_offset(prefix / "good.onnx", 1.0)
+    (prefix / "good.onnx.sha256").write_text(hashlib.sha256(good.read_bytes()).hexdigest() + "  good.onnx\n")
+    models.build_offset(prefix / "bad.onnx", 2.0)
+    (prefix / "bad.onnx.sha256").write_text("0" * 64)
+    models.build_offset(prefix / "plain.onnx", 3.0)
+
+    def fetch(name: str) -> tuple[int, str]:
+        args = ["fetch-model", f"file://{prefix}/{name}", str(tmp_path / name), "--sha256-beside"]
+        result = CliRunner().invoke(main, args)
+        return result.exit_code, result.output
+
+    assert fetch("good.onnx") == (0, f"{tmp_path / 'good.onnx' / 'good.onnx'}\n")
+    code, output = fetch("bad.onnx")
+    assert code == 1 and "sha256" in output.lower(), output
+    assert fetch("plain.onnx")[0] == 0  # no digest beside it: nothing to check

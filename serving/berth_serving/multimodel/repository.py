@@ -34,6 +34,18 @@ LISTING_SECONDS = 10.0
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
+def digest_beside(uri: str, retry: RetryPolicy = ON_DEMAND_RETRY) -> str | None:
+    """The SHA-256 in URI.sha256 (sha256sum's format is fine), None when there is no such
+    object; FetchError when it holds no digest."""
+    text = read_small(uri + ".sha256", retry=retry)
+    if text is None:
+        return None
+    found = _SHA256.match(text.decode("ascii", "replace").strip())
+    if found is None:
+        raise FetchError(f"{uri}.sha256 holds no SHA-256 hex digest")
+    return found.group(0).lower()
+
+
 class UnknownModel(HTTPError):
     def __init__(self, name: str, prefix: str) -> None:
         super().__init__(404, f"no model {model_key(name)!r} (.onnx or .tar.gz) under {prefix}")
@@ -123,14 +135,8 @@ class Repository:
         raise UnknownModel(name, self.prefix)
 
     def sha256(self, name: str) -> str | None:
-        """The digest in NAME.sha256 beside the model (sha256sum's format is fine), else None."""
-        text = read_small(self.prefix + name + ".sha256", retry=self._retry)
-        if text is None:
-            return None
-        found = _SHA256.match(text.decode("ascii", "replace").strip())
-        if found is None:
-            raise FetchError(f"{self.prefix}{name}.sha256 holds no SHA-256 hex digest")
-        return found.group(0).lower()
+        """The digest in NAME.sha256 beside the model, else None."""
+        return digest_beside(self.prefix + name, self._retry)
 
     def scratch_dir(self, name: str) -> Path:
         # Hashed: a model's relative path may be deep or long; the directory name must not be.
