@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from berth_operator.api import Endpoint, EndpointConfig, Model
+from berth_operator.local import display
 from berth_operator.local.engine import (
     container_env,
     local_settings,
@@ -414,9 +415,9 @@ def test_a_multi_model_replicas_cache_settings_come_from_the_model() -> None:
     assert (env[ENV["cache_bytes"]], env[ENV["max_loaded_models"]]) == ("123456789", "7")
 
 
-def test_the_routers_saturation_is_the_variants_batch_size() -> None:
-    assert saturation({ENV["max_batch_size"]: "8"}) == 8
-    assert saturation({}) == ServeConfig(model_uri="").max_batch_size
+def test_the_routers_saturation_is_two_of_the_variants_batches() -> None:
+    assert saturation({ENV["max_batch_size"]: "8"}) == 16  # one batch running, one waiting
+    assert saturation({}) == 2 * ServeConfig(model_uri="").max_batch_size
 
 
 def test_a_multi_model_replica_is_started_on_its_prefix(tmp_path: Path) -> None:
@@ -439,3 +440,65 @@ def test_a_relative_prefix_keeps_its_trailing_slash(tmp_path: Path) -> None:
     )
     resources = load_resources([tmp_path])
     assert resources.models[("default", "customers")].spec.model_uri == f"file://{tmp_path / 'models'}/"
+
+
+# ---------------------------------------------------------------------- what `berth up` shows
+
+
+def multi_model_snapshot() -> dict[str, Any]:
+    def replica(index: int, keys: list[str]) -> dict[str, Any]:
+        return {
+            "name": f"mm-c1-all-abc-{index}",
+            "config": "c1",
+            "variant": "all",
+            "state": "Running",
+            "ready": True,
+            "restarts": 0,
+            "models": [{"key": k, "bytes": 1024} for k in keys],
+        }
+
+    status = {
+        "phase": "InService",
+        "endpointConfigName": "c1",
+        "productionVariants": [
+            {"variantName": "all", "currentWeight": 1, "readyInstanceCount": 3, "desiredInstanceCount": 3}
+        ],
+        "url": "http://127.0.0.1:8080/endpoints/default/mm/invocations",
+    }
+    keys = [f"customer-{i}" for i in range(7)]
+    return {
+        "endpoints": [
+            {
+                "namespace": "default",
+                "name": "mm",
+                "status": status,
+                "replicas": [replica(0, keys[:6]), replica(1, keys[6:]), replica(2, [])],
+                "multiModel": [{"config": "c1", "variant": "all", "prefix": "file:///m/"}],
+            }
+        ]
+    }
+
+
+def test_the_table_counts_the_models_a_multi_model_variant_holds() -> None:
+    snapshot = multi_model_snapshot()
+    assert "all 100% 3/3 7 models loaded" in display.table(snapshot).splitlines()[1]
+    details = display.details(snapshot).splitlines()
+    assert "  variant all: MultiModel, the models under file:///m/" in details
+    assert (
+        "  mm-c1-all-abc-0 holds customer-0, customer-1, customer-2, customer-3, +2 more (6.0 KiB)" in details
+    )
+    assert "  mm-c1-all-abc-2 holds no model loaded" in details
+    assert display.replica_lines(snapshot)["mm-c1-all-abc-1"].endswith("restarts=0 models=1")
+    hint = display.multi_model_hint(snapshot)
+    assert "X-Berth-Target-Model" in hint and hint.endswith("/endpoints/default/mm/invocations")
+
+
+def test_a_single_model_endpoint_shows_no_models() -> None:
+    snapshot = multi_model_snapshot()
+    endpoint_view = snapshot["endpoints"][0]
+    endpoint_view["multiModel"] = []
+    for replica in endpoint_view["replicas"]:
+        del replica["models"]
+    assert "loaded" not in display.table(snapshot)
+    assert display.details(snapshot) == ""
+    assert display.multi_model_hint(snapshot) == ""

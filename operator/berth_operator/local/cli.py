@@ -272,7 +272,8 @@ async def _report(engine: Any, tty: bool, recent: collections.deque[str], port: 
     while True:
         snapshot = engine.snapshot()
         if tty:
-            footer = "\n".join([*recent, "", footer_hint])
+            hint = display.multi_model_hint(snapshot)
+            footer = "\n".join([*recent, "", footer_hint, *([hint] if hint else [])])
             current_frame = display.screen(snapshot, footer)
             if current_frame != frame:  # redraw only on change: no flicker
                 sys.stdout.write(current_frame)

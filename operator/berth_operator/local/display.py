@@ -10,10 +10,13 @@ from .interceptor import PHASE_NAMES
 COLUMNS = ("ENDPOINT", "PHASE", "CONFIG", "VARIANTS", "URL")
 
 Serverless = Mapping[tuple[str, str], dict[str, Any]]  # (config, variant) -> the interceptor's entry
+# (config, variant) of a MultiModel variant -> the models its replicas hold (each once)
+HeldModels = Mapping[tuple[str, str], set[str]]
+SHOWN_MODELS = 4  # per replica in the details; the rest are counted
 
 
 def _variant_parts(
-    variants: list[dict[str, Any]], total: float, config: str, serverless: Serverless
+    variants: list[dict[str, Any]], total: float, config: str, serverless: Serverless, held_models: HeldModels
 ) -> list[str]:
     parts = []
     for v in variants:
@@ -27,26 +30,69 @@ def _variant_parts(
                 ready += " (idle)"
             elif held.get("held"):
                 ready += f" held {held['held']}"
+        held_keys = held_models.get((config, v["variantName"]))
+        if held_keys is not None:  # MultiModel: how many of its models are loaded somewhere
+            ready += f" {len(held_keys)} model{'s' if len(held_keys) != 1 else ''} loaded"
         parts.append(f"{v['variantName']} {share:.0f}% {ready}{queued}")
     return parts
 
 
-def variants_cell(status: dict[str, Any], serverless: Serverless | None = None) -> str:
+def variants_cell(
+    status: dict[str, Any], serverless: Serverless | None = None, held_models: HeldModels | None = None
+) -> str:
     """Serving variants, then the pending config's during a rollout; shares of all traffic."""
     serverless = serverless or {}
+    held_models = held_models or {}
     serving = status.get("productionVariants", [])
     pending = status.get("pendingProductionVariants", [])
     total = sum(float(v.get("currentWeight", 0)) for v in serving + pending)
     config = status.get("endpointConfigName") or ""
-    cell = ", ".join(_variant_parts(serving, total, config, serverless)) or "-"
+    cell = ", ".join(_variant_parts(serving, total, config, serverless, held_models)) or "-"
     if pending:
         pending_config = status.get("pendingEndpointConfigName") or ""
-        cell += " -> " + ", ".join(_variant_parts(pending, total, pending_config, serverless))
+        cell += " -> " + ", ".join(_variant_parts(pending, total, pending_config, serverless, held_models))
     return cell
 
 
 def _serverless(ep: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(item.get("config", ""), item.get("variant", "")): item for item in ep.get("serverless", [])}
+
+
+def _held_models(ep: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    held: dict[tuple[str, str], set[str]] = {
+        (item.get("config", ""), item.get("variant", "")): set() for item in ep.get("multiModel", [])
+    }
+    for replica in ep.get("replicas", []):
+        keys = held.get((replica.get("config", ""), replica.get("variant", "")))
+        if keys is not None:
+            keys.update(m["key"] for m in replica.get("models", []))
+    return held
+
+
+def held_line(replica: dict[str, Any]) -> str:
+    """`customer-1, customer-4, +3 more (2.1 MiB)`: what a MultiModel replica holds."""
+    from berth_serving.fetch import human_size
+
+    models = replica.get("models", [])
+    if not models:
+        return "no model loaded"
+    keys = [m["key"] for m in models]
+    shown = ", ".join(keys[:SHOWN_MODELS]) + (
+        f", +{len(keys) - SHOWN_MODELS} more" if len(keys) > SHOWN_MODELS else ""
+    )
+    return f"{shown} ({human_size(sum(int(m.get('bytes', 0)) for m in models))})"
+
+
+def multi_model_hint(snapshot: dict[str, Any]) -> str:
+    """How to call a MultiModel endpoint (a request names its model), or "" when none is served."""
+    for ep in snapshot.get("endpoints", []):
+        url = ep.get("status", {}).get("url")
+        if ep.get("multiModel") and url:
+            return (
+                f"A multi-model endpoint names its model: curl -H 'X-Berth-Target-Model: NAME.onnx' "
+                f"-H 'Content-Type: application/json' -d '[[...]]' {url}"
+            )
+    return ""
 
 
 def cold_start_line(item: dict[str, Any]) -> str:
@@ -79,7 +125,7 @@ def rows(snapshot: dict[str, Any]) -> list[tuple[str, ...]]:
                 f"{ep['namespace']}/{ep['name']}",
                 status.get("phase") or "Pending",
                 config_cell(status),
-                variants_cell(status, _serverless(ep)),
+                variants_cell(status, _serverless(ep), _held_models(ep)),
                 status.get("url") or "-",
             )
         )
@@ -105,12 +151,18 @@ def details(snapshot: dict[str, Any]) -> str:
             for line in (cold_start_line(item), item.get("lastError", "")):
                 if line:
                     lines.append(f"  {line}")
+        for item in ep.get("multiModel", []):
+            lines.append(
+                f"  variant {item.get('variant')}: MultiModel, the models under {item.get('prefix')}"
+            )
         for replica in ep.get("replicas", []):
             restarts = replica.get("restarts", 0)
             if replica.get("state") != "Running" or restarts:
                 note = f" (restarts {restarts})" if restarts else ""
                 error = f": {replica['lastError']}" if replica.get("lastError") else ""
                 lines.append(f"  {replica['name']} {replica.get('state')}{note}{error}")
+            elif "models" in replica:
+                lines.append(f"  {replica['name']} holds {held_line(replica)}")
     return "\n".join(lines)
 
 
@@ -141,8 +193,9 @@ def replica_lines(snapshot: dict[str, Any]) -> dict[str, str]:
     for ep in snapshot.get("endpoints", []):
         for replica in ep.get("replicas", []):
             error = f" error={replica['lastError']}" if replica.get("lastError") else ""
+            held = f" models={len(replica['models'])}" if "models" in replica else ""
             lines[replica["name"]] = (
                 f"replica {replica['name']}: {replica.get('state')} ready={replica.get('ready', False)}"
-                f" restarts={replica.get('restarts', 0)}{error}"
+                f" restarts={replica.get('restarts', 0)}{held}{error}"
             )
     return lines

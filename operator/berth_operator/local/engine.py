@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from berth_serving.config import ENV, ServeConfig
 
 from ..api import Endpoint, EndpointStatus, Model
@@ -53,6 +54,8 @@ Key = tuple[str, str]  # (namespace, name)
 NOT_LOCAL = frozenset({ENV["host"], ENV["port"], ENV["model_uri"], ENV["sha256"]})
 TICK_SECONDS = 1.0
 MIN_TICK_SECONDS = 0.05
+# How often the status asks each MultiModel replica which models it holds (GET /models).
+MODELS_POLL_SECONDS = 2.0
 
 
 def local_settings(settings: Settings, port: int) -> Settings:
@@ -143,13 +146,19 @@ def multi_model_env(env: Mapping[str, str], model: Model, deployment: Manifest) 
     return {**{k: v for k, v in env.items() if k not in NOT_LOCAL_MULTI_MODEL}, **ours}
 
 
+# A MultiModel replica is saturated for a model at this many of its batches in flight there
+# (modelroute.ModelPool says why; berth_serving.app.peers_of uses the same on a cluster).
+SATURATED_BATCHES = 2
+
+
 def saturation(env: Mapping[str, str]) -> int:
     """When the router counts a MultiModel replica saturated for a model (modelroute.ModelPool):
-    the variant's max batch size of requests for it in flight there."""
+    two of the variant's full batches of requests for it in flight there."""
     try:
-        return int(env.get(ENV["max_batch_size"], ""))
+        batch = int(env.get(ENV["max_batch_size"], ""))
     except ValueError:
-        return ServeConfig(model_uri="").max_batch_size
+        batch = ServeConfig(model_uri="").max_batch_size
+    return SATURATED_BATCHES * batch
 
 
 def desired_replicas(
@@ -216,6 +225,8 @@ class Engine:
         self._warned_env: set[str] = set()
         self._base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._scrape: aiohttp.ClientSession | None = None
+        # A MultiModel replica's name -> the models it holds, as its GET /models last said.
+        self.held_models: dict[str, list[dict[str, Any]]] = {}
         self._started = time.time()
         self.redis_url = redis_url
         self._redis: Any = None  # redis.asyncio.Redis, made on the loop
@@ -264,7 +275,10 @@ class Engine:
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        scalers = [asyncio.ensure_future(self.interceptor.run(stop))]
+        scalers = [
+            asyncio.ensure_future(self.interceptor.run(stop)),
+            asyncio.ensure_future(self._watch_models(stop)),
+        ]
         if self.keda:
             scalers.append(asyncio.ensure_future(self.keda.run(stop)))
         try:
@@ -406,10 +420,42 @@ class Engine:
 
     async def scrape(self, urls: list[str]) -> FleetMetrics:
         """The Prometheus text at each URL (those that answer), reduced to a fleet's health."""
+        texts = await self._texts(urls)
+        return from_texts(text for text in texts if text)
+
+    async def _watch_models(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.poll_models()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), MODELS_POLL_SECONDS)
+
+    async def poll_models(self) -> None:
+        """Which models each ready MultiModel replica holds, for the status (not for routing:
+        the router's choice depends on the ready replicas alone)."""
+        replicas = [
+            (replica.name, replica.upstream.base_url + "/models")
+            for fleet in self.deployments.values()
+            if fleet.spec.multi_model
+            for replica in fleet.routable()
+            if replica.upstream is not None
+        ]
+        if not replicas and not self.held_models:
+            return
+        texts = await self._texts([url for _, url in replicas])
+        held: dict[str, list[dict[str, Any]]] = {}
+        for (name, _), text in zip(replicas, texts, strict=True):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                held[name] = [
+                    {"key": str(m["key"]), "bytes": int(m.get("bytes", 0))}
+                    for m in orjson.loads(text).get("models", [])
+                    if isinstance(m, dict) and m.get("key")
+                ]
+        self.held_models = held
+
+    async def _texts(self, urls: list[str]) -> list[str]:
         if self._scrape is None:
             self._scrape = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
-        texts = await asyncio.gather(*(self._fetch_text(url) for url in urls))
-        return from_texts(text for text in texts if text)
+        return list(await asyncio.gather(*(self._fetch_text(url) for url in urls)))
 
     async def _fetch_text(self, url: str) -> str:
         assert self._scrape is not None
@@ -680,8 +726,12 @@ class Engine:
                 if ns != namespace or fleet.spec.labels.get(labels.ENDPOINT) != label:
                     continue
                 for replica in fleet.replicas:
+                    held = (
+                        {"models": self.held_models.get(replica.name, [])} if fleet.spec.multi_model else {}
+                    )
                     replicas.append(
                         {
+                            **held,
                             "name": replica.name,
                             "deployment": deployment,
                             "variant": fleet.spec.labels.get(labels.VARIANT, ""),
@@ -703,12 +753,25 @@ class Engine:
                             "lastError": fleet.fetch_error,
                         }
                     )
+            multi_model = [
+                {
+                    "deployment": deployment,
+                    "config": fleet.spec.labels.get(labels.ENDPOINT_CONFIG, ""),
+                    "variant": fleet.spec.labels.get(labels.VARIANT, ""),
+                    "prefix": fleet.spec.model_uri,
+                }
+                for (ns, deployment), fleet in sorted(self.deployments.items())
+                if ns == namespace
+                and fleet.spec.labels.get(labels.ENDPOINT) == label
+                and fleet.spec.multi_model
+            ]
             endpoints.append(
                 {
                     "namespace": namespace,
                     "name": name,
                     "status": status,
                     "replicas": replicas,
+                    "multiModel": multi_model,
                     "serverless": [
                         item
                         for item in serverless

@@ -95,9 +95,11 @@ class ModelPool(Generic[R]):
 
     `saturation` is how many requests for one model the router may have in flight at one
     replica before that replica counts as saturated for it (and the model spills to its second
-    choice). The variant's max batch size: up to that many requests are answered together in
-    one batch by the replica's batcher, one more waits a whole batch behind them, so that is
-    when a second replica (which loads the model once, on the spill) starts to pay off.
+    choice). Two of the variant's full batches: the replica's batcher answers up to a batch at
+    once, so at two batches in flight one is running and one waiting, and the next request
+    would wait two batch times; from there a second replica (which loads the model once, on
+    the spill) pays off. The same limit as the replicas' own forwarding on a cluster
+    (berth_serving.app.peers_of), so a hot model spills alike in both modes.
     """
 
     __slots__ = ("_by_id", "_ids", "_next", "saturation", "upstreams")
