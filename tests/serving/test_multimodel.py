@@ -322,3 +322,33 @@ def test_fetch_model_checks_the_digest_beside_a_model_under_a_prefix(tmp_path: P
     code, output = fetch("bad.onnx")
     assert code == 1 and "sha256" in output.lower(), output
     assert fetch("plain.onnx")[0] == 0  # no digest beside it: nothing to check
+
+
+def test_hostile_model_names_are_refused_and_cost_nothing(prefix: Path) -> None:
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]})
+    with serving(prefix, multi_model=True) as server:
+        for name in ("m" * 2000, "a\x01b.onnx", "./m001.onnx", "eu/../m001.onnx"):
+            status, _, message = invoke(server, name)
+            assert status == 400, (name[:20], message)
+        # Escapes through the v2 path, plain and percent-encoded, are names like any other.
+        for path in (
+            "/v2/models/../../etc/infer",
+            "/v2/models/%2e%2e/%2e%2e/etc/infer",
+            "/v2/models/eu%2f..%2fm1/infer",
+        ):
+            answer = request(server.url + path, "POST", body.encode(), JSON)
+            assert answer.status in (400, 404), (path, answer.body)
+        # A flood of names that name nothing leaves no trace: no counters, no entries.
+        answers = post_concurrently(
+            server.url,
+            "/invocations",
+            [ROW] * 300,
+            concurrency=16,
+            headers={"X-Berth-Target-Model": "flood"},
+        )
+        assert {status for status, _ in answers} == {404}
+        for i in range(200):
+            assert invoke(server, f"nothing-{i}.onnx")[0] == 404
+        text = request(server.url + "/metrics").body.decode()
+        assert "nothing-" not in text and "flood" not in text
+        assert loaded(server) == {}
