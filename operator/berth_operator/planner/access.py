@@ -138,12 +138,20 @@ def caller_namespaces(endpoint: Endpoint, settings: Settings) -> list[str]:
 
 
 def network_policy(
-    endpoint: Endpoint, settings: Settings, *, async_metrics: bool = False, interceptor: bool = False
+    endpoint: Endpoint,
+    settings: Settings,
+    *,
+    async_metrics: bool = False,
+    interceptor: bool = False,
+    peers: bool = False,
 ) -> Manifest | None:
     """One NetworkPolicy over every serving pod of the Endpoint (all configs and variants, and the
     async front door): ingress on the serving port from the caller namespaces only (and the KEDA
     HTTP interceptor's, which forwards serverless variants' traffic), and on the async workers'
-    metrics port when there are some. Egress is left alone (model downloads)."""
+    metrics port when there are some. With MultiModel variants (peers) the Endpoint's serving
+    pods reach each other on the serving port too: a replica forwards a model's request to the
+    replica that holds it, and a new fleet asks the old one which models to warm. Egress is left
+    alone (model downloads)."""
     if not settings.network_policy.enabled:
         return None
     sources = caller_namespaces(endpoint, settings)
@@ -154,23 +162,28 @@ def network_policy(
         network_policy_name(endpoint.name),
         labels.endpoint_labels(endpoint.name, NETWORK_POLICY_COMPONENT),
     )
+
+    def pods() -> dict[str, Any]:
+        return {"matchLabels": {labels.ENDPOINT: labels.endpoint_label(endpoint.name)}}
+
+    ingress: list[dict[str, Any]] = [
+        {
+            "from": [_from_namespace(name) for name in sources],
+            "ports": [
+                {"protocol": "TCP", "port": port}
+                for port in (DEFAULT_PORT, *((ASYNC_METRICS_PORT,) if async_metrics else ()))
+            ],
+        }
+    ]
+    if peers:  # a podSelector alone: pods of this namespace
+        ingress.append(
+            {"from": [{"podSelector": pods()}], "ports": [{"protocol": "TCP", "port": DEFAULT_PORT}]}
+        )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": meta,
-        "spec": {
-            "podSelector": {"matchLabels": {labels.ENDPOINT: labels.endpoint_label(endpoint.name)}},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [_from_namespace(name) for name in sources],
-                    "ports": [
-                        {"protocol": "TCP", "port": port}
-                        for port in (DEFAULT_PORT, *((ASYNC_METRICS_PORT,) if async_metrics else ()))
-                    ],
-                }
-            ],
-        },
+        "spec": {"podSelector": pods(), "policyTypes": ["Ingress"], "ingress": ingress},
     }
 
 

@@ -22,6 +22,7 @@ from ..api import (
 )
 from ..settings import InstanceType, Settings
 from . import serverless
+from .multimodel import MSG_NO_ASYNC
 from .names import variant_object_name
 
 
@@ -39,6 +40,12 @@ class VariantPlan:
     production_names: tuple[str, ...] = ()  # every production variant of the config
     async_config: AsyncInferenceConfig | None = None  # the config's: this variant is an async fleet
     stream: str | None = None  # async: the Redis stream the variant's workers read
+    # MultiModel: the old fleet's /models URL this variant's pods warm from ("" = start cold).
+    warm_from: str = ""
+
+    @property
+    def multi_model(self) -> bool:
+        return self.model.spec.is_multi_model
 
     @property
     def serverless(self) -> ServerlessConfig | None:
@@ -59,7 +66,9 @@ class Fleet:
     variants: tuple[VariantPlan, ...] = ()
     errors: tuple[str, ...] = ()
     missing: bool = False  # the EndpointConfig does not exist (yet)
-    invalid: bool = False  # a variant names an instance type the catalog lacks: no waiting fixes it
+    # A variant names an instance type the catalog lacks, or an async config a MultiModel Model:
+    # no waiting fixes it.
+    invalid: bool = False
     warnings: tuple[str, ...] = ()  # problems worked around (reported, but the fleet still serves)
 
     @property
@@ -95,6 +104,7 @@ def resolve_fleet(
     by_name = {o.variant_name: o for o in overrides}
     variants: list[VariantPlan] = []
     errors: list[str] = []
+    invalid = False  # an error no waiting fixes
     specs = [(v, False) for v in config.spec.production_variants]
     specs += [(v, True) for v in config.spec.shadow_production_variants]
     for spec, shadow in specs:
@@ -111,6 +121,11 @@ def resolve_fleet(
             continue
         if instance_type is None:
             errors.append(f"{where}: {unknown_instance_type(spec.instance_type or '', settings)}")
+            invalid = True
+            continue
+        if model.spec.is_multi_model and config.spec.async_inference_config is not None:
+            errors.append(f"{where}: Model {model.name} {MSG_NO_ASYNC}")
+            invalid = True
             continue
         override = by_name.get(spec.variant_name)
         weight = spec.initial_variant_weight
@@ -137,7 +152,6 @@ def resolve_fleet(
         )
     names = tuple(v.variant_name for v in config.spec.production_variants)
     variants = [replace(v, production_names=names) for v in variants]
-    invalid = any("unknown instanceType" in e for e in errors)
     warnings: tuple[str, ...] = ()
     production = [v for v in variants if not v.shadow]
     if production and not any(v.weight > 0 for v in production):

@@ -19,7 +19,7 @@ ENDPOINT = "berth.dev/endpoint"
 ENDPOINT_CONFIG = "berth.dev/endpoint-config"
 VARIANT = "berth.dev/variant"
 MODEL = "berth.dev/model"
-BERTH_COMPONENT = "berth.dev/component"  # pods that are not a variant's: the async front door
+BERTH_COMPONENT = "berth.dev/component"  # what is not a variant's own: the async front door, peers Services
 
 APP_NAME = "berth-serving"
 PART_OF_VALUE = "berth"

@@ -46,6 +46,11 @@ def variant_object_name(endpoint: str, config: str, variant: str) -> str:
     return dns_label(endpoint, config, variant)
 
 
+def peers_service_name(endpoint: str, config: str, variant: str) -> str:
+    """The headless Service through which a MultiModel variant's replicas find each other."""
+    return dns_label(endpoint, config, variant, "peers")
+
+
 def route_name(endpoint: str) -> str:
     """The HTTPRoute (or main Ingress) of an endpoint."""
     return dns_label(endpoint)

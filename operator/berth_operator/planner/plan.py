@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ..api import Condition, EndpointStatus, VariantStatus
-from . import asyncinf, labels, serverless
+from . import asyncinf, labels, multimodel, serverless
 from .access import network_policy, serving_access, serving_identity
 from .autoscaling import KEDA_KIND, autoscaler_problems
 from .clock import stamp
@@ -343,21 +343,32 @@ class _Planner:
                 metrics=self.metrics(),
                 route_in_place=self.route_was_in_place,
                 observed_share=self.observed_share,
+                warm_from=self.warm_sources,
             )
         )
         retained = decision.rollout.retained_instance_counts if decision.rollout else {}
         live = self.live(decision.serving, decision.target, decision.shifted, retained)
         draining = self.draining(live)
         fleets = [item.fleet for item in live] + draining
+        warm = self.planned_warm_from(decision)
         objects = [
             obj
             for fleet in fleets
             for v in fleet.variants
-            for obj in variant_objects(self.endpoint, v, inp.settings, inp.observed.unavailable_kinds)
+            for obj in variant_objects(
+                self.endpoint,
+                multimodel.with_warm_from(v, warm.get(fleet.config, {})),
+                inp.settings,
+                inp.observed.unavailable_kinds,
+            )
         ]
         any_async = any(fleet.is_async for fleet in fleets)
         policy = network_policy(
-            self.endpoint, inp.settings, async_metrics=any_async, interceptor=bool(self.intercepted(live))
+            self.endpoint,
+            inp.settings,
+            async_metrics=any_async,
+            interceptor=bool(self.intercepted(live)),
+            peers=any(v.multi_model for fleet in fleets for v in fleet.variants),
         )
         if policy is not None:
             objects.append(policy)
@@ -377,6 +388,21 @@ class _Planner:
         if deferred:
             requeue = DEFERRED_DELETE_SECONDS if requeue is None else min(requeue, DEFERRED_DELETE_SECONDS)
         return Plan(objects, delete, status, [*decision.events, *events], requeue, self.shared(live))
+
+    # ---------------------------------------------------------------- multi-model
+
+    def warm_sources(self, serving: str, target: str) -> dict[str, str]:
+        """Where the new config's MultiModel variants warm from, as a starting rollout records it."""
+        source = self.fleet(serving, proving=self.proving(serving))
+        return multimodel.warm_sources(self.endpoint, serving, source.variants, self.fleet(target).variants)
+
+    def planned_warm_from(self, decision: Decision) -> dict[str, dict[str, str]]:
+        """Config -> variant -> warm source of the live fleets' pods: the recorded ones only, so a
+        pod template never changes once planned (and not when the rollout that set it ends)."""
+        planned = {decision.serving: multimodel.recorded_warm_from(self.previous, decision.serving)}
+        if decision.rollout is not None:
+            planned[decision.rollout.target_endpoint_config_name] = dict(decision.rollout.warm_from)
+        return planned
 
     def shared(self, live: list[_Live]) -> list[Manifest]:
         """The review identity of every ServiceAccount the live fleets' pods run as (KubernetesRBAC)."""
@@ -542,6 +568,7 @@ class _Planner:
             rollout=decision.rollout,
             failure_reason="; ".join(facts.problems) or None,
             last_rollback=decision.last_rollback,
+            warm_from=multimodel.recorded_warm_from(previous, decision.serving),
             draining_endpoint_config_names=sorted(f.config for f in draining),
             conditions=conditions_of(
                 previous, decision, facts, phase, inp.observed.now, endpoint.metadata.generation

@@ -24,6 +24,7 @@ MODEL_VOLUME = "model"
 TMP_VOLUME = "tmp"
 TMP_SIZE_LIMIT = "1Gi"  # scratch of the serving runtime and of batch transform's partial outputs
 PVC_MOUNT_ROOT = "/mnt/pvc"
+PVC_VOLUME = "pvc"
 RUN_AS = 10001  # the uid and gid the Berth images are built with
 CACHE_VOLUME = "model-cache"
 CACHE_MOUNT_PATH = "/var/cache/berth/models"
@@ -68,11 +69,50 @@ def model_volumes(model: ModelSpec, size_limit: str, settings: Settings) -> list
     ]
     claim = pvc_claim(model.model_uri)
     if claim is not None:  # the init container reads the model from the claim
-        volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        volumes.append(_pvc_volume(claim))
     if uses_cache(model, settings):
         assert settings.model_cache.volume is not None
         volumes.append({"name": CACHE_VOLUME, **settings.model_cache.volume.source()})
     return volumes
+
+
+def _pvc_volume(claim: str) -> dict[str, Any]:
+    return {"name": PVC_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+
+
+def _pvc_mount(claim: str) -> dict[str, Any]:
+    # fetch-model reads pvc://CLAIM/PATH at /mnt/pvc/CLAIM/PATH
+    return {"name": PVC_VOLUME, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True}
+
+
+def multi_model_volumes(model: ModelSpec, size_limit: str) -> list[dict[str, Any]]:
+    """A MultiModel pod has no model volume: its server fetches each model on demand into its
+    temporary directory, so /tmp is one emptyDir as large as a single-model pod's model and /tmp
+    volumes together (the same ephemeral-storage request); and a pvc:// prefix's claim, which the
+    server reads the models from."""
+    volumes: list[dict[str, Any]] = [
+        {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": ephemeral_storage(size_limit)}}
+    ]
+    claim = pvc_claim(model.model_uri)
+    if claim is not None:
+        volumes.append(_pvc_volume(claim))
+    return volumes
+
+
+def multi_model_mounts(model: ModelSpec) -> list[dict[str, Any]]:
+    """The server's mounts in a MultiModel pod: the scratch /tmp, and a pvc:// prefix's claim."""
+    mounts: list[dict[str, Any]] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    claim = pvc_claim(model.model_uri)
+    if claim is not None:
+        mounts.append(_pvc_mount(claim))
+    return mounts
+
+
+def storage_credentials(model: ModelSpec) -> list[dict[str, Any]]:
+    """envFrom of the container that fetches the model: the Secret of credentialsSecretRef."""
+    if model.credentials_secret_ref is None:
+        return []
+    return [{"secretRef": {"name": model.credentials_secret_ref.name}}]
 
 
 def ephemeral_storage(size_limit: str) -> str:
@@ -110,8 +150,7 @@ def model_init_container(model: ModelSpec, settings: Settings, size_limit: str) 
     ]
     claim = pvc_claim(model.model_uri)
     if claim is not None:
-        # fetch-model reads pvc://CLAIM/PATH at /mnt/pvc/CLAIM/PATH
-        mounts.append({"name": "pvc", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+        mounts.append(_pvc_mount(claim))
     cache = uses_cache(model, settings)
     if cache:
         mounts.append({"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT_PATH})
@@ -131,7 +170,7 @@ def model_init_container(model: ModelSpec, settings: Settings, size_limit: str) 
     if model.env:
         container["env"] = [e.to_wire() for e in model.env]
     if model.credentials_secret_ref is not None:
-        container["envFrom"] = [{"secretRef": {"name": model.credentials_secret_ref.name}}]
+        container["envFrom"] = storage_credentials(model)
     return container
 
 

@@ -44,6 +44,9 @@ class RolloutInput:
     route_in_place: bool  # the observed route carries the traffic split of the status as it is
     # config name -> percent of traffic the observed route gives that config's fleet
     observed_share: Callable[[str], int]
+    # (serving config, new config) -> per MultiModel variant of the new config, the URL its pods
+    # warm their models from (recorded when a rollout starts: planner/multimodel.py)
+    warm_from: Callable[[str, str], dict[str, str]] = lambda serving, target: {}
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ def decide(inp: RolloutInput) -> Decision:
             traffic_shifted_percent=0,
             state="Provisioning",
             retained_instance_counts=inp.observed_replicas(serving),
+            warm_from=inp.warm_from(serving, spec_config),
         )
         run.event("RolloutStarted", f"rolling out EndpointConfig {spec_config} beside {serving}")
     return _advance(run, serving, rollout, last)

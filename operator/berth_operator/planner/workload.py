@@ -7,6 +7,7 @@ from typing import Any
 from berth_serving.config import (
     DEFAULT_PORT,
     DEFAULT_TIMEOUT_SECONDS,
+    ENV,
     MODEL_MOUNT_PATH,
     ServeConfig,
     WarmupRequest,
@@ -14,7 +15,7 @@ from berth_serving.config import (
 
 from ..api import Endpoint
 from ..settings import Settings
-from . import labels, serverless
+from . import labels, multimodel, serverless
 from .access import ServingAccess, access_env, access_mounts, access_volumes, serving_access
 from .asyncinf import (
     WORKER_METRICS_PORT,
@@ -27,6 +28,7 @@ from .asyncinf import (
 from .autoscaling import autoscaler_objects
 from .fleet import VariantPlan
 from .meta import object_meta
+from .names import peers_service_name
 from .pods import (
     SERVER_CONTAINER,
     container_resources,
@@ -36,8 +38,11 @@ from .pods import (
     model_volume_mounts,
     model_volume_size,
     model_volumes,
+    multi_model_mounts,
+    multi_model_volumes,
     node_placement,
     pod_scaffold,
+    storage_credentials,
 )
 from .types import Manifest
 
@@ -78,6 +83,15 @@ def variant_objects(
         deployment(endpoint, variant, settings, access, scaled=bool(scalers)),
         service(endpoint, variant),
     ]
+    if variant.multi_model:
+        objects.append(
+            multimodel.headless_service(
+                endpoint,
+                peers_service_name(variant.endpoint, variant.config, variant.name),
+                _selector(variant),
+                _labels(variant),
+            )
+        )
     objects += scalers
     if variant.replicas > 1:
         objects.append(pod_disruption_budget(endpoint, variant))
@@ -112,10 +126,28 @@ def _image(variant: VariantPlan, settings: Settings) -> str:
     return settings.images.gpu if variant.instance_type.accelerator == "nvidia" else settings.images.cpu
 
 
-def _server_env(variant: VariantPlan, access: ServingAccess) -> list[dict[str, Any]]:
+def _multi_model_settings(variant: VariantPlan, namespace: str) -> dict[str, Any]:
+    """ServeConfig's multi-model fields: the prefix, the cache, the peers and the warm-up."""
+    spec = variant.model.spec
+    if not spec.is_multi_model:
+        return {"model_uri": MODEL_MOUNT_PATH}
+    settings = spec.multi_model_settings
+    warm = variant.warm_from if settings.warm_models > 0 else ""
+    return {
+        "model_uri": spec.model_uri,
+        "multi_model": True,
+        "cache_bytes": settings.cache_bytes or 0,
+        "max_loaded_models": settings.max_loaded_models or 0,
+        "peers": multimodel.peers_address(variant.endpoint, variant.config, variant.name, namespace),
+        "warm_from": warm,
+        "warm_models": settings.warm_models if warm else 0,
+    }
+
+
+def _server_env(variant: VariantPlan, access: ServingAccess, namespace: str) -> list[dict[str, Any]]:
     runtime = variant.model.spec.runtime
     config = ServeConfig(
-        model_uri=MODEL_MOUNT_PATH,
+        **_multi_model_settings(variant, namespace),
         port=DEFAULT_PORT,
         variant=variant.name,
         model_name=variant.model.name,
@@ -136,6 +168,8 @@ def _server_env(variant: VariantPlan, access: ServingAccess) -> list[dict[str, A
     user_env = [e.to_wire() for e in variant.model.spec.env if e.name not in auth]
     user_names = {e["name"] for e in user_env}
     ours = [{"name": k, "value": v} for k, v in config.to_env().items() if k not in user_names]
+    if config.multi_model and ENV["pod_ip"] not in user_names:
+        ours.append(multimodel.pod_ip_env())
     return ours + [{"name": k, "value": v} for k, v in auth.items()] + user_env
 
 
@@ -143,19 +177,28 @@ def _server_env(variant: VariantPlan, access: ServingAccess) -> list[dict[str, A
 
 
 def _server_container(
-    variant: VariantPlan, settings: Settings, size_limit: str, access: ServingAccess
+    variant: VariantPlan, settings: Settings, size_limit: str, access: ServingAccess, namespace: str
 ) -> dict[str, Any]:
+    model = variant.model.spec
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
         "image": _image(variant, settings),
         "imagePullPolicy": settings.images.pull_policy,
     }
-    if not variant.model.spec.image:  # a bring-your-own image keeps its own entrypoint
+    if not model.image:  # a bring-your-own image keeps its own entrypoint
         container["command"] = ["berth"]
-        container["args"] = ["serve", MODEL_MOUNT_PATH]
+        container["args"] = (
+            ["serve", "--multi-model", model.model_uri]
+            if model.is_multi_model
+            else ["serve", MODEL_MOUNT_PATH]
+        )
+    container["env"] = _server_env(variant, access, namespace)
+    if model.is_multi_model and model.credentials_secret_ref is not None:
+        # No storage-initializer: the server fetches each model itself, with the model's credentials.
+        container["envFrom"] = storage_credentials(model)
+    mounts = multi_model_mounts(model) if model.is_multi_model else model_volume_mounts()
     container.update(
         {
-            "env": _server_env(variant, access),
             "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
             "startupProbe": {
                 "httpGet": {"path": "/ping", "port": PORT_NAME},
@@ -179,7 +222,7 @@ def _server_container(
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "resources": _merged_resources(variant, size_limit),
             "securityContext": container_security(),
-            "volumeMounts": model_volume_mounts() + access_mounts(access),
+            "volumeMounts": mounts + access_mounts(access),
         }
     )
     return container
@@ -192,19 +235,25 @@ def _sidecars(variant: VariantPlan, settings: Settings) -> list[dict[str, Any]]:
     return [worker_container(variant, settings)]
 
 
-def _pod_spec(variant: VariantPlan, settings: Settings, access: ServingAccess) -> dict[str, Any]:
+def _pod_spec(
+    variant: VariantPlan, settings: Settings, access: ServingAccess, namespace: str
+) -> dict[str, Any]:
     model = variant.model.spec
     size_limit = model_volume_size(variant.instance_type, variant.spec.volume_size_in_gb)
     spec = pod_scaffold(model, access.service_account)
+    spec["terminationGracePeriodSeconds"] = termination_grace_seconds(variant, TERMINATION_GRACE_SECONDS)
+    if model.is_multi_model:  # the server fetches each model on its first request
+        volumes = multi_model_volumes(model, size_limit)
+    else:
+        spec["initContainers"] = [model_init_container(model, settings, size_limit)]
+        volumes = model_volumes(model, size_limit, settings)
     spec.update(
         {
-            "terminationGracePeriodSeconds": termination_grace_seconds(variant, TERMINATION_GRACE_SECONDS),
-            "initContainers": [model_init_container(model, settings, size_limit)],
             "containers": [
-                _server_container(variant, settings, size_limit, access),
+                _server_container(variant, settings, size_limit, access, namespace),
                 *_sidecars(variant, settings),
             ],
-            "volumes": model_volumes(model, size_limit, settings) + access_volumes(access),
+            "volumes": volumes + access_volumes(access),
             "topologySpreadConstraints": [
                 {
                     "maxSkew": 1,
@@ -237,7 +286,7 @@ def deployment(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
                 "metadata": {"labels": _labels(variant), "annotations": dict(SCRAPE_ANNOTATIONS)},
-                "spec": _pod_spec(variant, settings, access),
+                "spec": _pod_spec(variant, settings, access, endpoint.namespace),
             },
         }
     )

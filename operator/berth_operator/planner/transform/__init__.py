@@ -15,6 +15,7 @@ from datetime import datetime
 from ...api import Model, TransformJob, TransformJobStatus
 from ...settings import Settings
 from ..fleet import unknown_instance_type
+from ..multimodel import target_model, target_model_problem
 from ..types import Event, Manifest
 from .job import (
     EXIT_DATA,
@@ -142,6 +143,16 @@ def _plan_start(
             transform_status(transform, now, "Failed", reason="InvalidSpec", failure=failure),
             [Event("Warning", "Failed", failure)],
         )
+    mismatch = target_model_problem(model, spec.target_model)
+    if mismatch is not None:
+        reason, failure = mismatch
+        return TransformPlan(
+            None,
+            transform_status(transform, now, "Failed", reason=reason, failure=failure),
+            [Event("Warning", "Failed", failure)],
+        )
+    if spec.target_model is not None:  # the one model under the MultiModel prefix
+        model = target_model(model, spec.target_model)
     job = transform_job_manifest(transform, model, instance_type, settings)
     status = transform_status(transform, now, "Pending", Progress(name))
     return TransformPlan(job, status, [Event("Normal", "JobCreated", f"Job {name} runs the transform")])
