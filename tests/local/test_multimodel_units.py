@@ -20,6 +20,7 @@ from berth_operator.local import display
 from berth_operator.local.engine import (
     container_env,
     local_settings,
+    local_warm_from,
     memory_limit_bytes,
     multi_model_env,
     saturation,
@@ -210,7 +211,10 @@ class Replica:
                 owner.arrived.release()
                 if owner.hold is not None:
                     owner.hold.wait(20)
-                payload = json.dumps({"replica": owner.name, "model": model}).encode()
+                answer: dict[str, Any] = {"replica": owner.name, "model": model}
+                if self.path == "/models":  # what a multi-model replica holds
+                    answer = {"models": [{"key": f"held-by-{owner.name}", "requests": 2}]}
+                payload = json.dumps(answer).encode()
                 self.send_response(owner.status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(payload)))
@@ -502,3 +506,48 @@ def test_a_single_model_endpoint_shows_no_models() -> None:
     assert "loaded" not in display.table(snapshot)
     assert display.details(snapshot) == ""
     assert display.multi_model_hint(snapshot) == ""
+
+
+def test_the_router_lists_the_models_of_every_replica_of_a_service(
+    fleet: list[Replica], router: RouterServer
+) -> None:
+    fleet[2].stop()  # one that does not answer leaves the others' models in the answer
+    connection = http.client.HTTPConnection("127.0.0.1", router.port, timeout=20)
+    try:
+        connection.request("GET", "/_berth/services/default/ep-v/models")
+        response = connection.getresponse()
+        document = json.loads(response.read())
+        assert response.status == 200
+        connection.request("GET", "/_berth/services/default/nothing/models")
+        missing = connection.getresponse()
+        assert missing.status == 404 and b"default/nothing" in missing.read()
+    finally:
+        connection.close()
+    assert document["replicas"] == 3
+    assert sorted(m["key"] for m in document["models"]) == ["held-by-r0", "held-by-r1"]
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        (
+            "http://ep-c2-all-peers.team.svc:8080/models",
+            "http://127.0.0.1:9/_berth/services/team/ep-c2-all-peers/models",
+        ),
+        (
+            "http://old-peers.default.svc.cluster.local:8080/models",
+            "http://127.0.0.1:9/_berth/services/default/old-peers/models",
+        ),
+        ("http://127.0.0.1:8123/models", "http://127.0.0.1:8123/models"),  # a replica's own: kept
+        ("http://old.team.svc:8080/other", "http://old.team.svc:8080/other"),
+    ],
+)
+def test_a_rollouts_warm_up_source_becomes_the_routers_view_of_the_old_fleet(url: str, local: str) -> None:
+    assert local_warm_from(url, "http://127.0.0.1:9") == local
+
+
+def test_a_planned_warm_up_source_is_rewritten_for_local_replicas() -> None:
+    deployment, model = planned_deployment()
+    planned = {**container_env(deployment)[0], ENV["warm_from"]: "http://old-peers.default.svc:8080/models"}
+    env = multi_model_env(planned, model, deployment, "http://127.0.0.1:9")
+    assert env[ENV["warm_from"]] == "http://127.0.0.1:9/_berth/services/default/old-peers/models"

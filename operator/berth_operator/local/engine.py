@@ -126,11 +126,14 @@ def memory_limit_bytes(deployment: Manifest) -> int | None:
         return None
 
 
-def multi_model_env(env: Mapping[str, str], model: Model, deployment: Manifest) -> dict[str, str]:
+def multi_model_env(
+    env: Mapping[str, str], model: Model, deployment: Manifest, router_url: str = ""
+) -> dict[str, str]:
     """A MultiModel replica's settings, with no peers, and its cache sized as in its pod:
     cacheBytes, else the share of the container's memory limit the runtime takes by default
     (a local process has no such limit, and that share of the machine for each of several
-    replicas would be no limit at all)."""
+    replicas would be no limit at all). A rollout's warm-up source, the old variant's headless
+    Service, becomes the router's view of that Service (`router_url`: the router's base URL)."""
     settings = model.spec.multi_model_settings
     cache_bytes = settings.cache_bytes
     if cache_bytes is None and env.get(ENV["cache_bytes"], "0") in ("", "0"):
@@ -143,7 +146,24 @@ def multi_model_env(env: Mapping[str, str], model: Model, deployment: Manifest) 
         max_loaded_models=settings.max_loaded_models or 0,
     )
     ours = {k: v for k, v in config.to_env().items() if k not in NOT_LOCAL}
+    warm_from = env.get(ENV["warm_from"])
+    if warm_from and router_url:
+        ours[ENV["warm_from"]] = local_warm_from(warm_from, router_url)
     return {**{k: v for k, v in env.items() if k not in NOT_LOCAL_MULTI_MODEL}, **ours}
+
+
+def local_warm_from(url: str, router_url: str) -> str:
+    """http://SERVICE.NAMESPACE.svc[.cluster.local]:PORT/models -> the router's GET /models of
+    that Service's replicas (router.SERVICES_PATH); any other URL is kept as it is."""
+    import urllib.parse
+
+    from .router import SERVICES_PATH
+
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").split(".")
+    if parts.scheme != "http" or parts.path != "/models" or len(host) < 3 or host[2] != "svc":
+        return url
+    return f"{router_url.rstrip('/')}{SERVICES_PATH}{host[1]}/{host[0]}/models"
 
 
 # A MultiModel replica is saturated for a model at this many of its batches in flight there
@@ -513,7 +533,7 @@ class Engine:
         env, skipped = container_env(deployment)
         if multi_model:
             assert model is not None
-            env = multi_model_env(env, model, deployment)
+            env = multi_model_env(env, model, deployment, str(self.settings.routing.public_url or ""))
             skipped = [var for var in skipped if var not in NOT_LOCAL_MULTI_MODEL]
         if args:  # the front door: its Secrets and fieldRefs too, as its worker sidecars get them
             resolved, pod_name, skipped = asyncfleet.resolve_env(

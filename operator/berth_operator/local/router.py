@@ -60,6 +60,12 @@ ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 log = logging.getLogger("berth.up")
 STATUS_PATH = "/_berth/status"
 _STATUS_RAW_PATH = STATUS_PATH.encode()
+# GET /_berth/services/NAMESPACE/SERVICE/models: the GET /models of every ready replica behind a
+# Service, in one answer. A rollout's new MultiModel fleet warms from it (the old fleet's most
+# used models), where on a cluster it resolves the old variant's headless Service to every pod.
+SERVICES_PATH = "/_berth/services/"
+_SERVICES_RAW_PATH = SERVICES_PATH.encode()
+_FLEET_MODELS_SECONDS = 10.0
 MAX_BODY_BYTES = 64 * 1024 * 1024
 # The edge of `berth up`: /_berth/status answers even when every connection is busy, and the
 # bodies in transit at once are bounded in memory (four of the largest the router takes).
@@ -224,6 +230,9 @@ class Router:
         if raw_path == _STATUS_RAW_PATH:
             await _respond(send, 200, orjson.dumps(self.status(), option=orjson.OPT_NON_STR_KEYS))
             return
+        if raw_path.startswith(_SERVICES_RAW_PATH) and scope["method"] == "GET":
+            await _respond(send, *await self._fleet_models(raw_path))
+            return
         query: bytes = scope.get("query_string", b"")
         unsafe = unsafe_target(raw_path, query)
         if unsafe is not None:
@@ -289,6 +298,32 @@ class Router:
                 await self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _fleet_models(self, raw_path: bytes) -> tuple[int, bytes]:
+        """GET /models of each ready replica of the Service the path names, their models in one
+        list (each replica lists the models it holds: by affinity, a share of the fleet's)."""
+        parts = raw_path[len(_SERVICES_RAW_PATH) :].decode("latin-1").split("/")
+        if len(parts) != 3 or parts[2] != "models" or not parts[0] or not parts[1]:
+            return _error(404, f"no such path: use {SERVICES_PATH}NAMESPACE/SERVICE/models")
+        pool = self.pools.get((parts[0], parts[1]))
+        if pool is None:
+            return _error(404, f"no Service {parts[0]}/{parts[1]}")
+
+        async def models_of(upstream: Upstream) -> list[Any]:
+            try:
+                status, _, payload = await asyncio.wait_for(
+                    upstream.pool.send("GET", b"/models", [], b""), _FLEET_MODELS_SECONDS
+                )
+                document = orjson.loads(payload) if status == 200 else {}
+            except (UpstreamError, TimeoutError, orjson.JSONDecodeError):
+                return []
+            models = document.get("models") if isinstance(document, dict) else None
+            return models if isinstance(models, list) else []
+
+        found = await asyncio.gather(*(models_of(u) for u in pool.upstreams))
+        return 200, orjson.dumps(
+            {"replicas": len(pool.upstreams), "models": [m for models in found for m in models]}
+        )
 
     # ------------------------------------------------------------------ forwarding
 
