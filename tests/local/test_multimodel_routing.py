@@ -219,3 +219,47 @@ def test_the_multimodel_example_serves_every_model_it_builds(tmp_path: Path) -> 
 
 def replicas_of(up: BerthUp, name: str) -> list[dict[str, Any]]:
     return [r for r in up.endpoint(name)["replicas"] if r.get("ready")]
+
+
+@pytest.mark.timeout(180)
+def test_a_rollouts_new_fleet_warms_the_old_fleets_most_used_models(tmp_path: Path) -> None:
+    prefix = tmp_path / "models"
+    names = [f"customer-{i}.onnx" for i in range(8)]
+    for name in names:
+        build_offset(prefix / name, offset(name))
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    multi = model("customers", f"file://{prefix}/")
+    multi["spec"].update({"mode": "MultiModel", "multiModel": {"warmModels": 3}})
+    write_yaml(
+        manifests / "models.yaml",
+        [
+            multi,
+            config("warm-v1", [variant("all", "customers", count=2)]),
+            config("warm-v2", [variant("all", "customers", count=2)]),
+        ],
+    )
+    endpoint_file = write_yaml(manifests / "endpoint.yaml", [endpoint("warm", "warm-v1")])
+    served = BerthUp(manifests, tmp_path)
+    try:
+        served.wait_in_service("warm", timeout=90)
+        # Requests spread over both old replicas by affinity: the top three are 3, 5 and 0.
+        counts = {"customer-3.onnx": 6, "customer-5.onnx": 5, "customer-0.onnx": 4, "customer-1.onnx": 1}
+        for name, count in counts.items():
+            for _ in range(count):
+                response = served.invoke("warm", [ROW], {"X-Berth-Target-Model": name})
+                assert response.status_code == 200, response.text
+        write_yaml(endpoint_file, [endpoint("warm", "warm-v2")])
+
+        def new_fleet() -> list[dict[str, Any]]:
+            found = [r for r in served.endpoint("warm")["replicas"] if r["config"] == "warm-v2"]
+            return found if len(found) == 2 and all(r["ready"] for r in found) else []
+
+        served.wait(lambda: bool(new_fleet()), 90, "the new fleet ready")
+        top = {key(name) for name in ("customer-3.onnx", "customer-5.onnx", "customer-0.onnx")}
+        for replica in new_fleet():  # ready means warmed: these were loaded before /ping said so
+            assert set(loaded(replica)) == top, (replica["name"], loaded(replica))
+        log = "\n".join((tmp_path / "run" / "logs" / f"{r['name']}.log").read_text() for r in new_fleet())
+        assert "warmed models" in log
+    finally:
+        assert served.stop() == 0, served.log()[-3000:]
