@@ -249,11 +249,27 @@ class MultiModelHost:
         return session, size
 
     def _unload(self, model: LoadedModel) -> None:
+        """Stop its batcher now; destroy the session (milliseconds for a large one) and delete
+        its files in a worker thread, not on the event loop."""
         model.batcher.stop(timeout=0)
         scratch = self._scratch_of.pop(model.name, None)
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-        _return_freed_memory()
+        holder = [model]
+        del model
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._release(holder, scratch)
+        else:
+            # From the next loop iteration: the caller's frames, which still reference the
+            # model, are gone by then, so the worker's is the last reference.
+            loop.call_soon(loop.run_in_executor, None, self._release, holder, scratch)
+
+    def _release(self, holder: list[LoadedModel], scratch: Path | None) -> None:
+        # Under the session lock: a load measuring its growth meanwhile would see this shrink.
+        with self._session_lock:
+            holder.clear()  # the last reference: the session is destroyed here
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            _return_freed_memory()
 
     # --- metrics ---------------------------------------------------------------------
     def model_families(self) -> Iterator[Metric]:
