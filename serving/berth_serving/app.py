@@ -32,6 +32,7 @@ from berth_serving.multimodel.host import MultiModelHost
 from berth_serving.multimodel.names import CACHE_HEADER, model_key
 from berth_serving.multimodel.peers import FORWARDED_HEADER, RELAYED_ANSWER_HEADERS, Peers, parse_peers
 from berth_serving.multimodel.routes import add_repository_routes, multi_model_exposition
+from berth_serving.pipeline import FAILED_STAGE_HEADER, PipelineSession, StageFailed, load_pipeline
 from berth_serving.rest import build_rest_app
 from berth_serving.signature import Signature, SignatureError
 from berth_serving.v2 import HEADER_LENGTH, InferRequest, model_metadata
@@ -146,10 +147,15 @@ class ClientGone(Exception):
     """The client disconnected before sending its whole body."""
 
 
+PIPELINE_NAME = "pipeline"  # the v2 name of a pipeline with no --model-name
+
+
 def initial_model_name(config: ServeConfig) -> str:
     """The v2 model name as far as it is known before loading (a URI naming a .onnx file)."""
     if config.model_name:
         return config.model_name
+    if config.pipeline:
+        return PIPELINE_NAME
     path = PurePosixPath(config.model_uri.split("?", 1)[0])
     return path.stem if path.suffix == ".onnx" else ""
 
@@ -257,12 +263,18 @@ class ServingApp:
             self._models_started = True
             return
         started = time.perf_counter()
-        path, session = await asyncio.to_thread(self._load_blocking, self._scratch)
-        signature = await asyncio.to_thread(Signature.from_session, session, path)
-        name = self.config.model_name or path.stem
+        if self.config.pipeline:
+            session = await asyncio.to_thread(load_pipeline, self.config, self._scratch)
+            path, signature = self._scratch, session.signature
+        else:
+            path, session = await asyncio.to_thread(self._load_blocking, self._scratch)
+            signature = await asyncio.to_thread(Signature.from_session, session, path)
+        name = self.config.model_name or (PIPELINE_NAME if self.config.pipeline else path.stem)
         if name != initial_model_name(self.config):
             self.metrics = self._new_metrics(name)
         metrics = self.metrics
+        if isinstance(session, PipelineSession):
+            metrics.stages = [(stage.name, stage.latency) for stage in session.stages]
         names = tuple(dict.fromkeys((name, *self.config.model_aliases)))
         self.model = start_model(self.config, self._loop, name, path, session, signature, metrics, names)
         batch_delay = batch_delay_seconds(self.config, session.get_providers())
@@ -504,6 +516,10 @@ class ServingApp:
         except SignatureError as error:
             code = 400
             await self._error(send, HTTPError(400, str(error)), v2_name is not None, id_header)
+        except StageFailed as error:
+            code = error.code
+            failed = (FAILED_STAGE_HEADER, error.stage.encode("latin-1", "replace"))
+            await self._error(send, HTTPError(code, error.message), v2_name is not None, id_header, failed)
         except ClientGone:
             code = 499
         except Exception as error:
@@ -627,7 +643,12 @@ class ServingApp:
         await send({"type": "http.response.body", "body": body})
 
     async def _error(
-        self, send: Send, error: HTTPError, v2: bool, id_header: tuple[bytes, bytes] | None = None
+        self,
+        send: Send,
+        error: HTTPError,
+        v2: bool,
+        id_header: tuple[bytes, bytes] | None = None,
+        more: tuple[bytes, bytes] | None = None,
     ) -> None:
         if error.code >= 500 and error.code not in (503, 504):
             pass  # already logged with its traceback by _classify
@@ -636,6 +657,8 @@ class ServingApp:
         extra = error_headers(error)
         if id_header is not None:
             extra.append(id_header)
+        if more is not None:
+            extra.append(more)
         await self._respond(send, error.code, error_body(error, v2), _JSON, extra)
 
     # --- the DataPlane the REST routes read ---------------------------------------------

@@ -27,6 +27,7 @@ from berth_serving.config import (
     IN_CLUSTER_CA_FILE,
     IN_CLUSTER_TOKEN_FILE,
     ServeConfig,
+    pipeline_from_json,
     warmup_requests_from_json,
 )
 from berth_serving.fetch import MAX_BYTES_ENV
@@ -37,7 +38,7 @@ _AUTH_MODES = click.Choice(AUTH_MODES, case_sensitive=False)
 
 
 @click.command("serve", context_settings={"show_default": True})
-@click.argument("model_uri", envvar=ENV["model_uri"])
+@click.argument("model_uri", envvar=ENV["model_uri"], required=False, default="")
 @click.option("--port", type=int, default=DEFAULT_PORT, envvar=ENV["port"], help="Port to listen on.")
 @click.option("--host", default="0.0.0.0", envvar=ENV["host"], help="Address to bind.")
 @click.option(
@@ -226,8 +227,16 @@ _AUTH_MODES = click.Choice(AUTH_MODES, case_sensitive=False)
     envvar=ENV["warm_models"],
     help="Multi-model: how many of --warm-from's most used models to load.",
 )
+@click.option(
+    "--pipeline",
+    default="",
+    envvar=ENV["pipeline"],
+    metavar="JSON",
+    help='An inference pipeline instead of MODEL_URI: [{"name", "modelUri" | "url", "sha256", "outputs"}, ...].',
+)
 def serve(
     model_uri: str,
+    pipeline: str,
     sha256: str | None,
     providers: str,
     endpoint_variants: str,
@@ -241,7 +250,16 @@ def serve(
         warmups = warmup_requests_from_json(warmup_requests)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--warmup-requests") from None
+    try:
+        stages = pipeline_from_json(pipeline)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--pipeline") from None
+    if bool(model_uri) == bool(stages):
+        raise click.UsageError("give MODEL_URI or --pipeline (one of them)")
+    if stages and options["multi_model"]:
+        raise click.UsageError("--pipeline and --multi-model do not mix: a pipeline is one model")
     config = ServeConfig(
+        pipeline=stages,
         warmup_requests=warmups,
         model_uri=model_uri,
         providers=_names(providers),

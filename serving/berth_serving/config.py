@@ -72,6 +72,7 @@ ENV = {
     "pod_ip": "BERTH_POD_IP",
     "warm_from": "BERTH_WARM_FROM",
     "warm_models": "BERTH_WARM_MODELS",
+    "pipeline": "BERTH_PIPELINE",
 }
 
 
@@ -106,6 +107,71 @@ def warmup_requests_from_json(text: str) -> tuple[WarmupRequest, ...]:
             raise ValueError(f"warm-up request {i}: contentType must be a non-empty string")
         found.append(WarmupRequest(item["body"], content_type))
     return tuple(found)
+
+
+@dataclass(frozen=True)
+class PipelineStage:
+    """One stage of an inference pipeline (Model.spec.pipeline): an ONNX model run in this
+    process (`model_uri`), or a container of the same pod honouring the serving contract,
+    called over loopback (`url`, http://127.0.0.1:PORT)."""
+
+    name: str
+    model_uri: str = ""
+    sha256: str = ""
+    outputs: tuple[str, ...] = ()  # keep only these of the stage's outputs (all when empty)
+    url: str = ""
+
+
+def pipeline_to_json(stages: tuple[PipelineStage, ...]) -> str:
+    return json.dumps(
+        [
+            {
+                key: value
+                for key, value in (
+                    ("name", s.name),
+                    ("modelUri", s.model_uri),
+                    ("sha256", s.sha256),
+                    ("outputs", list(s.outputs)),
+                    ("url", s.url),
+                )
+                if value
+            }
+            for s in stages
+        ]
+    )
+
+
+def pipeline_from_json(text: str) -> tuple[PipelineStage, ...]:
+    """ValueError naming what is wrong: a JSON list of {name, modelUri | url, sha256?, outputs?}."""
+    if not text.strip():
+        return ()
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the pipeline is not JSON: {error}") from None
+    if not isinstance(items, list) or not 2 <= len(items) <= 15:
+        raise ValueError("a pipeline is a JSON list of 2 to 15 stages")
+    stages = []
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, dict):
+            raise ValueError(f"pipeline stage {i} must be an object")
+        uri, url = item.get("modelUri", ""), item.get("url", "")
+        if not isinstance(uri, str) or not isinstance(url, str) or bool(uri) == bool(url):
+            raise ValueError(f"pipeline stage {i} needs exactly one of modelUri and url")
+        outputs = item.get("outputs", [])
+        if not isinstance(outputs, list) or not all(isinstance(o, str) and o for o in outputs):
+            raise ValueError(f"pipeline stage {i}: outputs must be a list of output names")
+        name = item.get("name") or f"stage-{i}"
+        if not isinstance(name, str):
+            raise ValueError(f"pipeline stage {i}: name must be a string")
+        sha256 = item.get("sha256", "")
+        if not isinstance(sha256, str):
+            raise ValueError(f"pipeline stage {i}: sha256 must be a string")
+        stages.append(PipelineStage(name, uri, sha256, tuple(outputs), url))
+    names = [stage.name for stage in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"pipeline stage names must differ: {', '.join(names)}")
+    return tuple(stages)
 
 
 @dataclass(frozen=True)
@@ -175,6 +241,8 @@ class ServeConfig:
     # `warm_models` models before /ping says ready.
     warm_from: str = ""
     warm_models: int = 0
+    # An inference pipeline: these stages run serially instead of the model at model_uri.
+    pipeline: tuple[PipelineStage, ...] = field(default_factory=tuple)
 
     def to_env(self) -> dict[str, str]:
         """BERTH_* variables for every setting that differs from the default."""
@@ -188,6 +256,8 @@ class ServeConfig:
                 continue
             if name == "warmup_requests":
                 env[var] = warmup_requests_to_json(value)
+            elif name == "pipeline":
+                env[var] = pipeline_to_json(value)
             elif isinstance(value, tuple):
                 env[var] = ",".join(value)
             elif isinstance(value, bool):

@@ -29,6 +29,7 @@ BATCH_SIZE = "berth_batch_size"
 INFLIGHT = "berth_inflight_requests"
 MODEL_LOAD = "berth_model_load_seconds"
 WARMUP = "berth_warmup_seconds"
+STAGE_LATENCY = "berth_stage_latency_seconds"
 # What prometheus-adapter (or KEDA's Prometheus trigger) serves to the HPA: the invocations rate.
 INVOCATIONS_PER_SECOND = "berth_invocations_per_second"
 # Sub-millisecond to a minute: a no-op model answers in ~0.1 ms, the default timeout is 60 s.
@@ -86,6 +87,8 @@ class Metrics:
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.model_load_seconds: float | None = None
         self.warmup_seconds: float | None = None
+        # An inference pipeline's stages, in order: (name, its latency), written by the ORT worker.
+        self.stages: list[tuple[str, Histogram]] = []
         self._inflight: Callable[[], float] = lambda: 0.0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Exporter(self))
@@ -127,6 +130,15 @@ class Metrics:
             family = HistogramMetricFamily(name, text, labels=labels)
             family.add_metric(self.labels, histogram.cumulative(), sum_value=histogram.sum)
             yield family
+        if self.stages:
+            stages = HistogramMetricFamily(
+                STAGE_LATENCY,
+                "Time in each stage of an inference pipeline, per call.",
+                labels=[*labels, "stage"],
+            )
+            for stage, histogram in self.stages:
+                stages.add_metric([*self.labels, stage], histogram.cumulative(), sum_value=histogram.sum)
+            yield stages
         inflight = GaugeMetricFamily(INFLIGHT, "Inference requests being handled now.", labels=labels)
         inflight.add_metric(self.labels, self._inflight())
         yield inflight

@@ -335,3 +335,38 @@ def build_offset(path: Path | str, offset: float, n_features: int = 4, padding_b
         initializer=initializers,
     )
     return _save(_model(graph), path)
+
+
+def build_scaler(path: Path | str, n_features: int = 4) -> Path:
+    """scikit-learn StandardScaler through skl2onnx: `x` float32[N, n_features] -> `variable`
+    float32[N, n_features] (a pipeline's preprocessing stage)."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    scaler = StandardScaler().fit(rng.normal(3.0, 2.0, size=(200, n_features)).astype(np.float32))
+    model = to_onnx(scaler, initial_types=[("x", FloatTensorType([None, n_features]))], target_opset=_OPSET)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_postprocess(path: Path | str, n_classes: int = 3) -> Path:
+    """`probabilities` float32[N, n_classes] -> `confidence` float32[N, 1] (the largest) and
+    `percent` float32[N, n_classes] (times 100): a pipeline's postprocessing stage."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["probabilities"], ["confidence"], axes=[1], keepdims=1),
+            helper.make_node("Mul", ["probabilities", "hundred"], ["percent"]),
+        ],
+        "postprocess",
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes])],
+        [
+            helper.make_tensor_value_info("confidence", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("percent", TensorProto.FLOAT, ["N", n_classes]),
+        ],
+        initializer=[numpy_helper.from_array(np.array(100.0, dtype=np.float32), "hundred")],
+    )
+    return _save(_model(graph), path)
