@@ -18,8 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from berth_serving.multimodel import rendezvous
 from berth_serving.multimodel.names import model_key, name_problem, target_model
+from berth_serving.multimodel.rendezvous import SPILL_CHOICES, choose, rank
 
 HEADER_NAMES = "X-Berth-Target-Model (or X-Amzn-SageMaker-Target-Model)"
 _INVOCATIONS = b"/invocations"
@@ -129,13 +129,13 @@ class ModelPool(Generic[R]):
         second choice when the owner is saturated."""
         left = {u.identity for u in avoid}
         ids = [i for i in self._ids if i not in left] if left else self._ids
-        chosen = rendezvous.choose(key, ids, lambda replica: self.saturated(key, replica))
+        chosen = choose(key, ids, lambda replica: self.saturated(key, replica))
         return None if chosen is None else self._by_id[chosen]
 
     def other_choice(self, key: str, tried: R) -> R | None:
         """The other of the model's two choices: where a request goes once `tried` refused it
         (503, 429). None when the variant has one replica."""
-        for replica_id in rendezvous.rank(key, self._ids)[: rendezvous.SPILL_CHOICES]:
+        for replica_id in rank(key, self._ids)[:SPILL_CHOICES]:
             if replica_id != tried.identity:
                 return self._by_id[replica_id]
         return None
