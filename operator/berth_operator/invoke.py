@@ -30,6 +30,8 @@ from .planner.serverless import COLD_START_HEADER
 DEFAULT_URL = "http://127.0.0.1:8080"
 VARIANT_HEADER = "X-Berth-Variant"
 TARGET_HEADER = "X-Berth-Target-Variant"
+TARGET_MODEL_HEADER = "X-Berth-Target-Model"
+MODEL_CACHE_HEADER = "X-Berth-Model-Cache"
 API_KEY_HEADER = "X-Berth-Api-Key"
 TOKEN_ENV = "BERTH_TOKEN"
 API_KEY_ENV = "BERTH_API_KEY"
@@ -208,6 +210,11 @@ def _source(ctx: click.Context, parameter: str, variable: str) -> str:
 @click.option("--accept", default=None, help="Accept header (response type: application/json, text/csv...).")
 @click.option("--variant", default=None, help="Send to this production variant (X-Berth-Target-Variant).")
 @click.option(
+    "--target-model",
+    default=None,
+    help="A multi-model endpoint: the model to run, its path under the prefix (X-Berth-Target-Model).",
+)
+@click.option(
     "--url",
     "base_url",
     envvar="BERTH_URL",
@@ -265,6 +272,7 @@ def invoke_command(
     content_type: str,
     accept: str | None,
     variant: str | None,
+    target_model: str | None,
     base_url: str,
     namespace: str,
     timeout: float,
@@ -310,6 +318,8 @@ def invoke_command(
         headers["Accept"] = accept
     if variant:
         headers[TARGET_HEADER] = variant
+    if target_model:
+        headers[TARGET_MODEL_HEADER] = target_model
     if asynchronous:
         invocation = AsyncInvocation(
             url=url,
@@ -349,7 +359,9 @@ def invoke_command(
     answered_by = answer_headers.get(VARIANT_HEADER, "unknown")
     cold = answer_headers.get(COLD_START_HEADER)
     held = f", held {cold} ms for a cold start" if cold else ""
-    click.echo(f"variant: {answered_by}  ({status}, {elapsed_ms:.1f} ms{held})", err=True)
+    cache = answer_headers.get(MODEL_CACHE_HEADER)
+    cached = f", model cache {cache}" if cache else ""
+    click.echo(f"variant: {answered_by}  ({status}, {elapsed_ms:.1f} ms{held}{cached})", err=True)
 
 
 # --------------------------------------------------------------------------- --async

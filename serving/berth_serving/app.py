@@ -31,6 +31,7 @@ from berth_serving.metrics import Metrics
 from berth_serving.multimodel.host import MultiModelHost
 from berth_serving.multimodel.names import CACHE_HEADER, model_key
 from berth_serving.multimodel.peers import FORWARDED_HEADER, RELAYED_ANSWER_HEADERS, Peers, parse_peers
+from berth_serving.multimodel.rendezvous import SATURATED_BATCHES
 from berth_serving.multimodel.routes import add_repository_routes, multi_model_exposition
 from berth_serving.pipeline import FAILED_STAGE_HEADER, PipelineSession, StageFailed, load_pipeline
 from berth_serving.rest import build_rest_app
@@ -49,9 +50,9 @@ FORWARDED_KEY = FORWARDED_HEADER.lower().encode()
 
 
 def peers_of(config: ServeConfig) -> Peers:
-    """The variant's replicas as this one sees them; saturated past two full batches in flight."""
+    """The variant's replicas as this one sees them; saturated at two full batches in flight."""
     me = f"{config.pod_ip}:{config.port}"
-    return Peers(parse_peers(config.peers), me, saturated_inflight=2 * config.max_batch_size)
+    return Peers(parse_peers(config.peers), me, saturated_inflight=SATURATED_BATCHES * config.max_batch_size)
 
 
 _V2_PREFIX = "/v2/models/"

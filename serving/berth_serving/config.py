@@ -31,6 +31,9 @@ AUTH_MODES = (AUTH_NONE, AUTH_KUBERNETES_RBAC, AUTH_API_KEY)
 IN_CLUSTER_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 IN_CLUSTER_CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 DEFAULT_AUTH_CACHE_SECONDS = 10.0
+# Multi-model: the share of the container's memory limit the loaded models may hold when
+# cacheBytes is not given (the rest is the server's own and the models' inference arenas).
+DEFAULT_CACHE_SHARE = 0.8
 
 # Environment variable for each `berth serve` option (option name -> variable).
 ENV = {

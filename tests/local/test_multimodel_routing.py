@@ -125,13 +125,6 @@ def test_each_models_requests_land_on_exactly_one_replica(up: BerthUp) -> None:
     assert [m["variant"] for m in endpoint_view["multiModel"]] == ["all"]
 
 
-def test_local_mode_sizes_the_cache_as_the_runtime_does() -> None:
-    from berth_operator.local.engine import DEFAULT_CACHE_SHARE
-    from berth_serving.multimodel import host
-
-    assert host.DEFAULT_CACHE_SHARE == DEFAULT_CACHE_SHARE
-
-
 def test_invocations_without_a_target_model_is_a_400_naming_both_headers(up: BerthUp) -> None:
     response = up.invoke(ENDPOINT, [ROW])
     assert response.status_code == 400

@@ -28,7 +28,8 @@ from typing import Any
 
 import aiohttp
 import orjson
-from berth_serving.config import ENV, ServeConfig
+from berth_serving.config import DEFAULT_CACHE_SHARE, ENV, ServeConfig
+from berth_serving.multimodel.rendezvous import SATURATED_BATCHES
 
 from ..api import Endpoint, EndpointStatus, Model
 from ..planner import labels
@@ -105,10 +106,6 @@ def model_source(deployment: Manifest, models: Mapping[Key, Model]) -> tuple[str
 # What a MultiModel pod has that a local replica must not: its peers are the router's job here,
 # and its pod IP (from the downward API) names it among peers it does not have.
 NOT_LOCAL_MULTI_MODEL = frozenset({ENV["peers"], ENV["pod_ip"]})
-# berth_serving.multimodel.host.DEFAULT_CACHE_SHARE, the share of the memory limit a replica's
-# models may hold by default; not imported, which would load the runtime (numpy) into `berth up`:
-# a test keeps the two equal.
-DEFAULT_CACHE_SHARE = 0.8
 
 
 def memory_limit_bytes(deployment: Manifest) -> int | None:
@@ -164,11 +161,6 @@ def local_warm_from(url: str, router_url: str) -> str:
     if parts.scheme != "http" or parts.path != "/models" or len(host) < 3 or host[2] != "svc":
         return url
     return f"{router_url.rstrip('/')}{SERVICES_PATH}{host[1]}/{host[0]}/models"
-
-
-# A MultiModel replica is saturated for a model at this many of its batches in flight there
-# (modelroute.ModelPool says why; berth_serving.app.peers_of uses the same on a cluster).
-SATURATED_BATCHES = 2
 
 
 def saturation(env: Mapping[str, str]) -> int:

@@ -22,7 +22,7 @@ import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from berth_serving.cgroup import host_memory, memory_limit
-from berth_serving.config import ServeConfig
+from berth_serving.config import DEFAULT_CACHE_SHARE, ServeConfig
 from berth_serving.errors import HTTPError
 from berth_serving.fetch import FetchError, human_size
 from berth_serving.loaded import LoadedModel, start_model
@@ -34,8 +34,6 @@ from berth_serving.signature import Signature, SignatureError
 
 log = logging.getLogger("berth.serving.multimodel")
 
-# cacheBytes unset: this share of the container's memory limit (the rest is the server's own).
-DEFAULT_CACHE_SHARE = 0.8
 # A rollout's warm-up (--warm-from) gives up after this long in all: the fleet must come up.
 WARM_SECONDS = 120.0
 _PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -14,6 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 # A hot model spills to its second choice when its first is saturated, never further: two
 # replicas hold its weights at most.
 SPILL_CHOICES = 2
+# A replica is saturated for a model at this many of its full batches in flight there: one
+# running and one waiting; the next request would wait two batch times, so it spills.
+SATURATED_BATCHES = 2
 
 
 def _score(model: str, replica: str) -> int:
