@@ -203,4 +203,5 @@ def test_transform_job_of_a_multi_model_model(cluster: Cluster) -> None:
     job = cluster.wait(lambda: cluster.get("Job", "targeted"), "the Job of TransformJob targeted")
     [init] = job["spec"]["template"]["spec"]["initContainers"]
     assert init["args"][:2] == ["fetch-model", PREFIX + "eu/customer-17.tar.gz"]
+    assert "--sha256-beside" in init["args"]
     assert cluster.operator.forbidden() == []

@@ -8,10 +8,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 from berth_operator.api import EndpointConfig, Model
 from berth_operator.planner import Plan
 from berth_operator.planner import labels as L
 from berth_operator.settings import Settings
+from berth_serving.cli import serve
 from berth_serving.config import DEFAULT_PORT, ENV
 
 from .support import NAMESPACE, Cluster, config, endpoint, model, variant
@@ -105,6 +107,34 @@ def test_a_multi_model_variant_serves_the_prefix_without_a_storage_initializer()
     assert "model" not in [v["name"] for v in pod["volumes"]]
     assert container["volumeMounts"][0] == {"name": "tmp", "mountPath": "/tmp"}
     assert container["resources"]["requests"]["ephemeral-storage"] == "11Gi"
+
+
+def test_the_pods_command_line_and_env_parse_with_the_real_berth_serve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    models = {
+        "mm": multi("mm", multiModel={"cacheBytes": 2_000_000_000, "maxLoadedModels": 9, "warmModels": 4})
+    }
+    cluster = cluster_of(
+        config("cfg1", variant("blue", "mm")),
+        config("cfg2", variant("blue", "mm")),
+        models=models,
+        deploymentConfig=ALL_AT_ONCE,
+    )
+    in_service(cluster)
+    cluster.edit(endpointConfigName="cfg2")
+    deployment = planned(cluster.step(), "Deployment", "fraud-cfg2-blue")
+    for name, value in env_of(deployment).items():
+        if isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv(ENV["pod_ip"], "10.0.0.7")  # what the kubelet resolves status.podIP to
+    params = serve.make_context("serve", server(deployment)["args"][1:]).params
+    assert params["model_uri"] == PREFIX
+    assert params["multi_model"] is True
+    assert (params["cache_bytes"], params["max_loaded_models"]) == (2_000_000_000, 9)
+    assert params["peers"] == f"dns:fraud-cfg2-blue-peers.{NAMESPACE}.svc:{DEFAULT_PORT}"
+    assert params["pod_ip"] == "10.0.0.7"
+    assert (params["warm_from"], params["warm_models"]) == (WARM_FROM, 4)
 
 
 def test_unset_cache_settings_are_left_to_the_server() -> None:

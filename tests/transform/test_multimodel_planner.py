@@ -9,6 +9,7 @@ from typing import Any
 import kubernetes_validate
 from berth_operator.api import Model
 from berth_operator.planner.transform import plan_transform_job
+from berth_serving.cli import fetch_model
 
 from tests.transform.test_planner import NS, SETTINGS, model, observed, planned_job, transform_job
 
@@ -30,12 +31,27 @@ def test_the_job_fetches_the_target_model_under_the_prefix() -> None:
     pod = job["spec"]["template"]["spec"]
     [init] = pod["initContainers"]
     assert init["args"][:2] == ["fetch-model", PREFIX + "eu/customer-17.tar.gz"]
-    assert "--sha256" not in init["args"]  # NAME.sha256 beside the model is the serving code's to check
+    # No digest in the spec: fetch-model checks the NAME.sha256 beside the model, as the server does.
+    assert "--sha256" not in init["args"] and "--sha256-beside" in init["args"]
     assert init["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     [container] = pod["containers"]
     assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     args = container["args"]
     assert args[args.index("--intra-op-threads") + 1] == "2"  # the Model's runtime settings apply
+
+
+def test_the_init_containers_arguments_are_fetch_models() -> None:
+    """The planned command line parses with the real `berth fetch-model` (nothing is fetched)."""
+    job = planned_job(transform_job(targetModel="customer-17.onnx"), multi())
+    [init] = job["spec"]["template"]["spec"]["initContainers"]
+    context = fetch_model.make_context("fetch-model", init["args"][1:])
+    assert context.params["uri"] == PREFIX + "customer-17.onnx"
+    assert context.params["sha256_beside"] is True
+
+
+def test_a_single_model_job_checks_no_digest_beside() -> None:
+    [init] = planned_job()["spec"]["template"]["spec"]["initContainers"]
+    assert "--sha256-beside" not in init["args"]
 
 
 def test_a_multi_model_model_needs_a_target_model() -> None:

@@ -130,19 +130,26 @@ def model_volume_mounts() -> list[dict[str, Any]]:
     ]
 
 
-def fetch_model_args(model: ModelSpec, size_limit: str, cache: bool = False) -> list[str]:
-    """`berth fetch-model URI DEST`: verified by sha256 when given, and never more bytes than the
-    model volume holds (an archive that would unpack past it is refused with that reason); with a
-    cache, copied from it when the node has the model and stored into it when not."""
+def fetch_model_args(
+    model: ModelSpec, size_limit: str, cache: bool = False, sha256_beside: bool = False
+) -> list[str]:
+    """`berth fetch-model URI DEST`: verified by sha256 when given (or, sha256_beside, by the
+    URI.sha256 beside a model under a MultiModel prefix when there is one), and never more bytes
+    than the model volume holds (an archive that would unpack past it is refused with that
+    reason); with a cache, copied from it when the node has the model and stored into it when not."""
     args = ["fetch-model", model.model_uri, MODEL_MOUNT_PATH, "--max-bytes", str(to_bytes(size_limit))]
     if model.sha256:
         args += ["--sha256", model.sha256]
+    elif sha256_beside:
+        args.append("--sha256-beside")
     if cache:
         args += ["--cache-dir", CACHE_MOUNT_PATH]
     return args
 
 
-def model_init_container(model: ModelSpec, settings: Settings, size_limit: str) -> dict[str, Any]:
+def model_init_container(
+    model: ModelSpec, settings: Settings, size_limit: str, sha256_beside: bool = False
+) -> dict[str, Any]:
     """The storage-initializer: `berth fetch-model` of the model into the model volume."""
     mounts: list[dict[str, Any]] = [
         {"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT_PATH},
@@ -160,7 +167,7 @@ def model_init_container(model: ModelSpec, settings: Settings, size_limit: str) 
         "image": settings.images.cpu,
         "imagePullPolicy": settings.images.pull_policy,
         "command": ["berth"],
-        "args": fetch_model_args(model, size_limit, cache),
+        "args": fetch_model_args(model, size_limit, cache, sha256_beside),
         "resources": copy.deepcopy(INIT_RESOURCES),
         # berth writes its error to /dev/termination-log; the log tail stands in if it could not.
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -141,7 +141,12 @@ def _pod_spec(
     spec: Manifest = {"restartPolicy": "Never", **pod_scaffold(model.spec)}
     spec.update(
         {
-            "initContainers": [model_init_container(model.spec, settings, size_limit)],
+            # A model under a MultiModel prefix: its NAME.sha256 is checked, as the server would.
+            "initContainers": [
+                model_init_container(
+                    model.spec, settings, size_limit, sha256_beside=transform.spec.target_model is not None
+                )
+            ],
             "containers": [_transform_container(transform, model, instance_type, settings, size_limit)],
             "volumes": model_volumes(model.spec, size_limit, settings),
         }
