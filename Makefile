@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/auth.py
 	$(BIN)/python bench/async.py
 	$(BIN)/python bench/serverless.py
+	$(BIN)/python bench/multimodel.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
