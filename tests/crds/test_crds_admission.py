@@ -380,6 +380,25 @@ def pydantic_verdict(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def assert_admitted(row: Row) -> None:
+    """Admitted by the CRD (schema and CEL) and by pydantic alike."""
+    assert admit(CRDS[row.obj["kind"]], row.obj) == []
+    assert pydantic_verdict(row.obj) is None
+
+
+def assert_refused(row: Row, pydantic_names_the_field: bool = False) -> None:
+    """Refused by the CRD, a message naming the field and why; and by pydantic (`berth render`,
+    `berth up`) as the cluster does, with our words where they are ours (and, asked to, the
+    field's path in the manifest's words where they are not)."""
+    assert row.refused_with is not None
+    messages = admit(CRDS[row.obj["kind"]], row.obj)
+    assert any(row.refused_with in message for message in messages), messages
+    verdict = pydantic_verdict(row.obj)
+    assert verdict is not None
+    if pydantic_names_the_field or row.refused_with in vars(api).values():
+        assert row.refused_with in verdict, verdict
+
+
 @pytest.mark.parametrize("row", [row for row in ROWS if row.old is None], ids=lambda row: row.id)
 def test_pydantic_agrees_with_the_api_server(row: Row) -> None:
     """`berth render` and `berth up` (pydantic) refuse exactly what the cluster (CRD) refuses."""
