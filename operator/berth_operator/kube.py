@@ -272,8 +272,15 @@ class KubeClient:
 
     async def patch_status(
         self, kind: ResourceKind, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> Manifest:
-        return await self.merge_patch(kind, namespace, name, {"status": status}, subresource="status")
+    ) -> Manifest | None:
+        """The object with its new status; None when it is gone (deleted while its reconcile
+        ran: there is no status left to write, and a deleted object is not an error)."""
+        try:
+            return await self.merge_patch(kind, namespace, name, {"status": status}, subresource="status")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     async def delete(self, kind: ResourceKind, namespace: str, name: str) -> bool:
         """Delete (background propagation); False when it was already gone."""

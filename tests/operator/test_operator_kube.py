@@ -73,7 +73,14 @@ def test_get_patch_status_delete_and_events(cluster):
             gone = await client.delete(MODELS, "ml", "m")
             again = await client.delete(MODELS, "ml", "m")
             missing = await client.get(MODELS, "ml", "m")
-            return {"current": current, "gone": gone, "again": again, "missing": missing}
+            status_of_gone = await client.patch_status(MODELS, "ml", "m", {"observedGeneration": 2})
+            return {
+                "current": current,
+                "gone": gone,
+                "again": again,
+                "missing": missing,
+                "status_of_gone": status_of_gone,
+            }
         finally:
             await client.close()
 
@@ -86,6 +93,7 @@ def test_get_patch_status_delete_and_events(cluster):
     assert current["metadata"]["labels"] == {"x": "1"} and current["metadata"]["annotations"] == {"a": "b"}
     assert current["status"] == {"observedGeneration": 1}
     assert result["gone"] is True and result["again"] is False and result["missing"] is None
+    assert result["status_of_gone"] is None  # deleted while a reconcile ran: nothing to write, no error
     event = cluster.list("Event", "ml")[0]
     assert event["involvedObject"]["name"] == "m" and event["reason"] == "Tested"
 
