@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 import click
 
+from berth_serving.config import ENV, pipeline_from_json
 from berth_serving.transform.options import (
     ACCEPT_TYPES,
     CONTENT_TYPES,
@@ -37,7 +38,18 @@ _LEVELS = click.Choice(["disable", "basic", "extended", "all"], case_sensitive=F
 
 @click.command("transform", context_settings={"show_default": True})
 @click.option(
-    "--model", "model_uri", required=True, help="The ONNX model (path, file://, http(s)://, s3://)."
+    "--model",
+    "model_uri",
+    default="",
+    help="The ONNX model (path, file://, http(s)://, s3://); or give --pipeline.",
+)
+@click.option(
+    "--pipeline",
+    default="",
+    envvar=ENV["pipeline"],
+    metavar="JSON",
+    help='An inference pipeline instead of --model, as `berth serve --pipeline`: [{"name", "modelUri" | "url", '
+    '"sha256", "outputs"}, ...].',
 )
 @click.option("--input", "input_uri", required=True, help="An input object, or a prefix/directory of them.")
 @click.option("--output", "output_uri", required=True, help="Output prefix: INPUT.out per input object.")
@@ -89,6 +101,7 @@ _LEVELS = click.Choice(["disable", "basic", "extended", "all"], case_sensitive=F
 )
 def transform(
     model_uri: str,
+    pipeline: str,
     sha256: str | None,
     intra_op_threads: int,
     parse_threads: int,
@@ -100,6 +113,7 @@ def transform(
     """Run the model over every record of the input and write the predictions to the output."""
     from berth_serving.fetch import FetchError
     from berth_serving.logs import setup_logging
+    from berth_serving.pipeline.wiring import WiringError
     from berth_serving.termination import write_termination_message
     from berth_serving.transform.engine import (
         BadOptions,
@@ -112,6 +126,14 @@ def transform(
     )
     from berth_serving.transform.progress import ProgressLine
 
+    try:
+        stages = pipeline_from_json(pipeline)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--pipeline") from None
+    if bool(model_uri) == bool(stages):
+        raise click.UsageError("give --model or --pipeline (one of them)")
+    if stages and sha256:
+        raise click.UsageError("--sha256 checks --model; a pipeline stage's sha256 is in its JSON")
     options = TransformOptions(**fields)
     try:
         options.check()
@@ -134,6 +156,7 @@ def transform(
                 threads=ort_threads,
                 optimization=graph_optimization_level.lower(),
                 providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
+                pipeline=stages,
             )
             summary = run_transform(
                 options,
@@ -144,6 +167,8 @@ def transform(
             )
     except FetchError as error:
         _fail(f"cannot fetch the model: {error}", EXIT_DATA)
+    except WiringError as error:  # stages that cannot feed each other: a retry cannot help
+        _fail(f"the pipeline cannot work: {error}", EXIT_DATA)
     except TransformError as error:
         code = EXIT_USAGE if isinstance(error, BadOptions) else EXIT_DATA
         _fail(str(error), EXIT_STORAGE if isinstance(error, StorageFailure) else code)

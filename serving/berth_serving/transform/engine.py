@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -48,6 +48,9 @@ from berth_serving.transform.records import (
     open_records,
     read_blocks,
 )
+
+if TYPE_CHECKING:
+    from berth_serving.config import PipelineStage
 
 log = logging.getLogger("berth.transform")
 # What the parse stage hands on per block: its full batches, each with the line it starts
@@ -135,10 +138,28 @@ def load_model(
     threads: int = 0,
     optimization: str = "all",
     providers: tuple[str, ...] = (),
+    pipeline: tuple[PipelineStage, ...] = (),
 ) -> LoadedModel:
+    """The model at `uri`, or with `pipeline` its stages run serially as one model (the
+    serving runtime's PipelineSession: the first stage's inputs, the last one's outputs; a
+    wiring that cannot work raises WiringError, naming both signatures)."""
     from berth_serving.fetch import resolve_model
     from berth_serving.session import load_session
 
+    if pipeline:
+        from berth_serving.config import ServeConfig
+        from berth_serving.pipeline import load_pipeline
+
+        config = ServeConfig(
+            model_uri="",
+            pipeline=pipeline,
+            intra_op_threads=threads,
+            graph_optimization_level=optimization,
+            providers=providers,
+        )
+        session = load_pipeline(config, scratch)
+        signature = session.signature
+        return LoadedModel(session, signature, [spec.name for spec in signature.outputs])
     path = resolve_model(uri, scratch, sha256)
     return LoadedModel.from_session(
         load_session(path, threads=threads, optimization=optimization, providers=providers), path
