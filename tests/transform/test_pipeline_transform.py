@@ -1,7 +1,8 @@
 """Batch transform of an inference pipeline: a StandardScaler stage (skl2onnx), a classifier
 and a postprocessing stage run by `berth transform --pipeline` answer what the three raw ONNX
-Runtime sessions answer chained by hand; --model and --pipeline are one or the other; a
-wiring that cannot work fails before any record is read; a failing stage is named."""
+Runtime sessions answer chained by hand; the pipeline in batch transform with input and
+output filters (a wider dataset, its id dropped for the model and joined back); --model and
+--pipeline are one or the other; a wiring that cannot work fails before any record is read."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import orjson
 import pytest
 from berth_serving.config import PipelineStage, pipeline_to_json
 from berth_serving.pipeline.wiring import WiringError
@@ -17,7 +19,7 @@ from berth_serving.transform.engine import Summary, TransformError, load_model, 
 from berth_serving.transform.options import JSON_LINES, TransformOptions
 
 from tests.serving import models
-from tests.transform.support import berth_env, rows, run_berth, write_csv
+from tests.transform.support import berth_env, csv_bytes, rows, run_berth, write_csv
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,6 +88,49 @@ def test_single_record_batches_give_the_same_answers(stages: dict[str, Path], tm
     np.testing.assert_allclose(written, by_hand(stages, array)["confidence"], rtol=1e-6)
 
 
+def test_a_pipeline_with_input_and_output_filters(stages: dict[str, Path], tmp_path: Path) -> None:
+    """CSV: the id column dropped by the input filter, joined back, id and prediction kept."""
+    array = rows(500, 4, seed=6)
+    (tmp_path / "in").mkdir()
+    lines = [f"cust-{i},{line}" for i, line in enumerate(csv_bytes(array).decode().splitlines())]
+    (tmp_path / "in" / "x.csv").write_text("\n".join(lines) + "\n")
+    run_pipeline(
+        stages,
+        tmp_path,
+        input_filter="$[1:]",
+        join_source="Input",
+        output_filter="$[0,-1]",
+        max_batch_size=50,
+    )
+    written = [line.split(",") for line in (tmp_path / "out" / "x.csv.out").read_text().splitlines()]
+    assert [fields[0] for fields in written] == [f"cust-{i}" for i in range(500)]
+    confidence = np.array([float(fields[1]) for fields in written])
+    np.testing.assert_allclose(confidence, by_hand(stages, array)["confidence"][:, 0], rtol=1e-6)
+
+
+def test_a_pipeline_with_filters_on_json_lines(stages: dict[str, Path], tmp_path: Path) -> None:
+    array = rows(40, 4, seed=7)
+    records = [{"id": i, "features": row, "source": "crm"} for i, row in enumerate(array.tolist())]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    run_pipeline(
+        stages,
+        tmp_path,
+        content_type=JSON_LINES,
+        accept=JSON_LINES,
+        input_filter="$.features",
+        join_source="Input",
+        output_filter="$['id','SageMakerOutput']",
+    )
+    out = [json.loads(line) for line in (tmp_path / "out" / "x.jsonl.out").read_text().splitlines()]
+    assert [o["id"] for o in out] == list(range(40))
+    expected = by_hand(stages, array)
+    np.testing.assert_allclose(
+        [o["SageMakerOutput"]["confidence"] for o in out], expected["confidence"], rtol=1e-6
+    )
+    np.testing.assert_allclose([o["SageMakerOutput"]["percent"] for o in out], expected["percent"], rtol=1e-6)
+
+
 def test_a_failing_stage_is_named_with_the_records(stages: dict[str, Path], tmp_path: Path) -> None:
     """An image stage nobody answers for: the transform names the object, its records and the stage."""
     from tests.serving.support import free_port
@@ -143,6 +188,23 @@ def test_berth_transform_pipeline(stages: dict[str, Path], tmp_path: Path) -> No
     )
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "again" / "x.csv.out").read_text() == (tmp_path / "out" / "x.csv.out").read_text()
+
+
+def test_berth_transform_pipeline_with_filters(stages: dict[str, Path], tmp_path: Path) -> None:
+    array = rows(60, 4, seed=9)
+    (tmp_path / "in").mkdir()
+    lines = [f"{i},{line},extra" for i, line in enumerate(csv_bytes(array).decode().splitlines())]
+    (tmp_path / "in" / "x.csv").write_text("\n".join(lines) + "\n")
+    args = ["transform", "--pipeline", pipeline_to_json(three_stages(stages))]
+    args += ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    args += ["--input-filter", "$[1:5]", "--join-source", "Input", "--output-filter", "$[0,-1]"]
+    result = run_berth(args)
+    assert result.returncode == 0, result.stderr
+    written = [line.split(",") for line in (tmp_path / "out" / "x.csv.out").read_text().splitlines()]
+    assert [int(fields[0]) for fields in written] == list(range(60))
+    np.testing.assert_allclose(
+        [float(fields[1]) for fields in written], by_hand(stages, array)["confidence"][:, 0], rtol=1e-6
+    )
 
 
 def test_model_or_pipeline_one_of_them(stages: dict[str, Path], tmp_path: Path) -> None:

