@@ -4,6 +4,7 @@ model is loaded by exactly one replica whichever replica a request reaches."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -29,9 +30,10 @@ def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def replicas(prefix: Path) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
-    ports = [free_port() for _ in range(3)]
+@contextlib.contextmanager
+def peered(prefix: Path, count: int, *extra: str) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
+    """`count` real multi-model replicas on loopback, each told of all of them (--peers)."""
+    ports = [free_port() for _ in range(count)]
     members = ",".join(f"127.0.0.1:{port}" for port in ports)
     started = [
         (
@@ -46,13 +48,16 @@ def replicas(prefix: Path) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]
                 "127.0.0.1",
                 "--log-level",
                 "warning",
+                *extra,
             ),
         )
         for port in ports
     ]
     try:
         for address, _ in started:
-            wait_until(lambda address=address: request(f"http://{address}/ping").status == 200, timeout=60)
+            wait_until(
+                lambda address=address: request(f"http://{address}/ping").status in (200, 401), timeout=60
+            )
         yield started
     finally:
         for _, process in started:
@@ -62,12 +67,18 @@ def replicas(prefix: Path) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]
             process.wait(30)
 
 
-def invoke(address: str, name: str) -> tuple[int, str]:
+@pytest.fixture
+def replicas(prefix: Path) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
+    with peered(prefix, 3) as started:
+        yield started
+
+
+def invoke(address: str, name: str, **headers: str) -> tuple[int, str]:
     answer = request(
         f"http://{address}/invocations",
         "POST",
         ROW,
-        {"Content-Type": "application/json", "X-Berth-Target-Model": name},
+        {"Content-Type": "application/json", "X-Berth-Target-Model": name, **headers},
     )
     return answer.status, answer.body.decode()
 
@@ -122,6 +133,23 @@ def test_a_replica_that_goes_away_costs_no_request(
         assert before[address] <= loaded_on(address)
         moved = loaded_on(address) - before[address]
         assert all(rank(key, addresses)[0] == gone for key in moved), moved
+
+
+def test_a_passed_on_request_keeps_its_api_key(prefix: Path, tmp_path: Path) -> None:
+    """The owner checks invoke auth again (it trusts no header): the key travels with the request."""
+    from berth_serving.auth.apikeys import hashed_entry
+
+    from tests.serving.test_auth_keys import secret_volume
+
+    key = "peers-key-0123456789abcdef"
+    keys = secret_volume(tmp_path / "keys", {"ci": hashed_entry(key)})
+    with peered(prefix, 2, "--auth-mode", "APIKey", "--api-keys-dir", str(keys)) as started:
+        addresses = [address for address, _ in started]
+        # A model the second replica owns, asked of the first: it must pass the key on.
+        name = next(f"t{i:02d}" for i in range(MODELS) if rank(f"t{i:02d}", addresses)[0] == addresses[1])
+        status, body = invoke(addresses[0], name + ".onnx", **{"X-Berth-Api-Key": key})
+        assert status == 200, body
+        assert invoke(addresses[0], name + ".onnx")[0] == 401  # no key: refused where it landed
 
 
 def test_a_saturated_owner_spills_to_the_second_choice() -> None:

@@ -41,6 +41,7 @@ FORWARDED_REQUEST_HEADERS = frozenset(
         b"content-type",
         b"accept",
         b"authorization",
+        b"x-berth-api-key",  # the owner checks invoke auth again: it trusts no header
         b"x-berth-inference-id",
         b"x-berth-output",
         b"x-berth-target-model",
