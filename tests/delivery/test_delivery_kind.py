@@ -126,7 +126,12 @@ def test_models_point_at_the_model_store(manifests: list[dict[str, Any]]) -> Non
         assert uri.scheme == "http"
         assert uri.hostname == f"model-store.{store['metadata']['namespace']}.svc.cluster.local"
         assert uri.port == port
-        assert uri.path.lstrip("/") in built
+        if model["spec"].get("mode") == "MultiModel":  # the store itself is the prefix
+            assert uri.path == "/"
+            script = (SCRIPTS / "e2e-multimodel.sh").read_text()
+            assert all(f"invoke {name}" in script for name in sorted(built))
+        else:
+            assert uri.path.lstrip("/") in built
         assert model["metadata"]["namespace"] == store["metadata"]["namespace"]
 
 
@@ -136,10 +141,17 @@ def test_endpoint_references_resolve(manifests: list[dict[str, Any]]) -> None:
     for config in configs.values():
         assert {v["modelName"] for v in config["spec"]["productionVariants"]} <= models
     endpoints = by_kind(manifests, "Endpoint")
-    assert {e["metadata"]["name"] for e in endpoints} == {"iris", "iris-async", "iris-serverless"}
+    assert {e["metadata"]["name"] for e in endpoints} == {
+        "iris",
+        "iris-async",
+        "iris-serverless",
+        "iris-many",
+    }
     for endpoint in endpoints:
         assert endpoint["spec"]["endpointConfigName"] in configs
-    scripts = "".join((SCRIPTS / f"e2e-{name}.sh").read_text() for name in ("test", "async", "serverless"))
+    scripts = "".join(
+        (SCRIPTS / f"e2e-{name}.sh").read_text() for name in ("test", "async", "serverless", "multimodel")
+    )
     for name in configs:
         assert name in scripts
 
