@@ -47,6 +47,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 _JSON = b"application/json"
 FORWARDED_KEY = FORWARDED_HEADER.lower().encode()
+_CACHE_HIT = (CACHE_HEADER, b"hit")
+_CACHE_MISS = (CACHE_HEADER, b"miss")
 
 
 def peers_of(config: ServeConfig) -> Peers:
@@ -488,9 +490,12 @@ class ServingApp:
                 if peer is not None and await self._pass_on(peer, scope, body, send, id_header):
                     code = 0  # counted by the replica that served it, not twice
                     return
-                entry, hit = await self.models.acquire(requested)
+                entry = self.models.take_loaded(requested)
+                hit = entry is not None
+                if entry is None:
+                    entry, hit = await self.models.acquire(requested)
                 model, metrics = entry.model, self.models.metrics_for(entry.key)
-                extra = (id_header, (CACHE_HEADER, b"hit" if hit else b"miss"))
+                extra = (id_header, _CACHE_HIT if hit else _CACHE_MISS)
                 assert model is not None
                 if settle:
                     kind = codecs.response_type(headers.accept)

@@ -117,13 +117,21 @@ class ModelSet(Generic[M]):
         """The counters of a model that has loaded at least once."""
         return self._stats.get(key)
 
+    def take_loaded(self, key: str) -> Entry[M] | None:
+        """A hit without a coroutine: the loaded model with one more request in flight, else
+        None (then `acquire`). Pair with `release`."""
+        entry = self._entries.get(key)
+        if entry is None or entry.model is None:
+            return None
+        self._take(entry)
+        entry.stats.hits += 1
+        return entry
+
     async def acquire(self, key: str) -> tuple[Entry[M], bool]:
         """The loaded model for `key` with one more request in flight, and whether it was
         already loaded (a hit). Pair with `release`."""
-        entry = self._entries.get(key)
-        if entry is not None and entry.model is not None:
-            self._take(entry)
-            entry.stats.hits += 1
+        entry = self.take_loaded(key)
+        if entry is not None:
             return entry, True
         failure = self._failures.get(key)
         if failure is not None:

@@ -126,6 +126,11 @@ class MultiModelHost:
         self.models.close()
 
     # --- per request -----------------------------------------------------------------
+    def take_loaded(self, requested: str) -> Entry[LoadedModel] | None:
+        """The hot path: a model already loaded, with no coroutine (None: `acquire` it). Only
+        loaded keys can match, so a name needs no check here."""
+        return self.models.take_loaded(model_key(requested))
+
     async def acquire(self, requested: str) -> tuple[Entry[LoadedModel], bool]:
         problem = name_problem(requested)
         if problem is not None:
