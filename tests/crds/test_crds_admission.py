@@ -232,7 +232,8 @@ BAD = [
         model(modelUri="ftp://models/m.onnx"),
         'spec.modelUri: Invalid value: "ftp://models/m.onnx"',
     ),
-    Row("model-uri-missing", changed(model(), "spec", {"sha256": SHA}), "spec.modelUri: Required value"),
+    # modelUri is optional since a pipeline has none: exactly one of the two (issue 16).
+    Row("model-uri-missing", changed(model(), "spec", {"sha256": SHA}), api.MSG_PIPELINE_OR_MODEL_URI),
     Row("sha256-short", model(sha256="abc123"), "spec.sha256"),
     Row("sha256-uppercase", model(sha256=SHA.upper()), "spec.sha256"),
     Row("env-without-name", model(env=[{"value": "x"}]), "spec.env[0].name: Required value"),
