@@ -6,7 +6,9 @@ template changes start the new processes first and stop the old ones once the ne
 ready. A fleet that wakes from zero replicas fetches again (a cache hit when the model did
 not change), as a new pod's storage-initializer would: each phase of a cold start is timed.
 A MultiModel fleet fetches nothing up front (its pods have no storage-initializer): each
-replica serves the prefix and fetches a model on its first request.
+replica serves the prefix and fetches a model on its first request. A pipeline's fleet fetches
+each stage (a pod's storage-initializer per stage) and its replicas serve the fetched files
+(`berth serve` with BERTH_PIPELINE naming them).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import orjson
+from berth_serving.config import ENV, PipelineStage, pipeline_to_json
 
 from .modelcache import ModelCache
 from .replica import Replica, ReplicaSpec
@@ -45,14 +48,23 @@ class DeploymentSpec:
     args: tuple[str, ...] = ()  # a `berth` command line instead of `berth serve MODEL`
     sidecars: tuple[SidecarSpec, ...] = ()
     multi_model: bool = False  # model_uri is a MultiModel prefix, served as it is
+    # A pipeline (model_uri None): its stages, each fetched before the replicas start.
+    pipeline: tuple[PipelineStage, ...] = ()
+
+    @property
+    def fetches(self) -> bool:
+        """Something is fetched before the replicas start: the model, or a pipeline's stages."""
+        return bool(self.pipeline) or (self.model_uri is not None and not self.multi_model)
 
     @property
     def template_hash(self) -> str:
         sidecars = [[s.container, s.args, sorted(s.env.items()), s.pod_name_env] for s in self.sidecars]
+        stages = [[s.name, s.model_uri, s.sha256, list(s.outputs)] for s in self.pipeline]
         material = orjson.dumps(
             [self.model_uri, self.sha256, sorted(self.env.items()), sorted(self.labels.items())]
             + ([[self.args, sidecars]] if self.args or sidecars else [])  # hashes of plain fleets stay
             + (["multi-model"] if self.multi_model else [])
+            + ([["pipeline", stages]] if stages else [])
         )
         return hashlib.sha256(material).hexdigest()[:8]
 
@@ -74,6 +86,7 @@ class LocalDeployment:
         self.fetch_error = ""
         self.fetch_failures = 0
         self.model_path: Path | None = None
+        self.stage_paths: tuple[Path, ...] = ()  # a pipeline's: each ONNX stage's fetched file
         self.served = False  # some replica was ready once: its Model became Ready
         # time.monotonic() of the last wake from zero replicas (or of the start), and of the model
         # file being ready after it: the scheduled and model-fetched ends of a cold start.
@@ -161,7 +174,7 @@ class LocalDeployment:
             self.woke_at, self.fetched_at = time.monotonic(), None
             if not self.current():
                 self._fetched_hash = ""  # the new pods' init containers fetch (from the cache)
-        if spec.model_uri is None or spec.multi_model:  # nothing to fetch first
+        if not spec.fetches:  # nothing to fetch first
             self.fetch_state, self._fetched_hash = "Fetched", tag
             if spec.multi_model and self.fetched_at is None:  # a cold start's fetch phase is empty
                 self.fetched_at = time.monotonic()
@@ -169,7 +182,8 @@ class LocalDeployment:
             # The cache gave the replicas a file they cannot load: drop it and fetch again, once
             # per template (one that still fails, freshly fetched, is the model's own fault).
             self._evicted_hash = tag
-            self._cache.evict(spec.model_uri, spec.sha256)
+            for uri, sha256 in _sources(spec):
+                self._cache.evict(uri, sha256)
             self._fetched_hash = ""
         if self._fetched_hash != tag:
             if not await self._fetch(spec):
@@ -194,16 +208,25 @@ class LocalDeployment:
         )
 
     async def _fetch(self, spec: DeploymentSpec) -> bool:
-        assert spec.model_uri is not None
         wait = self._retry_at - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
         self.fetch_state = "Fetching"
+        where = ""
         try:
-            self.model_path = await self._cache.get(spec.model_uri, spec.sha256)
+            if spec.pipeline:  # one after the other, as the pod's storage-initializers
+                paths = []
+                for stage in spec.pipeline:
+                    where = f"stage {stage.name}: "
+                    paths.append(await self._cache.get(stage.model_uri, stage.sha256 or None))
+                self.stage_paths = tuple(paths)
+            else:
+                assert spec.model_uri is not None
+                self.model_path = await self._cache.get(spec.model_uri, spec.sha256)
         except Exception as exc:  # any fetch error is reported, as the init container would
             self.fetch_state = "Failed"
-            self.fetch_error = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            said = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            self.fetch_error = where + said
             self.fetch_failures += 1
             self._retry_at = time.monotonic() + min(FETCH_MAX_BACKOFF, 2.0 ** min(self.fetch_failures, 5))
             self._on_change()
@@ -219,10 +242,17 @@ class LocalDeployment:
         name = f"{spec.name}-{spec.template_hash}-{self._next_index}"
         self._next_index += 1
         env = {**self._base_env, **spec.env}
+        if spec.pipeline:  # the files fetched (and checked) here, instead of the pod's directories
+            served = tuple(
+                replace(stage, model_uri=str(path), sha256="")
+                for stage, path in zip(spec.pipeline, self.stage_paths, strict=True)
+            )
+            env[ENV["pipeline"]] = pipeline_to_json(served)
         replica_spec = ReplicaSpec(
             name=name,
             model_path=self.model_path if spec.model_uri is not None and not spec.multi_model else None,
             prefix=spec.model_uri if spec.multi_model else None,
+            pipeline=bool(spec.pipeline),
             env=env,
             log_path=self._run_dir / "logs" / f"{name}.log",
             grace_seconds=spec.grace_seconds,
@@ -245,3 +275,11 @@ class LocalDeployment:
         task = asyncio.get_running_loop().create_task(stop_and_forget())
         self._stops.add(task)
         task.add_done_callback(self._stops.discard)
+
+
+def _sources(spec: DeploymentSpec) -> list[tuple[str, str | None]]:
+    """(URI, sha256) of each model the fleet fetches: the model, or every stage of a pipeline."""
+    if spec.pipeline:
+        return [(stage.model_uri, stage.sha256 or None) for stage in spec.pipeline]
+    assert spec.model_uri is not None
+    return [(spec.model_uri, spec.sha256)]

@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from berth_serving.config import DEFAULT_CACHE_SHARE, ENV, ServeConfig
+from berth_serving.config import DEFAULT_CACHE_SHARE, ENV, PipelineStage, ServeConfig
 from berth_serving.multimodel.rendezvous import SATURATED_BATCHES
 
 from ..api import Endpoint, EndpointStatus, Model
@@ -100,7 +100,20 @@ def model_of(deployment: Manifest, models: Mapping[Key, Model]) -> Model:
 def model_source(deployment: Manifest, models: Mapping[Key, Model]) -> tuple[str, str | None]:
     """(modelUri, sha256) the Deployment's storage-initializer would fetch: the Model its pods name."""
     model = model_of(deployment, models)
-    return model.spec.model_uri, model.spec.sha256
+    return model.spec.uri, model.spec.sha256
+
+
+def pipeline_stages(model: Model) -> tuple[PipelineStage, ...]:
+    """A pipeline Model's stages as its local fleet fetches them: each ONNX stage's URI (made
+    absolute against its manifest when it was read) and sha256. Image stages never get here:
+    local mode refuses such a Model when it reads it (source.py)."""
+    return tuple(
+        PipelineStage(
+            name, model_uri=stage.model_uri, sha256=stage.sha256 or "", outputs=tuple(stage.outputs)
+        )
+        for name, stage in model.spec.stages
+        if stage.model_uri is not None
+    )
 
 
 # What a MultiModel pod has that a local replica must not: its peers are the router's job here,
@@ -137,7 +150,7 @@ def multi_model_env(
         limit = memory_limit_bytes(deployment)
         cache_bytes = int(DEFAULT_CACHE_SHARE * limit) if limit else 0
     config = ServeConfig(
-        model_uri=model.spec.model_uri,
+        model_uri=model.spec.uri,
         multi_model=True,
         cache_bytes=cache_bytes or 0,
         max_loaded_models=settings.max_loaded_models or 0,
@@ -505,6 +518,7 @@ class Engine:
         sha256: str | None = None
         args: tuple[str, ...] = ()
         model: Model | None = None
+        stages: tuple[PipelineStage, ...] = ()
         if asyncfleet.serves_model(pod_spec):
             try:
                 model = model_of(deployment, self.resources.models)
@@ -512,6 +526,7 @@ class Engine:
                 log.error("%s", exc)
                 return None
             uri, sha256 = model.spec.model_uri, model.spec.sha256
+            stages = pipeline_stages(model)
         else:  # a pod of one `berth` command (the async front door)
             found = asyncfleet.process_args(pod_spec, self.run_dir, namespace)
             if isinstance(found, str):
@@ -556,6 +571,7 @@ class Engine:
             args=args,
             sidecars=sidecars,
             multi_model=multi_model,
+            pipeline=stages,
         )
 
     def _warn_once(self, message: str) -> None:

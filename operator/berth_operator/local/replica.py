@@ -49,17 +49,19 @@ class ReplicaSpec:
     # A MultiModel replica's prefix, served as it is (env BERTH_MULTI_MODEL): the replica fetches
     # each model under it on first use, so nothing is fetched before it starts.
     prefix: str | None = None
+    # An inference pipeline: env BERTH_PIPELINE names its stages, and nothing is served by path.
+    pipeline: bool = False
 
     def argv(self, port: int) -> list[str]:
         served = str(self.model_path) if self.model_path is not None else self.prefix
-        if self.args or served is None:
+        if self.args or (served is None and not self.pipeline):
             return [*BERTH_ARGV, *self.args, "--host", "127.0.0.1", "--port", str(port)]
         return [
             sys.executable,
             "-m",
             "berth_serving",
             "serve",
-            served,
+            *([served] if served is not None else []),
             "--host",
             "127.0.0.1",
             "--port",

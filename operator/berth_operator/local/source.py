@@ -29,7 +29,7 @@ class Resources:
 
 def load_resources(paths: Sequence[str | Path]) -> Resources:
     """Every Model, EndpointConfig and Endpoint under `paths` (the loader `berth render` uses)."""
-    from ..manifests import ManifestError, load_manifests, resolve_file_uri
+    from ..manifests import ManifestError, load_manifests
 
     try:
         loaded = load_manifests(paths)
@@ -38,13 +38,9 @@ def load_resources(paths: Sequence[str | Path]) -> Resources:
     models: dict[Key, Model] = {}
     for item in loaded.models:
         assert isinstance(item.resource, Model)
-        spec = item.resource.spec
-        uri = resolve_file_uri(spec.model_uri, item.base_dir)
-        if spec.model_uri.endswith("/") and not uri.endswith("/"):  # a MultiModel prefix stays one
-            uri += "/"
-        models[(item.resource.namespace, item.resource.name)] = item.resource.model_copy(
-            update={"spec": spec.model_copy(update={"model_uri": uri})}
-        )
+        model = item.resource
+        where = f"{item.source}:document {item.document}: Model/{model.name}"
+        models[(model.namespace, model.name)] = with_local_model_uris(model, item.base_dir, where)
     configs = {
         (i.resource.namespace, i.resource.name): with_local_locations(i.resource, i.base_dir)
         for i in loaded.configs
@@ -59,6 +55,37 @@ def load_resources(paths: Sequence[str | Path]) -> Resources:
         raise SourceError(f"no Endpoint found in {', '.join(str(p) for p in paths)}")
     secrets = {(s.namespace, s.name): s.entries for s in loaded.secrets}
     return Resources(models=models, configs=configs, endpoints=endpoints, secrets=secrets)
+
+
+MSG_NO_IMAGE_STAGES = (
+    "berth up runs no containers, so it cannot run an image stage: serve this Model on a cluster,"
+    " or make the stage an ONNX model (modelUri)"
+)
+
+
+def with_local_model_uris(model: Model, base_dir: Path, where: str) -> Model:
+    """The Model with its relative file:// URIs (modelUri, or each pipeline stage's) made absolute
+    against the manifest's directory; SourceError for a pipeline with an image stage."""
+    from ..manifests import resolve_file_uri
+
+    spec = model.spec
+    if spec.is_pipeline:
+        for name, stage in spec.stages:
+            if stage.is_image:
+                raise SourceError(
+                    f"{where}: pipeline stage {name} (image {stage.image}): {MSG_NO_IMAGE_STAGES}"
+                )
+        stages = [
+            stage.model_copy(update={"model_uri": resolve_file_uri(stage.model_uri, base_dir)})
+            if stage.model_uri is not None
+            else stage
+            for stage in spec.pipeline
+        ]
+        return model.model_copy(update={"spec": spec.model_copy(update={"pipeline": stages})})
+    uri = resolve_file_uri(spec.uri, base_dir)
+    if spec.uri.endswith("/") and not uri.endswith("/"):  # a MultiModel prefix stays one
+        uri += "/"
+    return model.model_copy(update={"spec": spec.model_copy(update={"model_uri": uri})})
 
 
 def with_local_locations(config: EndpointConfig, base_dir: Path) -> EndpointConfig:

@@ -13,7 +13,7 @@ from typing import Any
 
 from berth_serving.config import DEFAULT_PORT, ENV, IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE
 
-from ..api import Endpoint, auth_mode_of
+from ..api import ASYNC_WORKER_METRICS_PORT, Endpoint, auth_mode_of
 from ..api.endpoint import AuthMode
 from ..settings import Settings
 from . import labels
@@ -29,7 +29,8 @@ assert posixpath.dirname(IN_CLUSTER_CA_FILE) == KUBE_API_MOUNT_PATH
 TOKEN_SECONDS = 3607  # what the kubelet's own projected token asks for; it rotates before expiry
 NETWORK_POLICY_COMPONENT = "network-policy"
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API server
-ASYNC_METRICS_PORT = 9091  # the async worker sidecar's /metrics (planner/asyncinf.py)
+# The async worker sidecar's /metrics (planner/asyncinf.py); no pipeline stage may take it.
+ASYNC_METRICS_PORT = ASYNC_WORKER_METRICS_PORT
 
 
 @dataclass(frozen=True)

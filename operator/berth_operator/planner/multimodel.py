@@ -139,9 +139,10 @@ def target_model_problem(model: Model, target: str | None) -> tuple[str, str] | 
             " targetModel to the one to run, such as customer-17.tar.gz",
         )
     if not model.spec.is_multi_model and target is not None:
+        what = "a pipeline" if model.spec.is_pipeline else f"SingleModel ({model.spec.model_uri})"
         return (
             "TargetModelUnexpected",
-            f"targetModel {target}: Model {model.name} is SingleModel ({model.spec.model_uri}), which"
+            f"targetModel {target}: Model {model.name} is {what}, which"
             " has no models to choose from; remove targetModel or name a MultiModel Model",
         )
     return None
@@ -151,7 +152,7 @@ def target_model(model: Model, target: str) -> Model:
     """The one model under a MultiModel Model's prefix, as a SingleModel Model with the same
     credentials, runtime and env (a TransformJob's pods fetch it like any model)."""
     spec = model.spec.model_copy(
-        update={"model_uri": model.spec.model_uri + target, "mode": "SingleModel", "multi_model": None}
+        update={"model_uri": model.spec.uri + target, "mode": "SingleModel", "multi_model": None}
     )
     return model.model_copy(update={"spec": spec})
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import labels
 from .clock import seconds_since
-from .pods import INIT_CONTAINER
+from .pods import is_init_container, stage_of_init_container
 from .types import Manifest
 
 # A pod scheduled this long ago whose containers never started is stuck (a volume that cannot be
@@ -45,18 +45,21 @@ def _terminated_message(terminated: Mapping[str, Any]) -> str:
 
 
 def _init_failure(statuses: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why a storage-initializer failed (naming the pipeline stage it fetches), else None."""
     for status in statuses:
-        if status.get("name") != INIT_CONTAINER:
+        name = str(status.get("name") or "")
+        if not is_init_container(name):
             continue
         state = status.get("state") or {}
         if (state.get("terminated") or {}).get("exitCode") == 0:
-            return None  # downloaded
+            continue  # downloaded
         for terminated in (
             (state.get("terminated") or {}),
             ((status.get("lastState") or {}).get("terminated") or {}),
         ):
             if terminated and terminated.get("exitCode", 0) != 0:
-                return _terminated_message(terminated)
+                stage = stage_of_init_container(name)
+                return (f"stage {stage}: " if stage else "") + _terminated_message(terminated)
     return None
 
 

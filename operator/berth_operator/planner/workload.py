@@ -15,7 +15,7 @@ from berth_serving.config import (
 
 from ..api import Endpoint
 from ..settings import Settings
-from . import labels, multimodel, serverless
+from . import labels, multimodel, pipeline, serverless
 from .access import ServingAccess, access_env, access_mounts, access_volumes, serving_access
 from .asyncinf import (
     WORKER_METRICS_PORT,
@@ -31,10 +31,11 @@ from .meta import object_meta
 from .names import peers_service_name
 from .pods import (
     SERVER_CONTAINER,
+    STARTUP_SECONDS,
     container_resources,
     container_security,
     ephemeral_storage,
-    model_init_container,
+    model_init_containers,
     model_volume_mounts,
     model_volume_size,
     model_volumes,
@@ -51,9 +52,6 @@ PRE_STOP_SECONDS = 5  # time for the gateway to stop sending to a terminating po
 # Enough to finish a request that started just before SIGTERM (the server's own timeout).
 TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + int(DEFAULT_TIMEOUT_SECONDS) + 5
 GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-# The startup probe gives a replica this long to fetch nothing more and load its model before the
-# liveness probe may restart it (large models take minutes to load).
-STARTUP_SECONDS = 600
 # For Prometheus (and prometheus-adapter, which serves the HPA's invocations metric).
 SCRAPE_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
@@ -106,9 +104,9 @@ def _selector(variant: VariantPlan) -> dict[str, str]:
     return labels.selector_labels(variant.endpoint, variant.config, variant.name)
 
 
-def _merged_resources(variant: VariantPlan, size_limit: str) -> dict[str, Any]:
-    """The catalog's requests and limits with the variant's overrides applied key by key, and an
-    ephemeral-storage request for the model volume."""
+def _merged_quantities(variant: VariantPlan) -> dict[str, dict[str, int | float | str]]:
+    """The catalog's requests and limits with the variant's overrides applied key by key: what one
+    replica's pod may take (a pipeline's containers share it: planner/pipeline.py)."""
     catalog = variant.instance_type.resources
     override = variant.spec.resources
     quantities: dict[str, dict[str, int | float | str]] = {}
@@ -117,6 +115,15 @@ def _merged_resources(variant: VariantPlan, size_limit: str) -> dict[str, Any]:
         if override is not None:
             merged.update(getattr(override, part))
         quantities[part] = merged
+    return quantities
+
+
+def _merged_resources(variant: VariantPlan, size_limit: str) -> dict[str, Any]:
+    """The server's share of the pod's quantities, and an ephemeral-storage request for the model
+    volume."""
+    quantities = _merged_quantities(variant)
+    if variant.model.spec.is_pipeline:
+        quantities = pipeline.server_quantities(quantities, variant.model.spec)
     return container_resources(quantities, ephemeral_storage(size_limit))
 
 
@@ -129,6 +136,8 @@ def _image(variant: VariantPlan, settings: Settings) -> str:
 def _multi_model_settings(variant: VariantPlan, namespace: str) -> dict[str, Any]:
     """ServeConfig's multi-model fields: the prefix, the cache, the peers and the warm-up."""
     spec = variant.model.spec
+    if spec.is_pipeline:
+        return {"model_uri": "", "pipeline": pipeline.served_stages(spec)}
     if not spec.is_multi_model:
         return {"model_uri": MODEL_MOUNT_PATH}
     settings = spec.multi_model_settings
@@ -167,7 +176,11 @@ def _server_env(variant: VariantPlan, access: ServingAccess, namespace: str) -> 
     auth = {**access_env(access), **server_env(variant)}
     user_env = [e.to_wire() for e in variant.model.spec.env if e.name not in auth]
     user_names = {e["name"] for e in user_env}
-    ours = [{"name": k, "value": v} for k, v in config.to_env().items() if k not in user_names]
+    ours = [
+        {"name": k, "value": v}
+        for k, v in config.to_env().items()
+        if k not in user_names and not (k == ENV["model_uri"] and config.pipeline)  # no model: stages
+    ]
     if config.multi_model and ENV["pod_ip"] not in user_names:
         ours.append(multimodel.pod_ip_env())
     return ours + [{"name": k, "value": v} for k, v in auth.items()] + user_env
@@ -187,11 +200,12 @@ def _server_container(
     }
     if not model.image:  # a bring-your-own image keeps its own entrypoint
         container["command"] = ["berth"]
-        container["args"] = (
-            ["serve", "--multi-model", model.model_uri]
-            if model.is_multi_model
-            else ["serve", MODEL_MOUNT_PATH]
-        )
+        if model.is_pipeline:  # the stages are in BERTH_PIPELINE
+            container["args"] = ["serve"]
+        elif model.is_multi_model:
+            container["args"] = ["serve", "--multi-model", model.uri]
+        else:
+            container["args"] = ["serve", MODEL_MOUNT_PATH]
     container["env"] = _server_env(variant, access, namespace)
     if model.is_multi_model and model.credentials_secret_ref is not None:
         # No storage-initializer: the server fetches each model itself, with the model's credentials.
@@ -245,7 +259,10 @@ def _pod_spec(
     if model.is_multi_model:  # the server fetches each model on its first request
         volumes = multi_model_volumes(model, size_limit)
     else:
-        spec["initContainers"] = [model_init_container(model, settings, size_limit)]
+        # The fetches one after the other, then a pipeline's image stages (native sidecars).
+        spec["initContainers"] = model_init_containers(model, settings, size_limit) + (
+            pipeline.stage_containers(model, settings, _merged_quantities(variant), STARTUP_SECONDS)
+        )
         volumes = model_volumes(model, size_limit, settings)
     spec.update(
         {

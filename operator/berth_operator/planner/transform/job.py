@@ -12,19 +12,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from berth_serving.config import MODEL_MOUNT_PATH
+from berth_serving.config import MODEL_MOUNT_PATH, pipeline_to_json
 
 from ...api import Model, TransformJob, TransformJobSpec
 from ...settings import InstanceType, Settings
-from .. import labels
+from .. import labels, pipeline
 from ..meta import object_meta
 from ..names import dns_label, label_value
 from ..pods import (
+    STARTUP_SECONDS,
     TRANSFORM_CONTAINER,
     container_resources,
     container_security,
     ephemeral_storage,
-    model_init_container,
+    model_init_containers,
     model_volume_mounts,
     model_volume_size,
     model_volumes,
@@ -62,10 +63,14 @@ def transform_labels(transform: TransformJob) -> dict[str, str]:
 
 def transform_args(spec: TransformJobSpec, model: Model, gpu: bool) -> list[str]:
     runtime = model.spec.runtime
+    served = (
+        ["--pipeline", pipeline_to_json(pipeline.served_stages(model.spec))]
+        if model.spec.is_pipeline
+        else ["--model", MODEL_MOUNT_PATH]
+    )
     args = [
         "transform",
-        "--model",
-        MODEL_MOUNT_PATH,
+        *served,
         "--input",
         spec.input.uri,
         "--output",
@@ -118,12 +123,12 @@ def _transform_container(
         container["env"] = [e.to_wire() for e in model.spec.env]
     if model.spec.credentials_secret_ref is not None:  # the data is read with the model's credentials
         container["envFrom"] = [{"secretRef": {"name": model.spec.credentials_secret_ref.name}}]
+    quantities = _quantities(instance_type)
+    if model.spec.is_pipeline:
+        quantities = pipeline.server_quantities(quantities, model.spec)
     container.update(
         {
-            "resources": container_resources(
-                {"requests": instance_type.resources.requests, "limits": instance_type.resources.limits},
-                ephemeral_storage(size_limit),
-            ),
+            "resources": container_resources(quantities, ephemeral_storage(size_limit)),
             # `berth transform` writes its counts or its error there; the log tail stands in otherwise.
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "securityContext": container_security(),
@@ -131,6 +136,13 @@ def _transform_container(
         }
     )
     return container
+
+
+def _quantities(instance_type: InstanceType) -> dict[str, dict[str, int | float | str]]:
+    return {
+        "requests": dict(instance_type.resources.requests),
+        "limits": dict(instance_type.resources.limits),
+    }
 
 
 def _pod_spec(
@@ -142,11 +154,11 @@ def _pod_spec(
     spec.update(
         {
             # A model under a MultiModel prefix: its NAME.sha256 is checked, as the server would.
-            "initContainers": [
-                model_init_container(
-                    model.spec, settings, size_limit, sha256_beside=transform.spec.target_model is not None
-                )
-            ],
+            # A pipeline's image stages are native sidecars: the pod completes when the transform does.
+            "initContainers": model_init_containers(
+                model.spec, settings, size_limit, sha256_beside=transform.spec.target_model is not None
+            )
+            + pipeline.stage_containers(model.spec, settings, _quantities(instance_type), STARTUP_SECONDS),
             "containers": [_transform_container(transform, model, instance_type, settings, size_limit)],
             "volumes": model_volumes(model.spec, size_limit, settings),
         }

@@ -16,7 +16,7 @@ from typing import Any
 from ...api import Condition, TransformJob, TransformJobStatus, TransformPhase
 from ..conditions import condition, parsed_conditions
 from ..podfailures import WAITING_FAILURES
-from ..pods import INIT_CONTAINER, TRANSFORM_CONTAINER
+from ..pods import TRANSFORM_CONTAINER, is_init_container, stage_of_init_container
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
@@ -25,6 +25,19 @@ COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 class Counts:
     done: int | None = None
     total: int | None = None
+
+
+def _fetch_failure(pod: Mapping[str, Any]) -> str | None:
+    """Why a storage-initializer failed (naming the pipeline stage it fetches), else None."""
+    for status in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        name = str(status.get("name") or "")
+        if not is_init_container(name):
+            continue
+        terminated = _terminated(pod, name, init=True)
+        if terminated is not None and terminated.get("exitCode") not in (None, 0):
+            stage = stage_of_init_container(name)
+            return (f"stage {stage}: " if stage else "") + _message(terminated)
+    return None
 
 
 def _terminated(pod: Mapping[str, Any], container: str, init: bool = False) -> Mapping[str, Any] | None:
@@ -80,9 +93,9 @@ def pod_problem(pods: Iterable[Mapping[str, Any]], model_name: str) -> str | Non
     found: list[str] = []
     for pod in pods:
         status = pod.get("status") or {}
-        fetch = _terminated(pod, INIT_CONTAINER, init=True)
-        if fetch is not None and fetch.get("exitCode") not in (None, 0):
-            found.append(f"model {model_name}: download failed: {_message(fetch)}")
+        fetch = _fetch_failure(pod)
+        if fetch is not None:
+            found.append(f"model {model_name}: download failed: {fetch}")
             continue
         failed = _terminated(pod, TRANSFORM_CONTAINER)
         if failed is not None and failed.get("exitCode") not in (None, 0):
