@@ -1,0 +1,73 @@
+"""Inference pipelines on a real API server: the admission rows of
+tests/crds/test_pipeline_admission.py refused with the same words (the CRD's CEL rules within
+the server's cost budget, which an offline check cannot prove); a pipeline Endpoint's
+Deployment makes pods (the Deployment controller's) with a storage-initializer per ONNX stage,
+the image stage as a native sidecar, and the server told the stages in BERTH_PIPELINE."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from berth_serving.config import ENV
+
+from tests.cluster.support import Cluster
+from tests.cluster.test_admission import row_id, verdict
+from tests.crds import test_pipeline_admission as rows
+from tests.crds.test_crds_admission import Row
+from tests.operator.builders import config, endpoint, variant
+from tests.support.envtest import Kube, Manifest
+
+needs_controller_manager = pytest.mark.usefixtures("needs_controller_manager")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("row", rows.BAD, ids=row_id)
+def test_refused_rows_are_refused_with_the_same_message(kube: Kube, namespace: str, row: Row) -> None:
+    message = verdict(kube, row, namespace)
+    assert message is not None, "admitted by the API server"
+    assert row.refused_with is not None
+    assert row.refused_with in message, message
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("row", rows.GOOD, ids=row_id)
+def test_admitted_rows_are_admitted(kube: Kube, namespace: str, row: Row) -> None:
+    assert verdict(kube, row, namespace) is None
+
+
+def risk() -> Manifest:
+    found: dict[str, Any] = rows.pipeline(
+        {"name": "scale", **rows.SCALER},
+        {"name": "classify", **rows.CLASSIFIER},
+        {"name": "post", **rows.POSTPROCESS},
+    )
+    return found
+
+
+@needs_controller_manager
+@pytest.mark.timeout(180)
+def test_pipeline_pods_fetch_each_stage_and_run_the_image_beside_the_server(cluster: Cluster) -> None:
+    cluster.start_operator()
+    cluster.create(risk())
+    cluster.create(config("cfg1", variant("blue", "risk")))
+    cluster.create(endpoint("ep", "cfg1"))
+    cluster.wait_in_service()
+    [deployment] = cluster.children("Deployment")
+    pods = cluster.list("Pod", deployment["spec"]["selector"]["matchLabels"])
+    assert len(pods) == 1
+    spec = pods[0]["spec"]
+    init = {c["name"]: c for c in spec.get("initContainers", [])}
+    fetched = sorted(c["args"][1] for name, c in init.items() if c.get("args", [""])[0] == "fetch-model")
+    assert fetched == sorted([rows.SCALER["modelUri"], rows.CLASSIFIER["modelUri"]])
+    [sidecar] = [c for c in init.values() if c.get("restartPolicy") == "Always"]
+    assert sidecar["image"] == rows.POSTPROCESS["image"]
+    assert any(p["containerPort"] == rows.POSTPROCESS["port"] for p in sidecar.get("ports", []))
+    [server] = [c for c in spec["containers"] if c["name"] == "server"]
+    env = {e["name"]: e.get("value") for e in server.get("env", [])}
+    stages = json.loads(env[ENV["pipeline"]])
+    assert [s["name"] for s in stages] == ["scale", "classify", "post"]
+    assert stages[2]["url"] == f"http://127.0.0.1:{rows.POSTPROCESS['port']}"
+    assert stages[1]["outputs"] == ["probabilities"]
+    assert cluster.operator.errors() == []
