@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import orjson
 import pytest
-from berth_serving.transform import storage
+from berth_serving import storage
 from berth_serving.transform.engine import LoadedModel, TransformError, load_model, run_transform
 from berth_serving.transform.options import TransformOptions
 from berth_serving.transform.records import BadRecord, read_blocks

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from berth_serving.storage import PART_BYTES
 from berth_serving.transform.engine import TransformError, load_model, run_transform
 from berth_serving.transform.options import TransformOptions
-from berth_serving.transform.storage import PART_BYTES
 
 from tests.transform.support import csv_bytes, raw_outputs, rows
 

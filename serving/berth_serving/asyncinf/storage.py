@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
-from berth_serving.transform.storage import (
+from berth_serving.storage import (
     Location,
     StorageError,
     open_input,

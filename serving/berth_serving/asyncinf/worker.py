@@ -41,7 +41,7 @@ from berth_serving.asyncinf.storage import (
     read_if_small,
     write_bytes,
 )
-from berth_serving.transform.storage import open_output, parse_uri
+from berth_serving.storage import open_output, parse_uri
 
 log = logging.getLogger("berth.async.worker")
 

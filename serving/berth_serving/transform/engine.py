@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from berth_serving import storage
 from berth_serving.batcher import Batcher, Job
 from berth_serving.signature import Signature
-from berth_serving.transform import arrow, storage
+from berth_serving.transform import arrow
 from berth_serving.transform.assemble import Assembler, merge_outputs
 from berth_serving.transform.filters import FilteredParser
 from berth_serving.transform.options import ERRORS_SUFFIX, OUTPUT_SUFFIX, TransformOptions

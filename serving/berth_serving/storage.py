@@ -1,4 +1,5 @@
-"""Object storage for batch transform: local paths, file:// and s3:// (boto3, AWS_ENDPOINT_URL).
+"""Object storage shared by batch transform, async inference, data capture and monitoring:
+local paths, file:// and s3:// (boto3, AWS_ENDPOINT_URL).
 
 Reads are streams (never a whole object in memory); writes are atomic: a local file is written
 beside its target and renamed, an S3 object is a multipart upload completed only at the end
