@@ -29,6 +29,10 @@ COMMANDS = {
     "up": ("berth_operator.local.cli:up_command", "Serve manifests on this machine (local mode)."),
     "invoke": ("berth_operator.invoke:invoke_command", "Send a request to an endpoint."),
     "transform": ("berth_serving.transform.cli:transform", "Run a model over a dataset (batch transform)."),
+    "monitor": (
+        "berth_serving.monitor.cli:monitor",
+        "Baseline statistics and drift checks over captured data.",
+    ),
     "recommend": (
         "berth_operator.recommend.cli:recommend_command",
         "Load-test a model on instance types and write the EndpointConfig to use.",

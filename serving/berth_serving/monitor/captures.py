@@ -1,0 +1,167 @@
+"""Capture files of a window: which hour prefixes to list, and the rows of their events in DuckDB.
+
+Layout (written by the serving runtime): DEST/ENDPOINT/VARIANT/yyyy/mm/dd/hh/UUID.jsonl, one
+event per line. --captures is DEST/ENDPOINT/ (every variant) or DEST/ENDPOINT/VARIANT/. Only the
+hour prefixes that overlap the window are listed; events are then filtered by inferenceTime
+(a file of hour hh may hold an event stamped a moment later).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+
+from berth_serving.monitor.sources import is_empty_listing
+from berth_serving.storage import Location, StorageError, list_inputs, parse_uri, s3_client
+
+_YEAR = re.compile(r"^\d{4}$")
+
+
+def hours(since: datetime, until: datetime) -> list[datetime]:
+    """The hours (at :00) whose span [h, h+1h) overlaps [since, until)."""
+    hour = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    found = []
+    while hour < until:
+        found.append(hour)
+        hour += timedelta(hours=1)
+    return found
+
+
+def _children(where: Location) -> list[str]:
+    """The names one level under a prefix (directories or common prefixes)."""
+    if where.scheme == "file":
+        try:
+            return sorted(entry.name for entry in os.scandir(where.path) if entry.is_dir())
+        except FileNotFoundError:
+            raise StorageError(f"captures not found: {where.path}") from None
+        except OSError as error:
+            raise StorageError(f"cannot list {where.path}: {error.strerror}") from error
+    import botocore.exceptions
+
+    prefix = where.path if not where.path or where.path.endswith("/") else where.path + "/"
+    names = []
+    try:
+        pages = (
+            s3_client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=where.bucket, Prefix=prefix, Delimiter="/")
+        )
+        for page in pages:
+            for common in page.get("CommonPrefixes", []):
+                names.append(common["Prefix"][len(prefix) :].rstrip("/"))
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        code = (getattr(error, "response", None) or {}).get("Error", {}).get("Code") or type(error).__name__
+        raise StorageError(f"cannot list {where.uri}: {code}") from error
+    return sorted(names)
+
+
+def window_objects(captures_uri: str, since: datetime, until: datetime) -> list[Location]:
+    """The capture objects under the hour prefixes of the window, for every variant."""
+    base = parse_uri(captures_uri)
+    children = _children(base)
+    variants = [base] if any(_YEAR.match(name) for name in children) else [base.child(n) for n in children]
+    found: list[Location] = []
+    for variant in variants:
+        for hour in hours(since, until):
+            prefix = variant.child(hour.strftime("%Y/%m/%d/%H/"))
+            try:
+                listed = list_inputs(prefix.uri if prefix.scheme == "s3" else prefix.path)
+            except StorageError as error:
+                if is_empty_listing(error):
+                    continue
+                raise
+            found.extend(where for where, name in listed if name.endswith(".jsonl"))
+    return found
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + path.replace("'", "''") + "'" for path in paths) + "]"
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("'%Y-%m-%d %H:%M:%S.%f+00'::TIMESTAMPTZ")
+
+
+EVENT_COLUMNS = (
+    "{'captureData': 'STRUCT(endpointInput STRUCT(data VARCHAR, encoding VARCHAR, observedContentType VARCHAR))',"
+    " 'eventMetadata': 'STRUCT(inferenceTime VARCHAR)'}"
+)
+
+
+def create_views(db: duckdb.DuckDBPyConnection, paths: list[str], since: datetime, until: datetime) -> None:
+    """Views `events` (the window's events, with how each parses) and `rows` (vals VARCHAR[], a
+    row per input row: an event's data may hold several)."""
+    if not paths:
+        db.execute(
+            "CREATE OR REPLACE TEMP VIEW events AS SELECT NULL::VARCHAR kind, NULL::VARCHAR data WHERE false"
+        )
+    else:
+        db.execute(f"""
+        CREATE OR REPLACE TEMP VIEW raw AS
+        SELECT captureData.endpointInput.data AS data,
+               upper(coalesce(captureData.endpointInput.encoding, '')) AS encoding,
+               lower(coalesce(captureData.endpointInput.observedContentType, '')) AS ctype,
+               try_cast(eventMetadata.inferenceTime AS TIMESTAMPTZ) AS t
+        FROM read_json({_sql_list(paths)}, format='newline_delimited', columns={EVENT_COLUMNS},
+                       ignore_errors=true, maximum_object_size=67108864)
+        """)
+        # kind: csv, json (a JSON value holding rows), or unparsed (base64, other types, bad JSON).
+        db.execute(f"""
+        CREATE OR REPLACE TEMP VIEW events AS
+        SELECT CASE
+                 WHEN data IS NULL THEN 'unparsed'
+                 WHEN encoding = 'CSV' OR (encoding = '' AND ctype LIKE 'text/csv%') THEN 'csv'
+                 WHEN (encoding = 'JSON' OR (encoding = '' AND ctype LIKE '%json%')) AND json_valid(data) THEN 'json'
+                 ELSE 'unparsed' END AS kind,
+               data
+        FROM raw
+        WHERE t >= {_stamp(since)} AND t < {_stamp(until)}
+        """)
+    db.execute("""
+    CREATE OR REPLACE TEMP VIEW json_events AS
+    SELECT CASE WHEN json_type(j, '$.instances') = 'ARRAY' THEN json_extract(j, '$.instances')
+                WHEN json_type(j, '$.inputs') = 'ARRAY' THEN json_extract(j, '$.inputs')
+                WHEN json_type(j) = 'ARRAY' THEN j END AS body
+    FROM (SELECT data::JSON AS j FROM events WHERE kind = 'json')
+    """)
+    # A body is a list of rows ([[...], ...]) or one row ([1, 2, 3]); rows of objects (v2's
+    # named tensors) are not rows of features: counted as unparsed.
+    db.execute("""
+    CREATE OR REPLACE TEMP VIEW json_rows AS
+    SELECT json_extract_string(r, '$[*]') AS vals FROM (
+      SELECT unnest(body::JSON[]) AS r FROM json_events WHERE json_type(body, '$[0]') = 'ARRAY'
+      UNION ALL
+      SELECT body AS r FROM json_events
+      WHERE json_type(body, '$[0]') IN ('BIGINT', 'UBIGINT', 'DOUBLE', 'VARCHAR', 'BOOLEAN', 'NULL'))
+    WHERE json_type(r) = 'ARRAY'
+    """)
+    db.execute("""
+    CREATE OR REPLACE TEMP VIEW rows AS
+    SELECT string_split(trim(line, ' ' || chr(13)), ',') AS vals
+    FROM (SELECT unnest(string_split(data, chr(10))) AS line FROM events WHERE kind = 'csv')
+    WHERE trim(line, ' ' || chr(13)) <> ''
+    UNION ALL SELECT vals FROM json_rows
+    """)
+
+
+def unparsed_events(db: duckdb.DuckDBPyConnection) -> int:
+    """Events whose input is not rows of features: base64, other content types, bad or other JSON."""
+    row = db.execute("""
+    SELECT (SELECT count(*) FROM events WHERE kind = 'unparsed')
+         + (SELECT count(*) FROM json_events WHERE body IS NULL
+              OR json_type(body, '$[0]') NOT IN ('ARRAY', 'BIGINT', 'UBIGINT', 'DOUBLE', 'VARCHAR', 'BOOLEAN', 'NULL')
+              OR json_type(body, '$[0]') IS NULL)
+    """).fetchone()
+    return int(row[0]) if row else 0
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time (Z or an offset; a time without one is UTC)."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {text!r} (e.g. 2026-12-01T10:00:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

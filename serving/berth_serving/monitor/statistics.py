@@ -1,0 +1,99 @@
+"""Statistics of the `rows` view (vals VARCHAR[]), per feature, in one DuckDB scan.
+
+statistics.json:
+{"version": 0, "dataset": {"item_count": rows, "unparsed_events": n, "feature_count": n},
+ "features": [{"name", "inferred_type": Integral | Fractional | String | Unknown, "count" (present
+   values), "missing" (empty or absent), "min", "max", "mean", "stddev", "distinct" (approximate),
+   "quantiles": 101 values at 0, 0.01, ..., 1 (numeric features)}]}
+A value is missing when it is empty or absent (a row shorter than the others); a feature is
+Integral when every present value is an integer, Fractional when every one is a number.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import duckdb
+
+from berth_serving.monitor.sketch import LEVELS
+
+VERSION = 0
+
+
+def _aggregates(count: int) -> str:
+    levels = "[" + ", ".join(f"{level:.2f}" for level in LEVELS) + "]"
+    parts = ["count(*)", "coalesce(max(len(vals)), 0)"]
+    for i in range(1, count + 1):
+        v, d = f"v{i}", f"d{i}"
+        parts += [
+            f"count({v})",
+            f"count(*) FILTER (WHERE regexp_full_match({v}, '[+-]?[0-9]+'))",
+            f"count({d})",
+            f"min({d})",
+            f"max({d})",
+            f"avg({d})",
+            f"stddev_samp({d})",
+            f"approx_quantile({d}, {levels})",
+            f"approx_count_distinct({v})",
+        ]
+    columns = ", ".join(
+        f"nullif(trim(vals[{i}]), '') AS v{i}, try_cast(nullif(trim(vals[{i}]), '') AS DOUBLE) AS d{i}"
+        for i in range(1, count + 1)
+    )
+    inner = f"SELECT vals{', ' + columns if columns else ''} FROM rows"
+    return f"SELECT {', '.join(parts)} FROM ({inner})"
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _scan(db: duckdb.DuckDBPyConnection, names: list[str]) -> tuple[int, int, list[dict[str, Any]]]:
+    row = db.execute(_aggregates(len(names))).fetchone()
+    assert row is not None
+    total, width = int(row[0]), int(row[1])
+    features = []
+    for index, name in enumerate(names):
+        present, ints, nums, low, high, mean, std, quantiles, distinct = row[2 + 9 * index : 11 + 9 * index]
+        if present == 0:
+            kind = "Unknown"
+        elif ints == present:
+            kind = "Integral"
+        elif nums == present:
+            kind = "Fractional"
+        else:
+            kind = "String"
+        feature: dict[str, Any] = {
+            "name": name,
+            "inferred_type": kind,
+            "count": int(present),
+            "missing": total - int(present),
+            "distinct": int(distinct),
+        }
+        if kind in ("Integral", "Fractional"):
+            feature.update(
+                min=_number(low),
+                max=_number(high),
+                mean=_number(mean),
+                stddev=_number(std) or 0.0,
+                quantiles=[_number(q) for q in quantiles],
+            )
+        features.append(feature)
+    return total, width, features
+
+
+def compute(db: duckdb.DuckDBPyConnection, names: list[str], unparsed: int = 0) -> dict[str, Any]:
+    """statistics.json's content; features beyond `names` (longer rows) are named _cN."""
+    total, width, features = _scan(db, names)
+    if width > len(names):
+        names = names + [f"_c{i}" for i in range(len(names), width)]
+        total, width, features = _scan(db, names)
+    return {
+        "version": VERSION,
+        "dataset": {"item_count": total, "unparsed_events": unparsed, "feature_count": width},
+        "features": features,
+    }
