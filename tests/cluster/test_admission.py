@@ -14,6 +14,7 @@ import copy
 import pytest
 
 from tests.crds import test_async_admission as async_
+from tests.crds import test_capture_admission as capture
 from tests.crds import test_crds_admission as serving
 from tests.crds import test_serverless_admission as serverless
 from tests.crds import test_transformjob_admission as transform
@@ -22,8 +23,8 @@ from tests.support.envtest import Kube, KubeError, Manifest
 
 pytestmark = pytest.mark.timeout(60)
 
-BAD = serving.BAD + transform.BAD + async_.BAD + serverless.BAD
-GOOD = serving.GOOD + transform.GOOD + async_.GOOD + serverless.GOOD
+BAD = serving.BAD + transform.BAD + async_.BAD + serverless.BAD + capture.BAD
+GOOD = serving.GOOD + transform.GOOD + async_.GOOD + serverless.GOOD + capture.GOOD
 
 
 def placed(obj: Manifest, namespace: str) -> Manifest:

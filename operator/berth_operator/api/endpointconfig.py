@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -55,6 +55,8 @@ MSG_SERVERLESS_NOT_ASYNC = (
     "serverlessConfig is for real-time variants: an asyncInferenceConfig scales to zero on its queue"
 )
 MSG_SERVERLESS_NO_SHADOWS = "shadowProductionVariants cannot be serverless: give them an instanceType"
+MSG_CAPTURE_URI = "dataCapture.destinationUri must start with s3:// or file://"
+MSG_CAPTURE_MODES = "dataCapture.captureModes must name Input, Output or both, each once"
 # Strings CEL reads have a bound, so the API server can price the rules (its cost limit).
 URI_MAX = 1024
 # A location with something after the scheme; the rules below say the same in CEL.
@@ -328,6 +330,57 @@ class AsyncInferenceConfig(ApiModel):
     )
 
 
+CaptureMode = Literal["Input", "Output"]
+CAPTURE_MODES: tuple[CaptureMode, ...] = ("Input", "Output")
+DEFAULT_TEXT_CONTENT_TYPES = ("text/csv", "application/json")
+
+
+class DataCapture(ApiModel):
+    """Sampled requests and answers written as JSON Lines (SageMaker's capture shape) for monitoring."""
+
+    sampling_percentage: float = Field(
+        ge=0, le=100, description="Share of requests captured (0 to 100), decided by the inference id."
+    )
+    destination_uri: str = Field(
+        max_length=URI_MAX,
+        description="Files go to DEST/ENDPOINT/VARIANT/yyyy/mm/dd/hh/UUID.jsonl (s3:// or file://).",
+    )
+    capture_modes: list[CaptureMode] = Field(
+        default_factory=lambda: list(CAPTURE_MODES),
+        min_length=1,
+        max_length=2,
+        description="What each event holds: the request (Input), the answer (Output) or both.",
+        # A set: the API server itself refuses a repeated mode.
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    text_content_types: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default_factory=lambda: list(DEFAULT_TEXT_CONTENT_TYPES),
+        max_length=16,
+        description="Content types written as text; others are written base64.",
+    )
+    max_file_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="A capture file is closed and uploaded at this size...",
+    )
+    max_file_age_seconds: int = Field(
+        default=60, ge=1, le=3600, description="...or this many seconds after its first event."
+    )
+
+    x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [
+        {"rule": f"self.destinationUri.{_STORAGE_CEL}", "message": MSG_CAPTURE_URI},
+    ]
+
+    @model_validator(mode="after")
+    def _check(self) -> DataCapture:
+        if not re.match(STORAGE_URI, self.destination_uri):
+            raise ValueError(MSG_CAPTURE_URI)
+        if len(set(self.capture_modes)) != len(self.capture_modes):
+            raise ValueError(MSG_CAPTURE_MODES)
+        return self
+
+
 def _variants_cel(condition: str) -> str:
     """condition holds for every production and shadow variant (v is the variant)."""
     return (
@@ -350,6 +403,9 @@ class EndpointConfigSpec(ApiModel):
     async_inference_config: AsyncInferenceConfig | None = Field(
         default=None,
         description="Asynchronous inference: requests are queued, answers written to outputUri.",
+    )
+    data_capture: DataCapture | None = Field(
+        default=None, description="Capture sampled requests and answers of every variant for monitoring."
     )
 
     x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [

@@ -14,6 +14,7 @@ from berth_serving.asyncinf.keys import stream_key
 from ..api import (
     AsyncInferenceConfig,
     Autoscaling,
+    DataCapture,
     EndpointConfig,
     Model,
     ProductionVariant,
@@ -42,6 +43,7 @@ class VariantPlan:
     stream: str | None = None  # async: the Redis stream the variant's workers read
     # MultiModel: the old fleet's /models URL this variant's pods warm from ("" = start cold).
     warm_from: str = ""
+    data_capture: DataCapture | None = None  # the config's: every variant captures alike
 
     @property
     def multi_model(self) -> bool:
@@ -143,6 +145,7 @@ def resolve_fleet(
                 replicas=_replicas(spec, override, (retained or {}).get(spec.variant_name)),
                 autoscaling=spec.autoscaling,
                 async_config=config.spec.async_inference_config,
+                data_capture=config.spec.data_capture,
                 stream=(
                     stream_key(config.namespace, endpoint, config_name, spec.variant_name)
                     if config.spec.async_inference_config is not None

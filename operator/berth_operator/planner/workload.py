@@ -15,7 +15,7 @@ from berth_serving.config import (
 
 from ..api import Endpoint
 from ..settings import Settings
-from . import labels, multimodel, pipeline, serverless
+from . import capture, labels, multimodel, pipeline, serverless
 from .access import ServingAccess, access_env, access_mounts, access_volumes, serving_access
 from .asyncinf import (
     WORKER_METRICS_PORT,
@@ -172,8 +172,9 @@ def _server_env(variant: VariantPlan, access: ServingAccess, namespace: str) -> 
             WarmupRequest(r.body, r.content_type) for r in variant.model.spec.warmup_requests
         ),
     )
-    # The Endpoint decides who may invoke it: a Model's env cannot loosen that.
-    auth = {**access_env(access), **server_env(variant)}
+    # The Endpoint decides who may invoke it and the EndpointConfig what is captured: a Model's
+    # env cannot loosen or silence either.
+    auth = {**access_env(access), **server_env(variant), **capture.capture_env(variant)}
     user_env = [e.to_wire() for e in variant.model.spec.env if e.name not in auth]
     user_names = {e["name"] for e in user_env}
     ours = [

@@ -1,0 +1,107 @@
+"""Data capture in the planner: every variant's server is told BERTH_CAPTURE from the
+EndpointConfig's dataCapture, marked realtime, shadow or async, and a Model's env cannot
+silence it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from berth_operator.api import EndpointConfig
+from berth_operator.planner.capture import CAPTURE_ENV, capture_settings
+from berth_operator.planner.fleet import VariantPlan
+
+from .support import NAMESPACE, Cluster, endpoint, model, variant
+
+CAPTURE = {
+    "samplingPercentage": 20,
+    "destinationUri": "s3://bucket/capture/",
+    "captureModes": ["Input"],
+    "textContentTypes": ["text/csv"],
+}
+
+
+def capturing_config(capture: dict[str, Any] | None = CAPTURE, **extra: Any) -> EndpointConfig:
+    spec: dict[str, Any] = {
+        "productionVariants": [variant("blue", "m1")],
+        "shadowProductionVariants": [variant("shade", "m1")],
+        **extra,
+    }
+    if capture is not None:
+        spec["dataCapture"] = capture
+    return EndpointConfig.model_validate(
+        {"kind": "EndpointConfig", "metadata": {"name": "cfg1", "namespace": NAMESPACE}, "spec": spec}
+    )
+
+
+def server_env(cluster: Cluster, name: str) -> dict[str, str]:
+    pod = cluster.objects[("Deployment", name)]["spec"]["template"]["spec"]
+    [server] = [c for c in pod["containers"] if c["name"] == "server"]
+    return {e["name"]: e.get("value", "") for e in server.get("env", [])}
+
+
+def planned(config: EndpointConfig, **model_spec: Any) -> Cluster:
+    cluster = Cluster(endpoint("cfg1"), {"cfg1": config}, {"m1": model("m1", **model_spec)})
+    for _ in range(3):
+        cluster.step()
+    return cluster
+
+
+def test_every_variant_is_told_what_to_capture_and_where_its_traffic_came_from() -> None:
+    cluster = planned(capturing_config())
+    blue = json.loads(server_env(cluster, "fraud-cfg1-blue")[CAPTURE_ENV])
+    shade = json.loads(server_env(cluster, "fraud-cfg1-shade")[CAPTURE_ENV])
+    assert blue == {
+        "destinationUri": "s3://bucket/capture/",
+        "endpoint": "fraud",
+        "variant": "blue",
+        "samplingPercentage": 20.0,
+        "captureModes": ["Input"],
+        "textContentTypes": ["text/csv"],
+        "source": "realtime",
+        "maxFileBytes": 16 * 1024 * 1024,
+        "maxFileAgeSeconds": 60,
+    }
+    assert shade == {**blue, "variant": "shade", "source": "shadow"}
+
+
+def test_no_data_capture_or_zero_percent_tells_the_server_nothing() -> None:
+    for config in (capturing_config(None), capturing_config({**CAPTURE, "samplingPercentage": 0})):
+        cluster = planned(config)
+        assert CAPTURE_ENV not in server_env(cluster, "fraud-cfg1-blue")
+
+
+def test_a_models_env_cannot_silence_the_configs_capture() -> None:
+    cluster = planned(capturing_config(), env=[{"name": CAPTURE_ENV, "value": "{}"}])
+    env = server_env(cluster, "fraud-cfg1-blue")
+    assert json.loads(env[CAPTURE_ENV])["samplingPercentage"] == 20.0
+
+
+def test_an_async_fleets_replicas_mark_their_captures_async() -> None:
+    # Every request an async replica answers was taken off the queue by the worker beside it.
+    config = capturing_config(shadowProductionVariants=[])
+    plan = VariantPlan(
+        endpoint="fraud",
+        config="cfg1",
+        spec=config.spec.production_variants[0],
+        model=model("m1"),
+        instance_type=None,  # type: ignore[arg-type]  # capture settings do not read it
+        shadow=False,
+        weight=1.0,
+        replicas=1,
+        autoscaling=None,
+        data_capture=config.spec.data_capture,
+    )
+    assert (capture_settings(plan) or {})["source"] == "realtime"
+    async_config = EndpointConfig.model_validate(
+        {
+            "kind": "EndpointConfig",
+            "metadata": {"name": "a", "namespace": NAMESPACE},
+            "spec": {
+                "productionVariants": [variant("blue", "m1")],
+                "asyncInferenceConfig": {"outputConfig": {"outputUri": "s3://bucket/out/"}},
+            },
+        }
+    ).spec.async_inference_config
+    assert (capture_settings(replace(plan, async_config=async_config)) or {})["source"] == "async"
