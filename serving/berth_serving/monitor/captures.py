@@ -85,6 +85,7 @@ def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("'%Y-%m-%d %H:%M:%S.%f+00'::TIMESTAMPTZ")
 
 
+_SCALARS = "'BIGINT', 'UBIGINT', 'DOUBLE', 'VARCHAR', 'BOOLEAN', 'NULL'"
 EVENT_COLUMNS = (
     "{'captureData': 'STRUCT(endpointInput STRUCT(data VARCHAR, encoding VARCHAR, observedContentType VARCHAR))',"
     " 'eventMetadata': 'STRUCT(inferenceTime VARCHAR)'}"
@@ -129,33 +130,25 @@ def create_views(db: duckdb.DuckDBPyConnection, paths: list[str], since: datetim
     """)
     # A body is a list of rows ([[...], ...]) or one row ([1, 2, 3]); rows of objects (v2's
     # named tensors) are not rows of features: counted as unparsed.
-    db.execute("""
+    db.execute(f"""
     CREATE OR REPLACE TEMP VIEW json_rows AS
     SELECT json_extract_string(r, '$[*]') AS vals FROM (
       SELECT unnest(body::JSON[]) AS r FROM json_events WHERE json_type(body, '$[0]') = 'ARRAY'
       UNION ALL
       SELECT body AS r FROM json_events
-      WHERE json_type(body, '$[0]') IN ('BIGINT', 'UBIGINT', 'DOUBLE', 'VARCHAR', 'BOOLEAN', 'NULL'))
+      WHERE json_type(body, '$[0]') IN ({_SCALARS}))
     WHERE json_type(r) = 'ARRAY'
     """)
-    db.execute("""
+    db.execute(f"""
     CREATE OR REPLACE TEMP VIEW rows AS
-    SELECT string_split(trim(line, ' ' || chr(13)), ',') AS vals
+    SELECT string_split(trim(line, ' ' || chr(13)), ',') AS vals, false AS bad
     FROM (SELECT unnest(string_split(data, chr(10))) AS line FROM events WHERE kind = 'csv')
     WHERE trim(line, ' ' || chr(13)) <> ''
-    UNION ALL SELECT vals FROM json_rows
+    UNION ALL SELECT vals, false FROM json_rows
+    UNION ALL SELECT NULL, true FROM events WHERE kind = 'unparsed'
+    UNION ALL SELECT NULL, true FROM json_events
+    WHERE body IS NULL OR coalesce(json_type(body, '$[0]'), '') NOT IN ('ARRAY', {_SCALARS})
     """)
-
-
-def unparsed_events(db: duckdb.DuckDBPyConnection) -> int:
-    """Events whose input is not rows of features: base64, other content types, bad or other JSON."""
-    row = db.execute("""
-    SELECT (SELECT count(*) FROM events WHERE kind = 'unparsed')
-         + (SELECT count(*) FROM json_events WHERE body IS NULL
-              OR json_type(body, '$[0]') NOT IN ('ARRAY', 'BIGINT', 'UBIGINT', 'DOUBLE', 'VARCHAR', 'BOOLEAN', 'NULL')
-              OR json_type(body, '$[0]') IS NULL)
-    """).fetchone()
-    return int(row[0]) if row else 0
 
 
 def parse_time(text: str) -> datetime:

@@ -60,7 +60,7 @@ def create_rows(db: duckdb.DuckDBPyConnection, paths: list[str], header: bool | 
     columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(width)) + "}"
     db.execute(f"""
     CREATE OR REPLACE TEMP VIEW rows AS
-    SELECT [{", ".join(f"c{i}" for i in range(width))}] AS vals
+    SELECT [{", ".join(f"c{i}" for i in range(width))}] AS vals, false AS bad
     FROM read_csv({_sql_list(paths)}, header={str(has_header).lower()}, columns={columns},
                   delim=',', quote='"', auto_detect=false, null_padding=true)
     """)
@@ -76,11 +76,14 @@ def _json_rows(db: duckdb.DuckDBPyConnection, paths: list[str], first: str) -> l
     if isinstance(sample, dict):
         names = [str(key) for key in sample]
         picks = ", ".join("json_extract_string(json, " + _json_path(name) + ")" for name in names)
-        db.execute(f"CREATE OR REPLACE TEMP VIEW rows AS SELECT [{picks}] AS vals FROM {source}")
+        db.execute(
+            f"CREATE OR REPLACE TEMP VIEW rows AS SELECT [{picks}] AS vals, false AS bad FROM {source}"
+        )
         return names
     if isinstance(sample, list):
         db.execute(
-            f"CREATE OR REPLACE TEMP VIEW rows AS SELECT json_extract_string(json, '$[*]') AS vals FROM {source}"
+            f"CREATE OR REPLACE TEMP VIEW rows AS SELECT json_extract_string(json, '$[*]') AS vals, false AS bad "
+            f"FROM {source}"
         )
         return [f"_c{i}" for i in range(len(sample))]
     raise DatasetError(f"JSON Lines rows must be objects or arrays: {paths[0]}")

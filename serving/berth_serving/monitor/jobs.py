@@ -102,7 +102,7 @@ def run(
         db = engine.connect(Path(scratch))
         try:
             captures.create_views(db, paths, since, until)
-            stats = statistics.compute(db, names, captures.unparsed_events(db))
+            stats = statistics.compute(db, names)
         except duckdb.Error as error:
             raise StorageError(
                 f"cannot read the captures under {captures_uri}: {_first_line(error)}"

@@ -23,12 +23,12 @@ VERSION = 0
 
 def _aggregates(count: int) -> str:
     levels = "[" + ", ".join(f"{level:.2f}" for level in LEVELS) + "]"
-    parts = ["count(*)", "coalesce(max(len(vals)), 0)"]
+    parts = ["count(*) FILTER (WHERE NOT bad)", "coalesce(max(len(vals)), 0)", "count(*) FILTER (WHERE bad)"]
     for i in range(1, count + 1):
         v, d = f"v{i}", f"d{i}"
         parts += [
             f"count({v})",
-            f"count(*) FILTER (WHERE regexp_full_match({v}, '[+-]?[0-9]+'))",
+            f"count(*) FILTER (WHERE try_cast({v} AS BIGINT) IS NOT NULL AND strpos({v}, '.') = 0)",
             f"count({d})",
             f"min({d})",
             f"max({d})",
@@ -41,7 +41,7 @@ def _aggregates(count: int) -> str:
         f"nullif(trim(vals[{i}]), '') AS v{i}, try_cast(nullif(trim(vals[{i}]), '') AS DOUBLE) AS d{i}"
         for i in range(1, count + 1)
     )
-    inner = f"SELECT vals{', ' + columns if columns else ''} FROM rows"
+    inner = f"SELECT vals, bad{', ' + columns if columns else ''} FROM rows"
     return f"SELECT {', '.join(parts)} FROM ({inner})"
 
 
@@ -52,13 +52,13 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _scan(db: duckdb.DuckDBPyConnection, names: list[str]) -> tuple[int, int, list[dict[str, Any]]]:
+def _scan(db: duckdb.DuckDBPyConnection, names: list[str]) -> tuple[int, int, int, list[dict[str, Any]]]:
     row = db.execute(_aggregates(len(names))).fetchone()
     assert row is not None
-    total, width = int(row[0]), int(row[1])
+    total, width, unparsed = int(row[0]), int(row[1]), int(row[2])
     features = []
     for index, name in enumerate(names):
-        present, ints, nums, low, high, mean, std, quantiles, distinct = row[2 + 9 * index : 11 + 9 * index]
+        present, ints, nums, low, high, mean, std, quantiles, distinct = row[3 + 9 * index : 12 + 9 * index]
         if present == 0:
             kind = "Unknown"
         elif ints == present:
@@ -75,23 +75,29 @@ def _scan(db: duckdb.DuckDBPyConnection, names: list[str]) -> tuple[int, int, li
             "distinct": int(distinct),
         }
         if kind in ("Integral", "Fractional"):
+            sketch = [_number(q) for q in quantiles]
+            # The T-Digest's ends are estimates; the exact min and max are known.
+            sketch[0], sketch[-1] = _number(low), _number(high)
             feature.update(
                 min=_number(low),
                 max=_number(high),
                 mean=_number(mean),
                 stddev=_number(std) or 0.0,
-                quantiles=[_number(q) for q in quantiles],
+                quantiles=sketch,
             )
         features.append(feature)
-    return total, width, features
+    return total, width, unparsed, features
 
 
-def compute(db: duckdb.DuckDBPyConnection, names: list[str], unparsed: int = 0) -> dict[str, Any]:
-    """statistics.json's content; features beyond `names` (longer rows) are named _cN."""
-    total, width, features = _scan(db, names)
+def compute(db: duckdb.DuckDBPyConnection, names: list[str]) -> dict[str, Any]:
+    """statistics.json's content; features beyond `names` (longer rows) are named _cN.
+
+    `rows` has vals VARCHAR[] and bad BOOLEAN (an event that held no rows of features: counted
+    as unparsed, its vals NULL)."""
+    total, width, unparsed, features = _scan(db, names)
     if width > len(names):
         names = names + [f"_c{i}" for i in range(len(names), width)]
-        total, width, features = _scan(db, names)
+        total, width, unparsed, features = _scan(db, names)
     return {
         "version": VERSION,
         "dataset": {"item_count": total, "unparsed_events": unparsed, "feature_count": width},
