@@ -121,33 +121,32 @@ def create_views(db: duckdb.DuckDBPyConnection, paths: list[str], since: datetim
         FROM raw
         WHERE t >= {_stamp(since)} AND t < {_stamp(until)}
         """)
+    # One scan of the files: each event becomes its list of rows (NULL when it holds none we can
+    # read), then one row each; an event without rows is one `bad` row (unparsed).
+    db.execute(f"""
+    CREATE OR REPLACE TEMP VIEW event_rows AS
+    SELECT CASE kind
+             WHEN 'csv' THEN list_transform(
+               list_filter(string_split(data, chr(10)), lambda line: trim(line, ' ' || chr(13)) <> ''),
+               lambda line: string_split(trim(line, ' ' || chr(13)), ','))
+             WHEN 'json' THEN CASE
+               WHEN json_type(body, '$[0]') = 'ARRAY' THEN
+                 list_transform(body::JSON[], lambda r: json_extract_string(r, '$[*]'))
+               WHEN json_type(body, '$[0]') IN ({_SCALARS}) THEN [json_extract_string(body, '$[*]')]
+             END
+           END AS found
+    FROM (
+      SELECT kind, data, CASE WHEN kind = 'json' THEN CASE
+               WHEN json_type(data, '$.instances') = 'ARRAY' THEN json_extract(data, '$.instances')
+               WHEN json_type(data, '$.inputs') = 'ARRAY' THEN json_extract(data, '$.inputs')
+               WHEN json_type(data) = 'ARRAY' THEN data::JSON END END AS body
+      FROM events)
+    """)
     db.execute("""
-    CREATE OR REPLACE TEMP VIEW json_events AS
-    SELECT CASE WHEN json_type(j, '$.instances') = 'ARRAY' THEN json_extract(j, '$.instances')
-                WHEN json_type(j, '$.inputs') = 'ARRAY' THEN json_extract(j, '$.inputs')
-                WHEN json_type(j) = 'ARRAY' THEN j END AS body
-    FROM (SELECT data::JSON AS j FROM events WHERE kind = 'json')
-    """)
-    # A body is a list of rows ([[...], ...]) or one row ([1, 2, 3]); rows of objects (v2's
-    # named tensors) are not rows of features: counted as unparsed.
-    db.execute(f"""
-    CREATE OR REPLACE TEMP VIEW json_rows AS
-    SELECT json_extract_string(r, '$[*]') AS vals FROM (
-      SELECT unnest(body::JSON[]) AS r FROM json_events WHERE json_type(body, '$[0]') = 'ARRAY'
-      UNION ALL
-      SELECT body AS r FROM json_events
-      WHERE json_type(body, '$[0]') IN ({_SCALARS}))
-    WHERE json_type(r) = 'ARRAY'
-    """)
-    db.execute(f"""
     CREATE OR REPLACE TEMP VIEW rows AS
-    SELECT string_split(trim(line, ' ' || chr(13)), ',') AS vals, false AS bad
-    FROM (SELECT unnest(string_split(data, chr(10))) AS line FROM events WHERE kind = 'csv')
-    WHERE trim(line, ' ' || chr(13)) <> ''
-    UNION ALL SELECT vals, false FROM json_rows
-    UNION ALL SELECT NULL, true FROM events WHERE kind = 'unparsed'
-    UNION ALL SELECT NULL, true FROM json_events
-    WHERE body IS NULL OR coalesce(json_type(body, '$[0]'), '') NOT IN ('ARRAY', {_SCALARS})
+    SELECT unnest(CASE WHEN len(found) > 0 THEN found ELSE [NULL::VARCHAR[]] END) AS vals,
+           coalesce(len(found), 0) = 0 AS bad
+    FROM event_rows
     """)
 
 
