@@ -24,6 +24,7 @@ from typing import Any
 from berth_serving import codecs
 from berth_serving.admission import ADMISSION_WAIT_SECONDS, BODY_BUDGET_PAYLOADS, BodyBudget
 from berth_serving.batcher import Job
+from berth_serving.capture import Capturer
 from berth_serving.config import ServeConfig
 from berth_serving.errors import HTTPError, error_body, error_headers, not_ready
 from berth_serving.loaded import LoadedModel, batch_delay_seconds, start_model
@@ -173,6 +174,8 @@ class ServingApp:
         self.inflight = 0
         self.exit_code = 0
         self.warming = bool(config.warmup_requests)  # /ping says ready only after the warm-ups
+        # Data capture: None when off (the request path then does nothing more).
+        self.capture = Capturer(config.capture) if config.capture is not None else None
         self.metrics = self._new_metrics(initial_model_name(config))
         # Headers every answer carries.
         self._static_headers: tuple[tuple[bytes, bytes], ...] = ((b"x-berth-variant", self.variant.encode()),)
@@ -199,6 +202,10 @@ class ServingApp:
     def _new_metrics(self, model_name: str) -> Metrics:
         metrics = Metrics(self.variant, model_name)
         metrics.track_inflight(lambda: self.inflight)
+        capture = self.capture
+        if capture is not None:
+            stats = capture.stats
+            metrics.track_capture(lambda: (stats.written, dict(stats.dropped), capture.buffer.bytes))
         return metrics
 
     # --- lifecycle -------------------------------------------------------------------
@@ -259,6 +266,8 @@ class ServingApp:
     async def load(self) -> None:
         """Fetch and load the model off the event loop; the server answers 503 meanwhile."""
         self._loop = asyncio.get_running_loop()
+        if self.capture is not None:
+            self.capture.start()
         if self.models is not None:
             if self.peers is not None:
                 await self.peers.start()
@@ -312,11 +321,15 @@ class ServingApp:
         return path, session
 
     async def aclose(self) -> None:
+        if self.capture is not None:  # bounded (SHUTDOWN_SECONDS); off the event loop
+            await asyncio.to_thread(self.capture.close)
         self.close()
         if self.peers is not None:
             await self.peers.close()
 
     def close(self) -> None:
+        if self.capture is not None:
+            self.capture.close()
         if self.model is not None:
             self.model.batcher.stop()
         if self.models is not None:
@@ -502,20 +515,30 @@ class ServingApp:
                     carried = codecs.carried_output(kind, headers.output, model.output_names)
             assert model is not None
             arrays, rows, request = self._decode(model, headers, body, v2_name)
+            # Data capture: keep the body only for a sampled request (and the warm-ups are not captured).
+            capture = self.capture
+            if capture is not None and not self.warming and capture.sampled(id_header[1]):
+                captured = body
+            else:
+                capture = captured = None
             del body
             outputs, model_seconds = await self._run(model, arrays, rows, started)
             del arrays
             named = dict(zip(model.output_names, outputs, strict=True))
             if request is None:
-                answer = codecs.encode(named, kind, carried)
-                await self._respond(send, 200, answer, kind.encode(), extra)
+                answer, answer_type = codecs.encode(named, kind, carried), kind.encode()
+                await self._respond(send, 200, answer, answer_type, extra)
             else:
-                payload, json_length = request.encode(v2_name or model.name, named)
+                answer, json_length = request.encode(v2_name or model.name, named)
                 if json_length is None:
-                    await self._respond(send, 200, payload, _JSON, extra)
+                    answer_type = _JSON
+                    await self._respond(send, 200, answer, answer_type, extra)
                 else:
+                    answer_type = b"application/octet-stream"
                     binary = (*extra, (HEADER_LENGTH.encode(), str(json_length).encode()))
-                    await self._respond(send, 200, payload, b"application/octet-stream", binary)
+                    await self._respond(send, 200, answer, answer_type, binary)
+            if capture is not None:
+                capture.offer(id_header[1], headers.content_type, captured, answer_type, answer)
         except HTTPError as error:
             code = error.code
             await self._error(send, error, v2_name is not None, id_header)

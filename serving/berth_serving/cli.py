@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from berth_serving.capture.settings import capture_from_json
 from berth_serving.config import (
     AUTH_MODES,
     AUTH_NONE,
@@ -234,9 +235,17 @@ _AUTH_MODES = click.Choice(AUTH_MODES, case_sensitive=False)
     metavar="JSON",
     help='An inference pipeline instead of MODEL_URI: [{"name", "modelUri" | "url", "sha256", "outputs"}, ...].',
 )
+@click.option(
+    "--capture",
+    default="",
+    envvar=ENV["capture"],
+    metavar="JSON",
+    help='Data capture: {"destinationUri", "endpoint", "variant", "samplingPercentage", "captureModes", ...}.',
+)
 def serve(
     model_uri: str,
     pipeline: str,
+    capture: str,
     sha256: str | None,
     providers: str,
     endpoint_variants: str,
@@ -254,11 +263,16 @@ def serve(
         stages = pipeline_from_json(pipeline)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--pipeline") from None
+    try:
+        capture_config = capture_from_json(capture)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--capture") from None
     if bool(model_uri) == bool(stages):
         raise click.UsageError("give MODEL_URI or --pipeline (one of them)")
     if stages and options["multi_model"]:
         raise click.UsageError("--pipeline and --multi-model do not mix: a pipeline is one model")
     config = ServeConfig(
+        capture=capture_config,
         pipeline=stages,
         warmup_requests=warmups,
         model_uri=model_uri,

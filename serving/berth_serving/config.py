@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from berth_serving.capture.settings import CaptureConfig, capture_to_json
+
 DEFAULT_PORT = 8080
 DEFAULT_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -76,6 +78,7 @@ ENV = {
     "warm_from": "BERTH_WARM_FROM",
     "warm_models": "BERTH_WARM_MODELS",
     "pipeline": "BERTH_PIPELINE",
+    "capture": "BERTH_CAPTURE",
 }
 
 
@@ -246,6 +249,8 @@ class ServeConfig:
     warm_models: int = 0
     # An inference pipeline: these stages run serially instead of the model at model_uri.
     pipeline: tuple[PipelineStage, ...] = field(default_factory=tuple)
+    # Data capture (berth_serving.capture): sampled requests and answers written as JSON Lines.
+    capture: CaptureConfig | None = None
 
     def to_env(self) -> dict[str, str]:
         """BERTH_* variables for every setting that differs from the default."""
@@ -261,6 +266,8 @@ class ServeConfig:
                 env[var] = warmup_requests_to_json(value)
             elif name == "pipeline":
                 env[var] = pipeline_to_json(value)
+            elif name == "capture":
+                env[var] = capture_to_json(value)
             elif isinstance(value, tuple):
                 env[var] = ",".join(value)
             elif isinstance(value, bool):

@@ -30,6 +30,10 @@ INFLIGHT = "berth_inflight_requests"
 MODEL_LOAD = "berth_model_load_seconds"
 WARMUP = "berth_warmup_seconds"
 STAGE_LATENCY = "berth_stage_latency_seconds"
+# Data capture (berth_serving.capture): counters exposed with _total.
+CAPTURE_EVENTS = "berth_capture_events"
+CAPTURE_DROPPED = "berth_capture_dropped"
+CAPTURE_BUFFER = "berth_capture_buffer_bytes"
 # What prometheus-adapter (or KEDA's Prometheus trigger) serves to the HPA: the invocations rate.
 INVOCATIONS_PER_SECOND = "berth_invocations_per_second"
 # Sub-millisecond to a minute: a no-op model answers in ~0.1 ms, the default timeout is 60 s.
@@ -90,12 +94,17 @@ class Metrics:
         # An inference pipeline's stages, in order: (name, its latency), written by the ORT worker.
         self.stages: list[tuple[str, Histogram]] = []
         self._inflight: Callable[[], float] = lambda: 0.0
+        # Data capture: (events written, events dropped by reason, bytes buffered), read at scrape time.
+        self._capture: Callable[[], tuple[int, dict[str, int], int]] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Exporter(self))
 
     def track_inflight(self, read: Callable[[], float]) -> None:
         """The gauge reads the live count at scrape time: nothing to update per request."""
         self._inflight = read
+
+    def track_capture(self, read: Callable[[], tuple[int, dict[str, int], int]]) -> None:
+        self._capture = read
 
     def count(self, code: int) -> None:
         self.invocations[code] = self.invocations.get(code, 0) + 1
@@ -152,6 +161,23 @@ class Metrics:
         if self.warmup_seconds is not None:
             warmup.add_metric([self.model], self.warmup_seconds)
         yield warmup
+        if self._capture is not None:
+            yield from self._capture_families(*self._capture())
+
+    def _capture_families(self, written: int, dropped: dict[str, int], buffered: int) -> Iterator[Metric]:
+        variant = self.labels[0]
+        events = CounterMetricFamily(CAPTURE_EVENTS, "Captured events written.", labels=["variant"])
+        events.add_metric([variant], written)
+        yield events
+        drops = CounterMetricFamily(
+            CAPTURE_DROPPED, "Captured events dropped, by reason.", labels=["variant", "reason"]
+        )
+        for reason in sorted({"buffer_full", "upload_failed", "shutdown", *dropped}):
+            drops.add_metric([variant, reason], dropped.get(reason, 0))
+        yield drops
+        buffer = GaugeMetricFamily(CAPTURE_BUFFER, "Bytes of captured events waiting to be written.")
+        buffer.add_metric([], buffered)
+        yield buffer
 
 
 class _Exporter(Collector):
