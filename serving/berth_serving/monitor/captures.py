@@ -126,9 +126,12 @@ def create_views(db: duckdb.DuckDBPyConnection, paths: list[str], since: datetim
     db.execute(f"""
     CREATE OR REPLACE TEMP VIEW event_rows AS
     SELECT CASE kind
-             WHEN 'csv' THEN list_transform(
+             WHEN 'csv' THEN CASE WHEN strpos(rtrim(data, chr(10) || chr(13) || ' '), chr(10)) = 0
+               -- One row (the usual request): no list of lines to build.
+               THEN [string_split(trim(data, chr(10) || chr(13) || ' '), ',')]
+               ELSE list_transform(
                list_filter(string_split(data, chr(10)), lambda line: trim(line, ' ' || chr(13)) <> ''),
-               lambda line: string_split(trim(line, ' ' || chr(13)), ','))
+               lambda line: string_split(trim(line, ' ' || chr(13)), ',')) END
              WHEN 'json' THEN CASE
                WHEN json_type(body, '$[0]') = 'ARRAY' THEN
                  list_transform(body::JSON[], lambda r: json_extract_string(r, '$[*]'))

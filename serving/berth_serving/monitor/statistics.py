@@ -28,7 +28,7 @@ def _aggregates(count: int) -> str:
         v, d = f"v{i}", f"d{i}"
         parts += [
             f"count({v})",
-            f"count(*) FILTER (WHERE try_cast({v} AS BIGINT) IS NOT NULL AND strpos({v}, '.') = 0)",
+            f"count(*) FILTER (WHERE {d} = trunc({d}) AND abs({d}) < 9.2e18 AND strpos({v}, '.') = 0)",
             f"count({d})",
             f"min({d})",
             f"max({d})",
