@@ -59,6 +59,13 @@ PRINTER_COLUMNS: dict[str, list[Schema]] = {
         AGE_COLUMN,
         {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
     ],
+    "MonitoringSchedule": [
+        {"name": "Endpoint", "type": "string", "jsonPath": ".spec.endpointName"},
+        {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+        {"name": "Drift", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Drift")].status'},
+        {"name": "Last", "type": "string", "jsonPath": ".status.lastExecution.time"},
+        AGE_COLUMN,
+    ],
 }
 
 ENVELOPE_PROPERTIES: dict[str, Schema] = {

@@ -16,6 +16,7 @@ import pytest
 from tests.crds import test_async_admission as async_
 from tests.crds import test_capture_admission as capture
 from tests.crds import test_crds_admission as serving
+from tests.crds import test_monitoring_admission as monitoring
 from tests.crds import test_serverless_admission as serverless
 from tests.crds import test_transformjob_admission as transform
 from tests.crds.test_crds_admission import Row
@@ -23,8 +24,8 @@ from tests.support.envtest import Kube, KubeError, Manifest
 
 pytestmark = pytest.mark.timeout(60)
 
-BAD = serving.BAD + transform.BAD + async_.BAD + serverless.BAD + capture.BAD
-GOOD = serving.GOOD + transform.GOOD + async_.GOOD + serverless.GOOD + capture.GOOD
+BAD = serving.BAD + transform.BAD + async_.BAD + serverless.BAD + capture.BAD + monitoring.BAD
+GOOD = serving.GOOD + transform.GOOD + async_.GOOD + serverless.GOOD + capture.GOOD + monitoring.GOOD
 
 
 def placed(obj: Manifest, namespace: str) -> Manifest:

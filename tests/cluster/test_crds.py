@@ -21,13 +21,19 @@ THIRD_PARTY = {
 
 def test_crds_are_established_and_discoverable(kube: Kube) -> None:
     ours = crd_documents(sorted(CRD_DIR.glob("*.yaml")))
-    assert len(ours) == 4
+    assert len(ours) == 5
     for crd in [*ours, httproute_crd()]:
         found = kube.get("CustomResourceDefinition", None, crd["metadata"]["name"])
         assert established(found), (crd["metadata"]["name"], (found or {}).get("status"))
     served = kube.request("GET", "/apis/berth.dev/v1alpha1")["resources"]
     by_name = {r["name"]: r for r in served}
-    expected = {"models": "bm", "endpointconfigs": "bec", "endpoints": "bep", "transformjobs": "btj"}
+    expected = {
+        "models": "bm",
+        "endpointconfigs": "bec",
+        "endpoints": "bep",
+        "transformjobs": "btj",
+        "monitoringschedules": "bms",
+    }
     for plural, short in expected.items():
         assert by_name[plural]["shortNames"] == [short]
         assert by_name[plural]["categories"] == ["berth"]

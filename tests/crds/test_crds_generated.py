@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ FILES = {
     "EndpointConfig": "berth.dev_endpointconfigs.yaml",
     "Endpoint": "berth.dev_endpoints.yaml",
     "TransformJob": "berth.dev_transformjobs.yaml",
+    "MonitoringSchedule": "berth.dev_monitoringschedules.yaml",
 }
 Schema = dict[str, Any]
 
@@ -101,7 +103,13 @@ def test_names_and_version(kind: str) -> None:
     assert CRDS[kind]["metadata"]["name"] == f"{resource.PLURAL}.berth.dev"
     assert spec["group"] == "berth.dev" and spec["scope"] == "Namespaced"
     assert spec["names"]["shortNames"] == [
-        {"Model": "bm", "EndpointConfig": "bec", "Endpoint": "bep", "TransformJob": "btj"}[kind]
+        {
+            "Model": "bm",
+            "EndpointConfig": "bec",
+            "Endpoint": "bep",
+            "TransformJob": "btj",
+            "MonitoringSchedule": "bms",
+        }[kind]
     ]
     assert spec["names"]["categories"] == ["berth"]
     assert spec["names"]["kind"] == kind and spec["names"]["plural"] == resource.PLURAL
@@ -142,7 +150,7 @@ def test_printer_columns_point_at_fields_of_the_schema(kind: str) -> None:
     for _, json_path, _ in columns(kind):
         if json_path.startswith(".metadata"):
             continue
-        field_path = json_path.replace("[*]", "[]").replace('[?(@.type=="Ready")]', "[]")
+        field_path = re.sub(r'\[\?\(@\.type=="\w+"\)\]', "[]", json_path.replace("[*]", "[]"))
         assert field_path in paths, json_path
 
 

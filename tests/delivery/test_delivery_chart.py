@@ -124,18 +124,22 @@ OWNED = ("create", "get", "list", "watch", "patch", "delete")
 
 def expected_grants() -> set[tuple[str, str, str]]:
     """What the operator needs in a namespace it watches, and nothing more."""
-    berth_kinds = ("models", "endpointconfigs", "endpoints", "transformjobs")
+    berth_kinds = ("models", "endpointconfigs", "endpoints", "transformjobs", "monitoringschedules")
     want = {
         ("berth.dev", plural, verb) for plural in berth_kinds for verb in ("get", "list", "watch", "patch")
     }
     want |= {("berth.dev", f"{plural}/status", verb) for plural in berth_kinds for verb in ("get", "patch")}
-    want |= {("berth.dev", f"{owner}/finalizers", "update") for owner in ("endpoints", "transformjobs")}
+    want |= {
+        ("berth.dev", f"{owner}/finalizers", "update")
+        for owner in ("endpoints", "transformjobs", "monitoringschedules")
+    }
     for group, plural in (
         ("apps", "deployments"),
         ("", "services"),
         ("autoscaling", "horizontalpodautoscalers"),
         ("policy", "poddisruptionbudgets"),
         ("batch", "jobs"),
+        ("batch", "cronjobs"),  # a MonitoringSchedule's executions
         ("gateway.networking.k8s.io", "httproutes"),
         ("networking.k8s.io", "ingresses"),
         ("networking.k8s.io", "networkpolicies"),

@@ -301,6 +301,7 @@ KINDS = {
     "EndpointConfig": "berth.dev/v1alpha1",
     "Endpoint": "berth.dev/v1alpha1",
     "TransformJob": "berth.dev/v1alpha1",
+    "MonitoringSchedule": "berth.dev/v1alpha1",
     "Deployment": "apps/v1",
     "ReplicaSet": "apps/v1",
     "Pod": "v1",

@@ -6,15 +6,21 @@ and deletes the children it owns. The route kind follows settings.routing.mode.
 {{- define "berth.rules.namespaced" -}}
 # Berth's own resources: watched, finalizers and annotations patched by kopf.
 - apiGroups: ["berth.dev"]
-  resources: ["models", "endpointconfigs", "endpoints", "transformjobs"]
+  resources: ["models", "endpointconfigs", "endpoints", "transformjobs", "monitoringschedules"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["berth.dev"]
-  resources: ["models/status", "endpointconfigs/status", "endpoints/status", "transformjobs/status"]
+  resources:
+  - "models/status"
+  - "endpointconfigs/status"
+  - "endpoints/status"
+  - "transformjobs/status"
+  - "monitoringschedules/status"
   verbs: ["get", "patch"]
-# Children carry ownerReferences with blockOwnerDeletion to their Endpoint or TransformJob;
-# clusters with the OwnerReferencesPermissionEnforcement admission plugin require this.
+# Children carry ownerReferences with blockOwnerDeletion to their Endpoint, TransformJob or
+# MonitoringSchedule; clusters with the OwnerReferencesPermissionEnforcement admission plugin
+# require this.
 - apiGroups: ["berth.dev"]
-  resources: ["endpoints/finalizers", "transformjobs/finalizers"]
+  resources: ["endpoints/finalizers", "transformjobs/finalizers", "monitoringschedules/finalizers"]
   verbs: ["update"]
 # The fleets of each Endpoint.
 - apiGroups: ["apps"]
@@ -29,9 +35,9 @@ and deletes the children it owns. The route kind follows settings.routing.mode.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
-# Batch transform: one Indexed Job per TransformJob.
+# Batch transform: one Indexed Job per TransformJob. Monitoring: one CronJob per MonitoringSchedule.
 - apiGroups: ["batch"]
-  resources: ["jobs"]
+  resources: ["jobs", "cronjobs"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]
 # Routing: weighted HTTPRoutes (mode gateway) or ingress-nginx canary Ingresses (mode ingress).
 # Both, whatever the mode: deleting an Endpoint removes children of either kind, which also

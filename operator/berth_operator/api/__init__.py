@@ -120,6 +120,15 @@ from .model import (
     RuntimeSettings,
     WarmupRequest,
 )
+from .monitoringschedule import (
+    MSG_MONITOR_URI,
+    MonitoringBaseline,
+    MonitoringExecution,
+    MonitoringSchedule,
+    MonitoringScheduleSpec,
+    MonitoringScheduleStatus,
+    MonitoringWindow,
+)
 from .transformjob import (
     MSG_JOIN_NEEDS_LINES,
     MSG_NPY_NEEDS_NO_SPLIT,
@@ -135,7 +144,7 @@ from .transformjob import (
 )
 
 RESOURCE_KINDS: dict[str, type[Resource]] = {
-    cls.KIND: cls for cls in (Model, EndpointConfig, Endpoint, TransformJob)
+    cls.KIND: cls for cls in (Model, EndpointConfig, Endpoint, TransformJob, MonitoringSchedule)
 }
 
 __all__ = [
@@ -162,6 +171,7 @@ __all__ = [
     "MSG_JOIN_NEEDS_LINES",
     "MSG_MIN_ZERO_NEEDS_ASYNC",
     "MSG_MODEL_IMMUTABLE",
+    "MSG_MONITOR_URI",
     "MSG_MULTI_MODEL_NO_SHA256",
     "MSG_MULTI_MODEL_NO_WARMUP",
     "MSG_MULTI_MODEL_PREFIX",
@@ -228,6 +238,12 @@ __all__ = [
     "ModelMode",
     "ModelSpec",
     "ModelStatus",
+    "MonitoringBaseline",
+    "MonitoringExecution",
+    "MonitoringSchedule",
+    "MonitoringScheduleSpec",
+    "MonitoringScheduleStatus",
+    "MonitoringWindow",
     "MultiModelSettings",
     "ObjectMeta",
     "Phase",
