@@ -85,6 +85,9 @@ def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("'%Y-%m-%d %H:%M:%S.%f+00'::TIMESTAMPTZ")
 
 
+# DuckDB's JSON reader buffers are this large (per thread and file being read): an event line
+# longer than it is skipped. 16 MiB holds a 6 MB payload even base64-encoded.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 _SCALARS = "'BIGINT', 'UBIGINT', 'DOUBLE', 'VARCHAR', 'BOOLEAN', 'NULL'"
 EVENT_COLUMNS = (
     "{'captureData': 'STRUCT(endpointInput STRUCT(data VARCHAR, encoding VARCHAR, observedContentType VARCHAR))',"
@@ -107,7 +110,7 @@ def create_views(db: duckdb.DuckDBPyConnection, paths: list[str], since: datetim
                lower(coalesce(captureData.endpointInput.observedContentType, '')) AS ctype,
                try_cast(eventMetadata.inferenceTime AS TIMESTAMPTZ) AS t
         FROM read_json({_sql_list(paths)}, format='newline_delimited', columns={EVENT_COLUMNS},
-                       ignore_errors=true, maximum_object_size=67108864)
+                       ignore_errors=true, maximum_object_size={MAX_EVENT_BYTES})
         """)
         # kind: csv, json (a JSON value holding rows), or unparsed (base64, other types, bad JSON).
         db.execute(f"""
