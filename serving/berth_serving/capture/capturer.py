@@ -8,7 +8,7 @@ import threading
 import time
 
 from berth_serving.capture.buffer import EventBuffer
-from berth_serving.capture.event import Event
+from berth_serving.capture.event import EVENT_OVERHEAD_BYTES, Event
 from berth_serving.capture.sampling import SAMPLING_BUCKETS, threshold
 from berth_serving.capture.settings import CaptureConfig
 from berth_serving.capture.writer import CaptureWriter
@@ -71,14 +71,18 @@ class Capturer:
         if self._closed:
             self.stats.add_dropped("shutdown", 1)
             return False
+        data = data if self._input else None
+        answer = answer if self._output else None
+        size = EVENT_OVERHEAD_BYTES + (len(data) if data else 0) + (len(answer) if answer else 0)
         event = Event(
-            inference_id.decode("latin-1"),
+            inference_id,
             time.time(),
             input_type,
-            data if self._input else None,
+            data,
             output_type,
-            answer if self._output else None,
+            answer,
             source or self.config.source,
+            size,
         )
         if self.buffer.put(event):
             return True

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 
 from berth_serving.capture.buffer import EventBuffer
-from berth_serving.capture.event import Event, event_line, hour_path
+from berth_serving.capture.event import Event, EventIds, event_line, hour_path
 from berth_serving.capture.settings import CaptureConfig
 from berth_serving.storage import AtomicWriter, Location, StorageError, open_output, parse_uri
 
@@ -53,6 +53,7 @@ class CaptureWriter:
         self._written = written
         self._dropped = dropped
         self._file: _OpenFile | None = None
+        self._ids = EventIds()
         self._failing = False
         self._stop = threading.Event()
         self._lock = threading.Lock()  # held while events are between the buffer and a commit
@@ -77,7 +78,7 @@ class CaptureWriter:
                 self._close_file()
 
     def _append(self, event: Event) -> None:
-        line = event_line(event, self.config)
+        line = event_line(event, self.config, self._ids)
         hour = hour_path(event.at)
         current = self._file
         if current is not None and current.hour != hour:
