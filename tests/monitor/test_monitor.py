@@ -215,6 +215,11 @@ def test_json_inputs_and_unparsed_events(baseline: Path, tmp_path: Path) -> None
             lines.append(event("\n".join(",".join(map(str, r)) for r in chunk[1:]), T0))
         else:
             lines.append(event(json.dumps(body), T0, "JSON", "application/json"))
+    # JSON Lines (a row per line), stamped with milliseconds as the capture writer does.
+    stamped = json.dumps(rows[:2])[1:-1].replace("], [", "]\n[")
+    jsonl = json.loads(event(stamped, T0, "JSON", "application/jsonlines"))
+    jsonl["eventMetadata"]["inferenceTime"] = "2026-12-01T10:00:00.250Z"
+    lines.append(json.dumps(jsonl))
     lines.append(event("AAEC", T0, "BASE64", "application/octet-stream"))
     lines.append(event("{not json", T0, "JSON", "application/json"))
     lines.append(
@@ -228,7 +233,7 @@ def test_json_inputs_and_unparsed_events(baseline: Path, tmp_path: Path) -> None
     (folder / "a.jsonl").write_text("\n".join(lines) + "\n")
     assert run(baseline, str(tmp_path / "capture" / "fraud" / "blue"), tmp_path / "out").exit_code == 0
     stats, found = report(tmp_path / "out")
-    assert stats["dataset"]["item_count"] == WINDOW_ROWS
+    assert stats["dataset"]["item_count"] == WINDOW_ROWS + 2
     assert stats["dataset"]["unparsed_events"] == 3
     assert found == []
 

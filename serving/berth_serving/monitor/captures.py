@@ -112,12 +112,13 @@ def create_views(db: duckdb.DuckDBPyConnection, paths: list[str], since: datetim
         FROM read_json({_sql_list(paths)}, format='newline_delimited', columns={EVENT_COLUMNS},
                        ignore_errors=true, maximum_object_size={MAX_EVENT_BYTES})
         """)
-        # kind: csv, json (a JSON value holding rows), or unparsed (base64, other types, bad JSON).
+        # kind: csv, jsonl (a JSON array per line), json (a JSON value holding rows), or unparsed (base64, other types, bad JSON).
         db.execute(f"""
         CREATE OR REPLACE TEMP VIEW events AS
         SELECT CASE
                  WHEN data IS NULL THEN 'unparsed'
                  WHEN encoding = 'CSV' OR (encoding = '' AND ctype LIKE 'text/csv%') THEN 'csv'
+                 WHEN (encoding = 'JSON' OR encoding = '') AND ctype LIKE '%jsonlines%' THEN 'jsonl'
                  WHEN (encoding = 'JSON' OR (encoding = '' AND ctype LIKE '%json%')) AND json_valid(data) THEN 'json'
                  ELSE 'unparsed' END AS kind,
                data
@@ -135,6 +136,10 @@ def create_views(db: duckdb.DuckDBPyConnection, paths: list[str], since: datetim
                ELSE list_transform(
                list_filter(string_split(data, chr(10)), lambda line: trim(line, ' ' || chr(13)) <> ''),
                lambda line: string_split(trim(line, ' ' || chr(13)), ',')) END
+             WHEN 'jsonl' THEN list_filter(list_transform(
+               list_filter(string_split(data, chr(10)), lambda line: trim(line, ' ' || chr(13)) <> ''),
+               lambda line: CASE WHEN json_valid(line) AND json_type(line) = 'ARRAY'
+                            THEN json_extract_string(line, '$[*]') END), lambda r: r IS NOT NULL)
              WHEN 'json' THEN CASE
                WHEN json_type(body, '$[0]') = 'ARRAY' THEN
                  list_transform(body::JSON[], lambda r: json_extract_string(r, '$[*]'))
