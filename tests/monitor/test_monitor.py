@@ -319,3 +319,29 @@ def test_ks_distance_of_sketches() -> None:
     uniform = [i / 100 for i in range(101)]
     assert ks_distance(uniform, uniform) == 0
     assert abs(ks_distance(uniform, [q + 0.25 for q in uniform]) - 0.25) < 1e-9
+
+
+def test_baseline_from_s3_to_s3(tmp_path: Path, s3: object) -> None:
+    client: object = s3
+    write_csv(tmp_path / "train.csv", table(500, seed=4), header=True)
+    client.upload_file(str(tmp_path / "train.csv"), "bucket", "data/part-0.csv")  # type: ignore[attr-defined]
+    client.upload_file(str(tmp_path / "train.csv"), "bucket", "data/part-1.csv")  # type: ignore[attr-defined]
+    result = invoke("baseline", "--dataset", "s3://bucket/data/", "--output", "s3://bucket/baseline/")
+    assert result.exit_code == 0, result.output
+    body = client.get_object(Bucket="bucket", Key="baseline/statistics.json")["Body"].read()  # type: ignore[attr-defined]
+    stats = json.loads(body)
+    assert stats["dataset"]["item_count"] == 1000 and stats["features"][0]["name"] == "f0"
+    limits = client.get_object(Bucket="bucket", Key="baseline/constraints.json")["Body"].read()  # type: ignore[attr-defined]
+    assert json.loads(limits)["feature_count"] == 5
+
+
+def test_window_hours_before_until(baseline: Path, tmp_path: Path) -> None:
+    root = tmp_path / "capture" / "fraud"
+    write_captures(root / "blue", table(300, seed=2), T0 - timedelta(hours=2), timedelta(hours=3))
+    result = run(baseline, str(root), tmp_path / "out", "--until", UNTIL, "--window-hours", "2")
+    assert result.exit_code == 0, result.output
+    stats, _ = report(tmp_path / "out")
+    assert stats["dataset"]["window"]["since"] == "2026-12-01T09:00:00Z"
+    assert stats["dataset"]["item_count"] == 200  # 09:00-11:00 of 08:00-11:00
+    backwards = run(baseline, str(root), tmp_path / "out", "--since", UNTIL, "--until", SINCE)
+    assert backwards.exit_code == 2
