@@ -19,6 +19,7 @@ from berth_serving.capture import CaptureConfig, Capturer, capture_from_json, sa
 from berth_serving.capture.writer import file_location
 from berth_serving.config import ServeConfig
 from berth_serving.storage import parse_uri
+from moto.server import ThreadedMotoServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.serving.support import REPO, ThreadedServer, free_port, request, serve_subprocess, wait_until
@@ -303,6 +304,7 @@ def test_s3_capture_and_an_unreachable_destination(onnx_models, moto_of_its_own)
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket="capture")
     server = start(onnx_models.identity, capture_config("s3://capture/data/", maxFileAgeSeconds=0.3))
+    again = None
 
     def keys() -> list[str]:
         return [item["Key"] for item in client.list_objects_v2(Bucket="capture").get("Contents", [])]
@@ -325,8 +327,24 @@ def test_s3_capture_and_an_unreachable_destination(onnx_models, moto_of_its_own)
             lambda: metric(server.url, "berth_capture_dropped_total", reason="upload_failed") > 0, timeout=60
         )
         assert metric(server.url, "berth_capture_events_total") == 3
+        # The destination comes back on the same address (moto keeps its buckets in-process).
+        again = ThreadedMotoServer(
+            ip_address="127.0.0.1", port=int(endpoint.rsplit(":", 1)[1]), verbose=False
+        )
+        again.start()
+        for _ in range(3):
+            assert post(server.url, CSV_ROW, "text/csv") == 200
+
+        def accounted() -> bool:  # every event written or counted, and some written since
+            written = metric(server.url, "berth_capture_events_total")
+            failed = metric(server.url, "berth_capture_dropped_total", reason="upload_failed")
+            return written > 3 and written + failed == 26
+
+        wait_until(accounted, timeout=60)
     finally:
         server.stop()
+        if again is not None:
+            again.stop()
 
 
 # --- SIGTERM of a real `berth serve` process ------------------------------------------------
