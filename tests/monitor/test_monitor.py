@@ -345,3 +345,35 @@ def test_window_hours_before_until(baseline: Path, tmp_path: Path) -> None:
     assert stats["dataset"]["item_count"] == 200  # 09:00-11:00 of 08:00-11:00
     backwards = run(baseline, str(root), tmp_path / "out", "--since", UNTIL, "--until", SINCE)
     assert backwards.exit_code == 2
+
+
+def test_events_as_the_capture_writer_formats_them(baseline: Path, tmp_path: Path) -> None:
+    """The serving runtime's own event lines and file names (berth_serving.capture)."""
+    from berth_serving.capture.event import EVENT_OVERHEAD_BYTES, Event, EventIds, event_line
+    from berth_serving.capture.settings import CaptureConfig
+    from berth_serving.capture.writer import file_location
+    from berth_serving.storage import parse_uri
+
+    config = CaptureConfig(str(tmp_path / "capture"), "fraud", "blue", 100.0)
+    ids, start = EventIds(), T0.timestamp()
+    rows = table(WINDOW_ROWS, seed=2)
+    target = Path(file_location(parse_uri(str(tmp_path / "capture")), config, start).path)
+    target.parent.mkdir(parents=True)
+    with open(target, "wb") as stream:
+        for index, row in enumerate(rows):
+            data = ",".join(row).encode()
+            moment = start + index * 1.7  # within the hour, with milliseconds
+            captured = Event(
+                b"id",
+                moment,
+                b"text/csv",
+                data,
+                b"application/json",
+                b"[0]",
+                "realtime",
+                len(data) + EVENT_OVERHEAD_BYTES,
+            )
+            stream.write(event_line(captured, config, ids))
+    assert run(baseline, str(tmp_path / "capture" / "fraud"), tmp_path / "out").exit_code == 0
+    stats, found = report(tmp_path / "out")
+    assert stats["dataset"]["item_count"] == WINDOW_ROWS and found == []
