@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from berth_serving.capture import CaptureConfig, Capturer, capture_from_json, sampled
+from berth_serving.capture import CaptureConfig, Capturer, capture_from_json, capture_to_json, sampled
 from berth_serving.capture.writer import file_location
 from berth_serving.config import ServeConfig
 from berth_serving.storage import parse_uri
@@ -375,3 +375,15 @@ def test_sigterm_flushes_every_captured_event(onnx_models, tmp_path: Path) -> No
             if stream:
                 stream.close()
     assert len(lines_of(tmp_path)) == sent
+
+
+def test_the_planners_settings_are_accepted() -> None:
+    # What operator/berth_operator/planner/capture.py writes for an async variant.
+    text = (
+        '{"captureModes":["Input","Output"],"destinationUri":"s3://bucket/capture/","endpoint":"fraud",'
+        '"maxFileAgeSeconds":60,"maxFileBytes":16777216,"samplingPercentage":12.5,'
+        '"source":"async","textContentTypes":["text/csv","application/json"],"variant":"blue"}'
+    )
+    config = capture_from_json(text)
+    assert config == CaptureConfig("s3://bucket/capture/", "fraud", "blue", 12.5, source="async")
+    assert capture_from_json(capture_to_json(config)) == config

@@ -10,7 +10,8 @@ from typing import Any
 from berth_serving.storage import StorageError, parse_uri
 
 MODES = ("Input", "Output")
-SOURCES = ("realtime", "shadow")
+# The planner says async for an async variant's server (operator planner/capture.py).
+SOURCES = ("realtime", "shadow", "async")
 DEFAULT_TEXT_CONTENT_TYPES = ("text/csv", "application/json")
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_FILE_AGE_SECONDS = 60.0
