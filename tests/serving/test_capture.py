@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 from berth_serving.capture import CaptureConfig, Capturer, capture_from_json, capture_to_json, sampled
+from berth_serving.capture.event import Event
 from berth_serving.capture.writer import file_location
 from berth_serving.config import ServeConfig
 from berth_serving.storage import parse_uri
@@ -387,3 +388,17 @@ def test_the_planners_settings_are_accepted() -> None:
     config = capture_from_json(text)
     assert config == CaptureConfig("s3://bucket/capture/", "fraud", "blue", 12.5, source="async")
     assert capture_from_json(capture_to_json(config)) == config
+
+
+def test_a_new_hour_starts_a_new_file(tmp_path: Path) -> None:
+    capturer = Capturer(capture_config(f"file://{tmp_path}/"))
+    capturer.start()
+    for at in (calendar.timegm((2026, 12, 1, 9, 59, 59)), calendar.timegm((2026, 12, 1, 10, 0, 0))):
+        event = Event(b"id", at + 0.5, b"text/csv", CSV_ROW, b"text/csv", b"1", "realtime", 300)
+        assert capturer.buffer.put(event)
+    capturer.close()
+    assert [path.relative_to(tmp_path).parts[:6] for path in capture_files(tmp_path)] == [
+        ("fraud", "blue", "2026", "12", "01", "09"),
+        ("fraud", "blue", "2026", "12", "01", "10"),
+    ]
+    assert capturer.stats.written == 2 and capturer.stats.dropped == {}
