@@ -402,3 +402,28 @@ def test_a_new_hour_starts_a_new_file(tmp_path: Path) -> None:
         ("fraud", "blue", "2026", "12", "01", "10"),
     ]
     assert capturer.stats.written == 2 and capturer.stats.dropped == {}
+
+
+def test_a_stop_that_cannot_upload_in_time_counts_shutdown_drops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An S3 endpoint that accepts connections and never answers: the upload hangs.
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    for name, value in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        capturer = Capturer(capture_config("s3://capture/data/"))
+        capturer.start()
+        for _ in range(4):
+            assert capturer.offer(b"id", b"text/csv", CSV_ROW, b"text/csv", b"1")
+        started = time.monotonic()
+        capturer.close(timeout=1.0)
+        assert time.monotonic() - started < 3
+        assert capturer.stats.dropped == {"shutdown": 4} and capturer.stats.written == 0
+    finally:
+        silent.close()

@@ -56,6 +56,7 @@ class CaptureWriter:
         self._ids = EventIds()
         self._failing = False
         self._stop = threading.Event()
+        self._abandoned = False  # close() ran out of time: what is left was counted as shutdown
         self._lock = threading.Lock()  # held while events are between the buffer and a commit
         self._thread = threading.Thread(target=self._run, name="berth-capture", daemon=True)
 
@@ -100,15 +101,18 @@ class CaptureWriter:
             self._close_file()
 
     def _close_file(self) -> None:
-        current, self._file = self._file, None
+        current = self._file  # stays the open file during the commit: close() may count it
         if current is None or current.output is None:
+            self._file = None
             return
         try:
             current.output.commit()
         except StorageError as error:
             self._fail(current, error)
             return
-        self._written(current.events)
+        self._file = None
+        if not self._abandoned:
+            self._written(current.events)
         if self._failing:
             self._failing = False
             log.info("capture destination is back", extra={"fields": {"uri": current.where.uri}})
@@ -118,7 +122,8 @@ class CaptureWriter:
             current.output.abort()
         if self._file is current:
             self._file = None
-        self._dropped("upload_failed", current.events)
+        if not self._abandoned:
+            self._dropped("upload_failed", current.events)
         if not self._failing:
             self._failing = True
             log.warning("capture upload failed", extra={"fields": {"error": str(error)}})
@@ -130,6 +135,7 @@ class CaptureWriter:
         self._thread.join(timeout)
         if not self._thread.is_alive():
             return 0
+        self._abandoned = True
         left = len(self.buffer)
         current = self._file
         return left + (current.events if current is not None else 0)
