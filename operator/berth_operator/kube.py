@@ -64,6 +64,7 @@ RESOURCES: dict[tuple[str, str], ResourceKind] = {
     for kind in (
         *(ResourceKind(API_VERSION, cls.KIND, cls.PLURAL) for cls in RESOURCE_KINDS.values()),
         ResourceKind("batch/v1", "Job", "jobs"),
+        ResourceKind("batch/v1", "CronJob", "cronjobs"),
         ResourceKind("apps/v1", "Deployment", "deployments"),
         ResourceKind("v1", "Service", "services"),
         ResourceKind("v1", "ConfigMap", "configmaps"),

@@ -16,6 +16,7 @@ import click
 import kopf
 
 from .handlers import OperatorContext, build_registry, operator_settings
+from .monitoring_handlers import register_monitoring_handlers
 from .settings import Settings, SettingsError, load_settings
 from .transform_handlers import register_transform_handlers
 
@@ -47,6 +48,7 @@ async def run_operator(
     )
     registry = build_registry(ctx)
     register_transform_handlers(registry, ctx)
+    register_monitoring_handlers(registry, ctx)
     settings = kopf.OperatorSettings()
     operator_settings(settings, peering_name=options.peering_name, standalone=options.standalone)
     namespaces = list(options.namespaces) or list(options.settings.namespaces)

@@ -40,7 +40,7 @@ RELEASE_NAMESPACE = "berth-system"
 # Peering off: one replica runs --standalone, as the chart renders it for that case.
 CHART_VALUES: Manifest = {"peering": {"enabled": False}}
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
-BERTH_KINDS = ("Endpoint", "TransformJob", "EndpointConfig", "Model")
+BERTH_KINDS = ("MonitoringSchedule", "Endpoint", "TransformJob", "EndpointConfig", "Model")
 CHILD_KINDS = ("Deployment", "Service", "HTTPRoute", "HorizontalPodAutoscaler", "PodDisruptionBudget")
 ENDPOINT_LABEL = "berth.dev/endpoint"
 FINALIZER = "berth.dev/finalizer"

@@ -314,6 +314,7 @@ KINDS = {
     "HorizontalPodAutoscaler": "autoscaling/v2",
     "PodDisruptionBudget": "policy/v1",
     "Job": "batch/v1",
+    "CronJob": "batch/v1",
     "Ingress": "networking.k8s.io/v1",
     "NetworkPolicy": "networking.k8s.io/v1",
     "HTTPRoute": "gateway.networking.k8s.io/v1",

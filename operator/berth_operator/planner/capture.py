@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from berth_serving.config import ENV
+
 from .fleet import VariantPlan
 
-CAPTURE_ENV = "BERTH_CAPTURE"
+CAPTURE_ENV = ENV["capture"]
 
 
 def capture_source(variant: VariantPlan) -> str:
