@@ -18,7 +18,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .api import API_VERSION, RESOURCE_KINDS, Endpoint, EndpointConfig, Model, Resource, validation_problems
+from .api import (
+    API_VERSION,
+    RESOURCE_KINDS,
+    Endpoint,
+    EndpointConfig,
+    Model,
+    MonitoringSchedule,
+    Resource,
+    validation_problems,
+)
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -55,6 +64,7 @@ class Manifests:
     models: list[Loaded] = field(default_factory=list)
     configs: list[Loaded] = field(default_factory=list)
     endpoints: list[Loaded] = field(default_factory=list)
+    monitoring: list[Loaded] = field(default_factory=list)  # MonitoringSchedules: `berth render` plans them
     secrets: list[SecretManifest] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # documents that were skipped, and why
 
@@ -68,6 +78,9 @@ class Manifests:
 
     def endpoint_resources(self) -> list[Endpoint]:
         return [item.resource for item in self.endpoints if isinstance(item.resource, Endpoint)]
+
+    def monitoring_resources(self) -> list[MonitoringSchedule]:
+        return [item.resource for item in self.monitoring if isinstance(item.resource, MonitoringSchedule)]
 
 
 def resolve_file_uri(uri: str, base_dir: Path | str) -> str:
@@ -191,6 +204,7 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
                     "Model": result.models,
                     "EndpointConfig": result.configs,
                     "Endpoint": result.endpoints,
+                    "MonitoringSchedule": result.monitoring,
                 }
                 if resource.kind not in bucket:  # a TransformJob: `berth transform` runs it, not serving
                     result.notes.append(f"{where}: ignored {resource.kind}/{resource.name} (not served)")

@@ -13,6 +13,7 @@ import yaml
 
 from .manifests import ManifestError, load_manifests
 from .planner import Manifest, Observed, PlanInput, plan_endpoint
+from .planner.monitoring import plan_monitoring
 from .settings import Settings, SettingsError, load_settings
 
 # Render output must not depend on when it runs: plan as of a fixed moment.
@@ -26,7 +27,7 @@ class RenderError(ValueError):
 def render_objects(
     paths: list[str | Path], settings: Settings, notes: list[str] | None = None
 ) -> list[Manifest]:
-    """Every object for every Endpoint in paths, as on a fresh cluster, sorted.
+    """Every object for every Endpoint and MonitoringSchedule in paths, as on a fresh cluster, sorted.
 
     Documents of other kinds are skipped; notes, when given, receives a line for each.
     """
@@ -52,6 +53,20 @@ def render_objects(
         for obj in plan.shared:
             meta = obj["metadata"]
             shared.setdefault((obj["kind"], meta.get("namespace", ""), meta["name"]), obj)
+    endpoints = {(e.namespace, e.name): e for e in manifests.endpoint_resources()}
+    for schedule in sorted(manifests.monitoring_resources(), key=lambda s: (s.namespace, s.name)):
+        watched = endpoints.get((schedule.namespace, schedule.spec.endpoint_name))
+        config = (
+            manifests.configs_in(schedule.namespace).get(watched.spec.endpoint_config_name)
+            if watched is not None
+            else None
+        )
+        planned = plan_monitoring(schedule, watched, config, [], settings, RENDER_TIME)
+        if not planned.objects:
+            problems.append(
+                f"MonitoringSchedule {schedule.namespace}/{schedule.name}: {planned.status.failure_reason}"
+            )
+        objects += planned.objects
     if problems:
         raise RenderError("\n".join(problems))
     return [shared[key] for key in sorted(shared)] + objects

@@ -68,7 +68,7 @@ def test_every_example_is_admitted(kube: Kube, namespace: str) -> None:
             (doc["kind"], doc["apiVersion"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
         )
     kinds = {doc["kind"] for _, doc in docs if doc["apiVersion"].startswith("berth.dev/")}
-    assert kinds == {"Model", "EndpointConfig", "Endpoint"}
+    assert kinds == {"Model", "EndpointConfig", "Endpoint", "MonitoringSchedule"}
     assert len(skipped) == 2, skipped
     for kind, api_version, ns, name in reversed(made):
         if kind != "Namespace":

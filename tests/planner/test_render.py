@@ -149,3 +149,30 @@ def test_berth_render_through_the_cli(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert len(list(yaml.safe_load_all(done.stdout))) == 16
+
+
+MONITORING_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "monitoring"
+
+
+def test_a_monitoring_schedule_renders_its_cron_job_admitted_strict() -> None:
+    result = CliRunner().invoke(render_command, ["-f", str(MONITORING_EXAMPLE)])
+    assert result.exit_code == 0, result.output
+    objects = list(yaml.safe_load_all(result.output))
+    assert_admitted(objects)
+    [cron] = [o for o in objects if o["kind"] == "CronJob"]
+    [container] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:4] == ["monitor", "run", "--captures", "s3://bucket/capture/fraud/"]
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    [server] = deployment["spec"]["template"]["spec"]["containers"]
+    assert any(e["name"] == "BERTH_CAPTURE" for e in server["env"])
+
+
+def test_a_monitoring_schedule_of_an_endpoint_that_captures_nothing_exits_1(tmp_path: Path) -> None:
+    text = (MONITORING_EXAMPLE / "endpoint.yaml").read_text()
+    start = text.index("  dataCapture:")
+    end = text.index("---", start)
+    (tmp_path / "all.yaml").write_text(text[:start] + text[end:])
+    result = CliRunner().invoke(render_command, ["-f", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "MonitoringSchedule default/fraud-drift" in result.output
+    assert "captures nothing: set dataCapture" in result.output
