@@ -41,6 +41,8 @@ def with_output(**fields: Any) -> dict[str, Any]:
 
 GOOD = [
     Row("minimal", job()),
+    Row("filters", job(inputFilter="$[1:]", outputFilter="$[0,-1]", joinSource="Input")),
+    Row("json-filters", job(inputFilter="$.features", outputFilter="$['id','SageMakerOutput']")),
     Row(
         "full",
         job(
@@ -88,6 +90,9 @@ GOOD = [
 ]
 
 BAD = [
+    Row("input-filter-no-dollar", job(inputFilter="[1:]"), api.MSG_FILTER_SYNTAX),
+    Row("output-filter-no-dollar", job(outputFilter="features"), api.MSG_FILTER_SYNTAX),
+    Row("filter-too-long", job(inputFilter="$." + "a" * 300), "spec.inputFilter: Too long"),
     Row("model-name-missing", changed(job(), "spec", {**job()["spec"], "modelName": ""}), "spec.modelName"),
     Row("input-missing", changed(job(), "spec.input", None), "spec.input"),
     Row("instance-type-missing", job(instanceType=""), "spec.instanceType"),

@@ -166,6 +166,8 @@ def test_pod_args_are_what_berth_transform_parses() -> None:
         instanceCount=5,
         joinSource="Input",
         maxErrors=7,
+        inputFilter="$.features",
+        outputFilter="$['id','SageMakerOutput']",
     )
     args = planned_job(tj)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[0] == "transform"
@@ -187,6 +189,8 @@ def test_pod_args_are_what_berth_transform_parses() -> None:
         join_source="Input",
         max_errors=7,
         shard_count=5,
+        input_filter="$.features",
+        output_filter="$['id','SageMakerOutput']",
     )
 
 

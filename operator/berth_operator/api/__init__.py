@@ -130,6 +130,7 @@ from .monitoringschedule import (
     MonitoringWindow,
 )
 from .transformjob import (
+    MSG_FILTER_SYNTAX,
     MSG_JOIN_NEEDS_LINES,
     MSG_NPY_NEEDS_NO_SPLIT,
     MSG_OUTPUT_NOT_INPUT,
@@ -168,6 +169,7 @@ __all__ = [
     "MSG_BACKLOG_NEEDS_ASYNC",
     "MSG_CAPTURE_URI",
     "MSG_CONFIG_IMMUTABLE",
+    "MSG_FILTER_SYNTAX",
     "MSG_JOIN_NEEDS_LINES",
     "MSG_MIN_ZERO_NEEDS_ASYNC",
     "MSG_MODEL_IMMUTABLE",

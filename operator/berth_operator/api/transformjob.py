@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from berth_serving.multimodel.names import MAX_NAME_LENGTH, name_problem
+from berth_serving.transform.jsonpath import FilterError, parse_filter
 from pydantic import Field, model_validator
 
 from .meta import DNS_SUBDOMAIN, STORAGE_URI, ApiModel, Condition, Resource, conditions_field
 
+FILTER_MAX = 256
+MSG_FILTER_SYNTAX = (
+    "inputFilter and outputFilter are JSONPath filters starting with $ (e.g. $[1:], $.features)"
+)
 MSG_TRANSFORM_IMMUTABLE = "TransformJob spec is immutable: create a new TransformJob to run again"
 MSG_NPY_NEEDS_NO_SPLIT = (
     "input.contentType application/x-npy needs input.splitType None (one array per object)"
@@ -113,6 +118,18 @@ class TransformJobSpec(ApiModel):
     join_source: Literal["None", "Input"] = Field(
         default="None", description="Input: each output line carries its input record."
     )
+    input_filter: str | None = Field(
+        default=None,
+        max_length=FILTER_MAX,
+        description="What the model sees of each record (SageMaker's InputFilter, a JSONPath): $[1:] or"
+        " $[0,2,5] for CSV, $.features or $['a','b'] for JSON Lines.",
+    )
+    output_filter: str | None = Field(
+        default=None,
+        max_length=FILTER_MAX,
+        description="What is written of each joined record (SageMaker's OutputFilter): $[0,-1],"
+        " $['id','SageMakerOutput'].",
+    )
     max_errors: int = Field(
         default=0,
         ge=0,
@@ -138,6 +155,11 @@ class TransformJobSpec(ApiModel):
         },
         {"rule": "self.output.uri != self.input.uri", "message": MSG_OUTPUT_NOT_INPUT},
         {"rule": _TARGET_MODEL_CEL, "message": MSG_TARGET_MODEL_PATH},
+        {
+            "rule": "(!has(self.inputFilter) || self.inputFilter.startsWith('$'))"
+            " && (!has(self.outputFilter) || self.outputFilter.startsWith('$'))",
+            "message": MSG_FILTER_SYNTAX,
+        },
     ]
 
     @model_validator(mode="after")
@@ -148,6 +170,14 @@ class TransformJobSpec(ApiModel):
             raise ValueError(MSG_JOIN_NEEDS_LINES)
         if self.output.uri == self.input.uri:
             raise ValueError(MSG_OUTPUT_NOT_INPUT)
+        for flag, text in (("inputFilter", self.input_filter), ("outputFilter", self.output_filter)):
+            if text is not None:
+                if not text.startswith("$"):
+                    raise ValueError(MSG_FILTER_SYNTAX)
+                try:
+                    parse_filter(text, flag)  # the same parser `berth transform` runs
+                except FilterError as error:
+                    raise ValueError(str(error)) from None
         if self.target_model is not None and (
             name_problem(self.target_model) is not None or self.target_model.endswith("/")
         ):

@@ -103,6 +103,10 @@ def transform_args(spec: TransformJobSpec, model: Model, gpu: bool) -> list[str]
         runtime.graph_optimization_level,
         "--no-progress",
     ]
+    if spec.input_filter is not None:
+        args += ["--input-filter", spec.input_filter]
+    if spec.output_filter is not None:
+        args += ["--output-filter", spec.output_filter]
     if gpu:
         args += ["--providers", "cuda"]
     return args
