@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -37,6 +36,7 @@ from berth_serving.multimodel.routes import add_repository_routes, multi_model_e
 from berth_serving.pipeline import FAILED_STAGE_HEADER, PipelineSession, StageFailed, load_pipeline
 from berth_serving.rest import build_rest_app
 from berth_serving.signature import Signature, SignatureError
+from berth_serving.uuids import Uuid4s
 from berth_serving.v2 import HEADER_LENGTH, InferRequest, model_metadata
 
 log = logging.getLogger("berth.serving")
@@ -121,23 +121,15 @@ def valid_inference_id(value: bytes) -> bool:
 
 
 class InferenceIds:
-    """New X-Berth-Inference-Id values: uuid4 in hex, cut from one os.urandom read per 256
-    (uuid.uuid4() per request cost several times more). Event loop thread only."""
+    """New X-Berth-Inference-Id values: uuid4 in hex. Event loop thread only."""
 
-    __slots__ = ("_at", "_pool")
+    __slots__ = ("_uuids",)
 
     def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
+        self._uuids = Uuid4s()
 
     def next(self) -> bytes:
-        if self._at >= len(self._pool):
-            self._pool, self._at = os.urandom(16 * 256), 0
-        raw = bytearray(self._pool[self._at : self._at + 16])
-        self._at += 16
-        raw[6] = raw[6] & 0x0F | 0x40  # version 4
-        raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-        return raw.hex().encode()
+        return self._uuids.hex().encode()
 
 
 def target_variant_header(raw: list[tuple[bytes, bytes]]) -> bytes | None:

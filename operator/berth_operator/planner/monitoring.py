@@ -26,7 +26,7 @@ from . import labels
 from .conditions import condition, parsed_conditions
 from .meta import object_meta
 from .names import dns_label, label_value
-from .pods import RUN_AS, container_security
+from .pods import container_security, pod_security
 from .types import Manifest
 
 MONITORING_SCHEDULE = "berth.dev/monitoring-schedule"
@@ -118,13 +118,7 @@ def cron_job(schedule: MonitoringSchedule, captures: str, settings: Settings) ->
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(),
         "containers": [container],
         "volumes": [{"name": "spool", "emptyDir": {"sizeLimit": SPOOL_SIZE}}],
     }

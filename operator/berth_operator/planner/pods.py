@@ -282,16 +282,21 @@ def pod_scaffold(model: ModelSpec, service_account: str | None = None) -> dict[s
             # gets its own projected into its container alone (planner/access.py).
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": RUN_AS,
-                "runAsGroup": RUN_AS,
-                "fsGroup": RUN_AS,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": pod_security(),
         }
     )
     return spec
+
+
+def pod_security() -> dict[str, Any]:
+    """Non-root with the images' uid, the runtime's default seccomp profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def node_placement(instance_type: InstanceType) -> dict[str, Any]:

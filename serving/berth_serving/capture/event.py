@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import orjson
 
 from berth_serving.capture.settings import CaptureConfig
+from berth_serving.uuids import Uuid4s
 
 # Bytes an event is reckoned to hold in the buffer besides its payloads (ids, tuple, strings).
 EVENT_OVERHEAD_BYTES = 256
@@ -75,21 +75,15 @@ def inference_time(at: float) -> str:
 
 
 class EventIds:
-    """uuid4 strings cut from one os.urandom read per 256 (uuid.uuid4() costs several times more)."""
+    """eventId values: uuid4 in the dashed form. The writer thread only."""
+
+    __slots__ = ("_uuids",)
 
     def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
+        self._uuids = Uuid4s()
 
     def next(self) -> str:
-        if self._at >= len(self._pool):
-            self._pool, self._at = os.urandom(16 * 256), 0
-        raw = bytearray(self._pool[self._at : self._at + 16])
-        self._at += 16
-        raw[6] = raw[6] & 0x0F | 0x40  # version 4
-        raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-        h = raw.hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return self._uuids.dashed()
 
 
 def hour_path(at: float) -> str:
