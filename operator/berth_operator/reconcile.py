@@ -33,7 +33,7 @@ from .kube import RESOURCES, ApiError, KubeClient, berth_kind, describe_error, k
 from .planner import labels as planner_labels
 from .planner import plan_endpoint
 from .planner.asyncinf import redis_configured, streams_to_observe
-from .planner.fleetmetrics import metrics_wanted
+from .planner.fleetmetrics import fleets_to_scrape, metrics_wanted
 from .planner.names import label_value
 from .planner.observe import find
 from .planner.podfailures import pods_stuck_starting
@@ -172,7 +172,7 @@ async def reconcile_endpoint(shell: Shell, snapshot: Snapshot, memory: Memory) -
         now=now,
         children=snapshot.children,
         pods=snapshot.pods,
-        metrics=await _metrics(shell, endpoint, snapshot.pods),
+        metrics=await _metrics(shell, endpoint, configs, snapshot.pods),
         unavailable_kinds=await _unavailable_kinds(shell),
         pod_events=await _pod_events(shell, endpoint.namespace, snapshot.pods, now),
         queues=reading.queues if reading else {},
@@ -194,22 +194,31 @@ async def reconcile_endpoint(shell: Shell, snapshot: Snapshot, memory: Memory) -
     return outcome
 
 
-async def _metrics(shell: Shell, endpoint: Endpoint, pods: list[Manifest]) -> dict[str, FleetMetrics]:
-    """The metrics the planner asked for: the new fleet's, while a rollout bakes."""
-    target = metrics_wanted(endpoint.status)
-    if target is None:
-        return {}
-    label = label_value(target)
-    fleet = [
-        p for p in pods if (p["metadata"].get("labels") or {}).get(planner_labels.ENDPOINT_CONFIG) == label
-    ]
-    prometheus = shell.settings.rollback.prometheus_url
-    if prometheus:
-        names = [pod["metadata"]["name"] for pod in fleet]
-        metrics = await scrape.query_prometheus(shell.scrape_session, prometheus, endpoint.namespace, names)
-    else:
-        metrics = await scrape.scrape_pods(shell.scrape_session, fleet)
-    return {target: metrics} if metrics is not None else {}
+async def _metrics(
+    shell: Shell, endpoint: Endpoint, configs: Mapping[str, EndpointConfig], pods: list[Manifest]
+) -> dict[str, FleetMetrics]:
+    """The metrics the planner asked for: the new fleet's while a rollout bakes, the serving
+    fleet's while it captures data."""
+    baking = metrics_wanted(endpoint.status)
+    found: dict[str, FleetMetrics] = {}
+    for target in fleets_to_scrape(endpoint.status, configs):
+        label = label_value(target)
+        fleet = [
+            p
+            for p in pods
+            if (p["metadata"].get("labels") or {}).get(planner_labels.ENDPOINT_CONFIG) == label
+        ]
+        prometheus = shell.settings.rollback.prometheus_url
+        if prometheus and target == baking:  # capture drops are read from the pods themselves
+            names = [pod["metadata"]["name"] for pod in fleet]
+            metrics = await scrape.query_prometheus(
+                shell.scrape_session, prometheus, endpoint.namespace, names
+            )
+        else:
+            metrics = await scrape.scrape_pods(shell.scrape_session, fleet)
+        if metrics is not None:
+            found[target] = metrics
+    return found
 
 
 async def _unavailable_kinds(shell: Shell) -> frozenset[str]:

@@ -13,13 +13,21 @@ class FleetMetricsServer:
     """Every scrape first records `ok` 200s and `errors` 500s more, so the counters keep rising."""
 
     def __init__(
-        self, ok_per_scrape: int = 20, errors_per_scrape: int = 0, latency_seconds: float = 0.004
+        self,
+        ok_per_scrape: int = 20,
+        errors_per_scrape: int = 0,
+        latency_seconds: float = 0.004,
+        capture_drops_per_scrape: int = 0,
     ) -> None:
         self.registry = CollectorRegistry()
         self.invocations = Counter(
             "berth_invocations", "Invocations by code", ["code"], registry=self.registry
         )
         self.latency = Histogram("berth_model_latency_seconds", "Model latency", registry=self.registry)
+        self.capture_dropped = Counter(
+            "berth_capture_dropped", "Captured events dropped", ["variant", "reason"], registry=self.registry
+        )
+        self.capture_drops_per_scrape = capture_drops_per_scrape
         self.ok_per_scrape = ok_per_scrape
         self.errors_per_scrape = errors_per_scrape
         self.latency_seconds = latency_seconds
@@ -52,6 +60,8 @@ class FleetMetricsServer:
             self.invocations.labels("500").inc(self.errors_per_scrape)
         for _ in range(self.ok_per_scrape + self.errors_per_scrape):
             self.latency.observe(self.latency_seconds)
+        if self.capture_drops_per_scrape:
+            self.capture_dropped.labels("blue", "upload_failed").inc(self.capture_drops_per_scrape)
         return generate_latest(self.registry)
 
     def __enter__(self) -> FleetMetricsServer:

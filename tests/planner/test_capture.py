@@ -1,6 +1,6 @@
 """Data capture in the planner: every variant's server is told BERTH_CAPTURE from the
 EndpointConfig's dataCapture, marked realtime, shadow or async, and a Model's env cannot
-silence it."""
+silence it; CaptureDegraded says when the serving fleet drops captured events."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 from berth_operator.api import EndpointConfig
 from berth_operator.planner.capture import CAPTURE_ENV, capture_settings
 from berth_operator.planner.fleet import VariantPlan
+from berth_operator.planner.fleetmetrics import fleets_to_scrape, from_texts
+from berth_operator.planner.types import FleetMetrics
 
 from .support import NAMESPACE, Cluster, endpoint, model, variant
 
@@ -105,3 +107,53 @@ def test_an_async_fleets_replicas_mark_their_captures_async() -> None:
         }
     ).spec.async_inference_config
     assert (capture_settings(replace(plan, async_config=async_config)) or {})["source"] == "async"
+
+
+def degraded(cluster: Cluster) -> tuple[str, str] | None:
+    status = cluster.endpoint.status
+    assert status is not None
+    found = next((c for c in status.conditions if c.type == "CaptureDegraded"), None)
+    return (found.status, found.reason) if found is not None else None
+
+
+def test_capture_degraded_while_the_serving_fleets_drops_grow() -> None:
+    cluster = planned(capturing_config())
+    assert degraded(cluster) is None  # not scraped yet: nothing to say
+    cluster.metrics = {"cfg1": FleetMetrics(requests=100, capture_dropped=0)}
+    cluster.step()
+    assert degraded(cluster) == ("False", "AsExpected")
+    cluster.metrics = {"cfg1": FleetMetrics(requests=200, capture_dropped=7)}
+    plan = cluster.step()
+    assert degraded(cluster) == ("True", "EventsDropped")
+    assert plan.status.capture_dropped_total == 7
+    message = next(c.message for c in plan.status.conditions if c.type == "CaptureDegraded")
+    assert message.startswith("7 captured events dropped")
+    cluster.step()  # the same count: no new drop since the last look
+    assert degraded(cluster) == ("False", "AsExpected")
+    cluster.metrics = {"cfg1": FleetMetrics(requests=10, capture_dropped=2)}  # replicas restarted
+    cluster.step()
+    assert degraded(cluster) == ("True", "EventsDropped")
+    cluster.metrics = {}  # not scraped this time: the status keeps what it said
+    cluster.step()
+    assert degraded(cluster) == ("True", "EventsDropped")
+
+
+def test_no_capture_degraded_condition_without_data_capture() -> None:
+    cluster = planned(capturing_config(None))
+    cluster.metrics = {"cfg1": FleetMetrics(requests=100, capture_dropped=5)}
+    cluster.step()
+    assert degraded(cluster) is None
+
+
+def test_the_serving_fleet_is_scraped_only_while_it_captures() -> None:
+    cluster = planned(capturing_config())
+    assert fleets_to_scrape(cluster.endpoint.status, {"cfg1": capturing_config()}) == ["cfg1"]
+    assert fleets_to_scrape(cluster.endpoint.status, {"cfg1": capturing_config(None)}) == []
+
+
+def test_drops_are_summed_over_the_replicas_metrics() -> None:
+    text = (
+        'berth_capture_dropped_total{variant="blue",reason="buffer_full"} 3.0\n'
+        'berth_capture_dropped_total{variant="blue",reason="upload_failed"} 4.0\n'
+    )
+    assert from_texts([text, text]).capture_dropped == 14

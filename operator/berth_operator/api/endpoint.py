@@ -269,8 +269,14 @@ class EndpointStatus(ApiModel):
         max_length=10,
         description="Async configs that left the route but still answer the messages queued for them.",
     )
+    capture_dropped_total: int | None = Field(
+        default=None,
+        ge=0,
+        description="Data capture: events the serving fleet had dropped when last looked at.",
+    )
     conditions: list[Condition] = conditions_field(
-        "Ready, Progressing and Degraded; HasBacklogWithoutCapacity for async endpoints."
+        "Ready, Progressing and Degraded; HasBacklogWithoutCapacity for async endpoints;"
+        " CaptureDegraded while data capture drops events."
     )
 
 

@@ -31,9 +31,9 @@ import orjson
 from berth_serving.config import DEFAULT_CACHE_SHARE, ENV, PipelineStage, ServeConfig
 from berth_serving.multimodel.rendezvous import SATURATED_BATCHES
 
-from ..api import Endpoint, EndpointStatus, Model
+from ..api import Endpoint, EndpointConfig, EndpointStatus, Model
 from ..planner import labels
-from ..planner.fleetmetrics import from_texts, metrics_wanted
+from ..planner.fleetmetrics import fleets_to_scrape, from_texts
 from ..planner.pods import SERVER_CONTAINER
 from ..planner.serverless import HTTP_SCALED_OBJECT_KIND
 from ..planner.types import Event, FleetMetrics, Manifest, ObjectRef, Observed, PlanInput, QueueState
@@ -364,7 +364,7 @@ class Engine:
             now=datetime.now(UTC),
             children=[self._observed(obj) for obj in children],
             pods=[pod for obj in children if obj["kind"] == "Deployment" for pod in self._pods(obj)],
-            metrics=await self._metrics(namespace, name, state.status),
+            metrics=await self._metrics(namespace, name, state.status, configs),
             queues=queues,
             queue_error=queue_error,
         )
@@ -423,25 +423,25 @@ class Engine:
         return observed_pods(fleet) if fleet is not None else []
 
     async def _metrics(
-        self, namespace: str, name: str, status: EndpointStatus | None
+        self, namespace: str, name: str, status: EndpointStatus | None, configs: Mapping[str, EndpointConfig]
     ) -> dict[str, FleetMetrics]:
-        """The metrics the planner asked for (the new fleet's, during a bake), from the replicas'
-        own /metrics, reduced as the operator reduces its pods'."""
-        target = metrics_wanted(status)
-        if target is None:
-            return {}
-        config_label = labels.label_value(target)
+        """The metrics the planner asked for (the new fleet's during a bake, the serving fleet's
+        while it captures), from the replicas' own /metrics, reduced as the operator reduces its pods'."""
+        found: dict[str, FleetMetrics] = {}
         endpoint_label = labels.endpoint_label(name)
-        upstreams = [
-            replica.upstream
-            for (ns, _), fleet in self.deployments.items()
-            if ns == namespace
-            and fleet.spec.labels.get(labels.ENDPOINT) == endpoint_label
-            and fleet.spec.labels.get(labels.ENDPOINT_CONFIG) == config_label
-            for replica in fleet.routable()
-            if replica.upstream is not None
-        ]
-        return {target: await self.scrape([u.base_url + "/metrics" for u in upstreams])}
+        for target in fleets_to_scrape(status, configs):
+            config_label = labels.label_value(target)
+            upstreams = [
+                replica.upstream
+                for (ns, _), fleet in self.deployments.items()
+                if ns == namespace
+                and fleet.spec.labels.get(labels.ENDPOINT) == endpoint_label
+                and fleet.spec.labels.get(labels.ENDPOINT_CONFIG) == config_label
+                for replica in fleet.routable()
+                if replica.upstream is not None
+            ]
+            found[target] = await self.scrape([u.base_url + "/metrics" for u in upstreams])
+        return found
 
     async def scrape(self, urls: list[str]) -> FleetMetrics:
         """The Prometheus text at each URL (those that answer), reduced to a fleet's health."""

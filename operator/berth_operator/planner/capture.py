@@ -8,11 +8,15 @@ request an async fleet's replica answers was taken off its queue by the worker b
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from berth_serving.config import ENV
 
+from ..api import Condition, EndpointConfig, EndpointStatus
+from .conditions import condition
 from .fleet import VariantPlan
+from .types import FleetMetrics
 
 CAPTURE_ENV = ENV["capture"]
 
@@ -48,3 +52,40 @@ def capture_env(variant: VariantPlan) -> dict[str, str]:
     if settings is None:
         return {}
     return {CAPTURE_ENV: json.dumps(settings, separators=(",", ":"), sort_keys=True)}
+
+
+CAPTURE_DEGRADED = "CaptureDegraded"
+
+
+def capture_health(
+    previous: EndpointStatus,
+    config: EndpointConfig | None,
+    metrics: FleetMetrics | None,
+    now: datetime,
+    generation: int | None,
+) -> tuple[Condition | None, int | None]:
+    """CaptureDegraded and the drop count to remember, for the serving config's fleet.
+
+    True while its replicas drop captured events: their berth_capture_dropped_total grew since
+    the count the status remembers (a smaller count means replicas restarted: counted afresh).
+    Not scraped (no replica yet): what the status says stays. No dataCapture: no condition."""
+    if config is None or config.spec.data_capture is None:
+        return None, None
+    stored = previous.capture_dropped_total
+    before = next((c for c in previous.conditions if c.type == CAPTURE_DEGRADED), None)
+    if metrics is None:
+        return before, stored
+    seen = int(metrics.capture_dropped)
+    new = seen - stored if stored is not None and seen >= stored else seen
+    if new > 0:
+        message = (
+            f"{new} captured events dropped since the last look: the replicas' berth_capture_dropped_total"
+            "{reason} says why (buffer_full, upload_failed, shutdown)"
+        )
+        return condition(
+            previous.conditions, CAPTURE_DEGRADED, True, "EventsDropped", message, now, generation
+        ), seen
+    message = "no captured event dropped since the last look"
+    return condition(
+        previous.conditions, CAPTURE_DEGRADED, False, "AsExpected", message, now, generation
+    ), seen

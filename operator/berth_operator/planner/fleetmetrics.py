@@ -14,13 +14,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
-from berth_serving.metrics import INVOCATIONS_TOTAL, MODEL_LATENCY
+from berth_serving.metrics import CAPTURE_DROPPED, INVOCATIONS_TOTAL, MODEL_LATENCY
 
-from ..api import EndpointStatus
+from ..api import EndpointConfig, EndpointStatus
 from .types import FleetMetrics
 
 QUANTILE = 0.99
+
+
+def fleets_to_scrape(status: EndpointStatus | None, configs: Mapping[str, EndpointConfig]) -> list[str]:
+    """The configs whose fleets' /metrics the next plan reads: the one a rollout bakes, and the
+    serving one while it captures data (its drops make the CaptureDegraded condition)."""
+    names = []
+    baking = metrics_wanted(status)
+    if baking is not None:
+        names.append(baking)
+    serving = status.endpoint_config_name if status is not None else None
+    config = configs.get(serving) if serving else None
+    if serving and serving not in names and config is not None and config.spec.data_capture is not None:
+        names.append(serving)
+    return names
 
 
 def metrics_wanted(status: EndpointStatus | None) -> str | None:
@@ -70,6 +85,7 @@ def from_texts(texts: Iterable[str]) -> FleetMetrics:
 
     by_code: dict[str, float] = {}
     buckets: dict[float, float] = {}
+    dropped = 0.0
     for text in texts:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -79,4 +95,6 @@ def from_texts(texts: Iterable[str]) -> FleetMetrics:
                 elif sample.name == f"{MODEL_LATENCY}_bucket":
                     bound = float(sample.labels["le"])
                     buckets[bound] = buckets.get(bound, 0.0) + sample.value
-    return from_series(by_code, buckets)
+                elif sample.name == f"{CAPTURE_DROPPED}_total":
+                    dropped += sample.value
+    return replace(from_series(by_code, buckets), capture_dropped=dropped)

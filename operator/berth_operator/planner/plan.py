@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from ..api import Condition, EndpointStatus, VariantStatus
-from . import asyncinf, labels, multimodel, serverless
+from . import asyncinf, capture, labels, multimodel, serverless
 from .access import network_policy, serving_access, serving_identity
 from .autoscaling import KEDA_KIND, autoscaler_problems
 from .clock import stamp
@@ -577,6 +577,17 @@ class _Planner:
         backlog = self.backlog_condition(live, draining)
         if backlog is not None:
             status.conditions.append(backlog)
+        served = decision.serving
+        degraded, dropped = capture.capture_health(
+            previous,
+            inp.configs.get(served) if served else None,
+            inp.observed.metrics.get(served) if served else None,
+            inp.observed.now,
+            endpoint.metadata.generation,
+        )
+        status.capture_dropped_total = dropped
+        if degraded is not None:
+            status.conditions.append(degraded)
         return status, status_events(previous, status)
 
 

@@ -41,6 +41,8 @@ class FleetMetrics:
     p99_latency_ms: float | None = None
     # What errors_5xx counts, in a rollback's reason: 5xx answers, or failed async inferences.
     errors_are: str = "5xx"
+    # Data capture: events the fleet dropped (berth_capture_dropped_total, every reason).
+    capture_dropped: float = 0.0
 
     @property
     def error_rate_percent(self) -> float:
