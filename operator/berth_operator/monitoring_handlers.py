@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import kopf
 
 from .api import GROUP, VERSION, MonitoringSchedule
-from .handlers import CONFIGS, ENDPOINTS, PODS, first, plain, pod_view
+from .handlers import CONFIGS, ENDPOINTS, PODS, NamespaceObjects, first, plain, pod_view
 from .kube import describe_error
 from .planner.monitoring import MONITORING_SCHEDULE, monitoring_selector
-from .reconcile_monitoring import MonitoringSnapshot, reconcile_monitoring, served_config_name
+from .reconcile_monitoring import MonitoringSnapshot, reconcile_monitoring
 
 if TYPE_CHECKING:
     from .handlers import OperatorContext
@@ -49,13 +49,10 @@ def register_monitoring_handlers(registry: kopf.OperatorRegistry, ctx: OperatorC
             return
         shell = ctx.require_shell()
         endpoint_name = str((raw.get("spec") or {}).get("endpointName") or "")
-        endpoint = first(indexes["monitored_endpoints"], (namespace, endpoint_name))
-        config_name = served_config_name(endpoint) if endpoint else ""
-        config = first(indexes["configs_by_name"], (namespace, config_name)) if config_name else None
         found = MonitoringSnapshot(
             raw=raw,
-            endpoint=endpoint,
-            configs={config_name: config} if config is not None else {},
+            endpoint=first(indexes["monitored_endpoints"], (namespace, endpoint_name)),
+            configs=NamespaceObjects(indexes["configs_by_name"], namespace),
             pods=list(indexes["monitoring_pods"].get((namespace, label)) or ()),
         )
         try:

@@ -9,6 +9,7 @@ Drift condition's transition to True, not on every reconcile.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,7 +19,7 @@ from .api import Endpoint, EndpointConfig, MonitoringSchedule, validation_messag
 from .apply import status_patch
 from .events import EventRecorder
 from .kube import KubeClient, berth_kind
-from .planner.monitoring import plan_monitoring
+from .planner.monitoring import plan_monitoring, watched_config_name
 from .planner.types import Manifest
 from .settings import Settings
 
@@ -31,16 +32,8 @@ SCHEDULES = berth_kind("MonitoringSchedule")
 class MonitoringSnapshot:
     raw: Manifest  # the MonitoringSchedule
     endpoint: Manifest | None
-    configs: dict[str, Manifest]  # the namespace's EndpointConfigs by name
+    configs: Mapping[str, Manifest]  # the namespace's EndpointConfigs by name
     pods: list[Manifest]  # its executions' pods
-
-
-def served_config_name(endpoint: Manifest) -> str:
-    """The config whose captures are read: the one serving now, else the one asked for."""
-    status = endpoint.get("status") or {}
-    return str(
-        status.get("endpointConfigName") or (endpoint.get("spec") or {}).get("endpointConfigName") or ""
-    )
 
 
 def _parsed(
@@ -69,11 +62,14 @@ async def reconcile_monitoring(
         await events.record(raw, "Warning", "InvalidSpec", validation_message(error))
         return 0
     endpoint = _parsed(Endpoint, snapshot.endpoint)
-    config_raw = snapshot.configs.get(served_config_name(snapshot.endpoint)) if snapshot.endpoint else None
-    config = _parsed(EndpointConfig, config_raw)
     assert endpoint is None or isinstance(endpoint, Endpoint)
-    assert config is None or isinstance(config, EndpointConfig)
-    plan = plan_monitoring(schedule, endpoint, config, snapshot.pods, settings, datetime.now(UTC))
+    configs: dict[str, EndpointConfig] = {}
+    if endpoint is not None:  # only the config the planner reads is parsed
+        name = watched_config_name(endpoint)
+        config = _parsed(EndpointConfig, snapshot.configs.get(name))
+        if isinstance(config, EndpointConfig):
+            configs[name] = config
+    plan = plan_monitoring(schedule, endpoint, configs, snapshot.pods, settings, datetime.now(UTC))
     writes = 0
     for obj in plan.objects:
         await kube.apply(obj)

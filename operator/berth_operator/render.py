@@ -56,12 +56,8 @@ def render_objects(
     endpoints = {(e.namespace, e.name): e for e in manifests.endpoint_resources()}
     for schedule in sorted(manifests.monitoring_resources(), key=lambda s: (s.namespace, s.name)):
         watched = endpoints.get((schedule.namespace, schedule.spec.endpoint_name))
-        config = (
-            manifests.configs_in(schedule.namespace).get(watched.spec.endpoint_config_name)
-            if watched is not None
-            else None
-        )
-        planned = plan_monitoring(schedule, watched, config, [], settings, RENDER_TIME)
+        configs = manifests.configs_in(schedule.namespace)
+        planned = plan_monitoring(schedule, watched, configs, [], settings, RENDER_TIME)
         if not planned.objects:
             problems.append(
                 f"MonitoringSchedule {schedule.namespace}/{schedule.name}: {planned.status.failure_reason}"

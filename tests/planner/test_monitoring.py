@@ -85,7 +85,7 @@ def conditions(plan: Any) -> dict[str, tuple[str, str, str]]:
 
 
 def test_the_cron_job_runs_berth_monitor_over_the_endpoints_captures_and_is_admitted() -> None:
-    plan = plan_monitoring(schedule(), endpoint("cfg1"), CONFIG, [], SETTINGS, NOW)
+    plan = plan_monitoring(schedule(), endpoint("cfg1"), {"cfg1": CONFIG}, [], SETTINGS, NOW)
     [cron] = plan.objects
     assert_admitted(plan.objects)
     assert cron["metadata"]["name"] == cron_job_name("fraud-drift") == plan.status.cron_job_name
@@ -111,7 +111,7 @@ def test_the_last_finished_execution_fills_the_status_and_drift_names_the_featur
         finished("fraud-drift-monitor-1", "2026-12-01T09:01:00Z", 0, report(0, [])),
         finished("fraud-drift-monitor-2", "2026-12-01T10:01:00Z", 0, report(2, ["_c1", "_c3"])),
     ]
-    plan = plan_monitoring(schedule(), endpoint("cfg1"), CONFIG, pods, SETTINGS, NOW)
+    plan = plan_monitoring(schedule(), endpoint("cfg1"), {"cfg1": CONFIG}, pods, SETTINGS, NOW)
     last = plan.status.last_execution
     assert last is not None
     assert (last.records_read, last.violations, last.violated_features) == (5000, 2, ["_c1", "_c3"])
@@ -120,7 +120,7 @@ def test_the_last_finished_execution_fills_the_status_and_drift_names_the_featur
     status, reason, message = conditions(plan)["Drift"]
     assert (status, reason) == ("True", "ConstraintsViolated")
     assert "_c1, _c3" in message
-    calm = plan_monitoring(schedule(), endpoint("cfg1"), CONFIG, pods[:1], SETTINGS, NOW)
+    calm = plan_monitoring(schedule(), endpoint("cfg1"), {"cfg1": CONFIG}, pods[:1], SETTINGS, NOW)
     assert conditions(calm)["Drift"][:2] == ("False", "NoViolations")
 
 
@@ -134,23 +134,25 @@ def test_a_failed_execution_after_the_last_success_is_the_failure_reason() -> No
             "cannot read s3://bucket/baseline/statistics.json: NoSuchKey",
         ),
     ]
-    plan = plan_monitoring(schedule(), endpoint("cfg1"), CONFIG, pods, SETTINGS, NOW)
+    plan = plan_monitoring(schedule(), endpoint("cfg1"), {"cfg1": CONFIG}, pods, SETTINGS, NOW)
     assert plan.status.failure_reason is not None and "NoSuchKey" in plan.status.failure_reason
     assert conditions(plan)["Ready"][:2] == ("False", "ExecutionFailed")
     assert plan.status.last_execution is not None and plan.status.last_execution.violations == 0
     # A success after the failure clears it.
     pods.append(finished("fraud-drift-monitor-3", "2026-12-01T11:01:00Z", 0, report(0, [])))
     assert (
-        plan_monitoring(schedule(), endpoint("cfg1"), CONFIG, pods, SETTINGS, NOW).status.failure_reason
+        plan_monitoring(
+            schedule(), endpoint("cfg1"), {"cfg1": CONFIG}, pods, SETTINGS, NOW
+        ).status.failure_reason
         is None
     )
 
 
 def test_no_cron_job_while_the_endpoint_captures_nothing() -> None:
     for found, config, expected in (
-        (None, CONFIG, "Endpoint fraud not found"),
-        (endpoint("cfg1"), None, "its EndpointConfig not found"),
-        (endpoint("cfg1"), capturing_config(None), "captures nothing: set dataCapture"),
+        (None, {"cfg1": CONFIG}, "Endpoint fraud not found"),
+        (endpoint("cfg1"), {}, "its EndpointConfig not found"),
+        (endpoint("cfg1"), {"cfg1": capturing_config(None)}, "captures nothing: set dataCapture"),
     ):
         plan = plan_monitoring(schedule(), found, config, [], SETTINGS, NOW)
         assert plan.objects == []
@@ -160,5 +162,5 @@ def test_no_cron_job_while_the_endpoint_captures_nothing() -> None:
 
 def test_a_message_from_another_version_is_not_an_execution() -> None:
     pods = [finished("fraud-drift-monitor-1", "2026-12-01T09:01:00Z", 0, "done")]
-    plan = plan_monitoring(schedule(), endpoint("cfg1"), CONFIG, pods, SETTINGS, NOW)
+    plan = plan_monitoring(schedule(), endpoint("cfg1"), {"cfg1": CONFIG}, pods, SETTINGS, NOW)
     assert plan.status.last_execution is None

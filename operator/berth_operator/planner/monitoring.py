@@ -62,13 +62,20 @@ def _labels(schedule: MonitoringSchedule) -> dict[str, str]:
     }
 
 
+def watched_config_name(endpoint: Endpoint) -> str:
+    """The config whose captures are read: the one serving now, else the one asked for."""
+    status = endpoint.status
+    return (status.endpoint_config_name if status is not None else None) or endpoint.spec.endpoint_config_name
+
+
 def captures_uri(
-    schedule: MonitoringSchedule, endpoint: Endpoint | None, config: EndpointConfig | None
+    schedule: MonitoringSchedule, endpoint: Endpoint | None, configs: Mapping[str, EndpointConfig]
 ) -> str:
     """DEST/ENDPOINT/ of the config the Endpoint serves; ValueError says what is missing."""
     name = schedule.spec.endpoint_name
     if endpoint is None:
         raise ValueError(f"Endpoint {name} not found")
+    config = configs.get(watched_config_name(endpoint))
     if config is None:
         raise ValueError(f"Endpoint {name}: its EndpointConfig not found")
     capture = config.spec.data_capture
@@ -199,7 +206,7 @@ def drift_message(execution: MonitoringExecution) -> str:
 def plan_monitoring(
     schedule: MonitoringSchedule,
     endpoint: Endpoint | None,
-    config: EndpointConfig | None,
+    configs: Mapping[str, EndpointConfig],
     pods: Iterable[Mapping[str, Any]],
     settings: Settings,
     now: datetime,
@@ -215,7 +222,7 @@ def plan_monitoring(
     failures = [f for p in by_time if _finished_at(p) > newest_finish and (f := _failure_of(p)) is not None]
     objects: list[Manifest] = []
     try:
-        captures = captures_uri(schedule, endpoint, config)
+        captures = captures_uri(schedule, endpoint, configs)
     except ValueError as problem:
         ready = condition(previous, "Ready", False, "CapturesNotFound", str(problem), now, generation)
         failure: str | None = str(problem)
