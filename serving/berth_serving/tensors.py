@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import struct
 from functools import lru_cache
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -153,37 +152,41 @@ def _packer(code: str, count: int) -> struct.Struct:
 
 def _packed_floats(value: list[Any], dtype: np.dtype[Any]) -> np.ndarray | None:
     """A flat list of numbers, or a list of equally long flat lists (the usual JSON rows), as
-    a float32/float64 array through one struct.pack: about 2.5x faster than numpy's
-    conversion of Python floats for a 256-wide row (3.3 vs 8.2 us here). struct casts each
-    double to float as numpy does and raises OverflowError exactly when a finite value would
-    become infinite, so no finite check is needed after it. None when the value is anything
-    else (strings, None, deeper nesting, ragged rows, overflow): to_dtype's general path
-    then converts it or says why not, as it always did."""
+    a float32/float64 array through struct.pack: about 2.5x faster than numpy's conversion of
+    Python floats for a 256-wide row. A row at a time, each straight from its list: packing
+    one chain over all rows cost 2.7x as much (9.9 vs 3.7 us for one 256-wide row here, 180
+    vs 126 us for 32), and the array is made over the packed bytes without a reshape (1.0 vs
+    1.9 us). struct casts each double to float as numpy does and raises OverflowError exactly
+    when a finite value would become infinite, so no finite check is needed after it. None
+    when the value is anything else (strings, None, deeper nesting, ragged rows, overflow):
+    to_dtype's general path then converts it or says why not, as it always did."""
     code = _STRUCT_CODES.get(dtype)
     if code is None or not value:
         return None
     first = value[0]
     shape: tuple[int, ...]
-    if type(first) is list:
-        width = len(first)
-        if not width:
-            return None
-        for row in value:
-            if type(row) is not list or len(row) != width:
-                return None
-        shape = (len(value), width)
-        flat: Any = chain.from_iterable(value)
-    else:
-        shape = (len(value),)
-        flat = value
-    count = math.prod(shape)
-    if count > _PACK_AT_MOST:
-        return None
     try:
-        packed = _packer(code, count).pack(*flat)
+        if type(first) is list:
+            width = len(first)
+            if not width or len(value) * width > _PACK_AT_MOST:
+                return None
+            row = _packer(code, width)
+            if len(value) == 1:
+                packed = row.pack(*first)
+            else:
+                for each in value:
+                    if type(each) is not list or len(each) != width:
+                        return None
+                packed = b"".join([row.pack(*each) for each in value])
+            shape = (len(value), width)
+        else:
+            if len(value) > _PACK_AT_MOST:
+                return None
+            packed = _packer(code, len(value)).pack(*value)
+            shape = (len(value),)
     except (struct.error, OverflowError, TypeError):
         return None
-    return np.frombuffer(packed, dtype=dtype).reshape(shape)
+    return np.ndarray(shape, dtype, packed)
 
 
 def _all_finite(array: np.ndarray) -> bool:
