@@ -22,7 +22,6 @@ from typing import Any
 
 from berth_serving import codecs
 from berth_serving.admission import ADMISSION_WAIT_SECONDS, BODY_BUDGET_PAYLOADS, BodyBudget
-from berth_serving.batcher import Job
 from berth_serving.capture import Capturer
 from berth_serving.config import ServeConfig
 from berth_serving.errors import HTTPError, error_body, error_headers, not_ready
@@ -630,21 +629,15 @@ class ServingApp:
         if remaining <= 0:
             raise self._timeout()
         # Alone in flight: straight to the worker; else with the rest of this loop iteration's.
-        job = batcher.submit(arrays, rows, alone=self.inflight <= 1)
+        # The batcher fails the job with a 504 at the deadline (one timer for all its jobs).
         loop = self._loop or asyncio.get_running_loop()
-        timer = loop.call_later(remaining, self._expire, job)
-        try:
-            return await job.future
-        finally:
-            timer.cancel()
+        job = batcher.submit(
+            arrays, rows, alone=self.inflight <= 1, deadline=loop.time() + remaining, timeout=self._timeout
+        )
+        return await job.future
 
     def _timeout(self) -> HTTPError:
         return HTTPError(504, f"inference took longer than the {self.config.timeout_seconds:g} s timeout")
-
-    def _expire(self, job: Job) -> None:
-        if not job.future.done():
-            job.cancelled = True
-            job.future.set_exception(self._timeout())
 
     async def _respond(
         self,

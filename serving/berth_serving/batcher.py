@@ -9,12 +9,19 @@ resolves all the round's futures. The hand-over is one too: the jobs submitted i
 iteration go to the worker together at its end (one put), so an idle worker no longer wakes
 at the first of them and takes it alone while the loop is still parsing the rest (one-row
 MLP requests at c64 here: 14 rows per ORT call on average that way, 24 this way). Nothing
-waits when nothing else is queued: a request alone in flight goes to the worker at once.
-Under load, requests pile up while the worker is busy and the next call takes them all (up
+waits when nothing else is queued: a request alone in flight goes to the worker at once, or,
+when the model's last lone calls show that it costs less than INLINE_BELOW_SECONDS, runs on
+the event loop itself: no hand-off at all (two thread switches, to the worker and back, cost
+more than such a call here: see INLINE_BELOW_SECONDS). Under load, requests pile up while the worker is busy and the next call takes them all (up
 to `max_batch_size` rows). With a `max_delay` above zero (the server sets one for GPU
 providers only, see loaded.batch_delay_seconds) and a queue that shows concurrency, the worker
 also keeps collecting while requests keep arriving (each within ARRIVAL_GAP of the last),
 but never past `max_delay` from the oldest job's arrival.
+
+A job submitted with a deadline fails with the caller's timeout error when it is not done by
+then. One timer serves every pending job (armed for the earliest deadline, moved only when
+an earlier one comes): a `call_later` and its cancel per request cost the event loop 3.7 us
+under uvloop here, plus closing the timer's handle later.
 """
 
 from __future__ import annotations
@@ -41,6 +48,17 @@ ARRIVAL_GAP_SECONDS = 0.0002
 BatchHook = Callable[[int, float], None]
 # One job's outcome: its outputs and the seconds of the ORT call it was part of, or the error.
 Outcome = tuple["Job", list[Any] | None, float, BaseException | None]
+# What a job past its deadline fails with (made when it expires).
+Expiry = Callable[[], BaseException]
+# A job alone (nothing pending, nothing staged) runs on the event loop thread when the model's
+# last lone call, scaled to this job's rows, took less than this. The hand-off to the worker and
+# back cost about 0.1-0.2 ms of latency at concurrency 1 here (a small model's p50 0.41 ms
+# through the worker, ORT itself 0.025 ms); the loop is blocked at most this long, only when
+# nothing else is in flight. The first lone call always goes to the worker (its cost unknown).
+INLINE_BELOW_SECONDS = 0.0005
+# Deadlines this close are treated as passed: uvloop's timers fire to the millisecond, and a
+# timer a fraction of one early would otherwise be re-armed in a loop until the time came.
+DEADLINE_SLACK_SECONDS = 0.001
 
 
 class Job:
@@ -74,7 +92,8 @@ class NotRowAligned(Exception):
 
 
 class Batcher:
-    """Owns the worker thread. `submit` and result delivery happen on the event loop thread."""
+    """Owns the worker thread. `submit` and result delivery happen on the event loop thread
+    (and so does the ORT call of a lone job of a fast model: see INLINE_BELOW_SECONDS)."""
 
     def __init__(
         self,
@@ -99,6 +118,12 @@ class Batcher:
         self.pending = 0  # jobs submitted and not yet delivered; event loop thread only
         self._staged: list[Job] = []  # submitted in this loop iteration, not yet handed over
         self._flush_scheduled = False
+        # Pending jobs with a deadline (loop.time()) and their timeout error; event loop only.
+        self._deadlines: dict[Job, tuple[float, Expiry]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        # Seconds per row of the last call that ran one job: whether a lone job runs inline.
+        self._alone_row_seconds: float | None = None
         self._thread = threading.Thread(target=self._work, name="berth-ort-worker", daemon=True)
 
     def start(self) -> None:
@@ -108,12 +133,33 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def submit(self, inputs: dict[str, np.ndarray], rows: int, alone: bool = False) -> Job:
+    def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        alone: bool = False,
+        deadline: float | None = None,
+        timeout: Expiry | None = None,
+    ) -> Job:
         """Queue a job. `alone` (no other request in progress) hands it to the worker at
         once; otherwise the jobs submitted in this loop iteration go over together, in one
-        hand-off at its end, so an idle worker wakes once for all of them."""
+        hand-off at its end, so an idle worker wakes once for all of them. With a `deadline`
+        (in loop.time()), the job's future fails with `timeout()` if not done by then, and the
+        worker skips it if it has not started it."""
         job = Job(inputs, rows, self._loop.create_future())
+        if alone and not self.pending and not self._staged:
+            per_row = self._alone_row_seconds
+            if per_row is not None and rows * per_row < INLINE_BELOW_SECONDS:
+                self.pending += 1
+                outcomes: list[Outcome] = []
+                self._run_jobs([job], outcomes)  # on this thread: its future is done on return
+                self._deliver(1, outcomes)
+                return job
         self.pending += 1
+        if deadline is not None:
+            self._deadlines[job] = (deadline, timeout or _timed_out)
+            if deadline < self._timer_at:
+                self._arm(deadline)
         if alone and not self._staged:
             self._queue.put(job)
             return job
@@ -230,6 +276,7 @@ class Batcher:
         if self._on_batch is not None:
             self._on_batch(rows, seconds)
         if len(jobs) == 1:
+            self._alone_row_seconds = seconds / max(rows, 1)
             return [outputs], seconds
         for output in outputs:
             if _rows(output) != rows:
@@ -246,9 +293,33 @@ class Batcher:
         return [[output[start:end] for output in outputs] for start, end in bounds], seconds
 
     # --- event loop thread ---------------------------------------------------------
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(at, self._expire_due)
+        self._timer_at = at
+
+    def _expire_due(self) -> None:
+        """Fail the jobs past their deadline; wait for the earliest of the rest."""
+        self._timer, self._timer_at = None, float("inf")
+        deadlines = self._deadlines
+        if not deadlines:
+            return
+        now = self._loop.time() + DEADLINE_SLACK_SECONDS
+        for job in [job for job, (at, _) in deadlines.items() if at <= now]:
+            _, timeout = deadlines.pop(job)
+            if not job.future.done():
+                job.cancelled = True
+                job.future.set_exception(timeout())
+        if deadlines:
+            self._arm(min(at for at, _ in deadlines.values()))
+
     def _deliver(self, finished: int, outcomes: list[Outcome]) -> None:
         self.pending -= finished
+        deadlines = self._deadlines
         for job, outputs, seconds, error in outcomes:
+            if deadlines:
+                deadlines.pop(job, None)
             future = job.future
             if future.done():
                 continue  # timed out meanwhile
@@ -256,6 +327,10 @@ class Batcher:
                 future.set_exception(error)
             else:
                 future.set_result((outputs or [], seconds))
+
+
+def _timed_out() -> BaseException:
+    return TimeoutError("the job passed its deadline")
 
 
 def _rows(output: Any) -> int | None:

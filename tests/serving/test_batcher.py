@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from berth_serving.batcher import Batcher
+from berth_serving.batcher import Batcher, RunFn
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,7 +37,7 @@ class Recorder:
         return [x * 2]
 
 
-def make(run: Recorder, loop: asyncio.AbstractEventLoop, **options: Any) -> Batcher:
+def make(run: RunFn, loop: asyncio.AbstractEventLoop, **options: Any) -> Batcher:
     settings = {"batchable": True, "max_batch_size": 32, "max_delay_seconds": 0.002, **options}
     batcher = Batcher(run, loop, **settings)
     batcher.start()
@@ -319,3 +319,136 @@ def test_the_jobs_of_one_loop_iteration_reach_an_idle_worker_together() -> None:
             batcher.stop()
 
     assert asyncio.run(scenario()).batches == [5]
+
+
+class Expired(Exception):
+    """The timeout error the tests hand the batcher."""
+
+
+class TimerCountingLoop(asyncio.SelectorEventLoop):
+    """A real event loop that records the timers the batcher arms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batcher_timers = 0
+
+    def call_at(  # type: ignore[override]
+        self, when: float, callback: Any, *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        if getattr(callback, "__qualname__", "").startswith("Batcher."):
+            self.batcher_timers += 1
+        return super().call_at(when, callback, *args, context=context)
+
+
+def test_jobs_past_their_deadline_fail_with_the_timeout_error_and_are_not_run() -> None:
+    """A later job with an earlier deadline is expired at its own time, not the first's."""
+
+    async def scenario() -> tuple[Recorder, float, float]:
+        run = Recorder(hold_first=True)
+        loop = asyncio.get_running_loop()
+        batcher = make(run, loop)
+        try:
+            first = batcher.submit(rows(1.0), 1)
+            await asyncio.to_thread(run.started.wait, 10)
+            started = loop.time()
+            late = batcher.submit(rows(2.0), 1, deadline=started + 0.4, timeout=Expired)
+            kept = batcher.submit(rows(3.0), 1, deadline=started + 30, timeout=Expired)
+            soon = batcher.submit(rows(4.0), 1, deadline=started + 0.1, timeout=Expired)
+            with pytest.raises(Expired):
+                await soon.future
+            soon_at = loop.time() - started
+            with pytest.raises(Expired):
+                await late.future
+            late_at = loop.time() - started
+            run.release.set()
+            await first.future
+            np.testing.assert_array_equal((await kept.future)[0][0], np.full((1, 4), 6.0))
+            while batcher.pending:
+                await asyncio.sleep(0.01)
+            return run, soon_at, late_at
+        finally:
+            batcher.stop()
+
+    run, soon_at, late_at = asyncio.run(scenario())
+    assert 0.099 <= soon_at < 0.35  # its own deadline, well before the earlier job's 0.4 s
+    assert 0.399 <= late_at < 2.0
+    assert run.batches == [1, 1]  # the expired jobs never reached the model
+
+
+def test_one_timer_serves_the_deadlines_of_every_pending_job() -> None:
+    async def scenario(loop: TimerCountingLoop) -> int:
+        run = Recorder(hold_first=True)
+        batcher = make(run, loop)
+        try:
+            first = batcher.submit(rows(0.0), 1, deadline=loop.time() + 30, timeout=Expired)
+            await asyncio.to_thread(run.started.wait, 10)
+            jobs = [
+                batcher.submit(rows(float(i)), 1, deadline=loop.time() + 30, timeout=Expired)
+                for i in range(1, 51)
+            ]
+            run.release.set()
+            results = await asyncio.gather(first.future, *(job.future for job in jobs))
+            for index, (outputs, _) in enumerate(results):
+                np.testing.assert_array_equal(outputs[0], np.full((1, 4), 2.0 * index))
+            return loop.batcher_timers
+        finally:
+            batcher.stop()
+
+    loop = TimerCountingLoop()
+    try:
+        assert loop.run_until_complete(scenario(loop)) == 1  # not one per request (51)
+    finally:
+        loop.close()
+
+
+class ThreadRecorder:
+    """A model that doubles `x`, taking `seconds`, and records the thread of each call."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.threads: list[int] = []
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> list[Any]:
+        self.threads.append(threading.get_ident())
+        if self.seconds:
+            time.sleep(self.seconds)
+        return [feed["x"] * 2]
+
+
+def test_a_lone_request_of_a_fast_model_runs_on_the_event_loop_without_a_hand_off() -> None:
+    async def scenario() -> tuple[ThreadRecorder, bool]:
+        run = ThreadRecorder()
+        batcher = make(run, asyncio.get_running_loop())
+        try:
+            await batcher.submit(rows(1.0), 1, alone=True).future  # its cost unknown: the worker
+            second = batcher.submit(rows(2.0), 1, alone=True)
+            done_at_once = second.future.done()
+            np.testing.assert_array_equal((await second.future)[0][0], np.full((1, 4), 4.0))
+            # 10,000 rows at the first calls' cost per row would block the loop: the worker.
+            await batcher.submit(rows(3.0, count=10_000), 10_000, alone=True).future
+            assert batcher.pending == 0
+            return run, done_at_once
+        finally:
+            batcher.stop()
+
+    run, done_at_once = asyncio.run(scenario())
+    assert done_at_once
+    main = threading.get_ident()
+    assert [thread == main for thread in run.threads] == [False, True, False]
+
+
+def test_a_lone_request_of_a_slow_model_stays_on_the_worker() -> None:
+    async def scenario() -> ThreadRecorder:
+        run = ThreadRecorder(seconds=0.002)  # above INLINE_BELOW_SECONDS
+        batcher = make(run, asyncio.get_running_loop())
+        try:
+            for value in range(3):
+                job = batcher.submit(rows(float(value)), 1, alone=True)
+                assert not job.future.done()
+                await job.future
+            return run
+        finally:
+            batcher.stop()
+
+    run = asyncio.run(scenario())
+    assert threading.get_ident() not in run.threads
