@@ -89,8 +89,19 @@ def _run_dir(explicit: str | None) -> Path:
     type=click.Path(file_okay=False),
     help="Where replica logs go (default: a new dir in the cache).",
 )
+@click.option(
+    "--monitor-now",
+    is_flag=True,
+    help="Run each MonitoringSchedule once at start, then on its schedule.",
+)
 def up_command(
-    paths: Sequence[str], port: int, settings_path: str | None, watch: bool, logs: bool, run_dir: str | None
+    paths: Sequence[str],
+    port: int,
+    settings_path: str | None,
+    watch: bool,
+    logs: bool,
+    run_dir: str | None,
+    monitor_now: bool,
 ) -> None:
     """Serve manifests on this machine: the planner of the operator, local processes, a local router.
 
@@ -119,7 +130,9 @@ def up_command(
     import uvloop
 
     code = uvloop.run(
-        _serve(resources, settings, sock, list(paths), watch, logs, tty, recent, _run_dir(run_dir))
+        _serve(
+            resources, settings, sock, list(paths), watch, logs, tty, recent, _run_dir(run_dir), monitor_now
+        )
     )
     sys.exit(code)
 
@@ -134,6 +147,7 @@ async def _serve(
     tty: bool,
     recent: collections.deque[str],
     run_dir: Path,
+    monitor_now: bool = False,
 ) -> int:
     from .engine import Engine, local_settings
     from .modelcache import ModelCache, cache_root
@@ -176,6 +190,7 @@ async def _serve(
         echo=echo if logs else None,
         on_event=on_event,
         redis_url=redis_url,
+        monitor_now=monitor_now,
     )
     router.status = engine.snapshot
     server = QuietServer(router, "127.0.0.1", port)
@@ -280,7 +295,11 @@ async def _report(engine: Any, tty: bool, recent: collections.deque[str], port: 
                 sys.stdout.flush()
                 frame = current_frame
         else:
-            current = {**display.summary_lines(snapshot), **display.replica_lines(snapshot)}
+            current = {
+                **display.summary_lines(snapshot),
+                **display.replica_lines(snapshot),
+                **display.monitoring_lines(snapshot),
+            }
             for key, line in current.items():
                 if printed.get(key) != line:
                     log.info("%s", line)

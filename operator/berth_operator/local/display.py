@@ -167,10 +167,116 @@ def details(snapshot: dict[str, Any]) -> str:
 
 
 def screen(snapshot: dict[str, Any], footer: str) -> str:
-    """A full terminal frame: home, clear, the table, details, footer."""
+    """A full terminal frame: home, clear, the table, details, the schedules, footer."""
     body = table(snapshot)
     extra = details(snapshot)
-    return "\x1b[H\x1b[2J" + body + ("\n\n" + extra if extra else "") + "\n\n" + footer + "\n"
+    schedules = monitoring_table(snapshot)
+    if schedules:
+        schedules += "\n" + monitoring_details(snapshot) if monitoring_details(snapshot) else ""
+    return (
+        "\x1b[H\x1b[2J"
+        + body
+        + ("\n\n" + extra if extra else "")
+        + ("\n\n" + schedules if schedules else "")
+        + "\n\n"
+        + footer
+        + "\n"
+    )
+
+
+# ---------------------------------------------------------------- MonitoringSchedules
+
+MONITORING_COLUMNS = ("SCHEDULE", "ENDPOINT", "CRON", "NEXT RUN", "LAST EXECUTION", "DRIFT")
+
+
+def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    found: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == kind), {})
+    return found
+
+
+def execution_cell(item: dict[str, Any]) -> str:
+    """`2000 records, 1 violation (f2)` of the last execution; `running JOB` while one runs."""
+    if item.get("running"):
+        return f"running {item['running']}"
+    last = item.get("status", {}).get("lastExecution")
+    if not last:
+        return "-"
+    count = last.get("violations", 0)
+    features = last.get("violatedFeatures") or []
+    shown = f" ({', '.join(features)})" if features else ""
+    return f"{last.get('recordsRead', 0)} records, {count} violation{'s' if count != 1 else ''}{shown}"
+
+
+def next_run_cell(item: dict[str, Any]) -> str:
+    if item.get("suspend"):
+        return "suspended"
+    return str(item.get("nextRun") or "-")
+
+
+def drift_cell(item: dict[str, Any]) -> str:
+    drift = _condition(item.get("status", {}), "Drift")
+    return f"{drift['status']} {drift.get('reason', '')}".rstrip() if drift else "-"
+
+
+def monitoring_rows(snapshot: dict[str, Any]) -> list[tuple[str, ...]]:
+    return [
+        (
+            f"{item['namespace']}/{item['name']}",
+            item.get("endpoint", ""),
+            item.get("schedule", ""),
+            next_run_cell(item),
+            execution_cell(item),
+            drift_cell(item),
+        )
+        for item in snapshot.get("monitoring", [])
+    ]
+
+
+def monitoring_table(snapshot: dict[str, Any]) -> str:
+    """The schedules' table, or "" when there is none."""
+    found = monitoring_rows(snapshot)
+    if not found:
+        return ""
+    lines = [MONITORING_COLUMNS, *found]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(MONITORING_COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def condition_messages(item: dict[str, Any]) -> list[str]:
+    """`Drift: ...` always, `Ready: ...` when it is not Ready, and why no run can start here."""
+    status = item.get("status", {})
+    lines = []
+    ready = _condition(status, "Ready")
+    if ready and ready.get("status") != "True":
+        lines.append(f"Ready: {ready.get('message', '')}")
+    drift = _condition(status, "Drift")
+    if drift:
+        lines.append(f"Drift: {drift.get('message', '')}")
+    if item.get("problem"):
+        lines.append(str(item["problem"]))
+    return lines
+
+
+def monitoring_details(snapshot: dict[str, Any]) -> str:
+    return "\n".join(
+        f"{item['namespace']}/{item['name']}: {line}"
+        for item in snapshot.get("monitoring", [])
+        for line in condition_messages(item)
+    )
+
+
+def monitoring_lines(snapshot: dict[str, Any]) -> dict[str, str]:
+    """One log line per schedule, keyed by schedule, printed whenever it changes."""
+    lines = {}
+    for item, row in zip(snapshot.get("monitoring", []), monitoring_rows(snapshot), strict=True):
+        messages = "; ".join(condition_messages(item))
+        lines[f"monitoring {row[0]}"] = (
+            f"monitoring {row[0]}: endpoint={row[1]} schedule={row[2]!r} next={row[3]} last=[{row[4]}]"
+            f" drift={row[5].replace(' ', '/')}" + (f" ({messages})" if messages else "")
+        )
+    return lines
 
 
 def summary_lines(snapshot: dict[str, Any]) -> dict[str, str]:

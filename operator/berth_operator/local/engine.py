@@ -44,6 +44,7 @@ from .deployment import DeploymentSpec, LocalDeployment
 from .interceptor import LocalInterceptor
 from .keda import LocalKeda
 from .modelcache import ModelCache
+from .monitoring import LocalMonitoring
 from .reported import observed_deployment, observed_pods, observed_route
 from .router import Router, Upstream
 from .source import Resources
@@ -231,6 +232,7 @@ class Engine:
         echo: Callable[[str, str], None] | None = None,
         on_event: Callable[[Endpoint, Event], None] | None = None,
         redis_url: str | None = None,
+        monitor_now: bool = False,
     ) -> None:
         from ..planner import plan_endpoint
 
@@ -258,6 +260,10 @@ class Engine:
         self.keda: LocalKeda | None = LocalKeda(self._read_backlog, self._scaled) if redis_url else None
         self.interceptor = router.interceptor
         self.interceptor.on_scale = self._scaled
+        # MonitoringSchedules: their CronJobs run here, planned against the Endpoints' statuses.
+        self.monitoring = LocalMonitoring(
+            settings, run_dir, self.served_endpoints, self._base_env, run_now=monitor_now
+        )
 
     # ------------------------------------------------------------------ inputs
 
@@ -284,7 +290,12 @@ class Engine:
             states[key] = state
         self.resources = resources
         self.endpoints = states
+        self.monitoring.load(resources.monitoring, resources.configs, resources.secrets)
         self.wake.set()
+
+    def served_endpoints(self) -> dict[Key, Endpoint]:
+        """Each Endpoint with its status as last planned (which config it serves)."""
+        return {key: s.endpoint.model_copy(update={"status": s.status}) for key, s in self.endpoints.items()}
 
     def model_ever_ready(self, key: Key) -> bool:
         """Some replica of a fleet serving this Model was ready once (local mode may replace a
@@ -303,6 +314,7 @@ class Engine:
         scalers = [
             asyncio.ensure_future(self.interceptor.run(stop)),
             asyncio.ensure_future(self._watch_models(stop)),
+            asyncio.ensure_future(self.monitoring.run(stop)),
         ]
         if self.keda:
             scalers.append(asyncio.ensure_future(self.keda.run(stop)))
@@ -734,7 +746,9 @@ class Engine:
         fleets = list(self.deployments.values())
         self.deployments.clear()
         self._sync_pools()
-        await asyncio.gather(*(f.stop() for f in fleets), *self._draining, return_exceptions=True)
+        await asyncio.gather(
+            *(f.stop() for f in fleets), *self._draining, self.monitoring.shutdown(), return_exceptions=True
+        )
         if self._scrape is not None:
             await self._scrape.close()
         if self._redis is not None:
@@ -818,6 +832,7 @@ class Engine:
             },
             "runDir": str(self.run_dir),
             "async": self._async_snapshot(),
+            "monitoring": self.monitoring.snapshot(),
         }
 
     def _async_snapshot(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The manifests `berth up` serves: loaded with the cluster's own types and admission rules.
 
-Relative `file://` model URIs are resolved against the directory of the manifest that
-names them, so a project directory can be served from anywhere.
+Relative `file://` URIs (a Model's, a capture destination, a MonitoringSchedule's baseline and
+output) are resolved against the directory of the manifest that names them, so a project
+directory can be served from anywhere.
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..api import MSG_CONFIG_IMMUTABLE, MSG_MODEL_IMMUTABLE, Endpoint, EndpointConfig, Model
+from ..api import (
+    MSG_CONFIG_IMMUTABLE,
+    MSG_MODEL_IMMUTABLE,
+    Endpoint,
+    EndpointConfig,
+    Model,
+    MonitoringSchedule,
+)
+from ..planner import cron
 
 Key = tuple[str, str]
 
@@ -25,6 +34,7 @@ class Resources:
     configs: dict[Key, EndpointConfig] = field(default_factory=dict)
     endpoints: dict[Key, Endpoint] = field(default_factory=dict)
     secrets: dict[Key, dict[str, bytes]] = field(default_factory=dict)  # v1 Secrets: entry -> value
+    monitoring: dict[Key, MonitoringSchedule] = field(default_factory=dict)  # run on their cron
 
 
 def load_resources(paths: Sequence[str | Path]) -> Resources:
@@ -54,7 +64,47 @@ def load_resources(paths: Sequence[str | Path]) -> Resources:
     if not endpoints:
         raise SourceError(f"no Endpoint found in {', '.join(str(p) for p in paths)}")
     secrets = {(s.namespace, s.name): s.entries for s in loaded.secrets}
-    return Resources(models=models, configs=configs, endpoints=endpoints, secrets=secrets)
+    monitoring: dict[Key, MonitoringSchedule] = {}
+    problems = []
+    for item in loaded.monitoring:
+        assert isinstance(item.resource, MonitoringSchedule)
+        schedule = item.resource
+        try:
+            cron.parse(schedule.spec.schedule)
+        except cron.CronError as exc:  # the CRD's pattern admits it, the CronJob's validation would not
+            problems.append(
+                f"{item.source}:document {item.document}: MonitoringSchedule/{schedule.name}: spec.schedule: {exc}"
+            )
+            continue
+        monitoring[(schedule.namespace, schedule.name)] = with_local_monitoring_uris(schedule, item.base_dir)
+    if problems:
+        raise SourceError("\n".join(problems))
+    return Resources(
+        models=models, configs=configs, endpoints=endpoints, secrets=secrets, monitoring=monitoring
+    )
+
+
+def _resolved_prefix(uri: str, base_dir: Path) -> str:
+    """A relative file:// URI made absolute, keeping the trailing slash of a prefix."""
+    from ..manifests import resolve_file_uri
+
+    absolute = resolve_file_uri(uri, base_dir)
+    return absolute + "/" if uri.endswith("/") and not absolute.endswith("/") else absolute
+
+
+def with_local_monitoring_uris(schedule: MonitoringSchedule, base_dir: Path) -> MonitoringSchedule:
+    """The schedule's relative file:// baseline and output made absolute against its manifest's directory."""
+    spec = schedule.spec
+    baseline = spec.baseline.model_copy(
+        update={
+            "statistics_uri": _resolved_prefix(spec.baseline.statistics_uri, base_dir),
+            "constraints_uri": _resolved_prefix(spec.baseline.constraints_uri, base_dir),
+        }
+    )
+    spec = spec.model_copy(
+        update={"baseline": baseline, "output_uri": _resolved_prefix(spec.output_uri, base_dir)}
+    )
+    return schedule.model_copy(update={"spec": spec})
 
 
 MSG_NO_IMAGE_STAGES = (
@@ -89,19 +139,22 @@ def with_local_model_uris(model: Model, base_dir: Path, where: str) -> Model:
 
 
 def with_local_locations(config: EndpointConfig, base_dir: Path) -> EndpointConfig:
-    """An async config's relative file:// output and failure locations made absolute against the
-    manifest's directory (as a Model's file:// URI is), keeping the trailing slash of a prefix."""
-    from ..manifests import resolve_file_uri
-
+    """A config's relative file:// capture destination and async output and failure locations made
+    absolute against the manifest's directory (as a Model's file:// URI is), keeping the trailing
+    slash of a prefix."""
+    capture = config.spec.data_capture
+    if capture is not None:
+        capture = capture.model_copy(
+            update={"destination_uri": _resolved_prefix(capture.destination_uri, base_dir)}
+        )
+        spec = config.spec.model_copy(update={"data_capture": capture})
+        config = config.model_copy(update={"spec": spec})
     async_config = config.spec.async_inference_config
     if async_config is None:
         return config
 
     def resolved(uri: str | None) -> str | None:
-        if uri is None:
-            return None
-        absolute = resolve_file_uri(uri, base_dir)
-        return absolute + "/" if uri.endswith("/") and not absolute.endswith("/") else absolute
+        return None if uri is None else _resolved_prefix(uri, base_dir)
 
     output = async_config.output_config
     output = output.model_copy(
