@@ -170,9 +170,7 @@ def screen(snapshot: dict[str, Any], footer: str) -> str:
     """A full terminal frame: home, clear, the table, details, the schedules, footer."""
     body = table(snapshot)
     extra = details(snapshot)
-    schedules = monitoring_table(snapshot)
-    if schedules:
-        schedules += "\n" + monitoring_details(snapshot) if monitoring_details(snapshot) else ""
+    schedules = "\n".join(part for part in (monitoring_table(snapshot), monitoring_details(snapshot)) if part)
     return (
         "\x1b[H\x1b[2J"
         + body
