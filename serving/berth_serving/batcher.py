@@ -9,14 +9,14 @@ resolves all the round's futures. The hand-over is one too: the jobs submitted i
 iteration go to the worker together at its end (one put), so an idle worker no longer wakes
 at the first of them and takes it alone while the loop is still parsing the rest (one-row
 MLP requests at c64 here: 14 rows per ORT call on average that way, 24 this way). Nothing
-waits when nothing else is queued: a request alone in flight goes to the worker at once, or,
-when the model's last lone calls show that it costs less than INLINE_BELOW_SECONDS, runs on
-the event loop itself: no hand-off at all (two thread switches, to the worker and back, cost
-more than such a call here: see INLINE_BELOW_SECONDS). Under load, requests pile up while the worker is busy and the next call takes them all (up
-to `max_batch_size` rows). With a `max_delay` above zero (the server sets one for GPU
-providers only, see loaded.batch_delay_seconds) and a queue that shows concurrency, the worker
-also keeps collecting while requests keep arriving (each within ARRIVAL_GAP of the last),
-but never past `max_delay` from the oldest job's arrival.
+waits when nothing else is queued: a request alone in flight goes to the worker at once or,
+when the model's last lone call shows it costs less than INLINE_BELOW_SECONDS, runs on the
+event loop itself, with no hand-off at all (see INLINE_BELOW_SECONDS). Under load, requests
+pile up while the worker is busy and the next call takes them all (up to `max_batch_size`
+rows). With a `max_delay` above zero (the server sets one for GPU providers only, see
+loaded.batch_delay_seconds) and a queue that shows concurrency, the worker also keeps
+collecting while requests keep arriving (each within ARRIVAL_GAP of the last), but never past
+`max_delay` from the oldest job's arrival.
 
 A job submitted with a deadline fails with the caller's timeout error when it is not done by
 then. One timer serves every pending job (armed for the earliest deadline, moved only when
@@ -52,9 +52,10 @@ Outcome = tuple["Job", list[Any] | None, float, BaseException | None]
 Expiry = Callable[[], BaseException]
 # A job alone (nothing pending, nothing staged) runs on the event loop thread when the model's
 # last lone call, scaled to this job's rows, took less than this. The hand-off to the worker and
-# back cost about 0.1-0.2 ms of latency at concurrency 1 here (a small model's p50 0.41 ms
-# through the worker, ORT itself 0.025 ms); the loop is blocked at most this long, only when
-# nothing else is in flight. The first lone call always goes to the worker (its cost unknown).
+# back cost 0.03-0.14 ms of latency at concurrency 1 here (a small model's p50 0.327 / 0.448 ms
+# through the worker, 0.293 / 0.307 ms inline, ORT itself 0.025 ms); the loop is blocked about
+# this long at most (a call's cost varies), only when nothing else is in flight. The first lone
+# call always goes to the worker (its cost unknown).
 INLINE_BELOW_SECONDS = 0.0005
 # Deadlines this close are treated as passed: uvloop's timers fire to the millisecond, and a
 # timer a fraction of one early would otherwise be re-armed in a loop until the time came.
