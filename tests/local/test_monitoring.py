@@ -162,16 +162,17 @@ def test_a_window_like_the_baseline_has_no_drift(tmp_path: Path, baseline: Path)
     async def body() -> None:
         monitoring.tick()
         assert monitoring.schedules[KEY].next_run == datetime(2026, 12, 3, 11, 0, tzinfo=UTC)
-        clock.now = datetime(2026, 12, 3, 11, 0, 20, tzinfo=UTC)  # a tick a little late still fires
+        clock.now = datetime(2026, 12, 3, 13, 47, tzinfo=UTC)  # the machine slept through 3 fires
         assert len(monitoring.tick()) == 1
         await monitoring.idle()
         monitoring.tick()
+        assert monitoring.schedules[KEY].runs == 1
 
     drive(body)
     found = conditions(monitoring)
     assert found["Drift"].status == "False" and found["Drift"].reason == "NoViolations", found
     assert f"({WINDOW_ROWS} records)" in found["Drift"].message
-    assert monitoring.schedules[KEY].next_run == datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    assert monitoring.schedules[KEY].next_run == datetime(2026, 12, 3, 14, 0, tzinfo=UTC)
 
 
 def test_suspend_prevents_runs_until_resumed(tmp_path: Path, baseline: Path) -> None:

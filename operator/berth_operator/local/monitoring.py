@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from berth_serving.termination import TERMINATION_LOG_ENV
+
 from ..api import Endpoint, EndpointConfig, MonitoringSchedule, MonitoringScheduleStatus
 from ..planner.cron import CronError, next_after
 from ..planner.monitoring import HISTORY, MONITOR_CONTAINER, plan_monitoring
@@ -39,7 +41,6 @@ from .sidecar import BERTH_ARGV, berth_args
 log = logging.getLogger("berth.up")
 
 Key = tuple[str, str]  # (namespace, name)
-TERMINATION_LOG_ENV = "BERTH_TERMINATION_LOG"  # berth_serving.termination's, not imported: no serving here
 # Kubernetes' FallbackToLogsOnError: the last 80 lines, at most 2048 bytes, of a failed container's log.
 FALLBACK_LINES = 80
 FALLBACK_BYTES = 2048
@@ -199,6 +200,8 @@ class LocalMonitoring:
         cron_job = state.cron_job
         if cron_job is None or cron_job["spec"].get("suspend"):
             state.next_run = None
+            if cron_job is not None:  # --monitor-now meant at start, not when it is resumed
+                state.run_now = False
             return ""
         try:
             if state.next_run is None:
