@@ -11,7 +11,8 @@ at the first of them and takes it alone while the loop is still parsing the rest
 MLP requests at c64 here: 14 rows per ORT call on average that way, 24 this way). Nothing
 waits when nothing else is queued: a request alone in flight goes to the worker at once or,
 when the model's last lone call shows it costs less than INLINE_BELOW_SECONDS, runs on the
-event loop itself, with no hand-off at all (see INLINE_BELOW_SECONDS). Under load, requests
+event loop itself at the end of the loop iteration, with no hand-off at all, provided it is
+still the only job then (see INLINE_BELOW_SECONDS). Under load, requests
 pile up while the worker is busy and the next call takes them all (up to `max_batch_size`
 rows). With a `max_delay` above zero (the server sets one for GPU providers only, see
 loaded.batch_delay_seconds) and a queue that shows concurrency, the worker also keeps
@@ -50,8 +51,11 @@ BatchHook = Callable[[int, float], None]
 Outcome = tuple["Job", list[Any] | None, float, BaseException | None]
 # What a job past its deadline fails with (made when it expires).
 Expiry = Callable[[], BaseException]
-# A job alone (nothing pending, nothing staged) runs on the event loop thread when the model's
-# last lone call, scaled to this job's rows, took less than this. The hand-off to the worker and
+# The only job of a loop iteration, with nothing else pending, runs on the event loop thread
+# when the model's last lone call, scaled to this job's rows, took less than this. Deciding at
+# the end of the iteration matters: a request whose task runs to its end without waiting keeps
+# `inflight` at 1, so at concurrency 64 "alone in flight" held for almost every request and a
+# no-op model ran 1.3 rows per ORT call (18.4 through the worker) and lost throughput. The hand-off to the worker and
 # back cost 0.03-0.14 ms of latency at concurrency 1 here (a small model's p50 0.327 / 0.448 ms
 # through the worker, 0.293 / 0.307 ms inline, ORT itself 0.025 ms); the loop is blocked about
 # this long at most (a call's cost varies), only when nothing else is in flight. The first lone
@@ -148,33 +152,41 @@ class Batcher:
         (in loop.time()), the job's future fails with `timeout()` if not done by then, and the
         worker skips it if it has not started it."""
         job = Job(inputs, rows, self._loop.create_future())
-        if alone and not self.pending and not self._staged:
-            per_row = self._alone_row_seconds
-            if per_row is not None and rows * per_row < INLINE_BELOW_SECONDS:
-                self.pending += 1
-                outcomes: list[Outcome] = []
-                self._run_jobs([job], outcomes)  # on this thread: its future is done on return
-                self._deliver(1, outcomes)
-                return job
         self.pending += 1
         if deadline is not None:
             self._deadlines[job] = (deadline, timeout or _timed_out)
             if deadline < self._timer_at:
                 self._arm(deadline)
-        if alone and not self._staged:
+        if alone and not self._staged and not self._inline_fits(rows):
             self._queue.put(job)
             return job
+        # Staged: at the end of this loop iteration _flush hands over every job submitted in
+        # it, or runs the only one inline.
         self._staged.append(job)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
         return job
 
+    def _inline_fits(self, rows: int) -> bool:
+        """Nothing else pending and the model's last lone call, scaled to `rows`, was short."""
+        per_row = self._alone_row_seconds
+        return self.pending == 1 and per_row is not None and rows * per_row < INLINE_BELOW_SECONDS
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         staged, self._staged = self._staged, []
-        if staged:
-            self._queue.put(staged[0] if len(staged) == 1 else staged)
+        if len(staged) == 1:
+            job = staged[0]
+            if not job.cancelled and self._inline_fits(job.rows):
+                # The only job of this loop iteration, the worker idle: run it here, no hand-off.
+                outcomes: list[Outcome] = []
+                self._run_jobs([job], outcomes)
+                self._deliver(1, outcomes)
+            else:
+                self._queue.put(job)
+        elif staged:
+            self._queue.put(staged)
 
     # --- worker thread -------------------------------------------------------------
     def _work(self) -> None:

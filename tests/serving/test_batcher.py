@@ -416,25 +416,49 @@ class ThreadRecorder:
 
 
 def test_a_lone_request_of_a_fast_model_runs_on_the_event_loop_without_a_hand_off() -> None:
-    async def scenario() -> tuple[ThreadRecorder, bool]:
+    async def scenario(loop: CountingLoop) -> tuple[ThreadRecorder, int]:
         run = ThreadRecorder()
-        batcher = make(run, asyncio.get_running_loop())
+        batcher = make(run, loop)
         try:
             await batcher.submit(rows(1.0), 1, alone=True).future  # its cost unknown: the worker
+            before = len(loop.wakeups)
             second = batcher.submit(rows(2.0), 1, alone=True)
-            done_at_once = second.future.done()
             np.testing.assert_array_equal((await second.future)[0][0], np.full((1, 4), 4.0))
+            handed_back = len(loop.wakeups) - before
             # 10,000 rows at the first calls' cost per row would block the loop: the worker.
             await batcher.submit(rows(3.0, count=10_000), 10_000, alone=True).future
             assert batcher.pending == 0
-            return run, done_at_once
+            return run, handed_back
         finally:
             batcher.stop()
 
-    run, done_at_once = asyncio.run(scenario())
-    assert done_at_once
+    (run, handed_back), _ = run_counting(scenario)
+    assert handed_back == 0  # no call_soon_threadsafe: it never left the loop thread
     main = threading.get_ident()
     assert [thread == main for thread in run.threads] == [False, True, False]
+
+
+def test_requests_of_one_loop_iteration_go_to_the_worker_together_even_for_a_fast_model() -> None:
+    """Under load a request's task often runs to its end alone in flight: inline would then
+    take every request one by one and nothing would be batched."""
+
+    async def scenario() -> tuple[ThreadRecorder, list[int]]:
+        run = ThreadRecorder()
+        sizes: list[int] = []
+        batcher = make(run, asyncio.get_running_loop(), on_batch=lambda rows, _: sizes.append(rows))
+        try:
+            await batcher.submit(rows(1.0), 1, alone=True).future
+            await batcher.submit(rows(1.0), 1, alone=True).future  # inline
+            jobs = [batcher.submit(rows(float(i)), 1, alone=True) for i in range(3)]
+            await asyncio.gather(*(job.future for job in jobs))
+            return run, sizes
+        finally:
+            batcher.stop()
+
+    run, sizes = asyncio.run(scenario())
+    main = threading.get_ident()
+    assert [thread == main for thread in run.threads] == [False, True, False]
+    assert sizes == [1, 1, 3]
 
 
 def test_a_lone_request_of_a_slow_model_stays_on_the_worker() -> None:
