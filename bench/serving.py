@@ -215,6 +215,17 @@ def berth_server(model: Path) -> Iterator[tuple[str, int]]:
         process.wait(30)
 
 
+def rows_per_call(url: str) -> float:
+    """Mean rows per ORT call so far, from the server's berth_batch_size histogram."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    total = re.search(r"^berth_batch_size_sum\{[^}]*\} (\S+)$", text, re.M)
+    count = re.search(r"^berth_batch_size_count\{[^}]*\} (\S+)$", text, re.M)
+    if total is None or count is None or not float(count.group(1)):
+        return float("nan")
+    return float(total.group(1)) / float(count.group(1))
+
+
 def ensure_kserve_venv() -> Path | None:
     python = KSERVE_VENV / "bin" / "python"
     if not python.exists():
@@ -329,6 +340,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each load measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the c64 comparisons")
     parser.add_argument("--no-kserve", action="store_true", help="skip the KServe peer")
+    parser.add_argument(
+        "--rounds-only",
+        action="store_true",
+        help="only the interleaved rounds (no-op and MLP c64, KServe MLP c64, small c1): "
+        "no c16, NPY, raw ORT best batch or KServe small-model figures",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="berth-bench-"))
@@ -358,8 +375,9 @@ def main() -> None:
     }
     for name, value in raw.items():
         print(f"  p50 batch 1, {name:6s} {value:8.3f} ms")
-    best_batch, raw_rows = raw_best_rows_per_second(mlp, 256)
-    print(f"  MLP best batch {best_batch}: {raw_rows:,.0f} rows/s (the compute limit)")
+    if not args.rounds_only:
+        best_batch, raw_rows = raw_best_rows_per_second(mlp, 256)
+        print(f"  MLP best batch {best_batch}: {raw_rows:,.0f} rows/s (the compute limit)")
 
     kserve_python = None if args.no_kserve else ensure_kserve_venv()
     with contextlib.ExitStack() as servers:
@@ -386,6 +404,8 @@ def main() -> None:
         )
         rounds: list[Round] = []
         for number in range(1, args.rounds + 1):
+            if number == 1:
+                warm = (rows_per_call(noop_url), rows_per_call(mlp_url))
             noop_slices: list[Load] = []
             mlp_slices: list[Load] = []
             for index in range(slices):
@@ -419,14 +439,27 @@ def main() -> None:
                 f"{current.ratio:.3f} of no-op){kserve_text}; small c1 p50 {small_1.p50_ms:.3f} ms"
             )
 
-        mlp_16 = load(mlp_url, "/invocations", one_mlp, "application/json", 16)
-        npy_8 = load(mlp_url, "/invocations", npy_256, "application/x-npy", 8)
+        print(
+            f"  rows per ORT call over all rounds and the warm-up (berth_batch_size): no-op "
+            f"{rows_per_call(noop_url):.1f}, MLP {rows_per_call(mlp_url):.1f} "
+            f"(warm-up alone: {warm[0]:.1f}, {warm[1]:.1f})"
+        )
+        if args.rounds_only:
+            mlp_16 = npy_8 = None
+        else:
+            mlp_16 = load(mlp_url, "/invocations", one_mlp, "application/json", 16)
+            npy_8 = load(mlp_url, "/invocations", npy_256, "application/x-npy", 8)
         kserve_16 = kserve_small_1 = None
-        if kserve_url is not None:
+        if kserve_url is not None and not args.rounds_only:
             kserve_16 = load(kserve_url, kserve_path, one_mlp, "application/json", 16)
-    if kserve_python is not None:
+    if kserve_python is not None and not args.rounds_only:
         with kserve_server(kserve_python, small) as url:
             kserve_small_1 = load(url, kserve_path, one_small, "application/json", 1)
+    median = statistics.median
+    if mlp_16 is None or npy_8 is None:
+        _print_rounds(rounds, raw, kserve_url is not None)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
     npy_rows = npy_8.requests_per_second * 256
     # The machine drifts: measure the compute limit again right after, and keep the higher
     # figure so the ratio below errs against Berth.
@@ -436,7 +469,6 @@ def main() -> None:
     )
     if after_rows > raw_rows:
         best_batch, raw_rows = after_batch, after_rows
-    median = statistics.median
     print(
         f"  medians of the rounds: no-op c64 {median(r.noop_64 for r in rounds):,.0f} req/s, "
         f"MLP c64 {median(r.mlp_64.requests_per_second for r in rounds):,.0f} req/s"
@@ -490,6 +522,32 @@ def main() -> None:
         f"  idle RSS (no-op model): {idle_rss:.0f} MB (target <= 150 MB + model) {verdict(idle_rss <= 150)}"
     )
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _print_rounds(rounds: list[Round], raw: dict[str, float], kserve: bool) -> None:
+    """The round targets alone (--rounds-only)."""
+    median = statistics.median
+    ratios = [r.ratio for r in rounds]
+    print("\nagainst the targets (baselines from this run)")
+    print(
+        f"  medians of the rounds: no-op c64 {median(r.noop_64 for r in rounds):,.0f} req/s, "
+        f"MLP c64 {median(r.mlp_64.requests_per_second for r in rounds):,.0f} req/s"
+    )
+    print(
+        f"  MLP c64 / no-op c64 per round: {', '.join(f'{x:.3f}' for x in ratios)} "
+        f"(median {median(ratios):.2f}; target >= 0.7 in every round) {verdict(min(ratios) >= 0.7)}"
+    )
+    if kserve:
+        versus = [r.versus_kserve or 0.0 for r in rounds]
+        print(
+            f"  MLP c64 / KServe MLP c64 per round: {', '.join(f'{x:.2f}x' for x in versus)} "
+            f"(median {median(versus):.2f}x; target >= 2) {verdict(min(versus) >= 2)}"
+        )
+    gaps = [r.small_1.p50_ms - raw["small"] for r in rounds]
+    print(
+        f"  c1 p50 minus raw ORT, small model, per round: {', '.join(f'{x:.3f}' for x in gaps)} ms "
+        f"(target <= 0.3) {verdict(max(gaps) <= 0.3)}"
+    )
 
 
 if __name__ == "__main__":
