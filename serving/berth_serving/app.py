@@ -163,6 +163,9 @@ class ServingApp:
         self.model: LoadedModel | None = None
         self.draining = False
         self.inflight = 0
+        # Request tasks the HTTP server holds, started or not (set by server.Service): 1 means
+        # no other request exists at all, and a fast model's call may then run at once.
+        self.requests_in_server: Callable[[], int] | None = None
         self.exit_code = 0
         self.warming = bool(config.warmup_requests)  # /ping says ready only after the warm-ups
         # Data capture: None when off (the request path then does nothing more).
@@ -631,8 +634,14 @@ class ServingApp:
         # Alone in flight: straight to the worker; else with the rest of this loop iteration's.
         # The batcher fails the job with a 504 at the deadline (one timer for all its jobs).
         loop = self._loop or asyncio.get_running_loop()
+        in_server = self.requests_in_server
         job = batcher.submit(
-            arrays, rows, alone=self.inflight <= 1, deadline=loop.time() + remaining, timeout=self._timeout
+            arrays,
+            rows,
+            alone=self.inflight <= 1,
+            deadline=loop.time() + remaining,
+            timeout=self._timeout,
+            idle=in_server is not None and in_server() <= 1,
         )
         return await job.future
 

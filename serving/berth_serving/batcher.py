@@ -145,14 +145,22 @@ class Batcher:
         alone: bool = False,
         deadline: float | None = None,
         timeout: Expiry | None = None,
+        idle: bool = False,
     ) -> Job:
         """Queue a job. `alone` (no other request in progress) hands it to the worker at
         once; otherwise the jobs submitted in this loop iteration go over together, in one
         hand-off at its end, so an idle worker wakes once for all of them. With a `deadline`
         (in loop.time()), the job's future fails with `timeout()` if not done by then, and the
-        worker skips it if it has not started it."""
+        worker skips it if it has not started it. `idle` (no other request exists at all, not
+        even one waiting to start) lets a job that may run inline run at once, its future done
+        on return, without waiting for the end of the loop iteration."""
         job = Job(inputs, rows, self._loop.create_future())
         self.pending += 1
+        if idle and not self._staged and self._inline_fits(rows):
+            outcomes: list[Outcome] = []
+            self._run_jobs([job], outcomes)
+            self._deliver(1, outcomes)
+            return job
         if deadline is not None:
             self._deadlines[job] = (deadline, timeout or _timed_out)
             if deadline < self._timer_at:

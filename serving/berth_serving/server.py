@@ -135,6 +135,8 @@ class Service:
             self.app,
             self.edge,
         )
+        tasks = self.server.server_state.tasks
+        self.app.requests_in_server = tasks.__len__
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> int:

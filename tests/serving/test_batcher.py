@@ -476,3 +476,29 @@ def test_a_lone_request_of_a_slow_model_stays_on_the_worker() -> None:
 
     run = asyncio.run(scenario())
     assert threading.get_ident() not in run.threads
+
+
+def test_a_job_submitted_idle_runs_at_once_and_only_when_nothing_is_pending() -> None:
+    async def scenario() -> tuple[ThreadRecorder, bool, bool]:
+        run = ThreadRecorder()
+        batcher = make(run, asyncio.get_running_loop())
+        try:
+            await batcher.submit(rows(1.0), 1, idle=True).future  # its cost unknown: the worker
+            now = batcher.submit(rows(2.0), 1, idle=True)
+            done_on_return = now.future.done()
+            await now.future
+            # With jobs pending, "idle" is not believed: the new one waits for the worker.
+            run.seconds = 0.05
+            busy = [batcher.submit(rows(3.0), 1), batcher.submit(rows(3.0), 1)]  # one batch
+            await asyncio.sleep(0.01)
+            behind = batcher.submit(rows(4.0), 1, idle=True)
+            behind_done_on_return = behind.future.done()
+            await asyncio.gather(*(job.future for job in busy), behind.future)
+            return run, done_on_return, behind_done_on_return
+        finally:
+            batcher.stop()
+
+    run, done_on_return, behind_done_on_return = asyncio.run(scenario())
+    assert done_on_return and not behind_done_on_return
+    main = threading.get_ident()
+    assert [thread == main for thread in run.threads] == [False, True, False, False]
