@@ -59,24 +59,46 @@ def parse_uri(uri: str) -> Location:
     return Location("file", "", uri)
 
 
-def s3_client() -> Any:
+# The capture writer's client (bounded=True): a destination that accepts connections and never
+# answers costs at most CAPTURE_UPLOAD_SECONDS per request (connect, then a read timeout per
+# socket read, over CAPTURE_ATTEMPTS attempts) instead of boto's 60 s read timeout, retried.
+# The timeouts are per socket operation, not per object: a large upload that keeps moving
+# is never cut. Other clients (transform reads and writes, model fetches) keep boto's defaults.
+CAPTURE_CONNECT_TIMEOUT = 2.0
+CAPTURE_READ_TIMEOUT = 3.0
+CAPTURE_ATTEMPTS = 2  # the first try and one retry
+CAPTURE_UPLOAD_SECONDS = CAPTURE_ATTEMPTS * (CAPTURE_CONNECT_TIMEOUT + CAPTURE_READ_TIMEOUT)
+
+
+def s3_client(bounded: bool = False) -> Any:
     """One client per configuration, shared by threads (boto3 clients are thread-safe and
     refresh their credentials themselves): making one costs milliseconds of CPU, which an
-    async worker writing an object per request cannot pay each time."""
+    async worker writing an object per request cannot pay each time. `bounded`: the capture
+    writer's client, with short timeouts and a small retry budget (CAPTURE_UPLOAD_SECONDS)."""
     environ = os.environ
     return _s3_client(
         environ.get("AWS_ENDPOINT_URL") or None,
         environ.get("AWS_ACCESS_KEY_ID"),
         environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION"),
+        bounded,
     )
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_client(endpoint_url: str | None, access_key_id: str | None, region: str | None) -> Any:
+def _s3_client(endpoint_url: str | None, access_key_id: str | None, region: str | None, bounded: bool) -> Any:
     import boto3
 
+    config = None
+    if bounded:
+        from botocore.config import Config
+
+        config = Config(
+            connect_timeout=CAPTURE_CONNECT_TIMEOUT,
+            read_timeout=CAPTURE_READ_TIMEOUT,
+            retries={"total_max_attempts": CAPTURE_ATTEMPTS, "mode": "standard"},
+        )
     # boto3 reads AWS_ENDPOINT_URL itself in recent versions; passing it keeps older ones working.
-    return boto3.client("s3", endpoint_url=endpoint_url)
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
 
 def _s3_error(action: str, uri: str, error: Exception) -> StorageError:
@@ -265,9 +287,9 @@ class LocalWriter:
 class S3Writer:
     """A multipart upload completed only by `commit`; an object smaller than a part is one PUT."""
 
-    def __init__(self, where: Location) -> None:
+    def __init__(self, where: Location, bounded: bool = False) -> None:
         self._where = where
-        self._client = s3_client()
+        self._client = s3_client(bounded)
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
@@ -326,8 +348,9 @@ class S3Writer:
         self._buffer.clear()
 
 
-def open_output(where: Location, durable: bool = True) -> AtomicWriter:
-    return S3Writer(where) if where.scheme == "s3" else LocalWriter(Path(where.path), durable)
+def open_output(where: Location, durable: bool = True, bounded: bool = False) -> AtomicWriter:
+    """`bounded`: an S3 upload gives up within CAPTURE_UPLOAD_SECONDS when the destination hangs."""
+    return S3Writer(where, bounded) if where.scheme == "s3" else LocalWriter(Path(where.path), durable)
 
 
 def write_object(where: Location, chunks: Iterator[bytes], durable: bool = True) -> None:

@@ -89,7 +89,7 @@ class CaptureWriter:
             current = self._file = _OpenFile(file_location(self.root, self.config, event.at), hour)
         try:
             if current.output is None:
-                current.output = open_output(current.where, durable=False)
+                current.output = open_output(current.where, durable=False, bounded=True)
             current.output.write(line)
         except StorageError as error:
             current.events += 1
