@@ -86,10 +86,52 @@ GOOD = [
             },
         },
     ),
+    Row("capture-minimal", job(dataCapture={"destinationUri": "s3://bucket/capture/"})),
+    Row(
+        "capture-full",
+        job(
+            dataCapture={
+                "destinationUri": "file:///var/berth/capture/",
+                "samplingPercentage": 0.5,
+                "captureModes": ["Output"],
+                "textContentTypes": ["text/csv", "application/jsonlines"],
+                "maxFileBytes": 1024,
+                "maxFileAgeSeconds": 3600,
+            }
+        ),
+    ),
+    Row("capture-off", job(dataCapture={"destinationUri": "s3://b/c/", "samplingPercentage": 0})),
     Row("update-labels-only", changed(job(), "metadata.labels", {"team": "risk"}), old=job()),
 ]
 
 BAD = [
+    Row(
+        "capture-no-destination",
+        job(dataCapture={"samplingPercentage": 10}),
+        "spec.dataCapture.destinationUri",
+    ),
+    Row("capture-gs", job(dataCapture={"destinationUri": "gs://b/c/"}), api.MSG_CAPTURE_URI),
+    Row("capture-bare-scheme", job(dataCapture={"destinationUri": "s3://"}), api.MSG_CAPTURE_URI),
+    Row(
+        "capture-over-100",
+        job(dataCapture={"destinationUri": "s3://b/c/", "samplingPercentage": 101}),
+        "spec.dataCapture.samplingPercentage",
+    ),
+    Row(
+        "capture-repeated-mode",
+        job(dataCapture={"destinationUri": "s3://b/c/", "captureModes": ["Input", "Input"]}),
+        "spec.dataCapture.captureModes",
+    ),
+    Row(
+        "capture-tiny-files",
+        job(dataCapture={"destinationUri": "s3://b/c/", "maxFileBytes": 10}),
+        "spec.dataCapture.maxFileBytes",
+    ),
+    Row(
+        "capture-unknown-field",
+        job(dataCapture={"destinationUri": "s3://b/c/", "kmsKeyId": "arn:aws:kms:x"}),
+        "spec.dataCapture",
+    ),
     Row("input-filter-no-dollar", job(inputFilter="[1:]"), api.MSG_FILTER_SYNTAX),
     Row("output-filter-no-dollar", job(outputFilter="features"), api.MSG_FILTER_SYNTAX),
     Row("filter-too-long", job(inputFilter="$." + "a" * 300), "spec.inputFilter: Too long"),

@@ -8,6 +8,7 @@ from berth_serving.multimodel.names import MAX_NAME_LENGTH, name_problem
 from berth_serving.transform.jsonpath import FilterError, parse_filter
 from pydantic import Field, model_validator
 
+from .endpointconfig import URI_MAX, DataCapture
 from .meta import DNS_SUBDOMAIN, STORAGE_URI, ApiModel, Condition, Resource, conditions_field
 
 FILTER_MAX = 256
@@ -78,6 +79,23 @@ class TransformOutput(ApiModel):
     )
 
 
+class TransformDataCapture(DataCapture):
+    """Each record's input and its answer line as a capture event (SageMaker's
+    CreateTransformJob DataCaptureConfig): the EndpointConfig's fields and checks, every record
+    captured unless samplingPercentage says otherwise."""
+
+    sampling_percentage: float = Field(
+        default=100,
+        ge=0,
+        le=100,
+        description="Share of records captured (0 to 100), decided by each record's id (OBJECT:INDEX).",
+    )
+    destination_uri: str = Field(
+        max_length=URI_MAX,
+        description="Files go to DEST/JOBNAME/transform/yyyy/mm/dd/hh/UUID.jsonl (s3:// or file://).",
+    )
+
+
 class TransformJobSpec(ApiModel):
     """Run a Model over a dataset in object storage and write the predictions back. Immutable."""
 
@@ -135,6 +153,10 @@ class TransformJobSpec(ApiModel):
         ge=0,
         le=1_000_000_000,
         description="Malformed records tolerated per instance; they are listed in INPUT.errors objects.",
+    )
+    data_capture: TransformDataCapture | None = Field(
+        default=None,
+        description="Capture each record's input and answer as JSON Lines (eventMetadata.source transform).",
     )
     ttl_seconds_after_finished: int = Field(
         default=3600,
