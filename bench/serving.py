@@ -1,7 +1,7 @@
 """Serving benchmark (not a test): berth serve against raw ONNX Runtime and KServe's Python
 server, in one run on the same models and machine.
 
-    .venv/bin/python bench/serving.py [--seconds 3] [--rounds 3] [--no-kserve]
+    .venv/bin/python bench/serving.py [--seconds 3] [--rounds 3] [--no-kserve] [--rounds-only]
 
 Load generator: wrk (Debian package `wrk`) when installed, else a small asyncio client
 (slower; the script says which). The KServe peer runs from its own virtualenv
