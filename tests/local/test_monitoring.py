@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,7 @@ from click.testing import CliRunner
 
 from tests.monitor.data import table, write_captures, write_csv
 
-from .support import config, endpoint, model, variant
+from .support import config, descendants, endpoint, model, variant
 
 Key = tuple[str, str]
 BASE_ROWS = 5_000
@@ -270,3 +271,31 @@ def test_berth_up_reads_schedules_and_refuses_a_schedule_naming_the_field(tmp_pa
         match=r"all.yaml:document 4: MonitoringSchedule/fraud-drift: spec.schedule: day of week '1-7': 7 is outside 0-6",
     ):
         load_resources([path])
+
+
+def test_a_schedule_removed_from_the_manifests_stops_its_run(tmp_path: Path, baseline: Path) -> None:
+    captured(tmp_path / "capture", None, seed=5)
+    clock = Clock(T0)
+    parts = objects(tmp_path / "capture", baseline, tmp_path / "reports")
+    monitoring = runner(tmp_path, parts, clock)
+
+    async def body() -> tuple[set[int], set[int], bool]:
+        monitoring.tick()
+        clock.now = datetime(2026, 12, 3, 10, 15, tzinfo=UTC)
+        [job] = monitoring.tick()
+        log = tmp_path / "run" / "logs" / f"{job}.log"
+        for _ in range(200):  # opened once the process is spawned
+            if log.exists():
+                break
+            await asyncio.sleep(0.01)
+        running = descendants(os.getpid())
+        task = monitoring.schedules[KEY].running
+        assert task is not None
+        monitoring.load({}, {("default", "fraud-v1"): parts[1]}, {})  # a deleted CronJob's Jobs go too
+        await asyncio.gather(task, return_exceptions=True)
+        return running, descendants(os.getpid()), task.cancelled()
+
+    running, left, cancelled = drive(body)
+    assert running and cancelled
+    assert not left & running
+    assert not monitoring.schedules and not (tmp_path / "reports").exists()
