@@ -435,3 +435,30 @@ def test_render_and_up_leave_transform_jobs_to_berth_transform(tmp_path) -> None
     loaded = load_manifests([tmp_path])
     assert loaded.models == loaded.configs == loaded.endpoints == []
     assert any("ignored TransformJob/score-march" in note for note in loaded.notes)
+
+
+def test_data_capture_becomes_the_capture_option_berth_transform_parses() -> None:
+    from berth_serving.capture import CaptureConfig, capture_from_json
+
+    tj = transform_job(
+        dataCapture={"destinationUri": "s3://capture/tj/", "captureModes": ["Input"], "maxFileAgeSeconds": 30}
+    )
+    args = planned_job(tj)["spec"]["template"]["spec"]["containers"][0]["args"]
+    context = transform_command.make_context("transform", list(args[1:]))
+    assert capture_from_json(context.params["capture"]) == CaptureConfig(
+        "s3://capture/tj/",
+        "score-march",
+        "transform",
+        100.0,
+        capture_modes=("Input",),
+        source="transform",
+        max_file_age_seconds=30.0,
+    )
+    # Without dataCapture, or sampling nothing: no option.
+    specs: list[dict[str, Any]] = [
+        {},
+        {"dataCapture": {"destinationUri": "s3://capture/tj/", "samplingPercentage": 0}},
+    ]
+    for spec in specs:
+        args = planned_job(transform_job(**spec))["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert "--capture" not in args

@@ -10,8 +10,9 @@ from typing import Any
 
 _DESTINATION = re.compile(r"^(s3://[^/]+|file://.+)")
 MODES = ("Input", "Output")
-# The planner says async for an async variant's server (operator planner/capture.py).
-SOURCES = ("realtime", "shadow", "async")
+# The planner says async for an async variant's server (operator planner/capture.py), and
+# transform for a TransformJob's pods (planner/transform/job.py).
+SOURCES = ("realtime", "shadow", "async", "transform")
 DEFAULT_TEXT_CONTENT_TYPES = ("text/csv", "application/json")
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_FILE_AGE_SECONDS = 60.0

@@ -111,6 +111,15 @@ _LEVELS = click.Choice(["disable", "basic", "extended", "all"], case_sensitive=F
 @click.option("--graph-optimization-level", type=_LEVELS, default="all")
 @click.option("--providers", default="", help="Execution providers, comma separated (cuda, cpu).")
 @click.option(
+    "--capture",
+    default="",
+    envvar=ENV["capture"],
+    metavar="JSON",
+    help='Capture each record\'s input and answer (as `berth serve --capture`): {"destinationUri", "endpoint", '
+    '"variant", "samplingPercentage", ...}; events go to DEST/ENDPOINT/VARIANT/yyyy/mm/dd/hh/UUID.jsonl with '
+    "source transform, inferenceId OBJECT:INDEX.",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Progress line on stderr [default: when a terminal]."
 )
 def transform(
@@ -121,6 +130,7 @@ def transform(
     parse_threads: int,
     graph_optimization_level: str,
     providers: str,
+    capture: str,
     progress: bool | None,
     **fields: Any,
 ) -> None:
@@ -144,6 +154,12 @@ def transform(
         stages = pipeline_from_json(pipeline)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--pipeline") from None
+    from berth_serving.capture import capture_from_json
+
+    try:
+        capture_config = capture_from_json(capture)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--capture") from None
     if bool(model_uri) == bool(stages):
         raise click.UsageError("give --model or --pipeline (one of them)")
     if stages and sha256:
@@ -178,6 +194,7 @@ def transform(
                 ProgressLine() if show else Listener(),
                 parse_threads=arrow_threads,
                 inference_workers=workers,
+                capture=capture_config,
             )
     except FetchError as error:
         _fail(f"cannot fetch the model: {error}", EXIT_DATA)
@@ -189,7 +206,12 @@ def transform(
     write_termination_message(summary.as_message())
     click.echo(
         f"berth transform: {summary.done} objects done, {summary.skipped} already done, "
-        f"{summary.records} records, {summary.failed} malformed",
+        f"{summary.records} records, {summary.failed} malformed"
+        + (
+            f", {summary.captured} captured, {summary.capture_dropped} capture events dropped"
+            if summary.captured is not None
+            else ""
+        ),
         err=True,
     )
 

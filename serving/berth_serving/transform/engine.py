@@ -52,6 +52,7 @@ from berth_serving.transform.records import (
 )
 
 if TYPE_CHECKING:
+    from berth_serving.capture import CaptureConfig, Capturer
     from berth_serving.config import PipelineStage
 
 log = logging.getLogger("berth.transform")
@@ -61,6 +62,10 @@ _Parsed = tuple[list[tuple[int, Parsed]], list[BadRecord]]
 SWITCH_INTERVAL_SECONDS = 0.0005
 BLOCK_ROWS = 1 << 16  # lines per block at most; a block is about records.READ_BYTES of text
 WRITES_AHEAD = 2  # encoded batches waiting for the writer thread, at most
+# How long the end of a transform waits for the captured events to be written and uploaded;
+# what is left then is counted as dropped (reason shutdown).
+CAPTURE_CLOSE_SECONDS = 60.0
+TRANSFORM_SOURCE = "transform"  # eventMetadata.source of a transform's events
 
 
 class TransformError(Exception):
@@ -102,18 +107,22 @@ class Summary:
     skipped: int = 0  # objects whose output existed already (resumed run)
     records: int = 0  # records transformed by this run
     failed: int = 0  # malformed records skipped under the error budget
+    captured: int | None = None  # with --capture: events written to the destination
+    capture_dropped: int | None = None  # ... and events dropped (buffer full, upload failed, shutdown)
 
     def as_message(self) -> str:
         """The pod's termination message: the operator sums these over the Job's pods."""
-        return orjson.dumps(
-            {
-                "objects": self.objects,
-                "done": self.done,
-                "skipped": self.skipped,
-                "records": self.records,
-                "failed": self.failed,
-            }
-        ).decode()
+        counts: dict[str, int] = {
+            "objects": self.objects,
+            "done": self.done,
+            "skipped": self.skipped,
+            "records": self.records,
+            "failed": self.failed,
+        }
+        if self.captured is not None:
+            counts["captured"] = self.captured
+            counts["captureDropped"] = self.capture_dropped or 0
+        return orjson.dumps(counts).decode()
 
 
 @dataclass(frozen=True)
@@ -207,9 +216,12 @@ def run_transform(
     *,
     parse_threads: int = 1,
     inference_workers: int = 1,
+    capture: CaptureConfig | None = None,
 ) -> Summary:
     """`parse_threads`: Arrow threads for one block's parse (1: the parse thread alone);
-    `inference_workers`: ONNX Runtime calls run side by side (each on a thread of its own)."""
+    `inference_workers`: ONNX Runtime calls run side by side (each on a thread of its own);
+    `capture`: each sampled record's input and answer line offered to a Capturer (never
+    waited for: a full buffer drops and counts), flushed when the transform ends."""
     options.check()
     check_locations(options)
     arrow.set_parse_threads(parse_threads)
@@ -218,7 +230,7 @@ def run_transform(
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     try:
-        run = _Run(options, model, listener or Listener())
+        run = _Run(options, model, listener or Listener(), capture)
         run.workers = max(1, inference_workers)
         return asyncio.run(run.run())
     finally:
@@ -226,7 +238,13 @@ def run_transform(
 
 
 class _Run:
-    def __init__(self, options: TransformOptions, model: LoadedModel, listener: Listener) -> None:
+    def __init__(
+        self,
+        options: TransformOptions,
+        model: LoadedModel,
+        listener: Listener,
+        capture: CaptureConfig | None = None,
+    ) -> None:
         self.options = options
         self.model = model
         self.listener = listener
@@ -237,16 +255,18 @@ class _Run:
         except ValueError as error:
             raise BadOptions(str(error)) from None
         join = options.join_source == "Input"
+        self.capture = _RecordCapture(capture, model.output_names, options) if capture is not None else None
+        keep = join or (self.capture is not None and self.capture.inputs)
         self.parser: Parser | FilteredParser
         try:
             if selection is None and self.output_filter is None:  # the Parser alone, as fast as it is
-                self.parser = Parser(model.signature, options.content_type, keep_lines=join)
+                self.parser = Parser(model.signature, options.content_type, keep_lines=keep)
             else:
                 self.parser = FilteredParser(
                     model.signature,
                     options.content_type,
                     selection,
-                    keep_lines=join,
+                    keep_lines=keep,
                     keep_numbers=self.output_filter is not None,
                 )
         except InputError as error:
@@ -288,6 +308,8 @@ class _Run:
             ]
         )
         batcher.start()
+        if self.capture is not None:
+            self.capture.capturer.start()
         try:
             for location, relative in mine:
                 target = output_root.child(relative + OUTPUT_SUFFIX)
@@ -297,6 +319,8 @@ class _Run:
                     continue
                 self.listener.object_started(relative)
                 errors = output_root.child(relative + ERRORS_SUFFIX)
+                if self.capture is not None:
+                    self.capture.begin(relative)
                 await self._transform_object(batcher, location, target, errors)
                 self.summary.done += 1
                 self.listener.object_finished(relative, skipped=False)
@@ -306,6 +330,8 @@ class _Run:
             batcher.stop()
             self.parse_pool.shutdown(wait=True)
             self.write_pool.shutdown(wait=True)
+            if self.capture is not None:
+                self.capture.finish(self.summary)
         self.summary.failed = self.budget.spent
         self.listener.finished(self.summary)
         return self.summary
@@ -450,11 +476,86 @@ class _Run:
         """On the writer thread: one batch's answers, encoded and appended; the records the
         outputFilter skipped, by line."""
         if self.output_filter is None:
-            writer.write(self.assembler.encode(outputs, lines))
+            data = self.assembler.encode(outputs, lines)
+            writer.write(data)
+            if self.capture is not None:
+                self.capture.offer(outputs, lines, data)
             return []
         data, failed = self.assembler.encode_filtered(outputs, lines)
         writer.write(data)
+        if self.capture is not None:
+            self.capture.offer(outputs, lines, None)
         return [BadRecord(numbers[index], message) for index, message in failed]
+
+
+class _RecordCapture:
+    """Batch transform capture: an event per record, inferenceId OBJECT:INDEX (the object's
+    path under the input prefix, the record's index in it from 0), so a retried transform
+    samples the same records. Input: the record's text in the input content type; output: its
+    answer line in the accept type (without the joined input or the outputFilter). Runs on the
+    writer thread, which sees an object's batches in order; `offer` never waits."""
+
+    def __init__(self, config: CaptureConfig, output_names: list[str], options: TransformOptions) -> None:
+        from berth_serving.capture import Capturer
+
+        self.capturer: Capturer = Capturer(config)
+        self.inputs = config.captures_input
+        self.outputs = config.captures_output
+        self.input_type = options.content_type.encode()
+        self.output_type = options.accept.encode()
+        self.lined = options.split_type == "Line"
+        # What is written is the answer lines themselves unless joined, filtered or unsplit: then
+        # the answers are encoded once more for the capture, a line per record.
+        self.reuse = options.assemble_with == "Line" and options.join_source == "None"
+        self.answers = Assembler(
+            output_names,
+            accept=options.accept,
+            assemble_with="Line",
+            join_source="None",
+            input_type=options.content_type,
+        )
+        self.prefix = b""
+        self.next = 0
+
+    def begin(self, relative: str) -> None:
+        self.prefix = relative.encode() + b":"
+        self.next = 0
+
+    def offer(self, outputs: list[Any], lines: list[bytes], written: bytes | None) -> None:
+        rows = len(outputs[0]) if outputs and hasattr(outputs[0], "__len__") else 1
+        if not self.lined:
+            rows = 1
+        first = self.next
+        self.next += rows
+        capturer = self.capturer
+        ids = [self.prefix + str(first + i).encode() for i in range(rows)]
+        chosen = [i for i, inference_id in enumerate(ids) if capturer.sampled(inference_id)]
+        if not chosen:
+            return
+        answers: list[bytes] | None = None
+        if self.outputs:
+            data = written if written is not None and self.reuse else self.answers.encode(outputs, [])
+            if not self.lined:
+                answers = [data.rstrip(b"\n")]
+            else:
+                answers = data.split(b"\n")
+                if answers and not answers[-1]:
+                    answers.pop()
+                if len(answers) != rows:  # not a line per record: no answer to pair with a record
+                    answers = None
+        records = lines if self.inputs and len(lines) == rows else None
+        if not self.lined and self.inputs and lines:
+            records = [b"".join(lines)]
+        for i in chosen:
+            record = records[i].rstrip(b"\r\n") if records is not None else None
+            answer = answers[i] if answers is not None else None
+            capturer.offer(ids[i], self.input_type, record, self.output_type, answer, TRANSFORM_SOURCE)
+
+    def finish(self, summary: Summary) -> None:
+        self.capturer.close(CAPTURE_CLOSE_SECONDS)
+        stats = self.capturer.stats
+        summary.captured = stats.written
+        summary.capture_dropped = sum(stats.dropped.values())
 
 
 class _Workers:

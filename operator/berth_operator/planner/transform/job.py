@@ -10,6 +10,7 @@ by the TransformJob and deleted ttlSecondsAfterFinished after it finished.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from berth_serving.config import MODEL_MOUNT_PATH, pipeline_to_json
@@ -39,6 +40,10 @@ APP_NAME = "berth-transform"
 BACKOFF_LIMIT = 3
 EXIT_DATA = 1  # `berth transform`: the data or the model is at fault; retrying cannot help
 EXIT_USAGE = 2
+# A TransformJob's capture files: DEST/JOBNAME/transform/yyyy/mm/dd/hh/UUID.jsonl (the endpoint
+# is the TransformJob, the variant the fixed word transform, eventMetadata.source transform).
+CAPTURE_VARIANT = "transform"
+CAPTURE_SOURCE = "transform"
 
 
 def job_name(transform_name: str) -> str:
@@ -61,7 +66,26 @@ def transform_labels(transform: TransformJob) -> dict[str, str]:
     }
 
 
-def transform_args(spec: TransformJobSpec, model: Model, gpu: bool) -> list[str]:
+def capture_settings(name: str, spec: TransformJobSpec) -> dict[str, Any] | None:
+    """`berth transform --capture`'s settings, or None when the TransformJob captures nothing."""
+    capture = spec.data_capture
+    if capture is None or capture.sampling_percentage <= 0:
+        return None
+    return {
+        "destinationUri": capture.destination_uri,
+        "endpoint": name,
+        "variant": CAPTURE_VARIANT,
+        "samplingPercentage": capture.sampling_percentage,
+        "captureModes": list(capture.capture_modes),
+        "textContentTypes": list(capture.text_content_types),
+        "source": CAPTURE_SOURCE,
+        "maxFileBytes": capture.max_file_bytes,
+        "maxFileAgeSeconds": capture.max_file_age_seconds,
+    }
+
+
+def transform_args(spec: TransformJobSpec, model: Model, gpu: bool, name: str = "") -> list[str]:
+    """`name`: the TransformJob's, the capture's endpoint (needed with spec.dataCapture)."""
     runtime = model.spec.runtime
     served = (
         ["--pipeline", pipeline_to_json(pipeline.served_stages(model.spec))]
@@ -107,6 +131,11 @@ def transform_args(spec: TransformJobSpec, model: Model, gpu: bool) -> list[str]
         args += ["--input-filter", spec.input_filter]
     if spec.output_filter is not None:
         args += ["--output-filter", spec.output_filter]
+    capture = capture_settings(name, spec)
+    if capture is not None:
+        if not name:
+            raise ValueError("transform_args needs the TransformJob's name for its dataCapture")
+        args += ["--capture", json.dumps(capture, separators=(",", ":"), sort_keys=True)]
     if gpu:
         args += ["--providers", "cuda"]
     return args
@@ -121,7 +150,7 @@ def _transform_container(
         "image": settings.images.gpu if gpu else settings.images.cpu,
         "imagePullPolicy": settings.images.pull_policy,
         "command": ["berth"],
-        "args": transform_args(transform.spec, model, gpu),
+        "args": transform_args(transform.spec, model, gpu, transform.name),
     }
     if model.spec.env:
         container["env"] = [e.to_wire() for e in model.spec.env]
