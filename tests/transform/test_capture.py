@@ -156,3 +156,18 @@ def test_capture_to_s3(transform_models: SimpleNamespace, s3: SimpleNamespace, t
         f"p0.csv:{i}" for i in range(12)
     )
     assert {e["eventMetadata"]["source"] for e in events} == {"transform"}
+
+
+def test_an_unsplit_object_is_one_event(transform_models: SimpleNamespace, tmp_path: Path) -> None:
+    data = rows(5, 4, seed=4)
+    write_csv(tmp_path / "in" / "p0.csv", data)
+    capture = tmp_path / "capture"
+    _, message = run_with_capture(
+        transform_models.logreg, tmp_path, "out", capture_json(f"file://{capture}/"), "--split-type", "None"
+    )
+    assert message["captured"] == 1
+    (event,) = events_under(capture)
+    assert event["eventMetadata"]["inferenceId"] == "p0.csv:0"
+    assert event["captureData"]["endpointInput"]["data"] == csv_bytes(data).decode().rstrip("\n")
+    written = (tmp_path / "out" / "p0.csv.out").read_bytes().decode()
+    assert event["captureData"]["endpointOutput"]["data"] == written.rstrip("\n")
