@@ -27,6 +27,7 @@ import kopf
 from . import api
 from .events import EventRecorder
 from .kube import ApiError, KubeClient, berth_kind, describe_error
+from .opmetrics import MonitoringGauges
 from .planner import labels as berth_labels
 from .queues import QueueReader
 from .reconcile import (
@@ -149,6 +150,7 @@ class OperatorContext:
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     reconciles: int = 0
     last_outcomes: dict[Key, Outcome] = field(default_factory=dict)
+    monitoring_gauges: MonitoringGauges = field(default_factory=MonitoringGauges)
 
     def waker(self, key: Key) -> asyncio.Event:
         return self.wakers.setdefault(key, asyncio.Event())

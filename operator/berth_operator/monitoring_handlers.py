@@ -56,7 +56,7 @@ def register_monitoring_handlers(registry: kopf.OperatorRegistry, ctx: OperatorC
             pods=list(indexes["monitoring_pods"].get((namespace, label)) or ()),
         )
         try:
-            await reconcile_monitoring(shell.kube, shell.events, ctx.settings, found)
+            await reconcile_monitoring(shell.kube, shell.events, ctx.settings, found, ctx.monitoring_gauges)
         except Exception as exc:  # the next event retries; say why
             log.warning(
                 "reconcile of MonitoringSchedule %s/%s failed: %s",
@@ -72,7 +72,9 @@ def register_monitoring_handlers(registry: kopf.OperatorRegistry, ctx: OperatorC
 
     @kopf.on.event(*SCHEDULES, registry=registry)
     async def schedule_changed(*, type: str, namespace: str | None, name: str, **kwargs: Any) -> None:
-        if type != "DELETED":
+        if type == "DELETED":
+            ctx.monitoring_gauges.forget(namespace or "default", name)
+        else:
             await reconcile(namespace or "default", monitoring_selector(name)[MONITORING_SCHEDULE], kwargs)
 
     @kopf.on.event(*PODS, labels=owned, registry=registry, id="monitoring_pod_changed")

@@ -19,6 +19,7 @@ from .api import Endpoint, EndpointConfig, MonitoringSchedule, validation_messag
 from .apply import status_patch
 from .events import EventRecorder
 from .kube import KubeClient, berth_kind
+from .opmetrics import MonitoringGauges
 from .planner.monitoring import plan_monitoring, watched_config_name
 from .planner.types import Manifest
 from .settings import Settings
@@ -49,11 +50,17 @@ def _parsed(
 
 
 async def reconcile_monitoring(
-    kube: KubeClient, events: EventRecorder, settings: Settings, snapshot: MonitoringSnapshot
+    kube: KubeClient,
+    events: EventRecorder,
+    settings: Settings,
+    snapshot: MonitoringSnapshot,
+    gauges: MonitoringGauges | None = None,
 ) -> int:
     """Returns the number of writes made."""
     raw = {"apiVersion": SCHEDULES.api_version, "kind": "MonitoringSchedule", **snapshot.raw}
     if raw["metadata"].get("deletionTimestamp"):
+        if gauges is not None:
+            gauges.forget(raw["metadata"].get("namespace") or "default", raw["metadata"]["name"])
         return 0
     try:
         schedule = MonitoringSchedule.model_validate(raw)
@@ -70,6 +77,8 @@ async def reconcile_monitoring(
         if isinstance(config, EndpointConfig):
             configs[name] = config
     plan = plan_monitoring(schedule, endpoint, configs, snapshot.pods, settings, datetime.now(UTC))
+    if gauges is not None:
+        gauges.record(schedule, plan.status)
     writes = 0
     for obj in plan.objects:
         await kube.apply(obj)

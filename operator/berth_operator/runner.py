@@ -1,6 +1,6 @@
 """`berth operator`: run the kopf operator against the current kubeconfig or in-cluster.
 
-The Helm chart runs `berth operator --settings /etc/berth/settings.yaml --liveness-port 8080`
+The Helm chart runs `berth operator --settings /etc/berth/settings.yaml --liveness-port 8080 --metrics-port 8081`
 (plus `--namespace NS` for namespaced installs).
 """
 
@@ -17,6 +17,7 @@ import kopf
 
 from .handlers import OperatorContext, build_registry, operator_settings
 from .monitoring_handlers import register_monitoring_handlers
+from .opmetrics import MetricsServer
 from .settings import Settings, SettingsError, load_settings
 from .transform_handlers import register_transform_handlers
 
@@ -30,6 +31,8 @@ class OperatorOptions:
     peering_name: str = DEFAULT_PEERING
     standalone: bool = False
     liveness_port: int | None = None
+    metrics_port: int | None = None  # the operator's own /metrics (MonitoringSchedule gauges)
+    metrics_host: str = "0.0.0.0"
     server_url: str | None = None  # tests: an API server URL to use instead of the kubeconfig
     resync_seconds: float = 300.0
 
@@ -53,18 +56,24 @@ async def run_operator(
     operator_settings(settings, peering_name=options.peering_name, standalone=options.standalone)
     namespaces = list(options.namespaces) or list(options.settings.namespaces)
     liveness = f"http://0.0.0.0:{options.liveness_port}/healthz" if options.liveness_port else None
-    await kopf.operator(
-        registry=registry,
-        settings=settings,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        # Not peering_name=: kopf would make peering mandatory; the settings carry the name, and
-        # peering is used when the chart installed kopf's peering CRDs, else it runs standalone.
-        standalone=options.standalone,
-        liveness_endpoint=liveness,
-        ready_flag=ready_flag,
-        stop_flag=stop_flag,
-    )
+    metrics = MetricsServer(ctx.monitoring_gauges)
+    if options.metrics_port:
+        await metrics.start(options.metrics_host, options.metrics_port)
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            # Not peering_name=: kopf would make peering mandatory; the settings carry the name,
+            # and peering is used when the chart installed kopf's peering CRDs, else standalone.
+            standalone=options.standalone,
+            liveness_endpoint=liveness,
+            ready_flag=ready_flag,
+            stop_flag=stop_flag,
+        )
+    finally:
+        await metrics.stop()
     return ctx
 
 
@@ -90,6 +99,16 @@ async def run_operator(
 @click.option(
     "--liveness-port", type=int, default=8080, show_default=True, help="Port of /healthz (0: none)."
 )
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=8081,
+    show_default=True,
+    help="Port of the operator's /metrics (MonitoringSchedule gauges; 0: none).",
+)
+@click.option(
+    "--metrics-host", default="0.0.0.0", show_default=True, help="Address the /metrics port listens on."
+)
 @click.option("--verbose", is_flag=True, help="Debug logging.")
 def operator_command(
     settings_path: str | None,
@@ -97,6 +116,8 @@ def operator_command(
     peering_name: str,
     standalone: bool,
     liveness_port: int,
+    metrics_port: int,
+    metrics_host: str,
     verbose: bool,
 ) -> None:
     """Run the Berth Kubernetes operator."""
@@ -112,5 +133,7 @@ def operator_command(
         peering_name=peering_name,
         standalone=standalone,
         liveness_port=liveness_port or None,
+        metrics_port=metrics_port or None,
+        metrics_host=metrics_host,
     )
     asyncio.run(run_operator(options))

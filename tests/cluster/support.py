@@ -1,7 +1,8 @@
 """The Berth chart installed into a real API server, the operator as a real process, and helpers.
 
 The operator runs exactly as the chart's Deployment runs it (its command line, its settings.yaml),
-with two local changes: the settings file path and `--liveness-port 0`. It logs in with a
+with local changes: the settings file path, `--liveness-port 0` and a free `--metrics-port` per
+operator. It logs in with a
 kubeconfig carrying a token of the chart's ServiceAccount from the TokenRequest API (what
 `kubectl create token` does), so the chart's RBAC is enforced on every request it makes.
 """
@@ -13,6 +14,7 @@ import os
 import re
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from tests.support.envtest import (
     ManagedProcess,
     Manifest,
     Watcher,
+    free_port,
     wait_for,
     write_kubeconfig,
 )
@@ -90,7 +93,8 @@ def install_chart(plane: ControlPlane, kube: Kube, workdir: Path) -> ChartInstal
 
 
 def _local_command(args: list[str], settings_path: Path) -> list[str]:
-    """The chart's command line for this machine: our venv's berth, our settings file, no liveness port."""
+    """The chart's command line for this machine: our venv's berth, our settings file, no liveness
+    port (Operator gives each run its own metrics port)."""
     berth = Path(sys.executable).with_name("berth")
     out = [str(berth) if args[0] == "berth" else args[0]]
     rest = iter(args[1:])
@@ -104,6 +108,12 @@ def _local_command(args: list[str], settings_path: Path) -> list[str]:
         else:
             out.append(arg)
     return out
+
+
+def _with_metrics_port(command: list[str], port: int) -> list[str]:
+    assert "--metrics-port" in command, "the chart runs the operator with --metrics-port"
+    at = command.index("--metrics-port") + 1
+    return [*command[:at], str(port), *command[at + 1 :], "--metrics-host", "127.0.0.1"]
 
 
 def _merged(base: Any, changes: Any) -> Any:
@@ -121,7 +131,8 @@ class Operator:
         self.install = install
         number = next(self._ids)
         self.log_path = workdir / f"operator-{number}.log"
-        command = install.command
+        self.metrics_port = free_port()
+        command = _with_metrics_port(install.command, self.metrics_port)
         if settings is not None:  # the chart's settings with these changes, in a file of its own
             merged = _merged(yaml.safe_load(install.settings_path.read_text()), settings)
             path = workdir / f"settings-{number}.yaml"
@@ -134,6 +145,11 @@ class Operator:
 
     def alive(self) -> bool:
         return self.process.alive()
+
+    def metrics(self) -> str:
+        """The operator's /metrics text."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as answer:
+            return answer.read().decode()
 
     def log(self) -> str:
         return self.process.log()

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.timeout(120)
 # Kinds of other projects the chart can render (their operators install the CRDs).
 THIRD_PARTY = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
     ("gateway.networking.k8s.io/v1", "Gateway"),
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.support import Cluster
 from tests.operator.builders import config, endpoint, model, variant
@@ -98,6 +99,33 @@ def test_an_execution_that_finds_drift_fills_the_status_and_posts_an_event(clust
         "a DriftDetected Event",
     )
     assert events[0]["involvedObject"]["name"] == "drift" and "_c0, _c2" in events[0]["message"]
+
+    # A series per violated feature on the operator's /metrics, for an alert rule to page on.
+    def gauges() -> dict[tuple[str, str], float]:
+        return {
+            (sample.name, sample.labels.get("feature", "")): sample.value
+            for family in text_string_to_metric_families(cluster.operator.metrics())
+            for sample in family.samples
+            if sample.labels.get("schedule") == "drift"
+            and sample.labels.get("namespace") == cluster.namespace
+            and sample.labels.get("endpoint") == "ep"
+        }
+
+    found = cluster.wait(
+        lambda: g if ("berth_monitoring_violations", "") in (g := gauges()) else None,
+        "the schedule's gauges",
+    )
+    assert found == {
+        ("berth_monitoring_feature_violated", "_c0"): 1.0,
+        ("berth_monitoring_feature_violated", "_c2"): 1.0,
+        ("berth_monitoring_violations", ""): 2.0,
+        ("berth_monitoring_records_read", ""): 1200.0,
+        ("berth_monitoring_last_execution_timestamp_seconds", ""): 1796119200.0,
+        ("berth_monitoring_ready", ""): 1.0,
+    }
+
+    cluster.delete("MonitoringSchedule", "drift")
+    cluster.wait(lambda: not gauges(), "a deleted schedule's series gone")
     assert cluster.operator.forbidden() == []
 
 

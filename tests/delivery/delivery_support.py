@@ -157,6 +157,24 @@ def check_service_monitor(obj: Manifest) -> None:
         assert endpoint["path"].startswith("/")
 
 
+def check_pod_monitor(obj: Manifest) -> None:
+    """Basic shape of a monitoring.coreos.com/v1 PodMonitor."""
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    spec = obj["spec"]
+    assert set(spec) <= {
+        "selector",
+        "namespaceSelector",
+        "podMetricsEndpoints",
+        "jobLabel",
+        "podTargetLabels",
+    }
+    assert spec["selector"]["matchLabels"], "an empty selector would scrape every pod"
+    for endpoint in spec["podMetricsEndpoints"]:
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+        assert isinstance(endpoint["port"], str), "PodMonitor endpoints name the container port"
+        assert endpoint["path"].startswith("/")
+
+
 def check_kopf_peering(obj: Manifest) -> None:
     assert obj["apiVersion"] == "kopf.dev/v1"
     assert set(obj) == {"apiVersion", "kind", "metadata"}
@@ -166,6 +184,7 @@ def check_kopf_peering(obj: Manifest) -> None:
 CUSTOM_KIND_CHECKS = {
     "Gateway": check_gateway,
     "ServiceMonitor": check_service_monitor,
+    "PodMonitor": check_pod_monitor,
     "ClusterKopfPeering": check_kopf_peering,
     "KopfPeering": check_kopf_peering,
 }

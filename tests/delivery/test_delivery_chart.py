@@ -245,11 +245,14 @@ def test_operator_deployment_defaults(renders: dict[str, list[Manifest]]) -> Non
     assert container["image"] == "ghcr.io/berth-dev/berth-operator:0.1.0"
     assert operator_args(objs) == [
         "berth", "operator", "--settings", "/etc/berth/settings.yaml", "--liveness-port", "8080",
-        "--peering", "berth",
+        "--metrics-port", "8081", "--peering", "berth",
     ]  # fmt: skip
     assert deployment["spec"]["replicas"] == 1
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "health", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert container["resources"]["requests"] and container["resources"]["limits"]
     # The settings file is mounted where --settings points.
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/etc/berth")
@@ -306,7 +309,13 @@ def test_standalone_only_with_one_replica_and_no_peering(
 
 def test_optional_objects(renders: dict[str, list[Manifest]]) -> None:
     default_kinds = {obj["kind"] for obj in renders["default"]}
-    assert not default_kinds & {"Gateway", "ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget"}
+    assert not default_kinds & {
+        "Gateway",
+        "ServiceMonitor",
+        "PodMonitor",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+    }
 
     objs = renders["monitoring-netpol-gateway"]
     gateway = one(objs, "Gateway")
@@ -319,6 +328,14 @@ def test_optional_objects(renders: dict[str, list[Manifest]]) -> None:
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    # The operator's own gauges, from the container port the Deployment names.
+    operator_monitor = one(objs, "PodMonitor")
+    deployment = one(objs, "Deployment")
+    assert (
+        operator_monitor["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    )
+    ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert operator_monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports
 
     policy = one(objs, "NetworkPolicy")
     assert (
@@ -327,7 +344,7 @@ def test_optional_objects(renders: dict[str, list[Manifest]]) -> None:
     )
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert {53, 443, 6443, 8080, 9090} <= egress_ports
-    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [8080]
+    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [8080, 8081]
 
 
 def test_settings_change_restarts_the_operator(chart: helm.Chart) -> None:
