@@ -86,6 +86,7 @@ def test_baseline_statistics_and_constraints(baseline: Path) -> None:
         "min": 0.0,
         "max": 9.0,
         "range_tolerance": 0.1,
+        "max_outside_fraction": 0.001,
         "distribution": {"measure": "ks", "threshold": 0.1},
     }
 
@@ -146,9 +147,35 @@ def test_shifted_feature_drifts(baseline: Path, tmp_path: Path, termination: Pat
 
 def test_out_of_range(baseline: Path, tmp_path: Path) -> None:
     rows = table(WINDOW_ROWS, seed=2)
-    rows[10][0] = "40.0"
+    for row in rows[:10]:  # 0.5% of the window, above the suggested 0.1%
+        row[0] = "40.0"
     assert run(baseline, window(tmp_path, rows), tmp_path / "out").exit_code == 0
-    assert report(tmp_path / "out")[1] == [("_c0", "value_range")]
+    stats, found = report(tmp_path / "out")
+    assert found == [("_c0", "value_range")]
+    assert stats["features"][0]["outside_range"] == 10
+    violation = json.loads(
+        (tmp_path / "out" / "2026-12-01T11-00-00Z" / "constraint_violations.json").read_text()
+    )
+    assert "0.5000% of values (10) outside" in violation["violations"][0]["description"]
+
+
+def test_a_lone_outlier_is_within_the_allowed_share_unless_none_is_allowed(
+    baseline: Path, tmp_path: Path
+) -> None:
+    rows = table(WINDOW_ROWS, seed=2)
+    rows[10][0] = "40.0"  # 0.05% of the window
+    captures = window(tmp_path, rows)
+    assert run(baseline, captures, tmp_path / "out").exit_code == 0
+    assert report(tmp_path / "out")[1] == []
+    # A person who wants no value outside edits constraints.json.
+    limits = json.loads((baseline / "constraints.json").read_text())
+    limits["features"][0]["max_outside_fraction"] = 0
+    strict = tmp_path / "strict"
+    strict.mkdir()
+    (strict / "constraints.json").write_text(json.dumps(limits))
+    (strict / "statistics.json").write_text((baseline / "statistics.json").read_text())
+    assert run(strict, captures, tmp_path / "strict-out").exit_code == 0
+    assert report(tmp_path / "strict-out")[1] == [("_c0", "value_range")]
 
 
 def test_missing_column(baseline: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from berth_serving.monitor.constraints import allowed_range
 from berth_serving.monitor.sketch import ks_distance
 
 # The window's type is acceptable for the baseline's: a Fractional feature may see integers.
@@ -66,16 +67,20 @@ def violations(
             )
         if kind not in ("Integral", "Fractional") or feature.get("min") is None:
             continue
-        low, high = limit.get("min"), limit.get("max")
-        if low is not None and high is not None:
-            slack = (limit.get("range_tolerance") or 0.0) * (high - low)
-            if feature["min"] < low - slack or feature["max"] > high + slack:
+        allowed = allowed_range(limit)
+        if allowed is not None and (feature["min"] < allowed[0] or feature["max"] > allowed[1]):
+            # Counted by the scan when it knew the range; else every value beyond it counts.
+            outside = feature.get("outside_range")
+            share = outside / feature["count"] if outside is not None and feature["count"] else 1.0
+            most = limit.get("max_outside_fraction") or 0.0
+            if share > most:
+                counted = f"{share:.4%} of values ({outside}) " if outside is not None else "values "
                 found.append(
                     _violation(
                         name,
                         "value_range",
-                        f"values in [{feature['min']:g}, {feature['max']:g}], "
-                        f"allowed [{low - slack:g}, {high + slack:g}]",
+                        f"{counted}outside [{allowed[0]:g}, {allowed[1]:g}], at most {most:.4%} allowed; "
+                        f"window range [{feature['min']:g}, {feature['max']:g}]",
                     )
                 )
         distribution = limit.get("distribution")

@@ -4,6 +4,9 @@ meant to be edited by a person.
 {"version": 0, "feature_count": n,
  "features": [{"name", "inferred_type", "completeness": minimum present fraction,
    "min", "max", "range_tolerance": a fraction of max - min allowed beyond either end,
+   "max_outside_fraction": the share of a window's values allowed outside that range (a large
+     window of the same distribution has a few values beyond a smaller baseline's extremes;
+     absent means none may be),
    "distribution": {"measure": "ks", "threshold": 0.1}}]}
 Remove a key (or set it to null) to turn its check off for that feature.
 """
@@ -15,6 +18,9 @@ from typing import Any
 
 COMPLETENESS_MARGIN = 0.05  # suggested completeness: the baseline's present fraction minus this
 RANGE_TOLERANCE = 0.1  # values may exceed the baseline's range by 10% of its width
+# At most 0.1% of a window outside that widened range: a normal feature of a 1,000-row baseline
+# puts ~0.01% of the same distribution there, a broken upstream far more.
+MAX_OUTSIDE_FRACTION = 0.001
 KS_THRESHOLD = 0.1  # two-sample Kolmogorov-Smirnov statistic, from the quantile sketches
 VERSION = 0
 TYPES = ("Integral", "Fractional", "String", "Unknown")
@@ -39,10 +45,20 @@ def suggest(statistics: dict[str, Any]) -> dict[str, Any]:
                 min=feature["min"],
                 max=feature["max"],
                 range_tolerance=RANGE_TOLERANCE,
+                max_outside_fraction=MAX_OUTSIDE_FRACTION,
                 distribution={"measure": "ks", "threshold": KS_THRESHOLD},
             )
         features.append(entry)
     return {"version": VERSION, "feature_count": statistics["dataset"]["feature_count"], "features": features}
+
+
+def allowed_range(limit: dict[str, Any]) -> tuple[float, float] | None:
+    """[min - slack, max + slack] of a feature's constraints, or None when its range check is off."""
+    low, high = limit.get("min"), limit.get("max")
+    if low is None or high is None:
+        return None
+    slack = (limit.get("range_tolerance") or 0.0) * (high - low)
+    return float(low - slack), float(high + slack)
 
 
 def check_statistics(statistics: Any, what: str) -> dict[str, Any]:
@@ -66,7 +82,7 @@ def check_constraints(constraints: Any, what: str) -> dict[str, Any]:
             raise ConstraintsError(
                 f"{what}: {feature['name']}: inferred_type must be one of {', '.join(TYPES)}"
             )
-        for key in ("completeness", "min", "max", "range_tolerance"):
+        for key in ("completeness", "min", "max", "range_tolerance", "max_outside_fraction"):
             value = feature.get(key)
             if value is not None and not isinstance(value, int | float):
                 raise ConstraintsError(f"{what}: {feature['name']}: {key} must be a number")

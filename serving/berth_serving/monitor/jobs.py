@@ -102,7 +102,8 @@ def run(
         db = engine.connect(Path(scratch))
         try:
             captures.create_views(db, paths, since, until)
-            stats = statistics.compute(db, names)
+            ranges = [constraints.allowed_range(feature) for feature in limits["features"]]
+            stats = statistics.compute(db, names, ranges)
         except duckdb.Error as error:
             raise StorageError(
                 f"cannot read the captures under {captures_uri}: {_first_line(error)}"
