@@ -29,6 +29,7 @@ from .events import EventRecorder
 from .kube import ApiError, KubeClient, berth_kind, describe_error
 from .opmetrics import MonitoringGauges
 from .planner import labels as berth_labels
+from .planner.names import label_value
 from .queues import QueueReader
 from .reconcile import (
     Memory,
@@ -239,6 +240,10 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     def models_by_name(namespace: str | None, name: str, body: Any, **_: Any) -> Any:
         return {(namespace or "default", name): plain(body)}
 
+    @kopf.index(*MODELS, registry=registry, id="models_by_label")
+    def models_by_label(namespace: str | None, name: str, **_: Any) -> Any:
+        return {(namespace or "default", label_value(name)): name}
+
     @kopf.index(*CONFIGS, registry=registry, id="configs_by_model")
     def configs_by_model(namespace: str | None, name: str, spec: Any, **_: Any) -> Any:
         variants = [*(spec.get("productionVariants") or []), *(spec.get("shadowProductionVariants") or [])]
@@ -264,6 +269,11 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
     for index_id, (group, version, plural) in CHILD_INDEXES.items():
         kopf.index(group, version, plural, labels=owned, registry=registry, id=index_id)(child_index)
     kopf.index(*PODS, labels=owned, registry=registry, id="pods_by_endpoint")(pod_index)
+    serving_a_model = {berth_labels.MODEL: kopf.PRESENT}
+
+    @kopf.index(*PODS, labels=serving_a_model, registry=registry, id="pods_by_model")
+    def pods_by_model(namespace: str | None, labels: Any, body: Any, **_: Any) -> Any:
+        return {(namespace or "default", labels[berth_labels.MODEL]): pod_view(body)}
 
     # ------------------------------------------------------------------ Endpoint
 
@@ -369,16 +379,29 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             ctx.require_shell().kube, raw, {n for n in names if n in models}, datetime.now(UTC)
         )
 
+    async def sync_model(namespace: str, raw: dict[str, Any], indexes: Mapping[str, Any]) -> None:
+        pods = indexes["pods_by_model"].get((namespace, label_value(raw["metadata"]["name"]))) or ()
+        await sync_model_status(ctx.require_shell().kube, raw, datetime.now(UTC), list(pods))
+
     @kopf.on.event(*MODELS, registry=registry)
     async def model_changed(*, type: str, body: Any, namespace: str | None, name: str, **kwargs: Any) -> None:
         namespace = namespace or "default"
         if type != "DELETED":
-            await sync_model_status(ctx.require_shell().kube, plain(body), datetime.now(UTC))
+            await sync_model(namespace, plain(body), kwargs)
         for config in kwargs["configs_by_model"].get((namespace, name)) or ():
             raw = first(kwargs["configs_by_name"], (namespace, config))
             if raw is not None:
                 await sync_config(namespace, raw, kwargs)
             wake_users_of_config(namespace, config, kwargs)
+
+    @kopf.on.event(*PODS, labels=serving_a_model, registry=registry, id="model_pod_changed")
+    async def model_pod_changed(*, namespace: str | None, labels: Any, **kwargs: Any) -> None:
+        """A server that refused (or stopped refusing) its pipeline's wiring: the Model says so."""
+        namespace = namespace or "default"
+        for name in kwargs["models_by_label"].get((namespace, labels[berth_labels.MODEL])) or ():
+            raw = first(kwargs["models_by_name"], (namespace, name))
+            if raw is not None:
+                await sync_model(namespace, raw, kwargs)
 
     @kopf.on.event(*CONFIGS, registry=registry)
     async def config_changed(

@@ -1,12 +1,13 @@
 """The status of Models and EndpointConfigs, written when it differs (the planner computes it).
 
 kopf-free, like reconcile.py: the handlers pass the object as the watch delivered it and, for an
-EndpointConfig, which of its Models exist (from the Models index).
+EndpointConfig, which of its Models exist (from the Models index); for a Model, its serving
+pods (from the pods index).
 """
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Iterable, Set
 from datetime import datetime
 
 from .apply import status_patch
@@ -18,9 +19,11 @@ MODELS = berth_kind("Model")
 CONFIGS = berth_kind("EndpointConfig")
 
 
-async def sync_model_status(kube: KubeClient, raw: Manifest, now: datetime) -> bool:
+async def sync_model_status(
+    kube: KubeClient, raw: Manifest, now: datetime, pods: Iterable[Manifest] = ()
+) -> bool:
     """Write the Model's planned status if it differs; True when something was written."""
-    body = status_patch(raw.get("status"), model_status(raw, now))
+    body = status_patch(raw.get("status"), model_status(raw, now, pods))
     if body is None:
         return False
     meta = raw["metadata"]

@@ -26,7 +26,7 @@ from berth_serving.app import ServingApp
 from berth_serving.auth import AuthConfigError, AuthGuard, build_guard, describe_off
 from berth_serving.config import ServeConfig
 from berth_serving.httpedge import OVERFLOW_RESERVE, Edge, EdgeLimits
-from berth_serving.termination import write_termination_message
+from berth_serving.termination import WIRING_REFUSED, write_termination_message
 
 log = logging.getLogger("berth.serving")
 # How long past the request timeout a drain waits for stragglers before giving up on them;
@@ -195,9 +195,12 @@ class Service:
 
 def _load_error_message(error: Exception) -> str:
     from berth_serving.fetch import FetchError
+    from berth_serving.pipeline.wiring import WiringError
 
     if isinstance(error, FetchError):
         return str(error)
+    if isinstance(error, WiringError):
+        return f"{WIRING_REFUSED}: {error}"
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return f"cannot load model: {first_line}"
 

@@ -7,6 +7,8 @@ import os
 TERMINATION_LOG_ENV = "BERTH_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 MAX_MESSAGE_BYTES = 4000  # Kubernetes keeps at most 4096 bytes
+# How a pipeline's refused wiring starts its message: the operator puts it on the Model's Ready.
+WIRING_REFUSED = "pipeline wiring refused"
 
 
 def one_line(message: str) -> str:

@@ -17,9 +17,11 @@ from tests.cluster.test_admission import assert_refused_by_server, row_id, verdi
 from tests.crds import test_pipeline_admission as rows
 from tests.crds.test_crds_admission import Row
 from tests.operator.builders import config, endpoint, variant
+from tests.support import kubelet
 from tests.support.envtest import Kube, Manifest
 
 needs_controller_manager = pytest.mark.usefixtures("needs_controller_manager")
+MODEL_LABEL = "berth.dev/model"
 
 
 @pytest.mark.timeout(60)
@@ -68,3 +70,37 @@ def test_pipeline_pods_fetch_each_stage_and_run_the_image_beside_the_server(clus
     assert stages[2]["url"] == f"http://127.0.0.1:{rows.POSTPROCESS['port']}"
     assert stages[1]["outputs"] == ["probabilities"]
     assert cluster.operator.errors() == []
+
+
+REFUSED = (
+    "pipeline wiring refused: stage 'scale' cannot feed stage 'classify': dimension 1 is 4, not 5;"
+    " 'scale' gives x float32[N,4], 'classify' takes x float32[N,5]"
+)
+
+
+@needs_controller_manager
+@pytest.mark.timeout(180)
+def test_a_refused_wiring_is_on_the_models_ready_condition_until_it_serves(cluster: Cluster) -> None:
+    cluster.kubelet.behave(kubelet.crash_loop(REFUSED), {MODEL_LABEL: "risk"})
+    cluster.start_operator()
+    cluster.create(risk())
+    cluster.create(config("cfg1", variant("blue", "risk")))
+    cluster.create(endpoint("ep", "cfg1"))
+
+    def model_ready() -> Manifest:
+        status = cluster.status("Model", "risk")
+        return next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+
+    refused = cluster.wait(
+        lambda: c if (c := model_ready()).get("reason") == "WiringRefused" else None,
+        "the Model says its wiring was refused",
+    )
+    assert refused["status"] == "False" and refused["message"] == REFUSED
+
+    # The pods serve once fixed (here: the stand-in kubelet says so, and the old pod goes).
+    cluster.kubelet.behave(kubelet.ready(), {MODEL_LABEL: "risk"})
+    for pod in cluster.list("Pod", {MODEL_LABEL: "risk"}):
+        cluster.delete("Pod", pod["metadata"]["name"])
+    cluster.wait(lambda: model_ready().get("reason") == "Accepted", "the Model is Ready again")
+    assert model_ready()["status"] == "True"
+    assert cluster.operator.forbidden() == []

@@ -126,3 +126,45 @@ def test_planning_twice_gives_the_same_status() -> None:
     raw = model()
     raw["status"] = model_status(raw, NOW)
     assert model_status(raw, LATER) == raw["status"]
+
+
+REFUSED = (
+    "pipeline wiring refused: stage 'classify' cannot feed stage 'widen': dimension 1 is 3, not 5;"
+    " 'classify' gives probabilities float32[N,3], 'widen' takes probabilities float32[N,5]"
+)
+
+
+def server_pod(state: dict[str, Any], last: dict[str, Any] | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"name": "server", "state": state}
+    if last is not None:
+        status["lastState"] = last
+    return {"metadata": {"name": "p"}, "status": {"containerStatuses": [status]}}
+
+
+def crashed(message: str) -> dict[str, Any]:
+    return {"terminated": {"exitCode": 1, "reason": "Error", "message": message}}
+
+
+def test_a_server_that_refused_the_wiring_makes_the_model_not_ready_saying_why() -> None:
+    waiting = {"waiting": {"reason": "CrashLoopBackOff"}}
+    for pod in (server_pod(crashed(REFUSED)), server_pod(waiting, last=crashed(REFUSED))):
+        condition = ready(model_status(model(), NOW, [pod]))
+        assert (condition["status"], condition["reason"], condition["message"]) == (
+            "False",
+            "WiringRefused",
+            REFUSED,
+        )
+
+
+def test_other_crashes_and_other_containers_leave_the_model_accepted() -> None:
+    pods = [
+        server_pod(crashed("cannot load model: no such file")),
+        {"status": {"containerStatuses": [{"name": "stage-post", "state": crashed(REFUSED)}]}},
+        server_pod({"running": {}}),
+    ]
+    assert ready(model_status(model(), NOW, pods))["reason"] == "Accepted"
+    # Once the refusing pods are gone, Ready turns True again.
+    refused = model_status(model(), NOW, [server_pod(crashed(REFUSED))])
+    healed = model_status({**model(), "status": refused}, LATER, [])
+    assert ready(healed)["status"] == "True"
+    assert ready(healed)["lastTransitionTime"] == "2026-03-01T12:05:00.000000Z"

@@ -107,7 +107,8 @@ def test_a_wiring_that_cannot_work_is_refused_at_load(stages: dict[str, Path], t
     process.communicate(timeout=60)
     assert process.returncode == 1
     message = log.read_text()
-    assert "stage 'classify' cannot feed stage 'widen'" in message
+    # The marker the operator reads to put the refusal on the Model's Ready condition.
+    assert message.startswith("pipeline wiring refused: stage 'classify' cannot feed stage 'widen'")
     assert "dimension 1 is 3, not 5" in message
     assert "'classify' gives probabilities float32[N,3]" in message
     assert "'widen' takes probabilities float32[N,5]" in message

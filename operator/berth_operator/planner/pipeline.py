@@ -26,16 +26,17 @@ the remainder is the server's.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from berth_serving.config import PipelineStage
+from berth_serving.termination import WIRING_REFUSED
 
 from ..api import ModelSpec, PipelineStageSpec
 from ..quantity import canonical, to_bytes
 from ..settings import Settings
-from .pods import TMP_VOLUME, container_resources, container_security, stage_dir
+from .pods import SERVER_CONTAINER, TMP_VOLUME, container_resources, container_security, stage_dir
 
 STAGE_CONTAINER_PREFIX = "stage-"
 LOOPBACK = "127.0.0.1"
@@ -184,3 +185,17 @@ def _format(key: str, amount: int, rounded: bool = True) -> str:
     if key == "cpu":
         return canonical(f"{amount}m")
     return canonical(f"{amount // MIB}Mi" if amount % MIB == 0 and amount else str(amount))
+
+
+def refused_wiring(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """What a server of these pods said when it refused the pipeline's wiring (its termination
+    message, now or before its last restart), else None."""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") != SERVER_CONTAINER:
+                continue
+            for state in (status.get("state") or {}, status.get("lastState") or {}):
+                message = str((state.get("terminated") or {}).get("message") or "").strip()
+                if message.startswith(WIRING_REFUSED):
+                    return message
+    return None

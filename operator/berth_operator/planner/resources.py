@@ -1,10 +1,11 @@
 """The status of Models and EndpointConfigs: a Ready condition and observedGeneration.
 
-    model_status(raw, now) -> status
+    model_status(raw, now, pods) -> status
     config_status(raw, found_models, now) -> status
 
-Pure: the operator reads the object (and, for an EndpointConfig, which of its Models exist),
-calls these, and patches whatever differs from the stored status.
+Pure: the operator reads the object (for a Model, the serving pods labelled with it; for an
+EndpointConfig, which of its Models exist), calls these, and patches whatever differs from the
+stored status.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 
 from ..api import Condition, EndpointConfig, EndpointConfigStatus, Model, ModelStatus, validation_message
 from .conditions import condition, parsed_conditions
+from .pipeline import refused_wiring
 from .types import Manifest
 
 
@@ -37,14 +39,19 @@ def config_model_names(raw: Manifest) -> set[str] | None:
         return None
 
 
-def model_status(raw: Manifest, now: datetime) -> dict[str, Any]:
-    """Ready True (Accepted) when the Model's spec is valid, else False (InvalidSpec) saying why."""
+def model_status(raw: Manifest, now: datetime, pods: Iterable[Manifest] = ()) -> dict[str, Any]:
+    """Ready True (Accepted) when the Model's spec is valid, else False (InvalidSpec) saying why;
+    False (WiringRefused) while a server of the Model's pods refuses its pipeline's wiring."""
     try:
         Model.model_validate(raw)
     except ValidationError as exc:
         ready = _ready(raw, False, "InvalidSpec", validation_message(exc), now)
     else:
-        ready = _ready(raw, True, "Accepted", "", now)
+        refused = refused_wiring(pods)
+        if refused is not None:
+            ready = _ready(raw, False, "WiringRefused", refused, now)
+        else:
+            ready = _ready(raw, True, "Accepted", "", now)
     return ModelStatus(observed_generation=_generation(raw), conditions=[ready]).to_wire()
 
 
