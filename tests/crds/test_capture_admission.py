@@ -28,6 +28,7 @@ GOOD = [
             textContentTypes=["text/csv", "application/jsonlines"],
             maxFileBytes=1024,
             maxFileAgeSeconds=3600,
+            credentialsSecretRef={"name": "capture-s3"},
         ),
     ),
     Row("capture-everything", capturing(samplingPercentage=100, captureModes=["Input", "Output"])),
@@ -51,6 +52,11 @@ BAD = [
     Row("capture-empty-type", capturing(textContentTypes=[""]), "spec.dataCapture.textContentTypes[0]"),
     Row("capture-tiny-files", capturing(maxFileBytes=10), "spec.dataCapture.maxFileBytes"),
     Row("capture-old-files", capturing(maxFileAgeSeconds=3601), "spec.dataCapture.maxFileAgeSeconds"),
+    Row(
+        "capture-secret-unnamed",
+        capturing(credentialsSecretRef={"name": ""}),
+        "spec.dataCapture.credentialsSecretRef.name",
+    ),
     Row("capture-unknown-field", capturing(kmsKeyId="arn:aws:kms:x"), "spec.dataCapture"),
 ]
 ROWS = GOOD + BAD

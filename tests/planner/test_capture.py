@@ -74,6 +74,24 @@ def test_no_data_capture_or_zero_percent_tells_the_server_nothing() -> None:
         assert CAPTURE_ENV not in server_env(cluster, "fraud-cfg1-blue")
 
 
+def server_env_from(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    pod = cluster.objects[("Deployment", name)]["spec"]["template"]["spec"]
+    [server] = [c for c in pod["containers"] if c["name"] == "server"]
+    return list(server.get("envFrom") or [])
+
+
+def test_the_captures_secret_is_the_servers_environment_only_while_it_captures() -> None:
+    with_secret = {**CAPTURE, "credentialsSecretRef": {"name": "capture-s3"}}
+    cluster = planned(capturing_config(with_secret))
+    for name in ("fraud-cfg1-blue", "fraud-cfg1-shade"):
+        assert server_env_from(cluster, name) == [{"secretRef": {"name": "capture-s3"}}]
+    # The Model's own Secret stays with the storage-initializer of a single-model server.
+    cluster = planned(capturing_config(with_secret), credentialsSecretRef={"name": "models-s3"})
+    assert server_env_from(cluster, "fraud-cfg1-blue") == [{"secretRef": {"name": "capture-s3"}}]
+    cluster = planned(capturing_config({**with_secret, "samplingPercentage": 0}))
+    assert server_env_from(cluster, "fraud-cfg1-blue") == []
+
+
 def test_a_models_env_cannot_silence_the_configs_capture() -> None:
     cluster = planned(capturing_config(), env=[{"name": CAPTURE_ENV, "value": "{}"}])
     env = server_env(cluster, "fraud-cfg1-blue")

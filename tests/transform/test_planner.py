@@ -462,3 +462,15 @@ def test_data_capture_becomes_the_capture_option_berth_transform_parses() -> Non
     for spec in specs:
         args = planned_job(transform_job(**spec))["spec"]["template"]["spec"]["containers"][0]["args"]
         assert "--capture" not in args
+
+
+def test_the_captures_are_written_with_their_secret_after_the_models() -> None:
+    capture = {"destinationUri": "s3://capture/tj/", "credentialsSecretRef": {"name": "capture-s3"}}
+    container = planned_job(transform_job(dataCapture=capture))["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "capture-s3"}}]
+    with_model_secret = model(credentialsSecretRef={"name": "models-s3"})
+    job = planned_job(transform_job(dataCapture=capture), with_model_secret)
+    assert job["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [
+        {"secretRef": {"name": "models-s3"}},
+        {"secretRef": {"name": "capture-s3"}},  # last: a key in both takes the capture's value
+    ]

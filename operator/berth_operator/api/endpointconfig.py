@@ -13,6 +13,7 @@ from .meta import (
     STORAGE_URI,
     ApiModel,
     Condition,
+    LocalObjectReference,
     Resource,
     ResourceRequirements,
     conditions_field,
@@ -366,6 +367,13 @@ class DataCapture(ApiModel):
     )
     max_file_age_seconds: int = Field(
         default=60, ge=1, le=3600, description="...or this many seconds after its first event."
+    )
+    credentials_secret_ref: LocalObjectReference | None = Field(
+        default=None,
+        description=(
+            "A Secret whose keys become the capturing container's environment (AWS_ACCESS_KEY_ID,"
+            " AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL...); absent: the pod's own identity."
+        ),
     )
 
     x_kubernetes_validations: ClassVar[list[dict[str, str]]] = [

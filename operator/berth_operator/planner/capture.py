@@ -13,7 +13,7 @@ from typing import Any
 
 from berth_serving.config import ENV
 
-from ..api import Condition, EndpointConfig, EndpointStatus
+from ..api import Condition, DataCapture, EndpointConfig, EndpointStatus
 from .conditions import condition
 from .fleet import VariantPlan
 from .types import FleetMetrics
@@ -29,22 +29,37 @@ def capture_source(variant: VariantPlan) -> str:
     return "realtime"
 
 
-def capture_settings(variant: VariantPlan) -> dict[str, Any] | None:
-    """The runtime's capture settings for this variant, or None when the config captures nothing."""
-    capture = variant.data_capture
+def runtime_capture(
+    capture: DataCapture | None, endpoint: str, variant: str, source: str
+) -> dict[str, Any] | None:
+    """What `berth serve` or `berth transform` is told (--capture / BERTH_CAPTURE), or None when
+    nothing is captured. The files go to DEST/ENDPOINT/VARIANT/..., marked with source."""
     if capture is None or capture.sampling_percentage <= 0:
         return None
     return {
         "destinationUri": capture.destination_uri,
-        "endpoint": variant.endpoint,
-        "variant": variant.name,
+        "endpoint": endpoint,
+        "variant": variant,
         "samplingPercentage": capture.sampling_percentage,
         "captureModes": list(capture.capture_modes),
         "textContentTypes": list(capture.text_content_types),
-        "source": capture_source(variant),
+        "source": source,
         "maxFileBytes": capture.max_file_bytes,
         "maxFileAgeSeconds": capture.max_file_age_seconds,
     }
+
+
+def capture_credentials(capture: DataCapture | None) -> list[dict[str, Any]]:
+    """envFrom of the container that writes the captures: dataCapture.credentialsSecretRef's
+    Secret (absent: the pod's own identity, such as a ServiceAccount bound to a cloud role)."""
+    if capture is None or capture.sampling_percentage <= 0 or capture.credentials_secret_ref is None:
+        return []
+    return [{"secretRef": {"name": capture.credentials_secret_ref.name}}]
+
+
+def capture_settings(variant: VariantPlan) -> dict[str, Any] | None:
+    """The runtime's capture settings for this variant, or None when the config captures nothing."""
+    return runtime_capture(variant.data_capture, variant.endpoint, variant.name, capture_source(variant))
 
 
 def capture_env(variant: VariantPlan) -> dict[str, str]:

@@ -208,9 +208,13 @@ def _server_container(
         else:
             container["args"] = ["serve", MODEL_MOUNT_PATH]
     container["env"] = _server_env(variant, access, namespace)
-    if model.is_multi_model and model.credentials_secret_ref is not None:
-        # No storage-initializer: the server fetches each model itself, with the model's credentials.
-        container["envFrom"] = storage_credentials(model)
+    # A multi-model server fetches each model itself, with the model's credentials (no
+    # storage-initializer); a capturing one writes with the capture's (last: its keys win).
+    credentials = (storage_credentials(model) if model.is_multi_model else []) + capture.capture_credentials(
+        variant.data_capture
+    )
+    if credentials:
+        container["envFrom"] = credentials
     mounts = multi_model_mounts(model) if model.is_multi_model else model_volume_mounts()
     container.update(
         {

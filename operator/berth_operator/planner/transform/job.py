@@ -18,6 +18,7 @@ from berth_serving.config import MODEL_MOUNT_PATH, pipeline_to_json
 from ...api import Model, TransformJob, TransformJobSpec
 from ...settings import InstanceType, Settings
 from .. import labels, pipeline
+from ..capture import capture_credentials, runtime_capture
 from ..meta import object_meta
 from ..names import dns_label, label_value
 from ..pods import (
@@ -32,6 +33,7 @@ from ..pods import (
     model_volumes,
     node_placement,
     pod_scaffold,
+    storage_credentials,
 )
 from ..types import Manifest
 
@@ -68,20 +70,7 @@ def transform_labels(transform: TransformJob) -> dict[str, str]:
 
 def capture_settings(name: str, spec: TransformJobSpec) -> dict[str, Any] | None:
     """`berth transform --capture`'s settings, or None when the TransformJob captures nothing."""
-    capture = spec.data_capture
-    if capture is None or capture.sampling_percentage <= 0:
-        return None
-    return {
-        "destinationUri": capture.destination_uri,
-        "endpoint": name,
-        "variant": CAPTURE_VARIANT,
-        "samplingPercentage": capture.sampling_percentage,
-        "captureModes": list(capture.capture_modes),
-        "textContentTypes": list(capture.text_content_types),
-        "source": CAPTURE_SOURCE,
-        "maxFileBytes": capture.max_file_bytes,
-        "maxFileAgeSeconds": capture.max_file_age_seconds,
-    }
+    return runtime_capture(spec.data_capture, name, CAPTURE_VARIANT, CAPTURE_SOURCE)
 
 
 def transform_args(spec: TransformJobSpec, model: Model, gpu: bool, name: str = "") -> list[str]:
@@ -154,8 +143,11 @@ def _transform_container(
     }
     if model.spec.env:
         container["env"] = [e.to_wire() for e in model.spec.env]
-    if model.spec.credentials_secret_ref is not None:  # the data is read with the model's credentials
-        container["envFrom"] = [{"secretRef": {"name": model.spec.credentials_secret_ref.name}}]
+    # The data is read with the model's credentials, the captures written with their own (last:
+    # a key in both Secrets takes the capture's value).
+    credentials = storage_credentials(model.spec) + capture_credentials(transform.spec.data_capture)
+    if credentials:
+        container["envFrom"] = credentials
     quantities = _quantities(instance_type)
     if model.spec.is_pipeline:
         quantities = pipeline.server_quantities(quantities, model.spec)
