@@ -146,11 +146,13 @@ def test_endpoint_references_resolve(manifests: list[dict[str, Any]]) -> None:
         "iris-async",
         "iris-serverless",
         "iris-many",
+        "iris-watched",
     }
     for endpoint in endpoints:
         assert endpoint["spec"]["endpointConfigName"] in configs
     scripts = "".join(
-        (SCRIPTS / f"e2e-{name}.sh").read_text() for name in ("test", "async", "serverless", "multimodel")
+        (SCRIPTS / f"e2e-{name}.sh").read_text()
+        for name in ("test", "async", "serverless", "multimodel", "monitoring")
     )
     for name in configs:
         assert name in scripts
@@ -323,3 +325,33 @@ def test_load_generator_fails_on_any_failed_request(server: str, tmp_path: Path)
 def test_load_generator_counts_refused_connections(tmp_path: Path) -> None:
     code, summary = run_load("http://127.0.0.1:9/invocations", tmp_path)
     assert code == 1 and summary["statuses"].get("error", 0) == summary["failed"] > 0
+
+
+def test_the_monitoring_scenario_uses_the_async_s3_and_runs_before_the_uninstall(
+    manifests: list[dict[str, Any]],
+) -> None:
+    """e2e-monitoring.sh makes the bucket the capture, baseline and schedule name, with the S3 and
+    Secret e2e-async.sh made, and runs before e2e-test.sh uninstalls the chart."""
+    [schedule] = by_kind(manifests, "MonitoringSchedule")
+    [job] = [j for j in by_kind(manifests, "Job") if j["metadata"]["name"] == "iris-baseline"]
+    config = next(
+        c for c in by_kind(manifests, "EndpointConfig") if c["metadata"]["name"] == "iris-watched-v1"
+    )
+    capture = config["spec"]["dataCapture"]
+    uris = [
+        capture["destinationUri"],
+        schedule["spec"]["baseline"]["statisticsUri"],
+        schedule["spec"]["outputUri"],
+        *[a for a in job["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("s3://")],
+    ]
+    buckets = {urlsplit(uri).netloc for uri in uris}
+    script = (SCRIPTS / "e2e-monitoring.sh").read_text()
+    assert buckets == {"berth-monitoring"} and "Bucket='berth-monitoring'" in script
+    secrets = {d["metadata"]["name"] for d in by_kind(manifests, "Secret")}
+    assert capture["credentialsSecretRef"]["name"] in secrets
+    assert schedule["spec"]["credentialsSecretRef"]["name"] in secrets
+    assert "Key='train/iris.csv'" in script and "s3://berth-monitoring/train/iris.csv" in uris
+    workflow = (WORKFLOWS / "e2e.yml").read_text()
+    assert (
+        workflow.index("e2e-async.sh") < workflow.index("e2e-monitoring.sh") < workflow.index("e2e-test.sh")
+    )
