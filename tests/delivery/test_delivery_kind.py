@@ -121,7 +121,20 @@ def test_models_point_at_the_model_store(manifests: list[dict[str, Any]]) -> Non
     deployment = next(d for d in by_kind(manifests, "Deployment") if d["metadata"]["name"] == "model-store")
     port = store["spec"]["ports"][0]["port"]
     assert f"{port}" in deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    # The pipeline's stages: what e2e-pipeline.sh builds and adds to the store's ConfigMap.
+    stages = {"scaler.onnx", "classifier.onnx", "postprocess.onnx"}
+    pipeline_script = (SCRIPTS / "e2e-pipeline.sh").read_text()
+    assert "examples/pipeline/build_models.py --out-dir /tmp/berth-pipeline" in pipeline_script
+    assert all(f"--from-file=/tmp/berth-pipeline/{name}" in pipeline_script for name in sorted(stages))
     for model in by_kind(manifests, "Model"):
+        for stage in model["spec"].get("pipeline") or []:
+            assert urlsplit(stage["modelUri"]).path.lstrip("/") in stages, stage["modelUri"]
+    for model in by_kind(manifests, "Model"):
+        if "pipeline" in model["spec"]:
+            uri = urlsplit(model["spec"]["pipeline"][0]["modelUri"])
+            assert uri.hostname == f"model-store.{store['metadata']['namespace']}.svc.cluster.local"
+            assert uri.port == port
+            continue
         uri = urlsplit(model["spec"]["modelUri"])
         assert uri.scheme == "http"
         assert uri.hostname == f"model-store.{store['metadata']['namespace']}.svc.cluster.local"
@@ -147,12 +160,13 @@ def test_endpoint_references_resolve(manifests: list[dict[str, Any]]) -> None:
         "iris-serverless",
         "iris-many",
         "iris-watched",
+        "risk-pipeline",
     }
     for endpoint in endpoints:
         assert endpoint["spec"]["endpointConfigName"] in configs
     scripts = "".join(
         (SCRIPTS / f"e2e-{name}.sh").read_text()
-        for name in ("test", "async", "serverless", "multimodel", "monitoring")
+        for name in ("test", "async", "serverless", "multimodel", "monitoring", "pipeline")
     )
     for name in configs:
         assert name in scripts
