@@ -48,6 +48,7 @@ from .monitoring import LocalMonitoring
 from .reported import observed_deployment, observed_pods, observed_route
 from .router import Router, Upstream
 from .source import Resources
+from .versions import with_generation
 
 log = logging.getLogger("berth.up")
 
@@ -275,13 +276,7 @@ class Engine:
         states: dict[Key, EndpointState] = {}
         for key, endpoint in resources.endpoints.items():
             state = self.endpoints.get(key)
-            generation = 1
-            if state is not None:
-                generation = state.endpoint.metadata.generation or 1
-                if state.endpoint.spec != endpoint.spec:
-                    generation += 1
-            meta = endpoint.metadata.model_copy(update={"generation": generation})
-            versioned = endpoint.model_copy(update={"metadata": meta})
+            versioned = with_generation(state.endpoint if state is not None else None, endpoint)
             if state is None or state.endpoint.spec.auth != endpoint.spec.auth:
                 log.info("%s", local_endpoint(versioned)[1])
             if state is None:

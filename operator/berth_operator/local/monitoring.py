@@ -37,6 +37,7 @@ from ..settings import Settings
 from . import procs
 from .asyncfleet import resolve_env
 from .sidecar import BERTH_ARGV, berth_args
+from .versions import with_generation
 
 log = logging.getLogger("berth.up")
 
@@ -147,15 +148,10 @@ class LocalMonitoring:
         states: dict[Key, ScheduleState] = {}
         for key, schedule in schedules.items():
             state = self.schedules.get(key)
-            generation = 1
-            if state is not None:
-                generation = state.schedule.metadata.generation or 1
-                if state.schedule.spec != schedule.spec:
-                    generation += 1
-                    if state.schedule.spec.schedule != schedule.spec.schedule:
-                        state.next_run = None  # the new schedule's next fire, from now
-            meta = schedule.metadata.model_copy(update={"generation": generation})
-            versioned = schedule.model_copy(update={"metadata": meta, "status": None})
+            if state is not None and state.schedule.spec.schedule != schedule.spec.schedule:
+                state.next_run = None  # the new schedule's next fire, from now
+            previous = state.schedule if state is not None else None
+            versioned = with_generation(previous, schedule).model_copy(update={"status": None})
             if state is None:
                 state = ScheduleState(versioned, run_now=self.run_now)
             state.schedule = versioned
