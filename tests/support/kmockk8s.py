@@ -44,6 +44,7 @@ BERTH_RESOURCES = {
     "berth.dev/v1alpha1/endpointconfigs": ("EndpointConfig", "endpointconfig", ["bec"]),
     "berth.dev/v1alpha1/endpoints": ("Endpoint", "endpoint", ["bep"]),
     "berth.dev/v1alpha1/transformjobs": ("TransformJob", "transformjob", ["btj"]),
+    "berth.dev/v1alpha1/monitoringschedules": ("MonitoringSchedule", "monitoringschedule", ["bms"]),
 }
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
 
@@ -403,7 +404,9 @@ RESOURCE_PATHS = {
     "EndpointConfig": "berth.dev/v1alpha1/endpointconfigs",
     "Endpoint": "berth.dev/v1alpha1/endpoints",
     "TransformJob": "berth.dev/v1alpha1/transformjobs",
+    "MonitoringSchedule": "berth.dev/v1alpha1/monitoringschedules",
     "Job": "batch/v1/jobs",
+    "CronJob": "batch/v1/cronjobs",
     "Deployment": "apps/v1/deployments",
     "Service": "v1/services",
     "Pod": "v1/pods",
