@@ -280,6 +280,7 @@ def test_a_schedule_removed_from_the_manifests_stops_its_run(tmp_path: Path, bas
     monitoring = runner(tmp_path, parts, clock)
 
     async def body() -> tuple[set[int], set[int], bool]:
+        before = descendants(os.getpid())  # the session's other processes (an envtest plane)
         monitoring.tick()
         clock.now = datetime(2026, 12, 3, 10, 15, tzinfo=UTC)
         [job] = monitoring.tick()
@@ -288,7 +289,7 @@ def test_a_schedule_removed_from_the_manifests_stops_its_run(tmp_path: Path, bas
             if log.exists():
                 break
             await asyncio.sleep(0.01)
-        running = descendants(os.getpid())
+        running = descendants(os.getpid()) - before  # the run's own process(es)
         task = monitoring.schedules[KEY].running
         assert task is not None
         monitoring.load({}, {("default", "fraud-v1"): parts[1]}, {})  # a deleted CronJob's Jobs go too
