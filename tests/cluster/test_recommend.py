@@ -18,6 +18,7 @@ import pytest
 
 from tests.cluster.support import Cluster
 from tests.support import kubelet as pods
+from tests.support.foreground import foreground
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("needs_controller_manager")]
 
@@ -70,14 +71,12 @@ def test_each_level_is_a_job_and_the_run_cleans_up(cluster: Cluster, tmp_path: P
     cluster.wait(lambda: not left_over(cluster), "everything of the run deleted")
 
 
-@pytest.mark.skip(
-    reason="passes alone (16 s), but `berth recommend` did not exit within 60 s of SIGINT in two "
-    "full-suite runs on 2026-12-03; cause not found yet: run it with -k ctrl_c until it is"
-)
 def test_ctrl_c_while_waiting_for_a_replica_leaves_nothing(cluster: Cluster) -> None:
     cluster.kubelet.behave(pods.unschedulable(), {"berth.dev/recommend-role": "server"})
     args, env = command(cluster)
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        foreground(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         cluster.wait(
             lambda: bool(cluster.list("Deployment", {"app.kubernetes.io/component": "recommend"})), "created"

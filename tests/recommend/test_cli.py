@@ -16,6 +16,7 @@ from tests.crds.test_crds_admission import CRDS
 from tests.local.support import BerthUp, descendants, endpoint
 from tests.serving.models import build_logreg
 from tests.support.crdcheck import admit
+from tests.support.foreground import foreground
 
 BERTH = str(Path(sys.executable).with_name("berth"))
 PAYLOAD = '{"instances": [[0.5, -1.0, 0.25, 2.0]]}'
@@ -150,8 +151,8 @@ def test_bad_input_is_refused_before_any_load(workdir: Path) -> None:
 
 def test_interrupting_leaves_no_process_behind(workdir: Path) -> None:
     process = subprocess.Popen(
-        [BERTH, "recommend", "--model", str(workdir / "logreg.onnx"), "--payload", PAYLOAD,
-         "--p99-ms", "500", "--rps", "100", "--instance-types", "cpu-small", "--step-seconds", "5"],
+        foreground([BERTH, "recommend", "--model", str(workdir / "logreg.onnx"), "--payload", PAYLOAD,
+         "--p99-ms", "500", "--rps", "100", "--instance-types", "cpu-small", "--step-seconds", "5"]),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
