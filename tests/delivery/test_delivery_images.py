@@ -8,6 +8,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from tests.delivery.delivery_support import REPO
 
 DOCKERFILE = REPO / "operator" / "Dockerfile"
@@ -108,12 +110,29 @@ def test_dockerfile() -> None:
     assert user[-1] == "10001:10001"
 
 
-def test_docker_context_keeps_what_the_build_copies() -> None:
-    """Every COPY source survives operator/Dockerfile.dockerignore (BuildKit's per-Dockerfile ignore file)."""
-    ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().split()
+IMAGE_FILES = [DOCKERFILE, REPO / "serving" / "Dockerfile", REPO / "serving" / "Dockerfile.gpu"]
+
+
+@pytest.mark.parametrize("dockerfile", IMAGE_FILES, ids=lambda path: str(path.relative_to(REPO)))
+def test_docker_context_keeps_what_the_build_copies(dockerfile: Path) -> None:
+    """Every COPY source survives the Dockerfile's own .dockerignore (BuildKit's per-Dockerfile
+    ignore file), and no extension built here for this machine rides along."""
+    ignore = dockerfile.with_name(dockerfile.name + ".dockerignore").read_text().split()
     kept = [line[1:].rstrip("*").rstrip("/") for line in ignore if line.startswith("!")]
-    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE.read_text(), flags=re.MULTILINE):
+    assert "**/*.so" in ignore
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile.read_text(), flags=re.MULTILINE):
         for item in source.split():
             item = item.rstrip("/")
             assert any(item == k or item.startswith(k + "/") or k.startswith(item + "/") for k in kept), item
             assert (REPO / item).exists(), item
+
+
+@pytest.mark.parametrize("dockerfile", IMAGE_FILES[1:], ids=lambda path: str(path.relative_to(REPO)))
+def test_serving_images_build_the_number_parser_and_ship_no_compiler(dockerfile: Path) -> None:
+    """The transform's C parser (setup.py) is compiled in the build stage, the build fails when
+    it was not, and the final stage (after the last FROM) installs no compiler."""
+    text = dockerfile.read_text()
+    build, final = text.rsplit("\nFROM ", 1)
+    assert re.search(r"apt-get install [^\n]*\bgcc\b", build)
+    assert "numbers.AVAILABLE" in build
+    assert "gcc" not in final

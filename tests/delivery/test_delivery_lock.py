@@ -78,7 +78,7 @@ def makefile_uv_version() -> str:
 def test_image_installs_from_the_lock(dockerfile: Path) -> None:
     text = dockerfile.read_text()
     extra = IMAGES[dockerfile]
-    assert re.search(r"^COPY pyproject\.toml uv\.lock README\.md \./$", text, flags=re.MULTILINE)
+    assert re.search(r"^COPY pyproject\.toml setup\.py uv\.lock README\.md \./$", text, flags=re.MULTILINE)
     export = re.search(r"uv export (.+?)--output-file", text, flags=re.DOTALL)
     assert export, "the dependency set comes from `uv export`"
     assert {"--locked", "--no-dev", "--no-emit-project"} <= set(export[1].split())

@@ -1,0 +1,176 @@
+/* Lines of comma-separated decimal numbers, parsed straight into a row-major float matrix.
+ *
+ * The batch transform's hot loop: Apache Arrow's CSV reader spends about as much CPU on a row
+ * of 256 numbers as the model does on it, so on 2 cores the parser, not the model, set the
+ * pace. This parser takes the plain case only and refuses everything else, so that the caller
+ * falls back to Arrow (and Arrow to the line by line path that names the bad records):
+ *
+ *   line    := number ("," number)*            or, bracketed (JSON arrays): "[" the same "]"
+ *   number  := [+-]? digits? ("." digits?)? ([eE] [+-]? digits)?   with at least one digit
+ *
+ * Lines end in "\n" or "\r\n"; empty lines are skipped (as Arrow's ignore_empty_lines). Every
+ * line must have `columns` numbers. A number is converted only where the result is exact
+ * without big-number arithmetic (Clinger's fast path: at most 19 significant digits whose
+ * value is below 2^53, and a power of ten of at most 22): the double is then the correctly
+ * rounded one, the same double Arrow's parser gives, cast to float32 as the caller's cast
+ * does. Any other number (more digits, larger exponents, nan, inf, spaces, quotes) refuses
+ * the whole block. The GIL is released while parsing.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static const double POWERS[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+#define MAX_EXACT (((uint64_t)1) << 53)
+
+static inline int is_digit(char c) { return (unsigned char)(c - '0') < 10; }
+
+/* The mantissa of digits [p, end) skipping a '.', where they hold at most 19 significant
+ * digits; 0 and *ok = 0 where they hold more. Only for numbers of over 19 digits. */
+static uint64_t significant_mantissa(const char *p, const char *end, int *ok) {
+    uint64_t mantissa = 0;
+    int significant = 0;
+    for (; p < end; p++) {
+        if (*p == '.') continue;
+        if (mantissa || *p != '0') {
+            if (++significant > 19) {
+                *ok = 0;
+                return 0;
+            }
+            mantissa = mantissa * 10 + (uint64_t)(*p - '0');
+        }
+    }
+    *ok = 1;
+    return mantissa;
+}
+
+/* One number at p; its value in *out. Answers the byte after it, or NULL where it refuses.
+ * The text ends in a byte that is no part of a number (the bytes object's NUL terminator at
+ * the latest), so the scan needs no bounds: it stops at the line's end. */
+static inline const char *parse_number(const char *p, double *out) {
+    int negative = *p == '-';
+    if (negative || *p == '+') p++;
+    const char *first = p;
+    uint64_t mantissa = 0; /* wraps past 19 digits: recomputed then */
+    while (is_digit(*p)) mantissa = mantissa * 10 + (uint64_t)(*p++ - '0');
+    int digits = (int)(p - first);
+    int scale = 0;
+    if (*p == '.') {
+        const char *fraction = ++p;
+        while (is_digit(*p)) mantissa = mantissa * 10 + (uint64_t)(*p++ - '0');
+        scale = -(int)(p - fraction);
+        digits -= scale;
+    }
+    if (!digits) return NULL;
+    if (digits > 19) {
+        int ok;
+        mantissa = significant_mantissa(first, p, &ok);
+        if (!ok) return NULL;
+    }
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        int exponent_negative = *p == '-';
+        if (exponent_negative || *p == '+') p++;
+        const char *exponent_first = p;
+        int exponent = 0;
+        while (is_digit(*p)) {
+            if (exponent < 10000) exponent = exponent * 10 + (*p - '0');
+            p++;
+        }
+        if (p == exponent_first) return NULL;
+        scale += exponent_negative ? -exponent : exponent;
+    }
+    if (mantissa > MAX_EXACT) return NULL;
+    double value = (double)mantissa;
+    if (mantissa == 0) {
+        /* 0 whatever the power of ten */
+    } else if (scale < 0) {
+        if (scale < -22) return NULL;
+        value /= POWERS[-scale];
+    } else if (scale > 0) {
+        if (scale > 22) return NULL;
+        value *= POWERS[scale];
+    }
+    *out = negative ? -value : value;
+    return p;
+}
+
+/* Rows parsed into out (capacity rows of `columns`), or -1: the block is refused. */
+static Py_ssize_t parse_block(const char *p, const char *end, Py_ssize_t columns, int bracketed,
+                              int wide, void *out, Py_ssize_t capacity) {
+    float *narrow_out = (float *)out;
+    double *wide_out = (double *)out;
+    Py_ssize_t rows = 0;
+    while (p < end) {
+        const char *newline = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = newline ? newline : end;
+        const char *next = newline ? newline + 1 : end;
+        if (line_end > p && line_end[-1] == '\r') line_end--;
+        if (line_end == p) { /* an empty line */
+            p = next;
+            continue;
+        }
+        if (rows >= capacity) return -1;
+        if (bracketed) {
+            if (*p != '[' || line_end[-1] != ']' || line_end - p < 2) return -1;
+            p++;
+            line_end--;
+        }
+        Py_ssize_t base = rows * columns;
+        for (Py_ssize_t column = 0; column < columns; column++) {
+            double value;
+            p = parse_number(p, &value);
+            if (p == NULL || p > line_end) return -1;
+            if (wide)
+                wide_out[base + column] = value;
+            else
+                narrow_out[base + column] = (float)value;
+            if (column + 1 < columns) {
+                if (p >= line_end || *p != ',') return -1;
+                p++;
+            }
+        }
+        if (p != line_end) return -1; /* more fields than columns, or trailing text */
+        rows++;
+        p = next;
+    }
+    return rows;
+}
+
+static PyObject *parse(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *data;
+    Py_buffer out;
+    Py_ssize_t columns;
+    int bracketed, wide;
+    /* bytes, not any buffer: its NUL terminator ends the last number's scan */
+    if (!PyArg_ParseTuple(args, "Snppw*", &data, &columns, &bracketed, &wide, &out)) return NULL;
+    const char *text = PyBytes_AS_STRING(data);
+    Py_ssize_t length = PyBytes_GET_SIZE(data);
+    Py_ssize_t item = wide ? (Py_ssize_t)sizeof(double) : (Py_ssize_t)sizeof(float);
+    Py_ssize_t rows = -1;
+    if (columns > 0 && out.len % (columns * item) == 0) {
+        Py_ssize_t capacity = out.len / (columns * item);
+        Py_BEGIN_ALLOW_THREADS;
+        rows = parse_block(text, text + length, columns, bracketed, wide, out.buf, capacity);
+        Py_END_ALLOW_THREADS;
+    }
+    PyBuffer_Release(&out);
+    return PyLong_FromSsize_t(rows);
+}
+
+static PyMethodDef METHODS[] = {
+    {"parse", parse, METH_VARARGS,
+     "parse(data: bytes, columns, bracketed, wide, out) -> rows, or -1 where the block is refused.\n"
+     "out: a writable C-contiguous buffer of float32 (wide: float64), a multiple of columns."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {
+    PyModuleDef_HEAD_INIT, "_numbers", NULL, -1, METHODS, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__numbers(void) { return PyModule_Create(&MODULE); }
