@@ -212,3 +212,12 @@ def test_a_huge_line_is_linear_and_the_gil_is_free_meanwhile() -> None:
     assert float(matrix[-1, -1]) == np.float32(-12.3456)
     if seconds > 0.05:  # long enough for the other thread to have run, if the GIL was let go
         assert ticks > 10, (seconds, ticks)
+
+
+@PROPERTIES
+@given(data=st.binary(max_size=300) | st.lists(st.sampled_from([b"\n", b"1,2", b"\r\n", b""])).map(b"".join))
+def test_newlines_counts_what_bytes_count_counts(data: bytes) -> None:
+    """The reader's line count (memchr in C where built, bytes.count otherwise), also of views."""
+    assert numbers.newlines(data) == data.count(b"\n")
+    if numbers.AVAILABLE:
+        assert numbers.newlines(memoryview(data)[1:]) == data[1:].count(b"\n")  # type: ignore[arg-type]

@@ -125,7 +125,10 @@ class TransformJobSpec(ApiModel):
         description="Largest batch of input records, in bytes (a single larger record is sent alone).",
     )
     max_concurrent_transforms: int = Field(
-        default=2, ge=1, le=64, description="Batches in flight per instance (read while the model runs)."
+        default=2,
+        ge=1,
+        le=64,
+        description="ONNX Runtime calls side by side per instance (at most one per CPU), each with its next batch queued.",
     )
     instance_type: str = Field(
         min_length=1, max_length=63, description="Key into the operator's instance-type catalog."

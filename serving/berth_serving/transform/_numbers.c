@@ -52,7 +52,7 @@ static uint64_t significant_mantissa(const char *p, const char *end, int *ok) {
  * the latest), so the scan needs no bounds: it stops at the line's end. */
 static inline const char *parse_number(const char *p, double *out) {
     int negative = *p == '-';
-    if (negative || *p == '+') p++;
+    p += negative | (*p == '+'); /* no branch: signs come at random */
     const char *first = p;
     uint64_t mantissa = 0; /* wraps past 19 digits: recomputed then */
     while (is_digit(*p)) mantissa = mantissa * 10 + (uint64_t)(*p++ - '0');
@@ -162,10 +162,29 @@ static PyObject *parse(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(rows);
 }
 
+/* The number of "\n" bytes in a buffer: memchr's vector scan, several times faster than
+ * bytes.count's byte loop (0.3 ms a MiB), which the reader paid twice per block. */
+static PyObject *newlines(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data)) return NULL;
+    const char *p = (const char *)data.buf, *end = p + data.len;
+    Py_ssize_t count = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    while (p < end && (p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        count++;
+        p++;
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(count);
+}
+
 static PyMethodDef METHODS[] = {
     {"parse", parse, METH_VARARGS,
      "parse(data: bytes, columns, bracketed, wide, out) -> rows, or -1 where the block is refused.\n"
      "out: a writable C-contiguous buffer of float32 (wide: float64), a multiple of columns."},
+    {"newlines", newlines, METH_VARARGS, "newlines(data: bytes-like) -> the number of b'\\n' in it."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -71,7 +71,12 @@ _LEVELS = click.Choice(["disable", "basic", "extended", "all"], case_sensitive=F
     default=DEFAULT_MAX_BATCH_SIZE,
     help="Rows per ONNX Runtime call.",
 )
-@click.option("--max-concurrent-transforms", type=click.IntRange(min=1), default=2, help="Batches in flight.")
+@click.option(
+    "--max-concurrent-transforms",
+    type=click.IntRange(min=1),
+    default=2,
+    help="ONNX Runtime calls side by side (at most one per CPU), each with its next batch queued.",
+)
 @click.option("--join-source", type=click.Choice(["None", "Input"]), default="None")
 @click.option(
     "--input-filter",

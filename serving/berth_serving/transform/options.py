@@ -30,7 +30,8 @@ class TransformOptions:
     batch_strategy: Literal["SingleRecord", "MultiRecord"] = "MultiRecord"
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # rows per ONNX Runtime call
-    max_concurrent_transforms: int = 2  # batches in flight: the next is read while the model runs
+    # ONNX Runtime calls side by side (at most one per CPU), each with its next batch queued
+    max_concurrent_transforms: int = 2
     join_source: Literal["None", "Input"] = "None"
     max_errors: int = 0
     shard_index: int = 0
