@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # when pyproject.toml changed without `uv lock`; `--inexact` keeps pip and uv, which are not
 # in the lock. After editing pyproject.toml's dependencies, run `$(BIN)/uv lock` and commit uv.lock.
 UV_VERSION := 0.13.9
-$(STAMP): pyproject.toml uv.lock setup.py serving/berth_serving/transform/_numbers.c
+$(STAMP): pyproject.toml uv.lock setup.py serving/berth_serving/_numbers.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never \

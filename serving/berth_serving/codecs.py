@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from berth_serving import numbers
 from berth_serving.errors import HTTPError, bad_request
 from berth_serving.signature import Signature
 from berth_serving.tensors import as_matrix, dumps
@@ -127,6 +128,13 @@ def _single_input(signature: Signature, what: str) -> str:
 
 
 def _decode_json(body: bytes, signature: Signature) -> dict[str, Any]:
+    if len(signature.inputs) == 1:
+        # The usual body, rows of numbers for one float input, straight into its matrix (C);
+        # any other body reads as below, and is checked and refused there as ever.
+        spec = signature.inputs[0]
+        rows = numbers.json_rows(body, spec.dtype) if spec.dtype is not None else None
+        if rows is not None:
+            return {spec.name: rows}
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:

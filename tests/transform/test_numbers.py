@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pytest
-from berth_serving.transform import numbers
+from berth_serving import numbers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -51,7 +51,7 @@ def same_bits(left: np.ndarray, right: np.ndarray) -> bool:
 def test_the_parser_is_built_where_a_compiler_is() -> None:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler here: the install leaves the parser out and Arrow parses every block")
-    assert numbers.AVAILABLE, "a C compiler is here but berth_serving.transform._numbers was not built"
+    assert numbers.AVAILABLE, "a C compiler is here but berth_serving._numbers was not built"
 
 
 spellings = st.builds(

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
-from berth_serving.transform import numbers
+from berth_serving import numbers
 
 # Threads one block's parse may use (set_parse_threads); 1: the calling thread alone.
 _threads = 1

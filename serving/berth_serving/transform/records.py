@@ -23,8 +23,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 
+from berth_serving import numbers
 from berth_serving.signature import Signature, SignatureError
-from berth_serving.transform import arrow, numbers
+from berth_serving.transform import arrow
 from berth_serving.transform.options import CSV, JSON_LINES, NPY
 
 # Rows per np.loadtxt call (dtypes Arrow does not parse): about 1 ms, so the GIL changes hands.
