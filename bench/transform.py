@@ -179,7 +179,8 @@ class Raw:
 
 
 def parse_only(path: Path) -> Rate:
-    """Berth's parse stage alone (blocks read and parsed by Arrow as the engine does), no model."""
+    """Berth's parse stage alone (blocks read and parsed as the engine does: its C parser, Arrow
+    where that refuses), no model."""
     from berth_serving.signature import Signature
     from berth_serving.transform.records import Parser, read_blocks
 
@@ -300,7 +301,7 @@ def main() -> None:
                 + f", {statistics.median(cpu[name]):.2f} in rows per CPU-second"
             )
         print(
-            f"CSV parse stage alone (Arrow, no model): {parse_rate.per_second:,.0f} rows/s"
+            f"CSV parse stage alone (no model): {parse_rate.per_second:,.0f} rows/s"
             f" = {parse_rate.per_second / raw_parse.per_second:.2f} of raw ORT around it"
         )
         print(

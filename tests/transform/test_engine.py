@@ -312,7 +312,8 @@ def test_blocks_stream_without_reading_ahead() -> None:
 
 
 def test_gzip_blocks_stream_too() -> None:
-    """Arrow inflates the stream as the blocks are taken: reading stays far from the object's end."""
+    """The stream is inflated as the blocks are taken (ISA-L reads 512 KiB at a time): reading
+    stays far from the object's end."""
     from berth_serving.transform.records import open_records
 
     source = io.BytesIO(gzip.compress(csv_bytes(rows(300_000, 4))))  # about 3.5 MB compressed
@@ -320,7 +321,7 @@ def test_gzip_blocks_stream_too() -> None:
     blocks = read_blocks(stream, content_type="text/csv", split_type="Line", max_bytes=1000, max_rows=50)
     first = next(blocks)
     assert 0 < len(first.lines) <= 50 and first.lines[0] == csv_bytes(rows(100_000, 4)[:1])
-    assert source.tell() < 512 * 1024 < len(source.getvalue()) / 6
+    assert source.tell() <= 512 * 1024 < len(source.getvalue()) / 6
 
 
 def test_local_writer_is_atomic(tmp_path: Path) -> None:
