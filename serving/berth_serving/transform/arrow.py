@@ -129,7 +129,7 @@ class CsvMatrix:
             return None
         if columns is None:
             columns = _first_line(data).count(b",") + 1
-        matrix = numbers.parse_matrix(data, columns, self.dtype)
+        matrix = numbers.parse_matrix(data, columns, self.dtype, threads=_threads)
         if matrix is not None:
             return matrix
         table = self._read(data, columns, bracketed=False)
@@ -176,7 +176,7 @@ class CsvMatrix:
         """A block of JSON Lines that are each one flat array of numbers, as a matrix, or None."""
         if columns is None:
             columns = _first_line(data).count(b",") + 1
-        matrix = numbers.parse_matrix(data, columns, self.dtype, bracketed=True)
+        matrix = numbers.parse_matrix(data, columns, self.dtype, bracketed=True, threads=_threads)
         if matrix is not None:
             return matrix
         if any(letter in data for letter in _LETTERS):
