@@ -3,9 +3,10 @@
 Per object: skip it when its output exists (resume), else run three stages at once, each on its
 own thread, so that the 2 cores are kept busy by the model rather than by Python:
 
-- parse (thread berth-parse): read the next block of about 1 MiB of whole lines and parse it
-  with Apache Arrow (records.py, arrow.py), outside the GIL, while the batches of the block
-  before it run; one block ahead at most;
+- parse (thread berth-parse): read the next block of about 1 MiB of whole lines (gzip
+  inflated by ISA-L) and parse it with Berth's C parser, or Apache Arrow where that refuses
+  (records.py, arrow.py, numbers.py), outside the GIL, while the batches of the block before
+  it run; one block ahead at most;
 - infer (the Batchers' workers, berth-ort-worker): ONNX Runtime on batches of at most
   `max_batch_size` rows, one call per worker side by side (`max_concurrent_transforms` of
   them, at most one per CPU: cli.thread_split), each worker with its next batch queued behind
