@@ -186,9 +186,10 @@ static inline const char *skip_space(const char *p) {
     return p;
 }
 
-/* Numbers parsed into out (capacity of them); *columns set from the first row. -1: refused. */
-static Py_ssize_t parse_json_rows(const char *p, int wide, void *out, Py_ssize_t capacity,
-                                  Py_ssize_t *columns) {
+/* Numbers of the body [p, end) parsed into out (capacity of them); *columns set from the first
+ * row. -1: refused. A NUL inside the body stops every scan there, short of end. */
+static Py_ssize_t parse_json_rows(const char *p, const char *end, int wide, void *out,
+                                  Py_ssize_t capacity, Py_ssize_t *columns) {
     static const char KEY[] = "\"instances\"";
     float *narrow_out = (float *)out;
     double *wide_out = (double *)out;
@@ -237,7 +238,7 @@ static Py_ssize_t parse_json_rows(const char *p, int wide, void *out, Py_ssize_t
         if (*p != '}') return -1;
         p = skip_space(p + 1);
     }
-    if (*p != '\0') return -1; /* trailing text, or a NUL inside the body */
+    if (p != end) return -1; /* trailing text, or a NUL inside the body */
     *columns = width;
     return count;
 }
@@ -253,16 +254,14 @@ static PyObject *json_rows(PyObject *self, PyObject *args) {
     Py_ssize_t count = -1, columns = 0;
     const char *text = PyBytes_AS_STRING(data);
     Py_ssize_t length = PyBytes_GET_SIZE(data);
-    if ((Py_ssize_t)strlen(text) == length) {
-        /* A request of a few rows keeps the GIL: handing it over lets the ORT worker start a
-         * batch before the requests queued behind this one join it. */
-        if (length < GIL_FREE_ABOVE) {
-            count = parse_json_rows(text, wide, out.buf, out.len / item, &columns);
-        } else {
-            Py_BEGIN_ALLOW_THREADS;
-            count = parse_json_rows(text, wide, out.buf, out.len / item, &columns);
-            Py_END_ALLOW_THREADS;
-        }
+    /* A request of a few rows keeps the GIL: handing it over lets the ORT worker start a
+     * batch before the requests queued behind this one join it. */
+    if (length < GIL_FREE_ABOVE) {
+        count = parse_json_rows(text, text + length, wide, out.buf, out.len / item, &columns);
+    } else {
+        Py_BEGIN_ALLOW_THREADS;
+        count = parse_json_rows(text, text + length, wide, out.buf, out.len / item, &columns);
+        Py_END_ALLOW_THREADS;
     }
     PyBuffer_Release(&out);
     if (count < 0) Py_RETURN_NONE;
