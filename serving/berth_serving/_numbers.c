@@ -148,14 +148,147 @@ static Py_ssize_t parse_block(const char *p, const char *end, Py_ssize_t columns
     return rows;
 }
 
+/* --- The same, with AVX2 (x86-64 CPUs since 2013; chosen at import where the CPU has it) ----
+ *
+ * The scalar loop above reads a byte at a time: a line of commas alone scans at about 900 MB/s
+ * here, the whole parse at 800. This one finds a line's commas 32 bytes at a time and converts
+ * each field of at most 16 bytes (after its sign) with a few vector instructions: its digits
+ * are moved to the right end of a register, the '.' dropped, and summed in pairs, fours and
+ * eights (1.1 GB/s, 1.4x, on the benchmark's blocks). The value is the scalar parser's to the
+ * bit: the same mantissa, divided by the same power of ten. A field it does not take (longer,
+ * an exponent, anything but digits and one '.') goes to the scalar parse_number, which refuses
+ * or answers as it always does; what is not a number is refused either way. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1
+#define AVX2 __attribute__((target("avx2")))
+
+/* SHUFFLES[n][dot]: for a field of n bytes with its '.' at dot (n: none), where each lane of
+ * the right-aligned digits comes from (0x80: a zero lane before them). */
+static uint8_t SHUFFLES[17][17][16];
+
+static void init_shuffles(void) {
+    for (int n = 0; n <= 16; n++)
+        for (int dot = 0; dot <= n; dot++) {
+            int digits = dot < n ? n - 1 : n;
+            for (int lane = 0; lane < 16; lane++) {
+                int i = lane - (16 - digits);
+                SHUFFLES[n][dot][lane] = i < 0 ? 0x80 : (uint8_t)(i < dot ? i : i + 1);
+            }
+        }
+}
+
+/* The number that is the whole field [s, e): 1 and its value in *out, or 0 where it is not one.
+ * 16 bytes are read from the field's start only where they lie before `end`. */
+AVX2 static inline int field_value(const char *s, const char *e, const char *end, double *out) {
+    const char *field = s;
+    int negative = *s == '-';
+    s += negative | (*s == '+');
+    Py_ssize_t n = e - s;
+    if (n <= 0 || n > 16 || end - s < 16) goto scalar;
+    __m128i digits = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)s), _mm_set1_epi8('0'));
+    __m128i is_digit = _mm_cmpeq_epi8(_mm_min_epu8(digits, _mm_set1_epi8(9)), digits);
+    unsigned others = ~(unsigned)_mm_movemask_epi8(is_digit) & ((1u << n) - 1);
+    int dot = (int)n, fraction = 0;
+    if (others) {
+        if (others & (others - 1)) goto scalar; /* two non-digits: an exponent, or no number */
+        dot = __builtin_ctz(others);
+        if (s[dot] != '.' || n == 1) goto scalar;
+        fraction = (int)n - dot - 1;
+    }
+    __m128i x = _mm_shuffle_epi8(digits, _mm_loadu_si128((const __m128i *)SHUFFLES[n][dot]));
+    __m128i pairs = _mm_maddubs_epi16(x, _mm_setr_epi8(10, 1, 10, 1, 10, 1, 10, 1, 10, 1, 10, 1, 10, 1, 10, 1));
+    __m128i fours = _mm_madd_epi16(pairs, _mm_setr_epi16(100, 1, 100, 1, 100, 1, 100, 1));
+    __m128i packed = _mm_packus_epi32(fours, fours);
+    __m128i eights = _mm_madd_epi16(packed, _mm_setr_epi16(10000, 1, 10000, 1, 10000, 1, 10000, 1));
+    uint64_t both = (uint64_t)_mm_cvtsi128_si64(eights);
+    uint64_t mantissa = (both & 0xFFFFFFFFu) * 100000000u + (both >> 32);
+    if (mantissa > MAX_EXACT) goto scalar; /* which refuses it too */
+    double value = (double)(int64_t)mantissa / POWERS[fraction];
+    *out = negative ? -value : value;
+    return 1;
+scalar:;
+    const char *after = parse_number(field, out, 0);
+    return after == e;
+}
+
+#define STORE_FIELD()                                                                             \
+    do {                                                                                          \
+        if (fields >= columns || !field_value(start, e, end, &value)) return -1;                  \
+        if (wide)                                                                                 \
+            wide_out[base + fields] = value;                                                      \
+        else                                                                                      \
+            narrow_out[base + fields] = (float)value;                                             \
+        fields++;                                                                                 \
+    } while (0)
+
+/* parse_block's contract, answers and refusals. */
+AVX2 static Py_ssize_t parse_block_avx2(const char *p, const char *end, Py_ssize_t columns,
+                                        int bracketed, int wide, void *out, Py_ssize_t capacity) {
+    float *narrow_out = (float *)out;
+    double *wide_out = (double *)out;
+    const __m256i comma = _mm256_set1_epi8(',');
+    Py_ssize_t rows = 0;
+    while (p < end) {
+        const char *newline = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = newline ? newline : end;
+        const char *next = newline ? newline + 1 : end;
+        if (line_end > p && line_end[-1] == '\r') line_end--;
+        if (line_end == p) { /* an empty line */
+            p = next;
+            continue;
+        }
+        if (rows >= capacity) return -1;
+        if (bracketed) {
+            if (*p != '[' || line_end[-1] != ']' || line_end - p < 2) return -1;
+            p++;
+            line_end--;
+        }
+        Py_ssize_t base = rows * columns, fields = 0;
+        const char *start = p, *q = p, *e;
+        double value;
+        for (; q < line_end && end - q >= 32; q += 32) {
+            __m256i chunk = _mm256_loadu_si256((const __m256i *)q);
+            uint32_t commas = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(chunk, comma));
+            if (line_end - q < 32) commas &= (1u << (line_end - q)) - 1;
+            while (commas) {
+                e = q + __builtin_ctz(commas);
+                commas &= commas - 1;
+                STORE_FIELD();
+                start = e + 1;
+            }
+        }
+        /* within the block's last 32 bytes: the commas found one by one */
+        for (const char *from = start > q ? start : q; from < line_end; from = start) {
+            e = memchr(from, ',', (size_t)(line_end - from));
+            if (e == NULL) break;
+            STORE_FIELD();
+            start = e + 1;
+        }
+        e = line_end;
+        STORE_FIELD();
+        if (fields != columns) return -1;
+        rows++;
+        p = next;
+    }
+    return rows;
+}
+#undef STORE_FIELD
+#endif
+
+typedef Py_ssize_t (*BlockParser)(const char *, const char *, Py_ssize_t, int, int, void *, Py_ssize_t);
+static BlockParser block_parser = parse_block; /* parse_block_avx2 where the CPU has AVX2 */
+
 static PyObject *parse(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *data;
     Py_buffer out;
     Py_ssize_t columns;
-    int bracketed, wide;
+    int bracketed, wide, scalar = 0;
     /* bytes, not any buffer: its NUL terminator ends the last number's scan */
-    if (!PyArg_ParseTuple(args, "Snppw*", &data, &columns, &bracketed, &wide, &out)) return NULL;
+    if (!PyArg_ParseTuple(args, "Snppw*|p", &data, &columns, &bracketed, &wide, &out, &scalar))
+        return NULL;
+    BlockParser chosen = scalar ? parse_block : block_parser;
     const char *text = PyBytes_AS_STRING(data);
     Py_ssize_t length = PyBytes_GET_SIZE(data);
     Py_ssize_t item = wide ? (Py_ssize_t)sizeof(double) : (Py_ssize_t)sizeof(float);
@@ -163,7 +296,7 @@ static PyObject *parse(PyObject *self, PyObject *args) {
     if (columns > 0 && out.len % (columns * item) == 0) {
         Py_ssize_t capacity = out.len / (columns * item);
         Py_BEGIN_ALLOW_THREADS;
-        rows = parse_block(text, text + length, columns, bracketed, wide, out.buf, capacity);
+        rows = chosen(text, text + length, columns, bracketed, wide, out.buf, capacity);
         Py_END_ALLOW_THREADS;
     }
     PyBuffer_Release(&out);
@@ -288,8 +421,9 @@ static PyObject *newlines(PyObject *self, PyObject *args) {
 
 static PyMethodDef METHODS[] = {
     {"parse", parse, METH_VARARGS,
-     "parse(data: bytes, columns, bracketed, wide, out) -> rows, or -1 where the block is refused.\n"
-     "out: a writable C-contiguous buffer of float32 (wide: float64), a multiple of columns."},
+     "parse(data: bytes, columns, bracketed, wide, out, scalar=False) -> rows, or -1 where the\n"
+     "block is refused. out: a writable C-contiguous buffer of float32 (wide: float64), a multiple\n"
+     "of columns. scalar: the byte-at-a-time parser even where the AVX2 one was chosen."},
     {"json_rows", json_rows, METH_VARARGS,
      "json_rows(body: bytes, wide, out) -> (rows, columns) written to out, or None where refused."},
     {"newlines", newlines, METH_VARARGS, "newlines(data: bytes-like) -> the number of b'\\n' in it."},
@@ -300,4 +434,22 @@ static struct PyModuleDef MODULE = {
     PyModuleDef_HEAD_INIT, "_numbers", NULL, -1, METHODS, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__numbers(void) { return PyModule_Create(&MODULE); }
+PyMODINIT_FUNC PyInit__numbers(void) {
+    PyObject *module = PyModule_Create(&MODULE);
+    if (module == NULL) return NULL;
+    int vector = 0;
+#ifdef HAVE_AVX2_PATH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) {
+        init_shuffles();
+        block_parser = parse_block_avx2;
+        vector = 1;
+    }
+#endif
+    /* Which block parser runs here (tests compare it with the scalar one). */
+    if (PyModule_AddIntConstant(module, "AVX2", vector) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -241,3 +242,70 @@ def test_a_block_parsed_in_parts_is_the_block_parsed_whole(threads: int) -> None
     assert numbers.parse_matrix(bad, 16, F32, threads=threads) is None
     wide = numbers.parse_matrix(data, 16, F64, threads=threads)
     assert wide is not None and same_bits(wide, numbers.parse_matrix(data, 16, F64))  # type: ignore[arg-type]
+
+
+def both_parsers(data: bytes, columns: int, bracketed: bool, wide: bool) -> tuple[Any, Any]:
+    """The block through the chosen (AVX2) parser and the scalar one: (rows, matrix) each."""
+    from berth_serving import _numbers  # type: ignore[attr-defined]
+
+    answers = []
+    for scalar in (False, True):
+        out = np.full((data.count(b"\n") + 1, columns), 7.0, np.float64 if wide else np.float32)
+        rows = _numbers.parse(data, columns, bracketed, wide, out, scalar)
+        answers.append((rows, out[: max(rows, 0)].tobytes()))
+    return answers[0], answers[1]
+
+
+fields = st.one_of(
+    spellings,
+    # around the 16 bytes the vector path takes a field in, and what it must hand on
+    st.builds(
+        lambda sign, digits, cut: sign + digits[:cut] + "." + digits[cut:],
+        st.sampled_from(["", "-", "+"]),
+        st.text("0123456789", min_size=1, max_size=19),
+        st.integers(0, 19),
+    ),
+    st.sampled_from(
+        ["", ".", "-", "+", "1.2.3", "1-2", "--1", " 1", "1 ", "nan", "0x1", "\u0661", "1e", "9" * 16]
+    ),
+)
+
+
+@needs_parser
+@PROPERTIES
+@given(
+    rows=st.lists(st.lists(fields, min_size=1, max_size=6), min_size=1, max_size=5),
+    columns=st.integers(1, 6),
+    line_end=st.sampled_from(["\n", "\r\n"]),
+    bracketed=st.booleans(),
+    wide=st.booleans(),
+    trailing_newline=st.booleans(),
+)
+def test_the_vector_parser_is_the_scalar_one_bit_for_bit(
+    rows: list[list[str]], columns: int, line_end: str, bracketed: bool, wide: bool, trailing_newline: bool
+) -> None:
+    """Every answer and every refusal the same, wherever the block ends (the vector path reads
+    32 bytes at a time and hands the block's last ones to a byte loop)."""
+    from berth_serving import _numbers  # type: ignore[attr-defined]
+
+    if not _numbers.AVX2:
+        pytest.skip("this CPU has no AVX2: the scalar parser is the only one")
+    lines = [",".join(row) for row in rows]
+    if bracketed:
+        lines = [f"[{line}]" for line in lines]
+    data = line_end.join(lines).encode() + (line_end.encode() if trailing_newline else b"")
+    chosen, scalar = both_parsers(data, columns, bracketed, wide)
+    assert chosen == scalar, data
+    padded = b"0," * 40 + data  # the same lines, now past the first 32-byte chunks too
+    chosen, scalar = both_parsers(padded, columns, bracketed, wide)
+    assert chosen == scalar, padded
+
+
+@needs_parser
+def test_the_vector_parser_takes_the_plain_case() -> None:
+    """The benchmark's kind of block: the AVX2 path must answer it, not leave it to Arrow."""
+    values = np.random.default_rng(5).normal(size=(300, 256)).round(4)
+    data = ("\n".join(",".join(f"{value:.4f}" for value in row) for row in values) + "\n").encode()
+    chosen, scalar = both_parsers(data, 256, False, False)
+    assert chosen[0] == 300 and chosen == scalar
+    assert same_bits(np.frombuffer(chosen[1], np.float32).reshape(300, 256), values.astype(np.float32))
