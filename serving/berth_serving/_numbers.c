@@ -419,6 +419,31 @@ static PyObject *newlines(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(count);
 }
 
+/* Where the n-th line from `start` ends (the offset after its "\n"), or -1 where fewer lines
+ * end: memchr from line to line, so cutting a block into batches costs no Python per line. */
+static PyObject *line_end(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer data;
+    Py_ssize_t start, count;
+    if (!PyArg_ParseTuple(args, "y*nn", &data, &start, &count)) return NULL;
+    const char *base = (const char *)data.buf, *end = base + data.len;
+    const char *p = start >= 0 && start <= data.len ? base + start : end;
+    Py_ssize_t found = -1;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t seen = 0; count > 0 && p < end;) {
+        const char *newline = memchr(p, '\n', (size_t)(end - p));
+        if (newline == NULL) break;
+        p = newline + 1;
+        if (++seen == count) {
+            found = p - base;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(found);
+}
+
 static PyMethodDef METHODS[] = {
     {"parse", parse, METH_VARARGS,
      "parse(data: bytes, columns, bracketed, wide, out, scalar=False) -> rows, or -1 where the\n"
@@ -427,6 +452,8 @@ static PyMethodDef METHODS[] = {
     {"json_rows", json_rows, METH_VARARGS,
      "json_rows(body: bytes, wide, out) -> (rows, columns) written to out, or None where refused."},
     {"newlines", newlines, METH_VARARGS, "newlines(data: bytes-like) -> the number of b'\\n' in it."},
+    {"line_end", line_end, METH_VARARGS,
+     "line_end(data: bytes-like, start, n) -> the offset after the n-th b'\\n' from start, or -1."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -40,6 +40,19 @@ def newlines(data: bytes) -> int:
     return _numbers.newlines(data) if _numbers is not None else data.count(b"\n")
 
 
+def line_end(data: bytes, start: int, count: int) -> int:
+    """The offset just after the `count`-th b"\\n" from `start`, or -1 where fewer lines end."""
+    if _numbers is not None:
+        return int(_numbers.line_end(data, start, count))
+    position = start
+    for _ in range(count):
+        newline = data.find(b"\n", position)
+        if newline < 0:
+            return -1
+        position = newline + 1
+    return position if count > 0 else -1
+
+
 def parse_matrix(
     data: bytes, columns: int, dtype: np.dtype[Any], *, bracketed: bool = False, threads: int = 1
 ) -> np.ndarray | None:

@@ -103,22 +103,44 @@ def test_nan_and_infinity_travel_in_csv(transform_models: SimpleNamespace, tmp_p
     np.testing.assert_allclose(np.loadtxt(out, delimiter=",")[[0, 2, 3, 4]], array[[0, 2, 3, 4]], rtol=1e-6)
 
 
-def test_batches_are_full_across_block_boundaries(transform_models: SimpleNamespace, tmp_path: Path) -> None:
-    """Blocks are cut by bytes; the records after a block's last full batch join the next block's."""
+@pytest.mark.parametrize(
+    ("max_payload_bytes", "reason"),
+    [
+        (5000, "rows: a read holds about 140 records, so the batches carry records across reads"),
+        (1500, "bytes: about 45 records fit the payload limit, fewer than 96"),
+    ],
+)
+def test_a_batch_is_as_full_as_max_batch_size_and_max_payload_bytes_allow(
+    transform_models: SimpleNamespace, tmp_path: Path, max_payload_bytes: int, reason: str
+) -> None:
+    """A batch (one ONNX Runtime call, SageMaker's mini-batch) holds max_batch_size records,
+    or fewer where the next would take it past maxPayloadBytes; the records keep their order."""
     array = rows(1000, 4)
-    put(tmp_path, "x.csv", csv_bytes(array))
+    data = csv_bytes(array)
+    put(tmp_path, "x.csv", data)
     run(
         transform_models.logreg,
         tmp_path,
         accept=JSONL,
         assemble_with="None",
         max_batch_size=96,
-        max_payload_bytes=1500,  # about 45 rows a block
+        max_payload_bytes=max_payload_bytes,
     )
     answers = [json.loads(line) for line in (tmp_path / "out" / "x.csv.out").read_text().splitlines()]
-    assert [len(a["outputs"]["label"]) for a in answers] == [96] * 10 + [40]
+    sizes = [len(a["outputs"]["label"]) for a in answers]
+    lines = data.splitlines(keepends=True)
+    first = 0
+    for size in sizes[:-1]:
+        batch_bytes = sum(len(line) for line in lines[first : first + size])
+        assert 1 <= size <= 96 and batch_bytes <= max_payload_bytes + 1, reason
+        # full: the next record would not have fit
+        assert size == 96 or batch_bytes + len(lines[first + size]) > max_payload_bytes + 1, (sizes, reason)
+        first += size
+    assert sum(sizes) == 1000
     labels, _ = raw_outputs(transform_models.logreg, array)
     assert [v for a in answers for v in a["outputs"]["label"]] == labels.tolist()
+    if max_payload_bytes == 5000:
+        assert sizes == [96] * 10 + [40], "batches of max_batch_size across the reads"
 
 
 def test_join_source_keeps_each_records_own_text_across_blocks(
@@ -291,3 +313,19 @@ def test_empty_objects_and_a_last_line_without_newline(
     assert (tmp_path / "out" / "blank.csv.out").read_bytes() == b""
     labels, _ = raw_outputs(transform_models.logreg, array)
     assert (tmp_path / "out" / "open.csv.out").read_text().split() == [str(v) for v in labels.tolist()]
+
+
+@pytest.mark.parametrize(("budget", "named"), [(0, 181), (1, 421)])
+def test_the_first_failure_in_input_order_is_the_one_reported(
+    transform_models: SimpleNamespace, tmp_path: Path, budget: int, named: int
+) -> None:
+    """Blocks are parsed by several workers at once, in any order; the error budget is still
+    spent record by record in input order, so the record named is the same in every run."""
+    lines = csv_bytes(rows(2000, 4)).decode().splitlines()
+    for line in (181, 421, 1601):
+        lines[line - 1] = "1,2,oops,4"
+    put(tmp_path, "x.csv", ("\n".join(lines) + "\n").encode())
+    with pytest.raises(TransformError) as raised:
+        run(transform_models.logreg, tmp_path, max_errors=budget, max_batch_size=40)
+    assert f"x.csv:{named}:" in str(raised.value)
+    assert not (tmp_path / "out" / "x.csv.out").exists(), "a failed object leaves no output"

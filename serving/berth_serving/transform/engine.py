@@ -1,34 +1,27 @@
-"""The transform loop: this shard's input objects, block by block, through the serving Batcher.
+"""The transform loop: this shard's input objects, block by block, through ONNX Runtime.
 
-Per object: skip it when its output exists (resume), else run three stages at once, each on its
-own thread, so that the 2 cores are kept busy by the model rather than by Python:
+Per object: skip it when its output exists (resume), else cut it into blocks of at most
+`max_batch_size` records and `max_payload_bytes` of text (records.py: a block is one ONNX
+Runtime call, a mini-batch) and hand the blocks to the workers (_Flow). Each worker reads the
+next block (gzip inflated by ISA-L), parses it with Berth's C parser or Apache Arrow where
+that refuses (records.py, arrow.py, numbers.py), runs the model on it and encodes the answers
+(orjson, Arrow), all outside the GIL but for moments; the block's answers are then appended in
+input order to an atomic writer that is committed only when the object is done.
 
-- parse (thread berth-parse): read the next block of about 1 MiB of whole lines (gzip
-  inflated by ISA-L) and parse it with Berth's C parser, or Apache Arrow where that refuses
-  (records.py, arrow.py, numbers.py), outside the GIL, while the batches of the block before
-  it run; one block ahead at most;
-- infer (the Batchers' workers, berth-ort-worker): ONNX Runtime on batches of at most
-  `max_batch_size` rows, one call per worker side by side (`max_concurrent_transforms` of
-  them, at most one per CPU: cli.thread_split), each worker with its next batch queued behind
-  the one it runs, so that it never waits for the event loop to hand it one (at 2 calls on
-  2 CPUs, queueing one each took 1,000,000 CSV rows from 13.9 s to 13.2 s);
-- write (thread berth-write): the answers encoded a batch at a time (orjson, Arrow) and
-  appended in input order to an atomic writer that is committed only when the object is done;
-  at most WRITES_AHEAD batches wait for it.
-
-The event loop only hands work between the stages. Memory holds one block being parsed, one
-parsed, the batches in flight and the writes waiting: flat whatever the object's size.
+`max_concurrent_transforms` workers run the model at once (at most one per CPU: cli.thread_split)
+and one more worker reads and parses meanwhile, so that a model call never waits for a parse.
+Memory holds the blocks in the workers' hands and the few waiting for their turn to be
+written: flat whatever the object's size.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import logging
 import os
 import sys
-from collections import deque
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from berth_serving import storage
-from berth_serving.batcher import Batcher, Job
 from berth_serving.signature import Signature
 from berth_serving.transform import arrow
 from berth_serving.transform.assemble import Assembler, merge_outputs
@@ -47,7 +39,6 @@ from berth_serving.transform.records import (
     BadRecord,
     Block,
     InputError,
-    Parsed,
     Parser,
     open_records,
     read_blocks,
@@ -58,12 +49,7 @@ if TYPE_CHECKING:
     from berth_serving.config import PipelineStage
 
 log = logging.getLogger("berth.transform")
-# What the parse stage hands on per block: its full batches, each with the line it starts
-# from, and the block's malformed records.
-_Parsed = tuple[list[tuple[int, Parsed]], list[BadRecord]]
 SWITCH_INTERVAL_SECONDS = 0.0005
-BLOCK_ROWS = 1 << 16  # lines per block at most; a block is about records.READ_BYTES of text
-WRITES_AHEAD = 2  # encoded batches waiting for the writer thread, at most
 # How long the end of a transform waits for the captured events to be written and uploaded;
 # what is left then is counted as dropped (reason shutdown).
 CAPTURE_CLOSE_SECONDS = 60.0
@@ -220,21 +206,19 @@ def run_transform(
     inference_workers: int = 1,
     capture: CaptureConfig | None = None,
 ) -> Summary:
-    """`parse_threads`: Arrow threads for one block's parse (1: the parse thread alone);
-    `inference_workers`: ONNX Runtime calls run side by side (each on a thread of its own);
-    `capture`: each sampled record's input and answer line offered to a Capturer (never
-    waited for: a full buffer drops and counts), flushed when the transform ends."""
+    """`parse_threads`: threads one block's parse may use (1: the worker's own);
+    `inference_workers`: ONNX Runtime calls run side by side; `capture`: each sampled record's
+    input and answer line offered to a Capturer (never waited for: a full buffer drops and
+    counts), flushed when the transform ends."""
     options.check()
     check_locations(options)
     arrow.set_parse_threads(parse_threads)
-    # Three threads take the GIL for moments between their C++ calls (ORT, Arrow, orjson): a
-    # short switch interval keeps the ORT worker from waiting 5 ms for it between batches.
+    # The workers take the GIL for moments between their C calls (parser, ORT, orjson): a
+    # short switch interval keeps one from waiting 5 ms for it while another runs Python.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     try:
-        run = _Run(options, model, listener or Listener(), capture)
-        run.workers = max(1, inference_workers)
-        return asyncio.run(run.run())
+        return _Run(options, model, listener or Listener(), capture, max(1, inference_workers)).run()
     finally:
         sys.setswitchinterval(interval)
 
@@ -245,7 +229,8 @@ class _Run:
         options: TransformOptions,
         model: LoadedModel,
         listener: Listener,
-        capture: CaptureConfig | None = None,
+        capture: CaptureConfig | None,
+        calls: int,
     ) -> None:
         self.options = options
         self.model = model
@@ -283,11 +268,12 @@ class _Run:
         )
         # SingleRecord, or a model with a fixed batch dimension: one record per ONNX Runtime call.
         self.single = options.batch_strategy == "SingleRecord" or not model.signature.batchable
-        self.workers = 1  # ONNX Runtime calls side by side
-        self.parse_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="berth-parse")
-        self.write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="berth-write")
+        # `calls` workers run the model at once; one more parses its next block meanwhile.
+        self.calls = threading.BoundedSemaphore(calls)
+        self.threads = calls + 1
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="berth-transform")
 
-    async def run(self) -> Summary:
+    def run(self) -> Summary:
         options = self.options
         try:
             objects = storage.list_inputs(options.input_uri, exclude_uri=options.output_uri)
@@ -297,19 +283,6 @@ class _Run:
         self.summary.objects = len(mine)
         self.listener.started(len(mine))
         output_root = storage.parse_uri(options.output_uri)
-        batcher = _Workers(
-            [
-                Batcher(
-                    self.model.run,
-                    asyncio.get_running_loop(),
-                    batchable=not self.single,
-                    max_batch_size=1 if self.single else options.max_batch_size,
-                    max_delay_seconds=0.0,  # blocks are already batches: never wait for more
-                )
-                for _ in range(self.workers)
-            ]
-        )
-        batcher.start()
         if self.capture is not None:
             self.capture.capturer.start()
         try:
@@ -323,35 +296,25 @@ class _Run:
                 errors = output_root.child(relative + ERRORS_SUFFIX)
                 if self.capture is not None:
                     self.capture.begin(relative)
-                await self._transform_object(batcher, location, target, errors)
+                self._transform_object(location, target, errors)
                 self.summary.done += 1
                 self.listener.object_finished(relative, skipped=False)
         except storage.StorageError as error:
             raise StorageFailure(str(error)) from None
         finally:
-            batcher.stop()
-            self.parse_pool.shutdown(wait=True)
-            self.write_pool.shutdown(wait=True)
+            self.pool.shutdown(wait=True)
             if self.capture is not None:
                 self.capture.finish(self.summary)
         self.summary.failed = self.budget.spent
         self.listener.finished(self.summary)
         return self.summary
 
-    async def _transform_object(
-        self,
-        batcher: _Workers,
-        source: storage.Location,
-        target: storage.Location,
-        errors_at: storage.Location,
+    def _transform_object(
+        self, source: storage.Location, target: storage.Location, errors_at: storage.Location
     ) -> None:
         options = self.options
         uri = source.uri
         writer = storage.open_output(target)
-        window: deque[tuple[list[Job], Parsed, int]] = deque()
-        writes: deque[concurrent.futures.Future[list[BadRecord]]] = deque()
-        bad_here: list[BadRecord] = []
-        parsing: concurrent.futures.Future[_Parsed | None] | None = None
         stream = storage.open_input(source)
         try:
             try:
@@ -360,134 +323,200 @@ class _Run:
                     content_type=options.content_type,
                     split_type=options.split_type,
                     max_bytes=options.max_payload_bytes,
-                    max_rows=BLOCK_ROWS if options.split_type == "Line" else options.max_batch_size,
+                    max_rows=options.max_batch_size,
                 )
-                stage = self._parse_stage(blocks)
-                parsing = self.parse_pool.submit(next, stage, None)
-                while True:
-                    item = await asyncio.wrap_future(parsing)
-                    if item is None:
-                        parsing = None
-                        break
-                    batches, bad = item
-                    parsing = self.parse_pool.submit(next, stage, None)  # parsed while these run
-                    if bad:
-                        self.budget.spend(uri, bad)
-                        bad_here.extend(bad)
-                    for first_line, batch in batches:
-                        while len(window) >= options.max_concurrent_transforms + batcher.workers:
-                            await self._write_oldest(window, writes, writer, uri, bad_here)
-                        window.append((self._submit(batcher, batch), batch, first_line))
-                while window:
-                    await self._write_oldest(window, writes, writer, uri, bad_here)
-                while writes:
-                    await self._written(writes.popleft(), uri, bad_here)
+                flow = _Flow(self, blocks, writer, uri)
+                flow.run()  # every worker is done with the stream and the writer when it returns
             except InputError as error:
                 raise TransformError(f"{uri}: {error}") from None
             except (OSError, EOFError) as error:  # a bad or truncated gzip stream, a broken connection
                 raise TransformError(f"{uri}: cannot read: {error}") from None
-            if bad_here:
-                bad_here.sort(key=lambda record: record.line)  # the outputFilter's come late
-                listing = (orjson.dumps({"line": b.line, "error": b.message}) + b"\n" for b in bad_here)
+            if flow.bad:
+                flow.bad.sort(key=lambda record: record.line)  # the outputFilter's come late
+                listing = (orjson.dumps({"line": b.line, "error": b.message}) + b"\n" for b in flow.bad)
                 storage.write_object(errors_at, listing)
         except BaseException:
-            for jobs, _, _ in window:
-                for job in jobs:
-                    job.cancelled = True
-            _settle(writes)  # the writer thread lets go of the writer before it is aborted
             writer.abort()
             raise
         finally:
-            _settle([parsing] if parsing is not None else [])  # the parse thread lets go of the stream
             stream.close()
         writer.commit()
 
-    def _parse_stage(self, blocks: Iterator[Block]) -> Iterator[_Parsed]:
-        """On the parse thread: per block read and parsed, its full batches (each with the line
-        it starts from) and its bad records. Blocks are cut by bytes, not rows: the records
-        after the block's last full batch wait to fill one with the next block's (a copy of
-        at most a batch), so ONNX Runtime gets batches of max_batch_size, not a small one at
-        the end of every block; the object's last batch may be smaller."""
-        size = self.options.max_batch_size
-        carry: tuple[int, Parsed] | None = None
-        for block in blocks:
-            parsed = self.parser.parse(block)
-            if self.options.split_type == "None":  # the object is one payload: one call, one answer
-                yield ([(block.first_line, parsed)] if parsed.rows else []), parsed.bad
-                continue
-            batches: list[tuple[int, Parsed]] = []
-            rest = parsed
-            if carry is not None and rest.rows:
-                taken, rest = rest.head(size - carry[1].rows)
-                carry = (carry[0], carry[1].join(taken))
-                if carry[1].rows == size:
-                    batches.append(carry)
-                    carry = None
-            for part in rest.slices(size) if rest.rows else ():
-                if part.rows == size:
-                    batches.append((block.first_line, part))
-                else:
-                    carry = (block.first_line, part)
-            yield batches, parsed.bad
-        if carry is not None:
-            yield [carry], []
-
-    def _submit(self, batcher: _Workers, parsed: Parsed) -> list[Job]:
-        if not self.single or parsed.rows == 1:
-            return [batcher.submit(parsed.feed, parsed.rows)]
-        return [
-            batcher.submit({name: array[row : row + 1] for name, array in parsed.feed.items()}, 1)
-            for row in range(parsed.rows)
-        ]
-
-    async def _write_oldest(
-        self,
-        window: deque[tuple[list[Job], Parsed, int]],
-        writes: deque[concurrent.futures.Future[list[BadRecord]]],
-        writer: storage.AtomicWriter,
-        uri: str,
-        bad_here: list[BadRecord],
-    ) -> None:
-        jobs, parsed, first_line = window.popleft()
+    def compute(self, block: Block, uri: str) -> _Result:
+        """On a worker: one block parsed, run through the model and encoded; any order."""
+        parsed = self.parser.parse(block)
+        if not parsed.rows:  # blank lines, or only malformed records
+            return _Result(parsed.bad, 0, None, [], [], [])
+        feed = parsed.feed
         try:
-            results = [await job.future for job in jobs]
+            if not self.single or parsed.rows == 1:
+                with self.calls:
+                    outputs = self.model.run(feed)
+            else:
+                calls = []
+                for row in range(parsed.rows):
+                    with self.calls:
+                        calls.append(
+                            self.model.run({name: array[row : row + 1] for name, array in feed.items()})
+                        )
+                outputs = merge_outputs(calls)
         except Exception as error:
             raise TransformError(
-                f"{uri}: records from line {first_line}: the model failed: {error}"
+                f"{uri}: records from line {block.first_line}: the model failed: {error}"
             ) from None
-        outputs = merge_outputs([outputs for outputs, _ in results])
-        while len(writes) >= WRITES_AHEAD:
-            await self._written(writes.popleft(), uri, bad_here)
-        writes.append(self.write_pool.submit(self._write, writer, outputs, parsed.lines, parsed.numbers))
-        self.summary.records += parsed.rows
-        self.listener.records_done(parsed.rows)
-
-    async def _written(
-        self, write: concurrent.futures.Future[list[BadRecord]], uri: str, bad_here: list[BadRecord]
-    ) -> None:
-        """A batch written; the records the outputFilter could not select from go to the budget."""
-        bad = await asyncio.wrap_future(write)
-        if bad:
-            self.summary.records -= len(bad)
-            self.budget.spend(uri, bad)
-            bad_here.extend(bad)
-
-    def _write(
-        self, writer: storage.AtomicWriter, outputs: list[Any], lines: list[bytes], numbers: list[int]
-    ) -> list[BadRecord]:
-        """On the writer thread: one batch's answers, encoded and appended; the records the
-        outputFilter skipped, by line."""
+        failed: list[BadRecord] = []
         if self.output_filter is None:
-            data = self.assembler.encode(outputs, lines)
-            writer.write(data)
-            if self.capture is not None:
-                self.capture.offer(outputs, lines, data)
-            return []
-        data, failed = self.assembler.encode_filtered(outputs, lines)
-        writer.write(data)
+            data = self.assembler.encode(outputs, parsed.lines)
+        else:
+            data, skipped = self.assembler.encode_filtered(outputs, parsed.lines)
+            failed = [BadRecord(parsed.numbers[index], message) for index, message in skipped]
+        return _Result(parsed.bad, parsed.rows, data, outputs, parsed.lines, failed)
+
+    def commit(
+        self, result: _Result, writer: storage.AtomicWriter, uri: str, bad_here: list[BadRecord]
+    ) -> None:
+        """One block's answers appended: blocks in input order, one at a time."""
+        if result.bad:
+            self.budget.spend(uri, result.bad)
+            bad_here.extend(result.bad)
+        if result.data is None:
+            return
+        writer.write(result.data)
         if self.capture is not None:
-            self.capture.offer(outputs, lines, None)
-        return [BadRecord(numbers[index], message) for index, message in failed]
+            written = result.data if self.output_filter is None else None
+            self.capture.offer(result.outputs, result.lines, written)
+        records = result.rows - len(result.failed)
+        self.summary.records += records
+        if result.failed:  # records the outputFilter could not select from
+            self.budget.spend(uri, result.failed)
+            bad_here.extend(result.failed)
+        self.listener.records_done(records)
+
+
+@dataclass
+class _Result:
+    """A block's outcome, waiting for its turn to be written."""
+
+    bad: list[BadRecord]  # malformed records, by line
+    rows: int
+    data: bytes | None  # the encoded answers (None: nothing to write)
+    outputs: list[Any]
+    lines: list[bytes]
+    failed: list[BadRecord]  # records the outputFilter skipped
+
+
+class _Flow:
+    """One object's blocks through the workers, each of which takes the next block (reading is
+    one at a time), parses it, runs the model and encodes the answers, all outside the GIL but
+    for moments, and leaves the result for the writer's turn. Whichever worker completes the
+    next block in input order appends it and any that wait behind it, so no worker waits for
+    another to write. No hand-off to a stage's thread per batch: on 2 CPUs, two threads that
+    each do everything kept ONNX Runtime 0.77 as busy as raw ONNX Runtime (a parse, an infer and
+    a write thread with the event loop between them: 0.70).
+
+    At most WINDOW blocks per worker are read before they are written: memory stays flat. The
+    first failure in input order wins (a malformed record over the budget, a bad stream, the
+    model failing); the workers then stop at their next block."""
+
+    WINDOW = 2
+
+    def __init__(self, run: _Run, blocks: Iterator[Block], writer: storage.AtomicWriter, uri: str) -> None:
+        self.owner = run
+        self.blocks = blocks
+        self.writer = writer
+        self.uri = uri
+        self.bad: list[BadRecord] = []
+        self.reading = threading.Lock()  # next(blocks): one reader at a time
+        self.state = threading.Condition()  # everything below
+        self.taken = 0  # blocks read
+        self.written = 0  # blocks committed, in order
+        self.waiting: dict[int, _Result | BaseException] = {}
+        self.committer = False  # a worker is appending
+        self.exhausted = False
+        self.stopping = False
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        owner = self.owner
+        futures = [owner.pool.submit(self._work) for _ in range(owner.threads)]
+        try:
+            concurrent.futures.wait(futures)
+        except BaseException:  # SIGTERM's SystemExit, Ctrl-C: stop, and let go of the stream
+            self._stop(None)
+            _settle(futures)
+            raise
+        for future in futures:
+            future.result()  # a fault of the workers' own
+        if self.error is not None:
+            raise self.error
+
+    def _work(self) -> None:
+        try:
+            while True:
+                with self.state:
+                    while not self.stopping and self.taken - self.written >= self.WINDOW * self.owner.threads:
+                        self.state.wait()
+                    if self.stopping or self.exhausted:
+                        return
+                with self.reading:
+                    if self.exhausted:
+                        return
+                    outcome: Block | BaseException | None
+                    try:
+                        outcome = next(self.blocks, None)
+                    except BaseException as error:  # a bad stream: reported in its turn
+                        outcome = error
+                    if outcome is None or isinstance(outcome, BaseException):
+                        self.exhausted = True
+                    if outcome is None:
+                        return
+                    with self.state:
+                        sequence = self.taken
+                        self.taken += 1
+                if isinstance(outcome, BaseException):
+                    self._finished(sequence, outcome)
+                    return
+                try:
+                    result: _Result | BaseException = self.owner.compute(outcome, self.uri)
+                except BaseException as error:
+                    result = error
+                self._finished(sequence, result)
+        except BaseException as error:  # not expected: stop the others rather than hang them
+            self._stop(error)
+            raise
+
+    def _finished(self, sequence: int, result: _Result | BaseException) -> None:
+        with self.state:
+            self.waiting[sequence] = result
+            if self.committer:
+                return  # the worker appending now takes it in its turn
+            self.committer = True
+        while True:
+            with self.state:
+                item = None if self.stopping else self.waiting.pop(self.written, None)
+                if item is None:
+                    self.committer = False
+                    self.state.notify_all()
+                    return
+            try:
+                if isinstance(item, BaseException):
+                    raise item
+                self.owner.commit(item, self.writer, self.uri, self.bad)
+            except BaseException as error:
+                with self.state:
+                    self.committer = False
+                self._stop(error)
+                return
+            with self.state:
+                self.written += 1
+                self.state.notify_all()
+
+    def _stop(self, error: BaseException | None) -> None:
+        with self.state:
+            if error is not None and self.error is None:
+                self.error = error
+            self.stopping = True
+            self.state.notify_all()
 
 
 class _RecordCapture:
@@ -558,30 +587,6 @@ class _RecordCapture:
         stats = self.capturer.stats
         summary.captured = stats.written
         summary.capture_dropped = sum(stats.dropped.values())
-
-
-class _Workers:
-    """Batchers whose worker threads run ONNX Runtime calls side by side, taking batches in turn."""
-
-    def __init__(self, batchers: list[Batcher]) -> None:
-        self.batchers = batchers
-        self.turn = 0
-
-    @property
-    def workers(self) -> int:
-        return len(self.batchers)
-
-    def start(self) -> None:
-        for batcher in self.batchers:
-            batcher.start()
-
-    def stop(self) -> None:
-        for batcher in self.batchers:
-            batcher.stop()
-
-    def submit(self, inputs: dict[str, Any], rows: int) -> Job:
-        self.turn = (self.turn + 1) % len(self.batchers)
-        return self.batchers[self.turn].submit(inputs, rows)
 
 
 def _settle(futures: Any) -> None:

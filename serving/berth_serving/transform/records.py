@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -162,8 +162,8 @@ def _skip(stream: Any, chunk_bytes: int) -> int:
     return skipped
 
 
-def _text_blocks(stream: Any, max_bytes: int, max_rows: int) -> Iterator[Block]:
-    """Blocks of whole lines, one read at a time, with the lines too large to be a record.
+def _runs(stream: Any, max_bytes: int) -> Iterator[Block]:
+    """Runs of whole lines, one read at a time, with the lines too large to be a record.
 
     Each read is cut at its last newline; the partial line after it (never more than max_bytes)
     starts the next block. Every line but that cut one lies within a read of at most max_bytes,
@@ -210,27 +210,44 @@ def _text_blocks(stream: Any, max_bytes: int, max_rows: int) -> Iterator[Block]:
             data = b"".join((tail, memoryview(piece)[: last + 1])) if tail else piece[: last + 1]
         tail = piece[last + 1 :]
         if data:
-            number = yield from _cut(number, data, max_rows)
+            count = _line_count(data)
+            yield Block(number, data, count)
+            number += count
 
 
-def _cut(number: int, data: bytes, max_rows: int) -> Generator[Block, None, int]:
-    """Whole lines as blocks of at most max_rows lines; returns the next line number."""
-    count = _line_count(data)
-    if count <= max_rows:
-        yield Block(number, data, count)
-        return number + count
-    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == NEWLINE) + 1
-    start = 0
-    for index in range(max_rows - 1, len(ends), max_rows):
-        end = int(ends[index])
-        yield Block(number, data[start:end], max_rows)
-        number += max_rows
-        start = end
-    if start < len(data):
-        rest = data[start:]
-        yield Block(number, rest, _line_count(rest))
-        number += _line_count(rest)
-    return number
+def _text_blocks(stream: Any, max_bytes: int, max_rows: int) -> Iterator[Block]:
+    """The runs regrouped into blocks of max_rows lines, or fewer where max_bytes of text come
+    first or the object ends: a block is a mini-batch, one ONNX Runtime call. Lines a block
+    cannot take wait for the next run's (a copy of less than a block); a too-large line's
+    stand-in goes after them, so the numbering holds."""
+    carry: Block | None = None
+    for run in _runs(stream, max_bytes):
+        if run.bad:
+            if carry is not None:
+                yield carry
+                carry = None
+            yield run
+            continue
+        if carry is not None:
+            run = Block(carry.first_line, carry.data + run.data, carry.count + run.count)
+            carry = None
+        data, number, left, start = run.data, run.first_line, run.count, 0
+        while left >= max_rows or len(data) - start > max_bytes:
+            end = numbers.line_end(data, start, max_rows)
+            if 0 <= end - start <= max_bytes + 1:
+                piece, count = data[start:end], max_rows
+            else:  # the bytes limit comes first (a line holds max_bytes at most, and its newline)
+                end = data.rfind(b"\n", start, start + max_bytes + 1) + 1
+                if end <= start:  # only the object's last line is left, without a newline
+                    end = len(data)
+                piece = data[start:end]
+                count = _line_count(piece)
+            yield Block(number, piece, count)
+            number, left, start = number + count, left - count, end
+        if left:
+            carry = Block(number, data[start:] if start else data, left)
+    if carry is not None:
+        yield carry
 
 
 def _npy_blocks(stream: Any, max_rows: int) -> Iterator[Block]:
