@@ -19,7 +19,6 @@ AVAILABLE is False and every block goes to Arrow, every body to orjson.
 
 from __future__ import annotations
 
-import concurrent.futures
 from typing import Any
 
 import numpy as np
@@ -54,20 +53,16 @@ def line_end(data: bytes, start: int, count: int) -> int:
 
 
 def parse_matrix(
-    data: bytes, columns: int, dtype: np.dtype[Any], *, bracketed: bool = False, threads: int = 1
+    data: bytes, columns: int, dtype: np.dtype[Any], *, bracketed: bool = False
 ) -> np.ndarray | None:
     """The block's rows (blank lines are none) as a [rows, columns] matrix of `dtype`, or None
     when the C parser refuses the block or is not built. `bracketed`: each line is a JSON
-    array of numbers, `[1.5,-2,3e-2]`. `threads` above 1 cuts a block of over SPLIT_ABOVE
-    bytes at line ends into that many parts, parsed side by side (the GIL is free meanwhile):
-    one thread parses about 370,000 rows of 256 numbers a second, which a pod of more than a
-    few CPUs' worth of model would otherwise wait for (2 threads on 2 CPUs: 1.5x that)."""
+    array of numbers, `[1.5,-2,3e-2]`. The GIL is free meanwhile: the transform's workers
+    parse their blocks side by side."""
     if _numbers is None or columns < 1:
         return None
     if not isinstance(data, bytes):  # the C scan ends at the terminator a bytes object has
         data = bytes(data)
-    if threads > 1 and len(data) > SPLIT_ABOVE:
-        return _parse_parts(data, columns, dtype, bracketed, threads)
     narrow = dtype == _NARROW
     out = np.empty((_numbers.newlines(data) + 1, columns), _NARROW if narrow else np.float64)
     rows = _numbers.parse(data, columns, bracketed, not narrow, out)
@@ -75,31 +70,6 @@ def parse_matrix(
         return None
     matrix = out[:rows]
     return matrix if matrix.dtype == dtype else matrix.astype(dtype)
-
-
-SPLIT_ABOVE = 256 * 1024  # bytes; below, one thread parses the block faster than a hand-off
-_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
-
-
-def _parse_parts(
-    data: bytes, columns: int, dtype: np.dtype[Any], bracketed: bool, threads: int
-) -> np.ndarray | None:
-    parts: list[bytes] = []
-    start, step = 0, len(data) // threads + 1
-    while start < len(data):
-        cut = data.find(b"\n", start + step)
-        end = len(data) if cut < 0 else cut + 1
-        parts.append(data[start:end])
-        start = end
-    pool = _pools.get(threads)
-    if pool is None:
-        pool = _pools[threads] = concurrent.futures.ThreadPoolExecutor(threads - 1, "berth-parse-part")
-    others = [pool.submit(parse_matrix, part, columns, dtype, bracketed=bracketed) for part in parts[1:]]
-    matrices = [parse_matrix(parts[0], columns, dtype, bracketed=bracketed)]
-    matrices += [future.result() for future in others]
-    if any(matrix is None for matrix in matrices):
-        return None  # a refused part (or one of blank lines only, rare enough) sends all to Arrow
-    return np.concatenate(matrices)  # type: ignore[arg-type]
 
 
 def json_rows(body: bytes, dtype: np.dtype[Any]) -> np.ndarray | None:

@@ -28,7 +28,7 @@ def run(model: Path, tmp_path: Path, **fields: object) -> object:
         **fields,  # type: ignore[arg-type]
     )
     model_loaded = load_model(str(model), tmp_path / "scratch")
-    return run_transform(options, model_loaded, parse_threads=2, inference_workers=2)
+    return run_transform(options, model_loaded, inference_workers=2, parse_workers=1)
 
 
 def put(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -268,12 +268,12 @@ def test_bad_gzip_is_one_clear_line_naming_the_object(
     assert "Traceback" not in result.stderr
 
 
-def test_the_cli_parses_with_arrow_threads(transform_models: SimpleNamespace, tmp_path: Path) -> None:
+def test_the_cli_runs_a_worker_that_parses_ahead(transform_models: SimpleNamespace, tmp_path: Path) -> None:
     array = rows(40_000, 8)
     put(tmp_path, "x.csv", csv_bytes(array))
     args = ["transform", "--model", str(transform_models.mlp), "--input", str(tmp_path / "in")]
     result = run_berth(
-        [*args, "--output", str(tmp_path / "out"), "--parse-threads", "2", "--intra-op-threads", "1"]
+        [*args, "--output", str(tmp_path / "out"), "--parse-workers", "1", "--intra-op-threads", "1"]
     )
     assert result.returncode == 0, result.stderr
     [expected] = raw_outputs(transform_models.mlp, array)
@@ -283,21 +283,23 @@ def test_the_cli_parses_with_arrow_threads(transform_models: SimpleNamespace, tm
 
 
 def test_thread_split() -> None:
-    """(intra-op threads, parse threads, ONNX Runtime calls side by side) for a number of CPUs."""
+    """(intra-op threads, ONNX Runtime calls side by side, workers parsing ahead) by CPUs."""
     csv = TransformOptions(input_uri="in", output_uri="out")
-    assert thread_split(0, 0, csv, 2) == (1, 1, 2)
-    assert thread_split(0, 0, csv, 1) == (1, 1, 1)
-    assert thread_split(0, 0, csv, 16) == (6, 4, 2)
-    assert thread_split(3, 0, csv, 16) == (3, 4, 2)
-    assert thread_split(0, 2, csv, 8) == (3, 2, 2)
+    assert thread_split(0, None, csv, 2) == (1, 2, 0)
+    assert thread_split(0, None, csv, 1) == (1, 1, 0)
+    assert thread_split(0, None, csv, 3) == (1, 2, 1)  # the CPU the two calls leave parses ahead
+    assert thread_split(0, None, csv, 16) == (8, 2, 0)
+    assert thread_split(3, None, csv, 16) == (3, 2, 10)
+    assert thread_split(0, 2, csv, 8) == (4, 2, 2)
     one = TransformOptions(input_uri="in", output_uri="out", max_concurrent_transforms=1)
-    assert thread_split(0, 0, one, 8) == (6, 2, 1)
+    assert thread_split(0, None, one, 8) == (8, 1, 0)
+    assert thread_split(1, None, one, 2) == (1, 1, 1)
     wide = TransformOptions(input_uri="in", output_uri="out", max_concurrent_transforms=64)
-    assert thread_split(0, 0, wide, 4) == (1, 1, 4)
+    assert thread_split(0, None, wide, 4) == (1, 4, 0)
     npy = TransformOptions(
         input_uri="in", output_uri="out", content_type="application/x-npy", split_type="None"
     )
-    assert thread_split(0, 0, npy, 8) == (0, 1, 1)  # 0: ONNX Runtime takes the container's CPUs
+    assert thread_split(0, None, npy, 8) == (0, 1, 0)  # 0: ONNX Runtime takes the container's CPUs
 
 
 def test_empty_objects_and_a_last_line_without_newline(

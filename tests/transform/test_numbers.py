@@ -224,26 +224,6 @@ def test_newlines_counts_what_bytes_count_counts(data: bytes) -> None:
         assert numbers.newlines(memoryview(data)[1:]) == data[1:].count(b"\n")  # type: ignore[arg-type]
 
 
-@needs_parser
-@pytest.mark.parametrize("threads", [2, 3, 5])
-def test_a_block_parsed_in_parts_is_the_block_parsed_whole(threads: int) -> None:
-    """Parts cut at line ends, parsed side by side: the same matrix, and a refusal in any part
-    refuses the block (Arrow then parses it whole)."""
-    values = np.random.default_rng(3).normal(size=(20_000, 16)).round(4)
-    lines = [",".join(f"{value:.4f}" for value in row) for row in values]
-    lines[7_000] += "\r"  # a CRLF line and blank lines inside the parts
-    data = ("\n".join(lines[:9_000]) + "\n\n\r\n" + "\n".join(lines[9_000:]) + "\n").encode()
-    assert len(data) > numbers.SPLIT_ABOVE
-    whole = numbers.parse_matrix(data, 16, F32)
-    parts = numbers.parse_matrix(data, 16, F32, threads=threads)
-    assert whole is not None and parts is not None and same_bits(whole, parts)
-    assert whole.shape == (20_000, 16)
-    bad = data.replace(lines[15_000].encode(), b"1,2,x" + b",0" * 13)
-    assert numbers.parse_matrix(bad, 16, F32, threads=threads) is None
-    wide = numbers.parse_matrix(data, 16, F64, threads=threads)
-    assert wide is not None and same_bits(wide, numbers.parse_matrix(data, 16, F64))  # type: ignore[arg-type]
-
-
 def both_parsers(data: bytes, columns: int, bracketed: bool, wide: bool) -> tuple[Any, Any]:
     """The block through the chosen (AVX2) parser and the scalar one: (rows, matrix) each."""
     from berth_serving import _numbers  # type: ignore[attr-defined]

@@ -62,7 +62,7 @@ def run_pipeline(stages: dict[str, Path], tmp_path: Path, **fields: object) -> S
         **fields,  # type: ignore[arg-type]
     )
     model = load_model("", tmp_path / "scratch", pipeline=three_stages(stages))
-    return run_transform(options, model, parse_threads=1, inference_workers=2)
+    return run_transform(options, model, inference_workers=2)
 
 
 def test_a_pipeline_transform_equals_its_stages_by_hand(stages: dict[str, Path], tmp_path: Path) -> None:

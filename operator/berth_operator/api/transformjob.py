@@ -128,7 +128,7 @@ class TransformJobSpec(ApiModel):
         default=2,
         ge=1,
         le=64,
-        description="ONNX Runtime calls side by side per instance (at most one per CPU), each with its next batch queued.",
+        description="ONNX Runtime calls side by side per instance (at most one per CPU), each by a worker that also reads, parses and encodes its own batches.",
     )
     instance_type: str = Field(
         min_length=1, max_length=63, description="Key into the operator's instance-type catalog."

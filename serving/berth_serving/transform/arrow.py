@@ -28,17 +28,7 @@ import pyarrow.json as pjson
 
 from berth_serving import numbers
 
-# Threads one block's parse may use (set_parse_threads); 1: the calling thread alone.
-_threads = 1
 _LETTERS = (b"n", b"N", b"i", b"I")  # nan, NaN, inf, Infinity: numbers to Arrow, not to JSON
-
-
-def set_parse_threads(count: int) -> None:
-    """Arrow's CPU pool size for parsing; 1 parses on the calling thread (use_threads off)."""
-    global _threads
-    _threads = max(1, count)
-    if _threads > 1:
-        pa.set_cpu_count(_threads)
 
 
 def _arrow_type(dtype: np.dtype[Any]) -> Any:
@@ -98,24 +88,17 @@ class CsvMatrix:
         return self._read_with(data, names, convert)
 
     def _read_with(self, data: bytes, names: list[str], convert: Any) -> Any:
-        threads = _threads if len(data) > 256 * 1024 else 1
-        # One Arrow block per parse thread; a line longer than that block would be refused
-        # ("straddles two block boundaries"), so the whole text is tried as one block then.
-        for block_size in dict.fromkeys((len(data) // threads + 1, len(data) + 1)):
-            read = pcsv.ReadOptions(
-                column_names=names, use_threads=threads > 1, block_size=max(block_size, 4096)
+        # One Arrow block, on the calling worker's thread: the workers parse side by side.
+        read = pcsv.ReadOptions(column_names=names, use_threads=False, block_size=max(len(data) + 1, 4096))
+        try:
+            return pcsv.read_csv(
+                pa.py_buffer(data),
+                read_options=read,
+                parse_options=self._parse_options,
+                convert_options=convert,
             )
-            try:
-                return pcsv.read_csv(
-                    pa.py_buffer(data),
-                    read_options=read,
-                    parse_options=self._parse_options,
-                    convert_options=convert,
-                )
-            except pa.ArrowInvalid as error:
-                if "straddl" not in str(error):
-                    return None
-        return None
+        except pa.ArrowInvalid:
+            return None
 
     def _matrix(self, table: Any) -> np.ndarray:
         parts = [np.asarray(batch.to_tensor(row_major=True)) for batch in table.to_batches()]
@@ -129,7 +112,7 @@ class CsvMatrix:
             return None
         if columns is None:
             columns = _first_line(data).count(b",") + 1
-        matrix = numbers.parse_matrix(data, columns, self.dtype, threads=_threads)
+        matrix = numbers.parse_matrix(data, columns, self.dtype)
         if matrix is not None:
             return matrix
         table = self._read(data, columns, bracketed=False)
@@ -176,7 +159,7 @@ class CsvMatrix:
         """A block of JSON Lines that are each one flat array of numbers, as a matrix, or None."""
         if columns is None:
             columns = _first_line(data).count(b",") + 1
-        matrix = numbers.parse_matrix(data, columns, self.dtype, bracketed=True, threads=_threads)
+        matrix = numbers.parse_matrix(data, columns, self.dtype, bracketed=True)
         if matrix is not None:
             return matrix
         if any(letter in data for letter in _LETTERS):
@@ -261,7 +244,7 @@ class JsonObjects:
 
     def parse(self, data: bytes) -> dict[str, np.ndarray] | None:
         """{input name: [rows, k] float64 matrix} for the block, or None."""
-        read = pjson.ReadOptions(use_threads=_threads > 1, block_size=max(len(data) + 1, 4096))
+        read = pjson.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 4096))
         try:
             table = pjson.read_json(pa.py_buffer(data), read_options=read, parse_options=self._parse)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
