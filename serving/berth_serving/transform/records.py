@@ -228,10 +228,15 @@ def _text_blocks(stream: Any, max_bytes: int, max_rows: int) -> Iterator[Block]:
                 carry = None
             yield run
             continue
-        if carry is not None:
-            run = Block(carry.first_line, carry.data + run.data, carry.count + run.count)
-            carry = None
         data, number, left, start = run.data, run.first_line, run.count, 0
+        if carry is not None:  # the carried lines and the first of this run's, as one block
+            end = numbers.line_end(data, 0, max_rows - carry.count)
+            if end < 0 or len(carry.data) + end > max_bytes + 1:  # the run all goes with them
+                data, number, left = carry.data + data, carry.first_line, carry.count + left
+            else:
+                yield Block(carry.first_line, carry.data + data[:end], max_rows)
+                number, left, start = number + max_rows - carry.count, left - (max_rows - carry.count), end
+            carry = None
         while left >= max_rows or len(data) - start > max_bytes:
             end = numbers.line_end(data, start, max_rows)
             if 0 <= end - start <= max_bytes + 1:
