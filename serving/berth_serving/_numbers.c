@@ -106,46 +106,57 @@ static inline const char *parse_number(const char *p, double *out, int strict) {
     return p;
 }
 
+/* The next line of [*p, end) that is not empty: its text in [*line, *line_end) (a JSON array's
+ * brackets taken off), *p moved past it. 1: a line; 0: none left; -1: brackets missing. */
+static inline int next_line(const char **p, const char *end, int bracketed, const char **line,
+                            const char **line_end) {
+    while (*p < end) {
+        const char *start = *p;
+        const char *newline = memchr(start, '\n', (size_t)(end - start));
+        const char *stop = newline ? newline : end;
+        *p = newline ? newline + 1 : end;
+        if (stop > start && stop[-1] == '\r') stop--;
+        if (stop == start) continue; /* an empty line */
+        if (bracketed) {
+            if (*start != '[' || stop[-1] != ']' || stop - start < 2) return -1;
+            start++;
+            stop--;
+        }
+        *line = start;
+        *line_end = stop;
+        return 1;
+    }
+    return 0;
+}
+
 /* Rows parsed into out (capacity rows of `columns`), or -1: the block is refused. */
 static Py_ssize_t parse_block(const char *p, const char *end, Py_ssize_t columns, int bracketed,
                               int wide, void *out, Py_ssize_t capacity) {
     float *narrow_out = (float *)out;
     double *wide_out = (double *)out;
     Py_ssize_t rows = 0;
-    while (p < end) {
-        const char *newline = memchr(p, '\n', (size_t)(end - p));
-        const char *line_end = newline ? newline : end;
-        const char *next = newline ? newline + 1 : end;
-        if (line_end > p && line_end[-1] == '\r') line_end--;
-        if (line_end == p) { /* an empty line */
-            p = next;
-            continue;
-        }
+    const char *q, *line_end;
+    int found;
+    while ((found = next_line(&p, end, bracketed, &q, &line_end)) > 0) {
         if (rows >= capacity) return -1;
-        if (bracketed) {
-            if (*p != '[' || line_end[-1] != ']' || line_end - p < 2) return -1;
-            p++;
-            line_end--;
-        }
         Py_ssize_t base = rows * columns;
         for (Py_ssize_t column = 0; column < columns; column++) {
             double value;
-            p = parse_number(p, &value, 0);
-            if (p == NULL || p > line_end) return -1;
+            q = parse_number(q, &value, 0);
+            if (q == NULL || q > line_end) return -1;
             if (wide)
                 wide_out[base + column] = value;
             else
                 narrow_out[base + column] = (float)value;
             if (column + 1 < columns) {
-                if (p >= line_end || *p != ',') return -1;
-                p++;
+                if (q >= line_end || *q != ',') return -1;
+                q++;
             }
         }
-        if (p != line_end) return -1; /* more fields than columns, or trailing text */
+        if (q != line_end) return -1; /* more fields than columns, or trailing text */
         rows++;
-        p = next;
     }
-    return rows;
+    return found < 0 ? -1 : rows;
 }
 
 /* --- The same, with AVX2 (x86-64 CPUs since 2013; chosen at import where the CPU has it) ----
@@ -229,23 +240,12 @@ AVX2 static Py_ssize_t parse_block_avx2(const char *p, const char *end, Py_ssize
     double *wide_out = (double *)out;
     const __m256i comma = _mm256_set1_epi8(',');
     Py_ssize_t rows = 0;
-    while (p < end) {
-        const char *newline = memchr(p, '\n', (size_t)(end - p));
-        const char *line_end = newline ? newline : end;
-        const char *next = newline ? newline + 1 : end;
-        if (line_end > p && line_end[-1] == '\r') line_end--;
-        if (line_end == p) { /* an empty line */
-            p = next;
-            continue;
-        }
+    const char *line, *line_end;
+    int found;
+    while ((found = next_line(&p, end, bracketed, &line, &line_end)) > 0) {
         if (rows >= capacity) return -1;
-        if (bracketed) {
-            if (*p != '[' || line_end[-1] != ']' || line_end - p < 2) return -1;
-            p++;
-            line_end--;
-        }
         Py_ssize_t base = rows * columns, fields = 0;
-        const char *start = p, *q = p, *e;
+        const char *start = line, *q = line, *e;
         double value;
         for (; q < line_end && end - q >= 32; q += 32) {
             __m256i chunk = _mm256_loadu_si256((const __m256i *)q);
@@ -269,9 +269,8 @@ AVX2 static Py_ssize_t parse_block_avx2(const char *p, const char *end, Py_ssize
         STORE_FIELD();
         if (fields != columns) return -1;
         rows++;
-        p = next;
     }
-    return rows;
+    return found < 0 ? -1 : rows;
 }
 #undef STORE_FIELD
 #endif
