@@ -256,7 +256,7 @@ def thread_split(
     also reads, parses and encodes its own blocks, and each with an equal share of the CPUs (at
     least one thread); a CPU that share leaves over gets a worker that parses ahead. On 2 CPUs:
     2 calls of 1 thread and no more workers. Measured there with the MLP, 300,000 CSV rows,
-    against raw ONNX Runtime around each run: 0.77-0.82; with a third worker parsing ahead
+    against raw ONNX Runtime around each run: 0.76-0.82; with a third worker parsing ahead
     0.59-0.67 (the GIL and three busy threads on two cores). .npy input has no parsing: one
     call with every CPU, as the serving runtime runs."""
     if options.content_type == NPY:

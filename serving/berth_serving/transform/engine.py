@@ -272,7 +272,7 @@ class _Run:
         # SingleRecord, or a model with a fixed batch dimension: one record per ONNX Runtime call.
         self.single = options.batch_strategy == "SingleRecord" or not model.signature.batchable
         # `threads` workers, of which `calls` run the model at once. On 2 CPUs, 2 calls and no
-        # worker more: 0.77-0.82 of raw ONNX Runtime on 300,000 CSV rows; with a third worker
+        # worker more: 0.76-0.82 of raw ONNX Runtime on 300,000 CSV rows; with a third worker
         # parsing ahead 0.59-0.67 (three busy threads on two cores, and the GIL among them).
         self.calls = threading.BoundedSemaphore(calls)
         self.threads = threads
@@ -415,9 +415,9 @@ class _Flow:
     one at a time), parses it, runs the model and encodes the answers, all outside the GIL but
     for moments, and leaves the result for the writer's turn. Whichever worker completes the
     next block in input order appends it and any that wait behind it, so no worker waits for
-    another to write. No hand-off to a stage's thread per batch: on 2 CPUs, two threads that
-    each do everything kept ONNX Runtime 0.77 as busy as raw ONNX Runtime (a parse, an infer and
-    a write thread with the event loop between them: 0.70).
+    another to write. No hand-off to a stage's thread per batch: on 2 CPUs, 300,000 CSV rows,
+    two workers that each do everything ran at 0.77 of raw ONNX Runtime (median of 3 rounds),
+    a parse, an infer and a write thread with the event loop between them at 0.67.
 
     At most WINDOW blocks per worker are read before they are written: memory stays flat. The
     first failure in input order wins (a malformed record over the budget, a bad stream, the
