@@ -7,10 +7,10 @@ CPU-second on one 2-core machine (Arrow's CSV reader 37,000, Polars' 56,000) and
 a faster one; Arrow's reader cost about half the model's CPU per row, so on 2 cores the
 parser, not the model, set the transform's pace. Where the CPU has AVX2 (`_numbers.AVX2`) a
 vector path takes the blocks: 1.38x the byte-at-a-time parser on one machine (372,000
-against 270,000 rows per CPU-second), the same answers to the bit. The parser takes the plain case only
-(decimal numbers it can round exactly, commas, "\\n" or "\\r\\n"; for JSON, that one shape of
-document) and answers None for anything else: the caller then parses the text as it did
-before, with every rule it had. Where it answers, the values are the ones Arrow (or orjson)
+against 270,000 rows per CPU-second), the same answers to the bit. The parser takes the
+plain case only (decimal numbers it can round exactly, commas, "\\n" or "\\r\\n"; for JSON,
+that one shape of document) and answers None for anything else: the caller then parses the
+text as it did before, with every rule it had. Where it answers, the values are the ones Arrow (or orjson)
 gives, bit for bit (tests/transform/test_numbers.py, tests/serving/test_json_rows.py).
 
 The extension is built by `pip install` where a C compiler is found (setup.py); without it

@@ -1,13 +1,14 @@
 """Records in: input objects read block by block, and blocks parsed into the model's arrays.
 
-A block is a run of whole lines, about a read's worth (READ_BYTES, or `max_bytes` when that is
-smaller) and at most `max_rows` of them, so memory stays flat whatever the size of an object.
+Text is read a piece at a time (READ_BYTES, or `max_bytes` when that is smaller) and regrouped
+into blocks of `max_rows` whole lines, or fewer where `max_bytes` of text come first: a block
+is a mini-batch, one ONNX Runtime call, and memory stays flat whatever the size of an object.
 A line longer than `max_bytes` (the payload limit) is a bad record: it is skipped as it is
 read, never held whole, and stands in the block as an empty line so the numbering holds.
 
-A block of text parses in one Apache Arrow call (arrow.py: C++ outside the GIL, straight into
-the float32 matrix ONNX Runtime takes), or in one np.loadtxt call for the dtypes Arrow is not
-used for. Only when that fails is the block parsed again line by line, to name each bad record
+A block of text parses in one call of Berth's C parser, or of Apache Arrow where that refuses
+(numbers.py, arrow.py: outside the GIL, straight into the float32 matrix ONNX Runtime takes),
+or in np.loadtxt calls for the dtypes Arrow is not used for. Only when that fails is the block parsed again line by line, to name each bad record
 by its line number and keep the good ones: a malformed record costs its block the slow path,
 nothing more.
 """
@@ -30,11 +31,8 @@ from berth_serving.transform.options import CSV, JSON_LINES, NPY
 
 # Rows per np.loadtxt call (dtypes Arrow does not parse): about 1 ms, so the GIL changes hands.
 SLICE_ROWS = 64
-# Text is read in pieces this size (or max_bytes, if smaller) and cut at the last newline: a
-# block of about 1 MiB is large enough that Arrow's per-call cost vanishes (measured: 256 KiB
-# blocks parse 15% slower per row) and small enough to stay in the L2/L3 caches.
+# Text is read in pieces this size (or max_bytes, if smaller) and cut at the last newline.
 READ_BYTES = 1024 * 1024
-NEWLINE = 10
 
 
 class InputError(ValueError):
