@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import tempfile
@@ -69,18 +70,29 @@ def test_killed_run_resumes_without_duplicates(transform_models: SimpleNamespace
     def finished() -> list[str]:  # pathlib's * also matches the hidden partial objects
         return sorted(p.name for p in out.glob("*.out") if not p.name.startswith("."))
 
+    def partials() -> list[Path]:
+        return list(out.glob(".berth-partial-*"))
+
+    # Stopped, not just killed, where a partial object is on disk: a kill that lands between one
+    # object's rename and the next one's open would leave none, and the test would prove nothing.
     process = subprocess.Popen(command, env=berth_env(), stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not finished():
+        while True:
+            assert time.monotonic() < deadline and process.poll() is None, "no partial object seen mid-run"
+            if finished() and partials():
+                process.send_signal(signal.SIGSTOP)
+                os.waitpid(process.pid, os.WUNTRACED)  # returns once it is stopped
+                if partials() and len(finished()) < count:
+                    break
+                process.send_signal(signal.SIGCONT)
             time.sleep(0.02)
-        time.sleep(0.1)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(10)
     finished_before = finished()
     assert 0 < len(finished_before) < count, "the run was not interrupted mid-way"
-    assert list(out.glob(".berth-partial-*")), "the killed run should have left a partial object behind"
+    assert partials(), "the killed run should have left a partial object behind"
     result = run_berth(command[1:], timeout=90)
     assert result.returncode == 0, result.stderr
     assert (
