@@ -15,12 +15,11 @@ import shutil
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from berth_serving import codecs
+from berth_serving import codecs, tensors
 from berth_serving.admission import ADMISSION_WAIT_SECONDS, BODY_BUDGET_PAYLOADS, BodyBudget
 from berth_serving.capture import Capturer
 from berth_serving.config import ServeConfig
@@ -178,9 +177,7 @@ class ServingApp:
         self._variants = frozenset(name.encode() for name in config.endpoint_variants)
         self.body_budget = BodyBudget(BODY_BUDGET_PAYLOADS * config.max_payload_bytes)
         self._new_ids = InferenceIds()
-        # tensors.to_dtype checks float overflow itself; numpy's warnings would only be stray
-        # non-JSON lines on stderr.
-        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"berth_serving\.tensors")
+        tensors.quiet_overflow_warnings()
         # Where remote models are fetched; created only when needed (a local model is used in place).
         self._scratch = Path(tempfile.gettempdir()) / f"berth-model-{uuid.uuid4().hex[:12]}"
         self._loop: asyncio.AbstractEventLoop | None = None

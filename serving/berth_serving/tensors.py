@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import struct
+import warnings
 from functools import lru_cache
 from typing import Any
 
@@ -72,6 +73,12 @@ def as_matrix(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def quiet_overflow_warnings() -> None:
+    """For the process that serves or transforms: `to_dtype` checks float overflow itself and
+    names the value, so numpy's warning would only be a stray line on stderr."""
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"berth_serving\.tensors")
+
+
 # Floats are whole numbers exactly only up to this magnitude.
 _EXACT_FLOAT_INTEGER = 2**53
 
@@ -95,8 +102,8 @@ def to_dtype(value: Any, dtype: np.dtype[Any]) -> np.ndarray:
             if packed is not None:
                 return packed
         # Numbers from JSON or CSV convert straight to the float type (the fast path; no
-        # errstate here, it costs more than the conversion of a row: the serving app
-        # silences numpy's overflow warning instead, and overflow is checked below).
+        # errstate here, it costs more than the conversion of a row: quiet_overflow_warnings
+        # silences numpy's warning instead, and overflow is checked below).
         try:
             array = np.asarray(value, dtype=dtype)
             source = None if _all_finite(array) else np.asarray(value, dtype=np.float64)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from berth_serving import storage
+from berth_serving import storage, tensors
 from berth_serving.signature import Signature
 from berth_serving.transform.assemble import Assembler, merge_outputs
 from berth_serving.transform.filters import FilteredParser
@@ -235,6 +235,7 @@ class _Run:
         calls: int,
         threads: int,
     ) -> None:
+        tensors.quiet_overflow_warnings()
         self.options = options
         self.model = model
         self.listener = listener
