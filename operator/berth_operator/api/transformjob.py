@@ -122,7 +122,10 @@ class TransformJobSpec(ApiModel):
         default=6 * 1024 * 1024,
         ge=1,
         le=100 * 1024 * 1024,
-        description="Largest batch of input records, in bytes (a single larger record is sent alone).",
+        description=(
+            "Largest batch of input records, in bytes; a single record larger than this is malformed "
+            "(named in the errors object, counted against maxErrors)."
+        ),
     )
     max_concurrent_transforms: int = Field(
         default=2,
