@@ -31,8 +31,8 @@ demo: $(STAMP)
 	$(BIN)/berth up -f examples/quickstart
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator serving tests bench examples
-	$(BIN)/ruff format --check operator serving tests bench examples
+	$(BIN)/ruff check operator serving tests bench examples .github/scripts
+	$(BIN)/ruff format --check operator serving tests bench examples .github/scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

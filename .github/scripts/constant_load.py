@@ -58,7 +58,9 @@ def worker(url: str, stop_file: Path, tally: Tally, timeout: float, min_requests
                 tally.record(str(answer.status), answer.headers.get("X-Berth-Variant"), None)
         except urllib.error.HTTPError as exc:
             body = exc.read()[:300].decode("utf-8", "replace")
-            tally.record(str(exc.code), exc.headers.get("X-Berth-Variant"), f"{started} HTTP {exc.code}: {body}")
+            tally.record(
+                str(exc.code), exc.headers.get("X-Berth-Variant"), f"{started} HTTP {exc.code}: {body}"
+            )
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             tally.record("error", None, f"{started} {type(exc).__name__}: {exc}")
 

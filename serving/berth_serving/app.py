@@ -22,6 +22,7 @@ from typing import Any
 from berth_serving import codecs, tensors
 from berth_serving.admission import ADMISSION_WAIT_SECONDS, BODY_BUDGET_PAYLOADS, BodyBudget
 from berth_serving.capture import Capturer
+from berth_serving.cgroup import resident_bytes
 from berth_serving.config import ServeConfig
 from berth_serving.errors import HTTPError, error_body, error_headers, not_ready
 from berth_serving.loaded import LoadedModel, batch_delay_seconds, start_model
@@ -266,11 +267,12 @@ class ServingApp:
             self._models_started = True
             return
         started = time.perf_counter()
+        twin = None
         if self.config.pipeline:
             session = await asyncio.to_thread(load_pipeline, self.config, self._scratch)
             path, signature = self._scratch, session.signature
         else:
-            path, session = await asyncio.to_thread(self._load_blocking, self._scratch)
+            path, session, twin = await asyncio.to_thread(self._load_blocking, self._scratch)
             signature = await asyncio.to_thread(Signature.from_session, session, path)
         name = self.config.model_name or (PIPELINE_NAME if self.config.pipeline else path.stem)
         if name != initial_model_name(self.config):
@@ -279,7 +281,9 @@ class ServingApp:
         if isinstance(session, PipelineSession):
             metrics.stages = [(stage.name, stage.latency) for stage in session.stages]
         names = tuple(dict.fromkeys((name, *self.config.model_aliases)))
-        self.model = start_model(self.config, self._loop, name, path, session, signature, metrics, names)
+        self.model = start_model(
+            self.config, self._loop, name, path, session, signature, metrics, names, one_thread_twin=twin
+        )
         batch_delay = batch_delay_seconds(self.config, session.get_providers())
         seconds = time.perf_counter() - started
         metrics.model_load_seconds = seconds
@@ -294,22 +298,27 @@ class ServingApp:
                     "outputs": [spec.describe() for spec in signature.outputs],
                     "dynamic_batching": signature.batchable,
                     "batch_delay_ms": batch_delay * 1000,
+                    "one_thread_twin": twin is not None,
                 }
             },
         )
 
-    def _load_blocking(self, scratch: Path) -> tuple[Path, Any]:
+    def _load_blocking(self, scratch: Path) -> tuple[Path, Any, Any | None]:
+        """The model's path, its session and the session's one-thread twin (or None)."""
         from berth_serving.fetch import resolve_model
-        from berth_serving.session import load_session
+        from berth_serving.session import load_one_thread_twin, load_session
 
         path = resolve_model(self.config.model_uri, scratch, self.sha256)
+        optimization = self.config.graph_optimization_level
+        before = resident_bytes()
         session = load_session(
             path,
             threads=self.config.intra_op_threads,
-            optimization=self.config.graph_optimization_level,
+            optimization=optimization,
             providers=self.config.providers,
         )
-        return path, session
+        twin = load_one_thread_twin(path, session, optimization, grown_bytes=resident_bytes() - before)
+        return path, session, twin
 
     async def aclose(self) -> None:
         if self.capture is not None:  # bounded (SHUTDOWN_SECONDS); off the event loop

@@ -1,4 +1,5 @@
-"""How many CPUs this container may use: its cgroup CPU limit, not the host's core count.
+"""How many CPUs and how much memory this container may use (its cgroup limits, not the
+host's), and how much this process holds.
 
 A pod limited to 1 CPU on a 64-core node that starts 64 ONNX Runtime threads gets
 throttled hard; the quota is what matters. The cgroup root is a parameter so tests
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _read(path: Path) -> str | None:
@@ -90,3 +92,9 @@ def memory_limit(root: Path = CGROUP_ROOT) -> int | None:
 def host_memory() -> int:
     """The machine's physical memory in bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def resident_bytes() -> int:
+    """This process's resident memory."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE

@@ -46,9 +46,12 @@ def start_model(
     signature: Signature,
     metrics: Metrics,
     names: tuple[str, ...],
+    one_thread_twin: Any | None = None,
 ) -> LoadedModel:
-    """Wrap a loaded session with its own batcher (started: its worker thread runs)."""
+    """Wrap a loaded session (and its one-thread twin, if it has one: session.py) with its own
+    batcher (started: its worker thread runs)."""
     output_names = [spec.name for spec in signature.outputs]
+    twin_run = None if one_thread_twin is None else lambda feed: one_thread_twin.run(output_names, feed)
     batcher = Batcher(
         lambda feed: session.run(output_names, feed),
         loop,
@@ -56,6 +59,7 @@ def start_model(
         max_batch_size=config.max_batch_size,
         max_delay_seconds=batch_delay_seconds(config, session.get_providers()),
         on_batch=metrics.observe_batch,
+        run_one_thread=twin_run,
     )
     batcher.start()
     return LoadedModel(name, path, session, signature, output_names, batcher, names)

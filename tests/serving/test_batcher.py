@@ -502,3 +502,41 @@ def test_a_job_submitted_idle_runs_at_once_and_only_when_nothing_is_pending() ->
     assert done_on_return and not behind_done_on_return
     main = threading.get_ident()
     assert [thread == main for thread in run.threads] == [False, True, False, False]
+
+
+class RowTimed:
+    """A model that doubles `x`, taking `per_row` seconds a row, and records each call's rows."""
+
+    def __init__(self, per_row: float) -> None:
+        self.per_row = per_row
+        self.batches: list[int] = []
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> list[Any]:
+        rows = feed["x"].shape[0]
+        self.batches.append(rows)
+        time.sleep(rows * self.per_row)
+        return [feed["x"] * 2]
+
+
+def test_batches_of_small_requests_take_the_one_thread_twin_and_large_work_every_thread() -> None:
+    """50 ms a request is the line here (ONE_THREAD_BELOW_SECONDS in production): 1 ms a row
+    puts requests of 1 row far below it and one of 200 rows far above."""
+
+    async def scenario() -> tuple[RowTimed, RowTimed]:
+        wide, twin = RowTimed(0.001), RowTimed(0.001)
+        batcher = make(wide, asyncio.get_running_loop(), run_one_thread=twin, one_thread_below_seconds=0.05)
+        try:
+            await batcher.submit(rows(1.0), 1, alone=True).future  # no cost known yet: every thread
+            small = [batcher.submit(rows(float(i)), 1) for i in range(8)]  # one loop iteration: one batch
+            for i, (outputs, _) in enumerate(await asyncio.gather(*(job.future for job in small))):
+                np.testing.assert_array_equal(outputs[0], np.full((1, 4), 2.0 * i))
+            (large,), _ = await batcher.submit(rows(3.0, count=200), 200, alone=True).future
+            np.testing.assert_array_equal(large, np.full((200, 4), 6.0))
+            await asyncio.gather(*(batcher.submit(rows(4.0), 1).future for _ in range(4)))
+            return wide, twin
+        finally:
+            batcher.stop()
+
+    wide, twin = asyncio.run(scenario())
+    assert wide.batches == [1, 200]
+    assert twin.batches == [8, 4]

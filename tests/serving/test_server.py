@@ -4,6 +4,7 @@ sessions on the models from tests/serving/models.py."""
 from __future__ import annotations
 
 import io
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -356,14 +357,22 @@ def test_metrics_count_by_code(onnx_models) -> None:  # type: ignore[no-untyped-
 # --- batching -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["mlp", "logreg"])
-def test_concurrent_requests_are_batched_and_split_back(onnx_models, model: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("model", "threads"), [("mlp", 1), ("mlp", 2), ("logreg", 2)])
+def test_concurrent_requests_are_batched_and_split_back(  # type: ignore[no-untyped-def]
+    onnx_models, model: str, threads: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With two threads the batches of small requests run on the one-thread twin (session.py)."""
     path = getattr(onnx_models, model)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     width = session.get_inputs()[0].shape[1]
     inputs = np.random.default_rng(3).normal(size=(96, width)).astype(np.float32)
     expected = session.run(None, {"x": inputs})[0]
-    with serving(path, max_batch_size=16, max_batch_delay_ms=20) as server:
+    with (
+        caplog.at_level(logging.INFO, logger="berth.serving"),
+        serving(path, max_batch_size=16, max_batch_delay_ms=20, intra_op_threads=threads) as server,
+    ):
+        [loaded] = [record for record in caplog.records if record.getMessage() == "model loaded"]
+        assert loaded.fields["one_thread_twin"] is (threads > 1)  # type: ignore[attr-defined]
 
         def one(index: int) -> list[object]:
             answer = post(server.url + "/invocations", orjson.dumps([inputs[index].tolist()]))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
-from berth_serving.session import choose_providers, load_session, session_options
+from berth_serving.session import choose_providers, load_one_thread_twin, load_session, session_options
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -65,3 +66,25 @@ def test_batch_delay_applies_to_accelerators_only() -> None:
     assert batch_delay_seconds(config, [CPU]) == 0.0
     assert batch_delay_seconds(config, [CUDA, CPU]) == pytest.approx(0.004)
     assert batch_delay_seconds(config, [TRT, CUDA, CPU]) == pytest.approx(0.004)
+
+
+def test_a_cpu_session_of_a_small_model_gets_a_one_thread_twin_answering_alike(onnx_models) -> None:  # type: ignore[no-untyped-def]
+    session = load_session(onnx_models.mlp, threads=2)
+    twin = load_one_thread_twin(onnx_models.mlp, session, "all", grown_bytes=10 * 1024 * 1024)
+    assert twin is not None
+    assert twin.get_session_options().intra_op_num_threads == 1
+    assert twin.get_providers() == [CPU]
+    x = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
+    np.testing.assert_allclose(twin.run(None, {"x": x})[0], session.run(None, {"x": x})[0], rtol=1e-6)
+
+
+def test_no_twin_for_a_one_thread_session_or_a_model_too_large_to_load_twice(
+    onnx_models,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+) -> None:
+    one = load_session(onnx_models.mlp, threads=1)
+    assert load_one_thread_twin(onnx_models.mlp, one, "all", grown_bytes=0) is None
+    two = load_session(onnx_models.mlp, threads=2)
+    with caplog.at_level(logging.INFO, logger="berth.serving.session"):
+        assert load_one_thread_twin(onnx_models.mlp, two, "all", grown_bytes=200, max_bytes=100) is None
+    assert "no one-thread twin: the model is too large to load twice" in caplog.text

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import ctypes
 import logging
-import os
 import shutil
 import socket
 import threading
@@ -21,7 +20,7 @@ from typing import Any
 import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from berth_serving.cgroup import host_memory, memory_limit
+from berth_serving.cgroup import host_memory, memory_limit, resident_bytes
 from berth_serving.config import DEFAULT_CACHE_SHARE, ServeConfig
 from berth_serving.errors import HTTPError
 from berth_serving.fetch import FetchError, human_size
@@ -36,7 +35,6 @@ log = logging.getLogger("berth.serving.multimodel")
 
 # A rollout's warm-up (--warm-from) gives up after this long in all: the fleet must come up.
 WARM_SECONDS = 120.0
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 # An ONNX model of one Identity node (IR 8, opset 17): loaded once at start, so ONNX Runtime's
 # one-time costs in a process (tens of MiB) are not measured as the first model's size.
 _PRIMER = (
@@ -48,11 +46,6 @@ _PRIMER = (
 def default_cache_bytes() -> int:
     limit = memory_limit()
     return int(DEFAULT_CACHE_SHARE * (limit if limit is not None else host_memory()))
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * _PAGE
 
 
 def _return_freed_memory() -> None:
