@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/reconcile.py
 	$(BIN)/python bench/reconcile_cluster.py
 	$(BIN)/python bench/transform.py
+	$(BIN)/python bench/transform_s3.py
 	$(BIN)/python bench/auth.py
 	$(BIN)/python bench/async.py
 	$(BIN)/python bench/serverless.py
