@@ -23,9 +23,12 @@ PROVIDER_ALIASES = {
     "trt": "TensorrtExecutionProvider",
 }
 CPU = "CPUExecutionProvider"
-# The twin is a second copy of the model's weights: only a model whose session grew the
-# process by at most this much (its weights and ONNX Runtime's own start-up) gets one.
-TWIN_MAX_BYTES = 128 * 1024 * 1024
+# The twin is a second copy of the model's weights: only a model of at most this much (the
+# larger of its file and what its session grew the process by) gets one. Larger dense models
+# rarely need it: at about 2 FLOPs per weight a row, a model of 8M float weights (32 MB) already
+# costs about 0.2 ms a row on one core, past batcher.ONE_THREAD_BELOW_SECONDS. Loading it took
+# 4 ms for the 5 MB MLP here (0.19 s for a 100 MB one).
+TWIN_MAX_BYTES = 64 * 1024 * 1024
 
 
 def choose_providers(requested: Sequence[str], available: Sequence[str]) -> tuple[list[str], str | None]:
@@ -102,20 +105,22 @@ def load_one_thread_twin(
     """A second session of the model on one intra-op thread, or None where it cannot pay.
 
     Under load the event loop needs a CPU of its own: a batch of many small requests whose
-    ORT time per request is below the loop's own cost per request gains nothing from more
-    threads (the loop sets the pace) and their wake-ups take CPU from it; on one thread the
+    ORT time per request is within a few times the loop's own cost per request gains little
+    from more threads (the loop sets the pace) and their wake-ups take CPU from it; on one thread the
     same batch costs 40% less CPU (the MLP at 24 rows here: 0.65 ms on one thread, 1.1 ms of
     CPU on two). The batcher picks the twin for such batches (batcher.ONE_THREAD_BELOW_SECONDS)
     and the session with every thread for larger work. None: not on CPU alone (threads do not
-    decide a GPU's speed), a session of one thread already, or a model over `max_bytes`."""
+    decide a GPU's speed), a session of one thread already, or a model over `max_bytes`
+    (`grown_bytes`: what loading `session` added to the process's resident memory)."""
     import onnxruntime as ort
 
     if session.get_providers() != [CPU] or session.get_session_options().intra_op_num_threads <= 1:
         return None
-    if grown_bytes > max_bytes:
+    size = max(grown_bytes, model_path.stat().st_size)  # the growth under-counts reused heap
+    if size > max_bytes:
         log.info(
             "no one-thread twin: the model is too large to load twice",
-            extra={"fields": {"path": str(model_path), "bytes": grown_bytes, "max_bytes": max_bytes}},
+            extra={"fields": {"path": str(model_path), "bytes": size, "max_bytes": max_bytes}},
         )
         return None
     return ort.InferenceSession(
