@@ -62,7 +62,7 @@ Expiry = Callable[[], BaseException]
 # this long at most (a call's cost varies), only when nothing else is in flight. The first lone
 # call always goes to the worker (its cost unknown).
 INLINE_BELOW_SECONDS = 0.0005
-# A batch whose ORT time per request, at the one-thread twin's last measured cost per row,
+# A batch whose ORT time per request, at the last call's cost per row (on either session),
 # is below this runs on the twin (session.load_one_thread_twin) when the model has one: the
 # event loop's own cost per request here is 0.05-0.07 ms, so such work cannot outpace the loop
 # with more threads, only take CPU from it. One-row MLP requests at c64, no-op c64 = 1, medians

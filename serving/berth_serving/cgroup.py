@@ -91,7 +91,7 @@ def memory_limit(root: Path = CGROUP_ROOT) -> int | None:
 
 def host_memory() -> int:
     """The machine's physical memory in bytes."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return _PAGE * os.sysconf("SC_PHYS_PAGES")
 
 
 def resident_bytes() -> int:

@@ -106,9 +106,9 @@ def load_one_thread_twin(
 
     Under load the event loop needs a CPU of its own: a batch of many small requests whose
     ORT time per request is within a few times the loop's own cost per request gains little
-    from more threads (the loop sets the pace) and their wake-ups take CPU from it; on one thread the
-    same batch costs 40% less CPU (the MLP at 24 rows here: 0.65 ms on one thread, 1.1 ms of
-    CPU on two). The batcher picks the twin for such batches (batcher.ONE_THREAD_BELOW_SECONDS)
+    from more threads (the loop sets the pace), and their wake-ups take CPU from it; on one
+    thread the same batch costs 40% less CPU (the MLP at 24 rows here: 0.65 ms on one thread,
+    1.1 ms of CPU on two). The batcher picks the twin for such batches (batcher.ONE_THREAD_BELOW_SECONDS)
     and the session with every thread for larger work. None: not on CPU alone (threads do not
     decide a GPU's speed), a session of one thread already, or a model over `max_bytes`
     (`grown_bytes`: what loading `session` added to the process's resident memory)."""
