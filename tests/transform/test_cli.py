@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -302,3 +303,28 @@ def test_a_huge_line_without_an_error_budget_fails_with_file_and_line(
         f"malformed record at {tmp_path}/in/x.csv:4: a record of 1200000 bytes, over the payload limit"
         in (result.stderr)
     )
+
+
+def test_plain_numbers_are_transformed_without_importing_pyarrow(
+    transform_models: SimpleNamespace, tmp_path: Path
+) -> None:
+    """Arrow is the fallback for blocks the C parser refuses; its import would only slow every
+    start. A block it must take (a quoted field, a NaN to write) still works: test_blocks.py."""
+    write_csv(tmp_path / "in" / "x.csv", rows(20, 4))
+    (tmp_path / "in" / "y.jsonl").write_bytes(b"[1.0,2.0,3.0,4.0]\n[5,6,7,8]\n")
+    script = (
+        "import sys\n"
+        "from berth_serving.transform.cli import transform\n"
+        "for name, kind in (('x.csv', 'text/csv'), ('y.jsonl', 'application/jsonlines')):\n"
+        "    try:\n"
+        f"        transform(['--model', {str(transform_models.logreg)!r}, '--content-type', kind,\n"
+        f"                   '--input', {str(tmp_path / 'in')!r} + '/' + name, '--output', {str(tmp_path / 'out')!r}])\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code == 0, done.code\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyarrow'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=berth_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert len((tmp_path / "out" / "x.csv.out").read_text().splitlines()) == 20
+    assert len((tmp_path / "out" / "y.jsonl.out").read_text().splitlines()) == 2

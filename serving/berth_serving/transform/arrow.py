@@ -18,14 +18,16 @@ reason: the caller then parses it line by line, which names the bad records.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pcsv
-import pyarrow.json as pjson
 
 from berth_serving import numbers
+
+# pyarrow is imported where a block needs it, not with this module: plain numeric blocks never
+# reach Arrow (numbers.py parses them), and a `berth transform` of them starts without it (a
+# 10-row run here: 0.260 s against 0.293, medians of 15).
 
 _LETTERS = (b"n", b"N", b"i", b"I")  # nan, NaN, inf, Infinity: numbers to Arrow, not to JSON
 
@@ -36,6 +38,8 @@ def _arrow_type(dtype: np.dtype[Any]) -> Any:
     than float32 ones (82,000 rows per CPU-second against 69,000), the cast costs less than the
     difference, and every number is rounded as before (to float64, then to the model's float,
     as np.loadtxt did)."""
+    import pyarrow as pa
+
     return pa.float64()
 
 
@@ -44,12 +48,8 @@ class CsvMatrix:
 
     def __init__(self, dtype: np.dtype[Any]) -> None:
         self.dtype = np.dtype(dtype)
-        self.parse_type = _arrow_type(self.dtype)
         self._convert: dict[tuple[int, bool], Any] = {}
         self._selected: dict[tuple[int, tuple[int, ...]], Any] = {}  # parse_selected's options
-        self._parse_options = pcsv.ParseOptions(
-            delimiter=",", quote_char=False, double_quote=False, escape_char=False, ignore_empty_lines=True
-        )
 
     @classmethod
     def for_dtype(cls, dtype: np.dtype[Any] | None) -> CsvMatrix | None:
@@ -64,8 +64,11 @@ class CsvMatrix:
         last fields are read as text, to be checked and cut before they are numbers."""
         key = (columns, bracketed)
         if key not in self._convert:
+            import pyarrow as pa
+            import pyarrow.csv as pcsv
+
             names = [f"c{index}" for index in range(columns)]
-            types = {name: self.parse_type for name in names}
+            types = {name: _arrow_type(self.dtype) for name in names}
             if bracketed:
                 types[names[0]] = types[names[-1]] = pa.string()
             self._convert[key] = (
@@ -87,13 +90,16 @@ class CsvMatrix:
         return self._read_with(data, names, convert)
 
     def _read_with(self, data: bytes, names: list[str], convert: Any) -> Any:
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+
         # One Arrow block, on the calling worker's thread: the workers parse side by side.
         read = pcsv.ReadOptions(column_names=names, use_threads=False, block_size=max(len(data) + 1, 4096))
         try:
             return pcsv.read_csv(
                 pa.py_buffer(data),
                 read_options=read,
-                parse_options=self._parse_options,
+                parse_options=_number_parse_options(),
                 convert_options=convert,
             )
         except pa.ArrowInvalid:
@@ -127,6 +133,9 @@ class CsvMatrix:
         text column: 8.2 us a row, against 13.3 for the cut (select_columns) then parse()."""
         if not data.strip():
             return None
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+
         key = (width, tuple(indexes))
         if key not in self._selected:
             if len(self._selected) >= 64:  # widths vary with the data: a bounded cache
@@ -134,7 +143,7 @@ class CsvMatrix:
             names = [f"c{index}" for index in range(width)]
             wanted = [names[index] for index in dict.fromkeys(indexes)]
             convert = pcsv.ConvertOptions(
-                column_types=dict.fromkeys(wanted, self.parse_type),
+                column_types=dict.fromkeys(wanted, _arrow_type(self.dtype)),
                 include_columns=wanted,
                 null_values=[],
                 true_values=[],
@@ -166,6 +175,7 @@ class CsvMatrix:
         table = self._read(data, columns, bracketed=True)
         if table is None or table.num_rows == 0:
             return None
+        import pyarrow as pa
         import pyarrow.compute as pc  # here and for JSON objects only: its import takes 44 ms
 
         first, last = table.column(0), table.column(columns - 1)
@@ -173,18 +183,33 @@ class CsvMatrix:
             if not pc.all(pc.starts_with(first, "[")).as_py() or not pc.all(pc.ends_with(last, "]")).as_py():
                 return None
             if columns == 1:
-                only = pc.cast(pc.utf8_slice_codeunits(first, 1, -1), self.parse_type)
+                only = pc.cast(pc.utf8_slice_codeunits(first, 1, -1), _arrow_type(self.dtype))
                 arrays = [only]
             else:
-                head = pc.cast(pc.utf8_slice_codeunits(first, 1), self.parse_type)
-                tail = pc.cast(pc.utf8_slice_codeunits(last, 0, -1), self.parse_type)
+                head = pc.cast(pc.utf8_slice_codeunits(first, 1), _arrow_type(self.dtype))
+                tail = pc.cast(pc.utf8_slice_codeunits(last, 0, -1), _arrow_type(self.dtype))
                 arrays = [head, *table.columns[1:-1], tail]
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None  # "[[1" or "2]]" or "[]": not a flat array of numbers
         return self._matrix(pa.table(arrays, names=[f"c{index}" for index in range(columns)]))
 
 
-_TEXT_WRITE = pcsv.WriteOptions(include_header=False, quoting_style="none")
+@cache
+def _number_parse_options() -> Any:
+    """Comma-separated fields, no quoting or escapes: a field is a number or the block is refused."""
+    import pyarrow.csv as pcsv
+
+    return pcsv.ParseOptions(
+        delimiter=",", quote_char=False, double_quote=False, escape_char=False, ignore_empty_lines=True
+    )
+
+
+@cache
+def text_write_options() -> Any:
+    """CSV written back as it was read: no header, no quoting."""
+    import pyarrow.csv as pcsv
+
+    return pcsv.WriteOptions(include_header=False, quoting_style="none")
 
 
 def select_columns(data: bytes, width: int, indexes: list[int], rows: int) -> bytes | None:
@@ -193,6 +218,9 @@ def select_columns(data: bytes, width: int, indexes: list[int], rows: int) -> by
     but never converted (an id column may hold anything but a comma). None when Arrow refuses
     the block (a row of another width), when it finds other than `rows` records (a blank
     line), or when a value would need quotes: the caller then cuts it line by line."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
     names = [f"c{index}" for index in range(width)]
     wanted = [names[index] for index in dict.fromkeys(indexes)]
     convert = pcsv.ConvertOptions(
@@ -204,12 +232,12 @@ def select_columns(data: bytes, width: int, indexes: list[int], rows: int) -> by
         check_utf8=False,
     )
     read = pcsv.ReadOptions(column_names=names, use_threads=False, block_size=max(len(data) + 1, 4096))
-    parse = pcsv.ParseOptions(
-        delimiter=",", quote_char=False, double_quote=False, escape_char=False, ignore_empty_lines=True
-    )
     try:
         table = pcsv.read_csv(
-            pa.py_buffer(data), read_options=read, parse_options=parse, convert_options=convert
+            pa.py_buffer(data),
+            read_options=read,
+            parse_options=_number_parse_options(),
+            convert_options=convert,
         )
         if table.num_rows != rows:
             return None
@@ -218,7 +246,7 @@ def select_columns(data: bytes, width: int, indexes: list[int], rows: int) -> by
             names=[f"o{position}" for position in range(len(indexes))],
         )
         sink = pa.BufferOutputStream()
-        pcsv.write_csv(chosen, sink, write_options=_TEXT_WRITE)
+        pcsv.write_csv(chosen, sink, write_options=text_write_options())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     return bytes(sink.getvalue().to_pybytes())
@@ -230,8 +258,7 @@ class JsonObjects:
     def __init__(self, names: tuple[str, ...], widths: tuple[int | None, ...]) -> None:
         self.names = names
         self.widths = widths
-        schema = pa.schema([(name, pa.list_(pa.float64())) for name in names])
-        self._parse = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+        self._parse: Any = None  # pyarrow.json.ParseOptions, made at the first block
 
     @classmethod
     def for_signature(cls, signature: Any) -> JsonObjects | None:
@@ -245,6 +272,12 @@ class JsonObjects:
 
     def parse(self, data: bytes) -> dict[str, np.ndarray] | None:
         """{input name: [rows, k] float64 matrix} for the block, or None."""
+        import pyarrow as pa
+        import pyarrow.json as pjson
+
+        if self._parse is None:
+            schema = pa.schema([(name, pa.list_(pa.float64())) for name in self.names])
+            self._parse = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
         read = pjson.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 4096))
         try:
             table = pjson.read_json(pa.py_buffer(data), read_options=read, parse_options=self._parse)

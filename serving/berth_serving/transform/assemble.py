@@ -23,8 +23,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import pyarrow as pa
-import pyarrow.csv as pcsv
 
 from berth_serving import codecs
 from berth_serving.transform.filters import joined_record
@@ -175,9 +173,6 @@ def json_lines(value: Any) -> bytes | None:
     return text.replace(b"],[" if array.ndim == 2 else b",", b"]\n[" if array.ndim == 2 else b"\n") + b"\n"
 
 
-_WRITE = pcsv.WriteOptions(include_header=False, quoting_style="none")
-
-
 def csv_lines(value: Any) -> bytes | None:
     """A line per row, values separated by commas; None for what only codecs writes."""
     array = _numbers(value)
@@ -188,10 +183,15 @@ def csv_lines(value: Any) -> bytes | None:
             return orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].replace(b",", b"\n") + b"\n"
         text = orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2]
         return text.replace(b"],[", b"\n") + b"\n"
+    import pyarrow as pa  # only here: finite matrices never need it (arrow.py says why)
+    import pyarrow.csv as pcsv
+
+    from berth_serving.transform.arrow import text_write_options
+
     columns = [array] if array.ndim == 1 else [array[:, index] for index in range(array.shape[1])]
     batch = pa.record_batch(
         [pa.array(column) for column in columns], names=[f"c{i}" for i in range(len(columns))]
     )
     sink = pa.BufferOutputStream()
-    pcsv.write_csv(batch, sink, write_options=_WRITE)
+    pcsv.write_csv(batch, sink, write_options=text_write_options())
     return bytes(sink.getvalue().to_pybytes())
