@@ -18,7 +18,7 @@ reason: the caller then parses it line by line, which names the bad records.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,11 @@ class CsvMatrix:
         self._convert: dict[tuple[int, bool], Any] = {}
         self._selected: dict[tuple[int, tuple[int, ...]], Any] = {}  # parse_selected's options
 
+    @cached_property
+    def parse_type(self) -> Any:
+        """The Arrow type numbers are parsed into (see _arrow_type); made at the first Arrow block."""
+        return _arrow_type(self.dtype)
+
     @classmethod
     def for_dtype(cls, dtype: np.dtype[Any] | None) -> CsvMatrix | None:
         """A parser for this model input's dtype, or None where Arrow is not used (integers,
@@ -68,7 +73,7 @@ class CsvMatrix:
             import pyarrow.csv as pcsv
 
             names = [f"c{index}" for index in range(columns)]
-            types = {name: _arrow_type(self.dtype) for name in names}
+            types = {name: self.parse_type for name in names}
             if bracketed:
                 types[names[0]] = types[names[-1]] = pa.string()
             self._convert[key] = (
@@ -143,7 +148,7 @@ class CsvMatrix:
             names = [f"c{index}" for index in range(width)]
             wanted = [names[index] for index in dict.fromkeys(indexes)]
             convert = pcsv.ConvertOptions(
-                column_types=dict.fromkeys(wanted, _arrow_type(self.dtype)),
+                column_types=dict.fromkeys(wanted, self.parse_type),
                 include_columns=wanted,
                 null_values=[],
                 true_values=[],
@@ -183,11 +188,11 @@ class CsvMatrix:
             if not pc.all(pc.starts_with(first, "[")).as_py() or not pc.all(pc.ends_with(last, "]")).as_py():
                 return None
             if columns == 1:
-                only = pc.cast(pc.utf8_slice_codeunits(first, 1, -1), _arrow_type(self.dtype))
+                only = pc.cast(pc.utf8_slice_codeunits(first, 1, -1), self.parse_type)
                 arrays = [only]
             else:
-                head = pc.cast(pc.utf8_slice_codeunits(first, 1), _arrow_type(self.dtype))
-                tail = pc.cast(pc.utf8_slice_codeunits(last, 0, -1), _arrow_type(self.dtype))
+                head = pc.cast(pc.utf8_slice_codeunits(first, 1), self.parse_type)
+                tail = pc.cast(pc.utf8_slice_codeunits(last, 0, -1), self.parse_type)
                 arrays = [head, *table.columns[1:-1], tail]
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None  # "[[1" or "2]]" or "[]": not a flat array of numbers
