@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
+
+from berth_operator.local.access import write_api_keys
+from berth_operator.planner.access import API_KEYS_VOLUME
+from berth_serving.auth.apikeys import read_keys
 
 from .conftest import ROW
 from .support import BerthUp, config, endpoint, model, variant, write_yaml
@@ -108,3 +113,55 @@ def test_a_model_that_never_became_ready_can_be_fixed_in_place(model_dir: Path, 
     finally:
         code = up.stop()
     assert code == 0, up.log()
+
+
+def keyed_deployment() -> dict[str, Any]:
+    volume = {"name": API_KEYS_VOLUME, "secret": {"secretName": "keyed-keys"}}
+    return {
+        "metadata": {"name": "keyed-blue", "namespace": "default"},
+        "spec": {"template": {"spec": {"volumes": [volume]}}},
+    }
+
+
+def test_a_key_being_rewritten_is_never_read_half_written(tmp_path: Path) -> None:
+    """The serving process reads the key directory while `berth up` rewrites it on every
+    reconcile: each reading must see every key whole (a truncated file is an empty entry, and its
+    key was refused until the next reading, the CI failure of the test above)."""
+    contents = [b"first-key-aaaaaaaaaaaa", b"first-key-bbbbbbbbbbbb"]
+    writes = 1500
+    directory = write_api_keys(
+        keyed_deployment(), {("default", "keyed-keys"): {"team-a": contents[0]}}, tmp_path
+    )
+    assert isinstance(directory, Path)
+    torn: list[tuple[list[str], list[str]]] = []
+    done = threading.Event()
+
+    def read_while_written() -> None:
+        while not done.is_set():
+            keys, problems = read_keys(directory)
+            if problems or [key.name for key in keys] != ["team-a"]:
+                torn.append(([key.name for key in keys], problems))
+
+    reader = threading.Thread(target=read_while_written)
+    reader.start()
+    try:
+        for i in range(writes):
+            secrets = {("default", "keyed-keys"): {"team-a": contents[i % 2]}}
+            assert write_api_keys(keyed_deployment(), secrets, tmp_path) == directory
+    finally:
+        done.set()
+        reader.join()
+    assert torn == []
+    assert sorted(p.name for p in directory.iterdir()) == ["team-a"]  # no temporary left behind
+    assert (directory / "team-a").read_bytes() == contents[(writes - 1) % 2]
+    assert (directory / "team-a").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_unchanged_key_file_is_left_alone(tmp_path: Path) -> None:
+    secrets = {("default", "keyed-keys"): {"team-a": b"first-key-aaaaaaaaaaaa"}}
+    directory = write_api_keys(keyed_deployment(), secrets, tmp_path)
+    assert isinstance(directory, Path)
+    before = (directory / "team-a").stat()
+    write_api_keys(keyed_deployment(), secrets, tmp_path)
+    after = (directory / "team-a").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

@@ -66,8 +66,21 @@ def write_api_keys(
         if stale.name not in wanted:
             stale.unlink()
     for key in sorted(wanted):
-        path = directory / key
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(entries[key])
+        _replace_if_changed(directory / key, entries[key])
     return directory
+
+
+def _replace_if_changed(path: Path, content: bytes) -> None:
+    """Write `content` to `path` so that a reader never sees it half written: the serving
+    process reads the directory while this runs, and a truncated file would be an empty entry
+    (a key refused until the next reading). The temporary name is a dotfile, which readers skip."""
+    try:
+        if path.read_bytes() == content:
+            return
+    except OSError:
+        pass
+    temporary = path.with_name(f".{path.name}.writing")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+    os.replace(temporary, path)
