@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from berth_serving.storage import (
@@ -15,7 +15,9 @@ from berth_serving.storage import (
     StorageError,
     open_input,
     parse_uri,
+    read_local_if_small,
     s3_client,
+    write_local_whole,
     write_object,
 )
 
@@ -85,11 +87,20 @@ def write_bytes(uri: str, data: bytes) -> None:
     is not fsynced: async objects are many and small, and an fsync each capped the queue at
     what the disk syncs per second; so a machine crash can lose an acknowledged file:// answer
     (s3:// answers are durable once written)."""
-    write_object(parse_uri(uri), iter([data]), durable=False)
+    where = parse_uri(uri)
+    if where.scheme == "file":
+        write_local_whole(Path(where.path), data)
+    else:
+        write_object(where, iter([data]), durable=False)
 
 
 def read_if_small(where: Location, limit: int) -> tuple[int, bytes | None]:
     """The object's size, and its bytes when it has at most `limit` of them (one call)."""
+    if where.scheme == "file":
+        try:
+            return read_local_if_small(where.path, limit)
+        except OSError as error:
+            raise StorageError(f"cannot read {uri_of(where)}: {error.strerror}") from None
     size = size_of(where)
     if size > limit:
         return size, None
