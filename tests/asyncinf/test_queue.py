@@ -155,3 +155,97 @@ def test_counts_key_is_per_stream(redis_url: str) -> None:
         assert await client.exists(counts_key(STREAM))
 
     run(redis_url, body)
+
+
+class CountedPipelines:
+    """The real client, counting its pipelines: each is one round trip."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self.pipelines = 0
+
+    def pipeline(self, transaction: bool = True) -> Any:
+        self.pipelines += 1
+        return self.client.pipeline(transaction=transaction)
+
+
+async def taken_messages(client: aioredis.Redis, count: int, first: int = 0) -> list[queue.Delivery]:
+    await queue.ensure_group(client, STREAM)
+    for n in range(first, first + count):
+        key = inference_key("ns", "ep", f"id-{n}")
+        await queue.enqueue(client, STREAM, key, {queue.R_STATE: queue.QUEUED}, message(f"id-{n}"), 100)
+    return await queue.read_new(client, STREAM, "w1", count, 10)
+
+
+def test_finishes_made_together_go_in_one_round_trip_each_answered_for_itself(redis_url: str) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        taken = await taken_messages(client, 20)
+        # One of them was answered by another worker meanwhile: its finish says so.
+        await queue.finish(client, STREAM, taken[7], "succeeded", {queue.R_STATE: queue.SUCCEEDED})
+        counted = CountedPipelines(client)
+        acks = queue.Acknowledger(counted)  # type: ignore[arg-type]
+        done = {queue.R_STATE: queue.SUCCEEDED}
+        answers = await asyncio.gather(
+            *(acks.finish(queue.Finish(STREAM, delivery, "succeeded", done)) for delivery in taken)
+        )
+        assert answers == [n != 7 for n in range(20)]
+        assert counted.pipelines == 1
+        assert await queue.read_counts(client, STREAM) == {"succeeded": 20}
+        assert await client.xlen(STREAM) == 0
+        states = [await queue.read_record(client, inference_key("ns", "ep", f"id-{n}")) for n in range(20)]
+        assert {state[queue.R_STATE] for state in states if state} == {queue.SUCCEEDED}
+
+        # Later finishes go in a round trip of their own: nothing waits for company.
+        [late] = await taken_messages(client, 1, first=20)
+        assert await acks.finish(queue.Finish(STREAM, late, "failed", {queue.R_STATE: queue.FAILED}))
+        assert counted.pipelines == 2
+
+    run(redis_url, body)
+
+
+def test_finishes_made_while_a_round_trip_is_out_go_in_the_next(redis_url: str) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        taken = await taken_messages(client, 6)
+        counted = CountedPipelines(client)
+        acks = queue.Acknowledger(counted)  # type: ignore[arg-type]
+        done = {queue.R_STATE: queue.SUCCEEDED}
+        first = asyncio.create_task(acks.finish(queue.Finish(STREAM, taken[0], "succeeded", done)))
+        await asyncio.sleep(0)  # the first round trip is out, with the first finish alone
+        rest = [acks.finish(queue.Finish(STREAM, delivery, "succeeded", done)) for delivery in taken[1:]]
+        assert await asyncio.gather(first, *rest) == [True] * 6
+        assert counted.pipelines == 2
+
+    run(redis_url, body)
+
+
+def test_redis_unreachable_reaches_every_caller_and_the_next_finish_tries_again() -> None:
+    async def main() -> None:
+        client = queue.connect("redis://127.0.0.1:1", timeout_seconds=1)
+        acks = queue.Acknowledger(client)
+        delivery = queue.Delivery("1-0", message())
+        item = queue.Finish(STREAM, delivery, "succeeded", {queue.R_STATE: queue.SUCCEEDED})
+        try:
+            for _ in range(2):
+                answers = await asyncio.gather(acks.finish(item), acks.finish(item), return_exceptions=True)
+                assert [type(a).__name__ for a in answers] == ["ConnectionError"] * 2, answers
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_caller_leaves_the_others_answered(redis_url: str) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        taken = await taken_messages(client, 3)
+        acks = queue.Acknowledger(client)
+        done = {queue.R_STATE: queue.SUCCEEDED}
+        calls = [asyncio.create_task(acks.finish(queue.Finish(STREAM, d, "succeeded", done))) for d in taken]
+        await asyncio.sleep(0)
+        calls[1].cancel()
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        assert answers[0] is True and answers[2] is True
+        assert isinstance(answers[1], asyncio.CancelledError)
+        # Cancelling the wait does not take the message back: it was sent with the others.
+        assert await queue.read_counts(client, STREAM) == {"succeeded": 3}
+
+    run(redis_url, body)

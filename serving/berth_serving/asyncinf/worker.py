@@ -176,6 +176,7 @@ class Worker:
         )
         # A connection for each message in flight, the blocking read and the heartbeat.
         self.client = queue.connect(options.redis_url, max_connections=options.max_concurrency + 4)
+        self.acks = queue.Acknowledger(self.client)
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
         self.replica = ReplicaClient(options.invoke_url, options.max_concurrency)
         self.notifier = Notifier(
@@ -346,7 +347,7 @@ class Worker:
             )
             dropped = {queue.R_STATE: queue.FAILED, queue.R_REASON: problem, queue.R_UPDATED_AT: _now()}
             with contextlib.suppress(redis.exceptions.RedisError, OSError):
-                if await queue.finish(self.client, options.stream, delivery, "failed", dropped):
+                if await self.acks.finish(queue.Finish(options.stream, delivery, "failed", dropped)):
                     self.metrics.outcome("failed", REASON_MALFORMED)
             return
         if delivery.deliveries > options.max_attempts:
@@ -383,7 +384,7 @@ class Worker:
                 )
                 return
         try:
-            done = await queue.finish(self.client, options.stream, delivery, result.outcome, record)
+            done = await self.acks.finish(queue.Finish(options.stream, delivery, result.outcome, record))
         except (redis.exceptions.RedisError, OSError) as error:
             log.warning("cannot acknowledge; redelivered later", extra={"fields": {"error": str(error)}})
             return
