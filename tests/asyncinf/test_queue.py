@@ -249,3 +249,24 @@ def test_a_cancelled_caller_leaves_the_others_answered(redis_url: str) -> None:
         assert await queue.read_counts(client, STREAM) == {"succeeded": 3}
 
     run(redis_url, body)
+
+
+def test_enqueues_made_together_go_in_one_round_trip_and_a_repeated_id_queues_once(redis_url: str) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        counted = CountedPipelines(client)
+        enqueuer = queue.Enqueuer(counted)  # type: ignore[arg-type]
+        ids = [f"id-{n}" for n in range(10)] + ["id-3"]  # the last repeats one in the same batch
+
+        def enqueue(inference_id: str) -> Awaitable[dict[str, str] | None]:
+            record = {queue.R_STATE: queue.QUEUED, queue.R_REASON: f"written for {inference_id}"}
+            return enqueuer.enqueue(
+                STREAM, inference_key("ns", "ep", inference_id), record, message(inference_id), 60
+            )
+
+        answers = await asyncio.gather(*(enqueue(i) for i in ids))
+        assert answers[:10] == [None] * 10
+        assert answers[10] is not None and answers[10][queue.R_STATE] == queue.QUEUED
+        assert counted.pipelines == 1
+        assert await client.xlen(STREAM) == 10
+
+    run(redis_url, body)

@@ -163,6 +163,7 @@ class FrontDoor:
     def __init__(self, routes: RoutesFile, client: aioredis.Redis, max_payload_bytes: int) -> None:
         self.routes = routes
         self.client = client
+        self.enqueuer = queue.Enqueuer(client)
         self.max_payload_bytes = max_payload_bytes
         self.draining = False
         self.registry = CollectorRegistry()
@@ -272,7 +273,7 @@ class FrontDoor:
             queue.F_STAGED: "0" if request.input_location else "1",
         }
         expire = request.ttl_seconds + queue.RECORD_RETENTION_SECONDS
-        first = await queue.enqueue(self.client, variant.stream, record_key, record, message, expire)
+        first = await self.enqueuer.enqueue(variant.stream, record_key, record, message, expire)
         if first is None:
             self.enqueued.labels(variant.variant_name, variant.endpoint_config_name).inc()
         await self._accepted(send, request.inference_id, first or record)
