@@ -41,10 +41,10 @@ from berth_serving.asyncinf.keys import (
 from berth_serving.asyncinf.routes import NoRoute, RoutesFile, choose
 from berth_serving.asyncinf.storage import (
     LocationError,
+    StorageCalls,
     StorageError,
     check_location,
     object_under,
-    write_bytes,
 )
 from berth_serving.errors import HTTPError, error_body, error_headers
 
@@ -164,6 +164,7 @@ class FrontDoor:
         self.routes = routes
         self.client = client
         self.enqueuer = queue.Enqueuer(client)
+        self.storage = StorageCalls()
         self.max_payload_bytes = max_payload_bytes
         self.draining = False
         self.registry = CollectorRegistry()
@@ -243,7 +244,7 @@ class FrontDoor:
                 raise HTTPError(400, "no input: the request body is empty")
             input_uri = object_under(variant.output_uri, f"inputs/{request.inference_id}.in")
             try:
-                await asyncio.to_thread(write_bytes, input_uri, body)
+                await self.storage.write_bytes(input_uri, body)
             except StorageError as error:
                 log.error("cannot stage input", extra={"fields": {"error": str(error)}})
                 raise _unavailable(f"staging the input ({error})") from None

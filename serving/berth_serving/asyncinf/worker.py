@@ -35,11 +35,10 @@ from berth_serving.asyncinf.replica_client import ReplicaClient, ReplicaProtocol
 from berth_serving.asyncinf.storage import (
     MAX_INPUT_BYTES,
     LocationError,
+    StorageCalls,
     StorageError,
     check_location,
     open_input,
-    read_if_small,
-    write_bytes,
 )
 from berth_serving.storage import open_output, parse_uri
 
@@ -177,6 +176,7 @@ class Worker:
         # A connection for each message in flight, the blocking read and the heartbeat.
         self.client = queue.connect(options.redis_url, max_connections=options.max_concurrency + 4)
         self.acks = queue.Acknowledger(self.client)
+        self.storage = StorageCalls()
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
         self.replica = ReplicaClient(options.invoke_url, options.max_concurrency)
         self.notifier = Notifier(
@@ -376,7 +376,7 @@ class Worker:
             record[queue.R_REASON] = result.reason
             failure = orjson.dumps({"reason": result.reason, "code": result.code})
             try:
-                await asyncio.to_thread(write_bytes, fields[queue.F_FAILURE_URI], failure)
+                await self.storage.write_bytes(fields[queue.F_FAILURE_URI], failure)
             except (StorageError, KeyError) as error:
                 log.error(
                     "cannot write failure object; left for redelivery",
@@ -434,7 +434,7 @@ class Worker:
             message = _error_message(answer.body)
             return Result("failed", f"model answered {answer.status}: {message}", REASON_MODEL, answer.status)
         try:
-            await asyncio.to_thread(write_bytes, output_uri, answer.body)
+            await self.storage.write_bytes(output_uri, answer.body)
         except StorageError as error:
             return Result("failed", f"cannot write the answer: {error}", REASON_STORAGE, 502)
         return Result("succeeded")
@@ -443,7 +443,7 @@ class Worker:
         try:
             where = check_location(fields.get(queue.F_INPUT, ""), "input")
             # One trip off the loop for the size and, when small, the whole input.
-            size, small_body = await asyncio.to_thread(read_if_small, where, IN_MEMORY_INPUT_BYTES)
+            size, small_body = await self.storage.read_if_small(where, IN_MEMORY_INPUT_BYTES)
         except (LocationError, StorageError) as error:
             return Result("failed", str(error), REASON_INPUT, 400)
         if size > MAX_INPUT_BYTES:
